@@ -1,0 +1,72 @@
+// pybind11 module _C: argument passing only. Pointers arrive as integers from data_ptr().
+#include <pybind11/pybind11.h>
+
+#include "semid_fast/quantize.h"
+
+namespace py = pybind11;
+
+namespace {
+
+bool use_avx2() {
+#if SEMID_FAST_HAS_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// Picks the kernel compiled for the best ISA this CPU has; the GIL is released while it runs.
+#if SEMID_FAST_HAS_AVX2
+#define SEMID_FAST_CALL(fn, ...)                                        \
+  do {                                                                  \
+    py::gil_scoped_release nogil;                                       \
+    return use_avx2() ? semid_fast::isa_avx2::fn(__VA_ARGS__)           \
+                      : semid_fast::isa_base::fn(__VA_ARGS__);          \
+  } while (0)
+#else
+#define SEMID_FAST_CALL(fn, ...)                                        \
+  do {                                                                  \
+    py::gil_scoped_release nogil;                                       \
+    return semid_fast::isa_base::fn(__VA_ARGS__);                       \
+  } while (0)
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "semid_fast CPU kernels (raw pointers, no torch dependency)";
+  m.def("isa", [] { return use_avx2() ? "avx2" : "baseline"; });
+
+  m.def("rq_encode_f32",
+        [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, int64_t levels,
+           int64_t k, int64_t beam_width, std::uintptr_t codes, std::uintptr_t quantized,
+           std::uintptr_t errors, int n_threads) {
+          SEMID_FAST_CALL(rq_encode_f32, ptr<const float>(x), n, d, ptr<const float>(codebooks),
+                          levels, k, beam_width, ptr<int64_t>(codes), ptr<float>(quantized),
+                          ptr<float>(errors), n_threads);
+        });
+  m.def("pq_encode_f32",
+        [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, int64_t msub,
+           int64_t k, std::uintptr_t codes, int n_threads) {
+          SEMID_FAST_CALL(pq_encode_f32, ptr<const float>(x), n, d, ptr<const float>(codebooks),
+                          msub, k, ptr<int64_t>(codes), n_threads);
+        });
+  m.def("rq_decode_f32",
+        [](std::uintptr_t codes, int64_t n, int64_t levels, std::uintptr_t codebooks, int64_t k,
+           int64_t d, std::uintptr_t out, int n_threads) {
+          SEMID_FAST_CALL(rq_decode_f32, ptr<const int64_t>(codes), n, levels,
+                          ptr<const float>(codebooks), k, d, ptr<float>(out), n_threads);
+        });
+  m.def("pq_decode_f32",
+        [](std::uintptr_t codes, int64_t n, int64_t msub, std::uintptr_t codebooks, int64_t k,
+           int64_t dsub, std::uintptr_t out, int n_threads) {
+          SEMID_FAST_CALL(pq_decode_f32, ptr<const int64_t>(codes), n, msub,
+                          ptr<const float>(codebooks), k, dsub, ptr<float>(out), n_threads);
+        });
+}

@@ -1,0 +1,63 @@
+// pybind11 module _C_cuda: argument passing only. Pointers and the stream arrive as integers.
+// Imports on a machine without a GPU (or driver) and then reports no device.
+#include <pybind11/pybind11.h>
+
+#include "semid_fast/cuda_quantize.h"
+
+namespace py = pybind11;
+namespace sfc = semid_fast::cuda;
+
+namespace {
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+cudaStream_t stream_of(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+}  // namespace
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "semid_fast CUDA kernels (raw pointers and streams, no torch dependency)";
+  m.def("device_count", [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky "no driver / no device" error
+      return 0;
+    }
+    return count;
+  });
+  m.def("runtime_version", [] {
+    int v = 0;
+    cudaRuntimeGetVersion(&v);
+    return v;
+  });
+  m.def("error_string", [](int code) { return std::string(cudaGetErrorString(cudaError_t(code))); });
+
+  m.def("rq_encode",
+        [](std::uintptr_t x, int x_dtype, int64_t n, int64_t d, std::uintptr_t codebooks,
+           int64_t levels, int64_t k, std::uintptr_t codes, std::uintptr_t quantized,
+           std::uintptr_t errors, std::uintptr_t stream) {
+          return int(sfc::rq_encode(ptr<const void>(x), x_dtype, n, d, ptr<const float>(codebooks),
+                                    levels, k, ptr<int64_t>(codes), ptr<float>(quantized),
+                                    ptr<float>(errors), stream_of(stream)));
+        });
+  m.def("pq_encode",
+        [](std::uintptr_t x, int x_dtype, int64_t n, int64_t d, std::uintptr_t codebooks,
+           int64_t msub, int64_t k, std::uintptr_t codes, std::uintptr_t stream) {
+          return int(sfc::pq_encode(ptr<const void>(x), x_dtype, n, d, ptr<const float>(codebooks),
+                                    msub, k, ptr<int64_t>(codes), stream_of(stream)));
+        });
+  m.def("rq_decode",
+        [](std::uintptr_t codes, int64_t n, int64_t levels, std::uintptr_t codebooks, int64_t k,
+           int64_t d, std::uintptr_t out, std::uintptr_t stream) {
+          return int(sfc::rq_decode(ptr<const int64_t>(codes), n, levels,
+                                    ptr<const float>(codebooks), k, d, ptr<float>(out),
+                                    stream_of(stream)));
+        });
+  m.def("pq_decode",
+        [](std::uintptr_t codes, int64_t n, int64_t msub, std::uintptr_t codebooks, int64_t k,
+           int64_t dsub, std::uintptr_t out, std::uintptr_t stream) {
+          return int(sfc::pq_decode(ptr<const int64_t>(codes), n, msub,
+                                    ptr<const float>(codebooks), k, dsub, ptr<float>(out),
+                                    stream_of(stream)));
+        });
+}

@@ -1,0 +1,39 @@
+// Raw-pointer ABI of the quantize family, shared by the CPU and CUDA builds.
+// No torch header here: Python passes data_ptr() integers, sizes and the stream.
+//
+// Layouts (all row-major and contiguous; Python makes them so before the call):
+//   x          (n, d)              float32 on CPU; float32/float16/bfloat16 on CUDA (x_dtype)
+//   codebooks  (levels|m, k, d|dsub)  float32
+//   codes      (n, levels|m)       int64
+//   quantized  (n, d)              float32, optional (nullptr): sum of the chosen codewords
+//   errors     (n, levels)         float32, optional (nullptr): ||residual after level l||^2
+#pragma once
+#include <cstdint>
+
+namespace semid_fast {
+
+enum Status : int {
+  kOk = 0,
+  kCodeOutOfRange = 1,  // a code outside [0, k) was skipped (decoders)
+  kBadArgument = 2,
+};
+
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+#define SEMID_FAST_DECLARE_CPU_QUANTIZE(ns)                                                   \
+  namespace ns {                                                                             \
+  int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks,             \
+                    int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,            \
+                    float* quantized, float* errors, int n_threads);                         \
+  int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t m,  \
+                    int64_t k, int64_t* codes, int n_threads);                               \
+  int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,  \
+                    int64_t k, int64_t d, float* out, int n_threads);                        \
+  int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks,       \
+                    int64_t k, int64_t dsub, float* out, int n_threads);                     \
+  }
+
+SEMID_FAST_DECLARE_CPU_QUANTIZE(isa_avx2)
+SEMID_FAST_DECLARE_CPU_QUANTIZE(isa_base)
+
+}  // namespace semid_fast

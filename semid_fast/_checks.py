@@ -1,0 +1,67 @@
+"""Argument checks shared by the public ops: clear errors before any kernel runs."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INT_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+class _Config:
+    """check_values: scan inputs for NaN/inf and out-of-range codes (costs a host sync on GPU)."""
+
+    check_values: bool = True
+
+
+config = _Config()
+
+
+def tensor(t, name: str, ndim: int, dtypes, shape_doc: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {shape_doc} ({ndim} dims), got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def same_device(op: str, **tensors) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"{op}: all tensors must be on one device, got {listed}")
+    return first
+
+
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def finite(t: torch.Tensor, name: str) -> None:
+    if config.check_values and t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def codes_in_range(codes: torch.Tensor, k: int, name: str) -> None:
+    if config.check_values and codes.numel():
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{name} must lie in [0, {k}), found values in [{lo}, {hi}]")
+
+
+def code_dtype(dtype, k: int) -> torch.dtype:
+    """Checks that the requested integer code dtype can hold codes in [0, k)."""
+    limits = {torch.uint8: 256, torch.int16: 32768, torch.int32: 2**31, torch.int64: 2**63}
+    if dtype not in limits:
+        raise TypeError(f"code_dtype must be one of uint8, int16, int32, int64, got {dtype}")
+    if k > limits[dtype]:
+        raise ValueError(f"code_dtype {dtype} cannot hold codes of K={k} codewords")
+    return dtype

@@ -1,0 +1,60 @@
+"""Loads the compiled extensions and turns their status codes into Python errors."""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C
+except ImportError as exc:  # a source checkout that was never built
+    _C = None
+    _C_IMPORT_ERROR = exc
+else:
+    _C_IMPORT_ERROR = None
+
+try:
+    from . import _C_cuda
+except ImportError:  # built without nvcc
+    _C_cuda = None
+
+try:
+    from . import _build_info
+except ImportError:
+    _build_info = None
+
+CPU_STATUS = {1: "a code outside [0, K) was found", 2: "bad argument"}
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def cpu():
+    """The _C module, or a clear error when the package was not built."""
+    if _C is None:
+        raise RuntimeError(
+            "semid_fast._C is not built; install the package with `pip install .` "
+            f"(import error: {_C_IMPORT_ERROR})"
+        )
+    return _C
+
+
+def cuda_device_count() -> int:
+    return 0 if _C_cuda is None else int(_C_cuda.device_count())
+
+
+def check_cpu_status(status: int, op: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"semid_fast.{op} (cpu): {CPU_STATUS.get(status, status)}")
+
+
+def check_cuda_status(status: int, op: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"semid_fast.{op} (cuda): {_C_cuda.error_string(status)}")
+
+
+def stream_of(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def n_threads() -> int:
+    """CPU kernels use as many threads as torch, so comparisons with torch are fair."""
+    return torch.get_num_threads()

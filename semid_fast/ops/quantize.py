@@ -1,0 +1,384 @@
+"""Residual and product quantization: item embeddings to semantic IDs and back.
+
+Public functions check their arguments, pick a backend (DESIGN.md decision 4), and call one
+``torch.library`` custom op per function, so ``torch.compile(fullgraph=True)`` sees one op
+and ``torch.library.opcheck`` passes. Distances are always float32: a float16/bfloat16 ``x``
+gets the codes that its float32 value gets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backends, _checks, _native
+from ..reference import quantize as ref
+
+__all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode"]
+
+MAX_K = 65536
+
+# ---------------------------------------------------------------------------------------------
+# Backend kernels. Each writes into outputs allocated here, on contiguous float32 codebooks.
+# ---------------------------------------------------------------------------------------------
+
+
+def _triton():
+    from ..triton import quantize as tq  # imported lazily: triton is optional
+
+    return tq
+
+
+def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
+            with_details: bool):
+    """codes (N, L) int64 and, with_details, quantized (N, D) and errors (N, L) float32."""
+    n, d = x.shape
+    levels = codebooks.shape[0]
+    codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
+    quantized = x.new_empty((n, d), dtype=torch.float32) if with_details else None
+    errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
+    if backend == "reference":
+        codes = ref.rq_encode(x, codebooks, beam_width)
+        if with_details:
+            quantized, errors = _details_from_codes(x, codebooks, codes)
+    elif backend == "cpu":
+        x32 = x.float().contiguous()
+        status = _native.cpu().rq_encode_f32(
+            x32.data_ptr(), n, d, codebooks.data_ptr(), levels, codebooks.shape[1], beam_width,
+            codes.data_ptr(), _ptr(quantized), _ptr(errors), _native.n_threads())
+        _native.check_cpu_status(status, "rq_encode")
+    elif backend == "cuda":
+        status = _native._C_cuda.rq_encode(
+            x.data_ptr(), _native.DTYPE_CODES[x.dtype], n, d, codebooks.data_ptr(), levels,
+            codebooks.shape[1], codes.data_ptr(), _ptr(quantized), _ptr(errors),
+            _native.stream_of(x))
+        _native.check_cuda_status(status, "rq_encode")
+    else:
+        if beam_width > 1:
+            _triton().rq_encode_beam(x, codebooks, beam_width, codes)
+            if with_details:
+                quantized, errors = _details_from_codes(x, codebooks, codes)
+        else:
+            _triton().rq_encode(x, codebooks, codes, quantized, errors)
+    return codes, quantized, errors
+
+
+def _details_from_codes(x, codebooks, codes):
+    """quantized and per-level residual errors implied by codes (used after beam search)."""
+    residual = x.float()
+    errors = []
+    for level in range(codebooks.shape[0]):
+        residual = residual - codebooks[level][codes[:, level]]
+        errors.append((residual * residual).sum(1))
+    quantized = x.float() - residual
+    if not errors:
+        return quantized, x.new_zeros((x.shape[0], 0), dtype=torch.float32)
+    return quantized, torch.stack(errors, dim=1)
+
+
+def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product: bool):
+    """rq: sum over levels; pq: concatenation over sub-spaces. Float32 (N, D) out."""
+    n, groups = codes.shape
+    k, width = codebooks.shape[1], codebooks.shape[2]
+    out_dim = groups * width if product else width
+    if backend == "reference":
+        return ref.pq_decode(codes, codebooks) if product else ref.rq_decode(codes, codebooks)
+    out = codebooks.new_empty((n, out_dim))
+    if backend == "cpu":
+        fn = _native.cpu().pq_decode_f32 if product else _native.cpu().rq_decode_f32
+        status = fn(codes.data_ptr(), n, groups, codebooks.data_ptr(), k, width, out.data_ptr(),
+                    _native.n_threads())
+        _native.check_cpu_status(status, "pq_decode" if product else "rq_decode")
+    elif backend == "cuda":
+        fn = _native._C_cuda.pq_decode if product else _native._C_cuda.rq_decode
+        status = fn(codes.data_ptr(), n, groups, codebooks.data_ptr(), k, width, out.data_ptr(),
+                    _native.stream_of(codes))
+        _native.check_cuda_status(status, "pq_decode" if product else "rq_decode")
+    else:
+        (_triton().pq_decode if product else _triton().rq_decode)(codes, codebooks, out)
+    return out
+
+
+def _ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library registration
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("semid_fast::rq_encode", mutates_args=())
+def _rq_encode_op(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
+                  backend: str) -> torch.Tensor:
+    return _encode(backend, x, codebooks, beam_width, with_details=False)[0]
+
+
+@_rq_encode_op.register_fake
+def _(x, codebooks, beam_width, backend):
+    return x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
+
+
+@torch.library.custom_op("semid_fast::pq_encode", mutates_args=())
+def _pq_encode_op(x: torch.Tensor, codebooks: torch.Tensor, backend: str) -> torch.Tensor:
+    n, m = x.shape[0], codebooks.shape[0]
+    codes = torch.empty((n, m), dtype=torch.long, device=x.device)
+    if backend == "reference":
+        return ref.pq_encode(x, codebooks)
+    if backend == "cpu":
+        x32 = x.float().contiguous()
+        status = _native.cpu().pq_encode_f32(x32.data_ptr(), n, x.shape[1], codebooks.data_ptr(),
+                                             m, codebooks.shape[1], codes.data_ptr(),
+                                             _native.n_threads())
+        _native.check_cpu_status(status, "pq_encode")
+    elif backend == "cuda":
+        status = _native._C_cuda.pq_encode(x.data_ptr(), _native.DTYPE_CODES[x.dtype], n,
+                                           x.shape[1], codebooks.data_ptr(), m,
+                                           codebooks.shape[1], codes.data_ptr(),
+                                           _native.stream_of(x))
+        _native.check_cuda_status(status, "pq_encode")
+    else:
+        _triton().pq_encode(x, codebooks, codes)
+    return codes
+
+
+@_pq_encode_op.register_fake
+def _(x, codebooks, backend):
+    return x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
+
+
+@torch.library.custom_op("semid_fast::codebook_decode", mutates_args=())
+def _decode_op(codes: torch.Tensor, codebooks: torch.Tensor, product: bool,
+               backend: str) -> torch.Tensor:
+    return _decode(backend, codes, codebooks, product)
+
+
+@_decode_op.register_fake
+def _(codes, codebooks, product, backend):
+    width = codebooks.shape[2] * (codes.shape[1] if product else 1)
+    return codebooks.new_empty((codes.shape[0], width))
+
+
+def _decode_setup(ctx, inputs, output):
+    codes, codebooks, product, _ = inputs
+    ctx.save_for_backward(codes)
+    ctx.product = product
+    ctx.codebook_shape = codebooks.shape
+
+
+def _decode_backward(ctx, grad_out):
+    (codes,) = ctx.saved_tensors
+    groups, k, width = ctx.codebook_shape
+    grad = grad_out.new_zeros((groups, k, width))
+    for g in range(groups):
+        rows = grad_out[:, g * width:(g + 1) * width] if ctx.product else grad_out
+        grad[g].index_add_(0, codes[:, g], rows)
+    return None, grad, None, None
+
+
+_decode_op.register_autograd(_decode_backward, setup_context=_decode_setup)
+
+
+@torch.library.custom_op("semid_fast::rq_quantize", mutates_args=())
+def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float,
+                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    codes, quantized, errors = _encode(backend, x, codebooks, 1, with_details=True)
+    loss = errors.sum() * ((1.0 + beta) / max(x.numel(), 1))
+    return codes, quantized.to(x.dtype), loss
+
+
+@_rq_quantize_op.register_fake
+def _(x, codebooks, beta, backend):
+    codes = x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
+    return codes, torch.empty_like(x), x.new_empty((), dtype=torch.float32)
+
+
+def _quantize_setup(ctx, inputs, output):
+    x, codebooks, beta, _ = inputs
+    ctx.save_for_backward(x, codebooks, output[0])
+    ctx.beta = beta
+
+
+def _quantize_backward(ctx, grad_codes, grad_quantized, grad_loss):
+    """Gradients of the reference's loss, recomputing residuals from the saved codes."""
+    x, codebooks, codes = ctx.saved_tensors
+    scale = 2.0 / max(x.numel(), 1)
+    residual = x.float()
+    grad_codebooks = torch.zeros_like(codebooks, dtype=torch.float32)
+    grad_x = None
+    for level in range(codebooks.shape[0]):
+        chosen = codebooks[level].float()[codes[:, level]]
+        gap = chosen - residual  # e_l - r_l
+        if level == 0:  # only the first residual is attached to x (commitment term)
+            grad_x = (-ctx.beta * scale) * gap * grad_loss
+        grad_codebooks[level].index_add_(0, codes[:, level], gap)
+        residual = residual - chosen
+    grad_codebooks = (grad_codebooks * (scale * grad_loss)).to(codebooks.dtype)
+    if grad_x is None:
+        grad_x = torch.zeros_like(x, dtype=torch.float32)
+    if grad_quantized is not None:
+        grad_x = grad_x + grad_quantized.float()
+    return grad_x.to(x.dtype), grad_codebooks, None, None
+
+
+_rq_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_x_codebooks(op: str, x, codebooks, sub_dims: bool = False):
+    _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES, "(N, D)")
+    _checks.tensor(codebooks, "codebooks", 3, _checks.FLOAT_DTYPES,
+                   "(M, K, D/M)" if sub_dims else "(L, K, D)")
+    device = _checks.same_device(op, x=x, codebooks=codebooks)
+    groups, k, width = codebooks.shape
+    if groups == 0 or k == 0 or width == 0:
+        raise ValueError(f"{op}: codebooks must have non-zero sizes, got {tuple(codebooks.shape)}")
+    if k > MAX_K:
+        raise ValueError(f"{op}: codebooks hold K={k} codewords; at most {MAX_K} are supported")
+    expected = groups * width if sub_dims else width
+    if x.shape[1] != expected:
+        what = "M * D/M" if sub_dims else "D of codebooks"
+        raise ValueError(f"{op}: x has D={x.shape[1]} but {what} is {expected} "
+                         f"(codebooks {tuple(codebooks.shape)})")
+    _checks.finite(codebooks, "codebooks")
+    _checks.finite(x, "x")
+    return device
+
+
+def _check_codes(op: str, codes, codebooks, sub_dims: bool = False):
+    _checks.tensor(codes, "codes", 2, _checks.INT_DTYPES, "(N, M)" if sub_dims else "(N, L)")
+    _checks.tensor(codebooks, "codebooks", 3, _checks.FLOAT_DTYPES,
+                   "(M, K, D/M)" if sub_dims else "(L, K, D)")
+    device = _checks.same_device(op, codes=codes, codebooks=codebooks)
+    if codes.shape[1] != codebooks.shape[0]:
+        raise ValueError(f"{op}: codes have {codes.shape[1]} columns but codebooks have "
+                         f"{codebooks.shape[0]} {'sub-spaces' if sub_dims else 'levels'}")
+    _checks.codes_in_range(codes, codebooks.shape[1], "codes")
+    return device
+
+
+def _check_rotation(op: str, rotation, dim: int, device):
+    if rotation is None:
+        return
+    _checks.tensor(rotation, "rotation", 2, _checks.FLOAT_DTYPES, "(D, D)")
+    if tuple(rotation.shape) != (dim, dim):
+        raise ValueError(f"{op}: rotation must have shape ({dim}, {dim}), got {tuple(rotation.shape)}")
+    _checks.same_device(op, rotation=rotation, other=torch.empty(0, device=device))
+    _checks.finite(rotation, "rotation")
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """Float32 contiguous; stays in the autograd graph of the caller's tensor."""
+    return t.float().contiguous()
+
+
+def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
+              code_dtype: torch.dtype = torch.int64, backend: str = "auto") -> torch.Tensor:
+    """Residual-quantization codes of x.
+
+    Args:
+        x: (N, D) float32, float16 or bfloat16 embeddings.
+        codebooks: (L, K, D) float codebooks, K <= 65536.
+        beam_width: 1 for greedy per-level nearest codeword; B > 1 keeps the B partial
+            encodings of smallest total squared error per level (faiss ``max_beam_size``).
+        code_dtype: int64 (default), int32, int16 or uint8 (K <= 256) output.
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        codes (N, L) of ``code_dtype``. Distances are computed in float32; ties go to the
+        smaller code index in the native backends.
+    """
+    device = _check_x_codebooks("rq_encode", x, codebooks)
+    _checks.positive_int(beam_width, "beam_width")
+    _checks.code_dtype(code_dtype, codebooks.shape[1])
+    supported = _backends.BACKENDS if beam_width == 1 else ("reference", "cpu", "triton")
+    name = _backends.resolve(backend, device, "rq_encode", gpu_order=("cuda", "triton"),
+                             supported=supported)
+    codes = _rq_encode_op(x.contiguous(), _f32(codebooks), beam_width, name)
+    return codes if code_dtype == torch.int64 else codes.to(code_dtype)
+
+
+def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Sum of the chosen codewords, differentiable with respect to ``codebooks``.
+
+    Args:
+        codes: (N, L) uint8/int16/int32/int64 codes in [0, K).
+        codebooks: (L, K, D) float codebooks.
+
+    Returns:
+        (N, D) in the codebooks' dtype (accumulated in float32). The gradient of a codebook
+        entry is the sum of the output gradients of the rows that use it.
+    """
+    device = _check_codes("rq_decode", codes, codebooks)
+    name = _backends.resolve(backend, device, "rq_decode")
+    out = _decode_op(codes.long().contiguous(), _f32(codebooks), False, name)
+    return out.to(codebooks.dtype)
+
+
+def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
+                backend: str = "auto"):
+    """The whole training-time quantization step of an RQ-VAE in one call.
+
+    Greedy RQ encoding, the straight-through quantized vector and the RQ-VAE loss
+    ``sum_l [mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)]`` with each level's
+    residual detached (the convention of TIGER's open RQ-VAEs: LC-Rec, LETTER, MiniOneRec).
+    See :func:`semid_fast.reference.quantize.rq_quantize` for the oracle.
+
+    Args:
+        x: (N, D) float32/float16/bfloat16 encoder output (requires grad in training).
+        codebooks: (L, K, D) float codebooks (a parameter).
+        beta: commitment weight.
+
+    Returns:
+        codes (N, L) int64; quantized (N, D) in x's dtype whose gradient passes straight to
+        x; loss () float32 whose gradient reaches x (commitment) and codebooks (codebook term).
+    """
+    device = _check_x_codebooks("rq_quantize", x, codebooks)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"beta must be a float, got {type(beta).__name__}")
+    name = _backends.resolve(backend, device, "rq_quantize")
+    if name == "reference":
+        return ref.rq_quantize(x, codebooks, float(beta))
+    return _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta), name)
+
+
+def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tensor | None = None,
+              code_dtype: torch.dtype = torch.int64, backend: str = "auto") -> torch.Tensor:
+    """Product-quantization (optionally OPQ) codes of x.
+
+    Args:
+        x: (N, D) float32/float16/bfloat16.
+        codebooks: (M, K, D/M) float, one codebook per sub-space.
+        rotation: optional (D, D) OPQ rotation R applied first as ``x @ R.T`` (faiss
+            ``OPQMatrix.A``).
+        code_dtype: int64 (default), int32, int16 or uint8.
+
+    Returns:
+        codes (N, M) of ``code_dtype``.
+    """
+    device = _check_x_codebooks("pq_encode", x, codebooks, sub_dims=True)
+    _check_rotation("pq_encode", rotation, x.shape[1], device)
+    _checks.code_dtype(code_dtype, codebooks.shape[1])
+    name = _backends.resolve(backend, device, "pq_encode")
+    if rotation is not None:
+        x = x.float() @ rotation.float().T
+    codes = _pq_encode_op(x.contiguous(), _f32(codebooks), name)
+    return codes if code_dtype == torch.int64 else codes.to(code_dtype)
+
+
+def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *,
+              rotation: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Reconstruction (N, D) from PQ codes (N, M), mapped back through ``rotation`` (``y @ R``).
+
+    Differentiable with respect to ``codebooks`` (and ``rotation``).
+    """
+    device = _check_codes("pq_decode", codes, codebooks, sub_dims=True)
+    _check_rotation("pq_decode", rotation, codes.shape[1] * codebooks.shape[2], device)
+    name = _backends.resolve(backend, device, "pq_decode")
+    out = _decode_op(codes.long().contiguous(), _f32(codebooks), True, name)
+    out = out.to(codebooks.dtype)
+    return out if rotation is None else out @ rotation.to(out.dtype)
+

@@ -1,0 +1,1 @@
+"""Pure-PyTorch oracles of every op (DESIGN.md decision 3)."""

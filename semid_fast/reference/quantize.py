@@ -1,0 +1,130 @@
+"""Pure-PyTorch oracle of the ``quantize`` family.
+
+Written for clarity, not speed: the tests compare every backend with these functions and the
+benchmarks use them as the baseline. All arithmetic is float32 whatever the input dtype, so
+every backend is held to the choice that float32 makes.
+
+Conventions
+-----------
+* Residual quantization (RQ) as in TIGER / RQ-VAE: level ``l`` picks the codeword nearest (L2)
+  to the residual ``r_l`` and the next residual is ``r_{l+1} = r_l - e_l``, with ``r_0 = x``.
+* Beam RQ encoding keeps the ``beam_width`` partial encodings of smallest total squared error
+  at every level, as faiss ``ResidualQuantizer.max_beam_size`` does.
+* Product quantization (PQ): the (optionally rotated) vector is cut into ``M`` sub-vectors of
+  ``D / M`` dims, each quantized by its own codebook. An OPQ rotation ``R`` (D, D) is applied
+  as ``x @ R.T`` (faiss ``OPQMatrix.A``), and undone as ``y @ R`` (R is orthonormal).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode", "squared_distances"]
+
+
+def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """||x_n - c_k||^2 for x (N, D) and codebook (K, D), as (N, K) float32."""
+    x = x.float()
+    codebook = codebook.float()
+    return (
+        (x * x).sum(1, keepdim=True)
+        - 2.0 * (x @ codebook.T)
+        + (codebook * codebook).sum(1)[None, :]
+    ).clamp_min_(0.0)
+
+
+def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int = 1) -> torch.Tensor:
+    """Residual-quantization codes (N, L) int64 of x (N, D) with codebooks (L, K, D)."""
+    if beam_width > 1:
+        return _rq_encode_beam(x, codebooks, beam_width)
+    residual = x.float()
+    codes = []
+    for codebook in codebooks.float():
+        best = squared_distances(residual, codebook).argmin(dim=1)
+        residual = residual - codebook[best]
+        codes.append(best)
+    return torch.stack(codes, dim=1) if codes else x.new_zeros((x.shape[0], 0), dtype=torch.long)
+
+
+def _rq_encode_beam(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int) -> torch.Tensor:
+    n = x.shape[0]
+    residuals = x.float()[:, None, :]  # (N, beams, D)
+    errors = (residuals * residuals).sum(-1)  # (N, beams): squared norm of each residual
+    codes = torch.zeros((n, 1, 0), dtype=torch.long, device=x.device)
+    for codebook in codebooks.float():
+        k = codebook.shape[0]
+        beams = residuals.shape[1]
+        # ||r - c||^2 = ||r||^2 - 2 r.c + ||c||^2 for every (beam, codeword) pair.
+        candidate_errors = (
+            errors[:, :, None] - 2.0 * residuals @ codebook.T + (codebook * codebook).sum(1)
+        ).reshape(n, beams * k)
+        keep = min(beam_width, beams * k)
+        errors, flat = candidate_errors.topk(keep, dim=1, largest=False, sorted=True)
+        parent, chosen = flat // k, flat % k
+        residuals = residuals.gather(1, parent[..., None].expand(-1, -1, residuals.shape[2]))
+        residuals = residuals - codebook[chosen]
+        codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])),
+                           chosen[..., None]], dim=2)
+    return codes[:, 0, :]
+
+
+def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """Sum of the chosen codewords: codes (N, L) int, codebooks (L, K, D) -> (N, D)."""
+    out = codebooks.new_zeros((codes.shape[0], codebooks.shape[2]))
+    for level in range(codebooks.shape[0]):
+        out = out + codebooks[level][codes[:, level].long()]
+    return out
+
+
+def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, beta: float = 0.25):
+    """The training-time quantization step of an RQ-VAE.
+
+    Follows the RQ-VAE of TIGER as implemented by LC-Rec / LETTER / MiniOneRec: each level's
+    residual is detached from the graph, so gradients reach the encoder only through the
+    straight-through output and the first level's commitment term.
+
+    loss = sum_l [ mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2) ]
+
+    Returns (codes (N, L) int64, quantized (N, D) in x's dtype with straight-through gradient
+    to x, loss () float32).
+    """
+    x32 = x.float()
+    residual = x32
+    quantized = torch.zeros_like(x32)
+    loss = x32.new_zeros(())
+    codes = []
+    for codebook in codebooks.float():
+        with torch.no_grad():
+            best = squared_distances(residual, codebook).argmin(dim=1)
+        chosen = codebook[best]
+        loss = loss + torch.mean((residual.detach() - chosen) ** 2)
+        loss = loss + beta * torch.mean((residual - chosen.detach()) ** 2)
+        quantized = quantized + chosen.detach()
+        residual = (residual - chosen).detach()
+        codes.append(best)
+    straight_through = x32 + (quantized - x32).detach()
+    return torch.stack(codes, dim=1), straight_through.to(x.dtype), loss
+
+
+def _split(x: torch.Tensor, m: int) -> torch.Tensor:
+    return x.reshape(x.shape[0], m, x.shape[1] // m)
+
+
+def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None):
+    """Product-quantization codes (N, M) int64 of x (N, D), codebooks (M, K, D/M)."""
+    x = x.float()
+    if rotation is not None:
+        x = x @ rotation.float().T
+    parts = _split(x, codebooks.shape[0])
+    codes = [squared_distances(parts[:, m], codebooks[m]).argmin(dim=1)
+             for m in range(codebooks.shape[0])]
+    return torch.stack(codes, dim=1)
+
+
+def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None):
+    """Reconstruction (N, D) from PQ codes (N, M), undoing the rotation if one is given."""
+    parts = [codebooks[m][codes[:, m].long()] for m in range(codebooks.shape[0])]
+    out = torch.cat(parts, dim=1)
+    if rotation is not None:
+        out = out @ rotation.to(out.dtype)
+    return out
