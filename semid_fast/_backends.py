@@ -24,6 +24,8 @@ def _triton_interpreted() -> bool:
 
 def _usable(backend: str, device: torch.device) -> str | None:
     """None when `backend` can run on `device`, else the reason it cannot."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
     if backend == "reference":
         return None
     if backend == "cpu":

@@ -9,12 +9,21 @@ INT_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 class _Config:
-    """check_values: scan inputs for NaN/inf and out-of-range codes (costs a host sync on GPU)."""
+    """check_values: scan inputs for NaN/inf and out-of-range codes.
+
+    The scan costs a pass over the input and, on GPU, a host sync; turn it off in hot loops
+    whose inputs are known to be valid. Native kernels never read out of bounds either way.
+    Inside torch.compile the scan is skipped (a graph cannot branch on tensor values).
+    """
 
     check_values: bool = True
 
 
 config = _Config()
+
+
+def _scanning() -> bool:
+    return config.check_values and not torch.compiler.is_compiling()
 
 
 def tensor(t, name: str, ndim: int, dtypes, shape_doc: str) -> torch.Tensor:
@@ -46,12 +55,12 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
 
 
 def finite(t: torch.Tensor, name: str) -> None:
-    if config.check_values and t.numel() and not bool(torch.isfinite(t).all()):
+    if _scanning() and t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
 
 
 def codes_in_range(codes: torch.Tensor, k: int, name: str) -> None:
-    if config.check_values and codes.numel():
+    if _scanning() and codes.numel():
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= k:
             raise ValueError(f"{name} must lie in [0, {k}), found values in [{lo}, {hi}]")

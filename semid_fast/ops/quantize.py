@@ -178,27 +178,31 @@ def _decode_backward(ctx, grad_out):
 _decode_op.register_autograd(_decode_backward, setup_context=_decode_setup)
 
 
+# Outputs are (quantized, loss, codes): float outputs first, as opcheck's autograd test sums
+# the outputs into the first one's dtype.
 @torch.library.custom_op("semid_fast::rq_quantize", mutates_args=())
 def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     codes, quantized, errors = _encode(backend, x, codebooks, 1, with_details=True)
     loss = errors.sum() * ((1.0 + beta) / max(x.numel(), 1))
-    return codes, quantized.to(x.dtype), loss
+    return quantized.to(x.dtype), loss, codes
 
 
 @_rq_quantize_op.register_fake
 def _(x, codebooks, beta, backend):
     codes = x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
-    return codes, torch.empty_like(x), x.new_empty((), dtype=torch.float32)
+    return torch.empty_like(x), x.new_empty((), dtype=torch.float32), codes
 
 
 def _quantize_setup(ctx, inputs, output):
     x, codebooks, beta, _ = inputs
-    ctx.save_for_backward(x, codebooks, output[0])
+    codes = output[2]
+    ctx.mark_non_differentiable(codes)
+    ctx.save_for_backward(x, codebooks, codes)
     ctx.beta = beta
 
 
-def _quantize_backward(ctx, grad_codes, grad_quantized, grad_loss):
+def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
     """Gradients of the reference's loss, recomputing residuals from the saved codes."""
     x, codebooks, codes = ctx.saved_tensors
     scale = 2.0 / max(x.numel(), 1)
@@ -342,7 +346,8 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
     name = _backends.resolve(backend, device, "rq_quantize")
     if name == "reference":
         return ref.rq_quantize(x, codebooks, float(beta))
-    return _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta), name)
+    quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta), name)
+    return codes, quantized, loss
 
 
 def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tensor | None = None,

@@ -1,0 +1,368 @@
+// CPU kernels of the quantize family (RQ / PQ encode and decode) on raw float32 pointers.
+//
+// Compiled once per ISA (SEMID_FAST_ISA names the namespace; CMake adds -mavx2 -mfma for
+// isa_avx2). The hot loop is a register-blocked "small GEMM": a tile of TR rows against a
+// panel of TC codewords stored transposed (d-major), so each step is TR broadcasts, two
+// 8-float loads and 2*TR fused multiply-adds. The nearest codeword maximises
+// r.c - ||c||^2 / 2 (||r||^2 does not change the choice); the running argmax stays in vector
+// registers, ties going to the smaller code. Nothing of size (n, k) is ever written.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "semid_fast/quantize.h"
+
+namespace semid_fast {
+namespace SEMID_FAST_ISA {
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
+
+constexpr int TR = 6;   // rows per register tile (12 accumulators + 2 panel vectors + 1 broadcast)
+constexpr int TC = 16;  // codewords per panel (two 8-float vectors)
+constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
+
+inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
+inline v8f splat(float s) { return v8f{s, s, s, s, s, s, s, s}; }
+inline v8i splat_i(int32_t s) { return v8i{s, s, s, s, s, s, s, s}; }
+
+// Maximum (minimum) of the 8 lanes, broadcast to every lane, by three swap-and-compare steps.
+template <typename V>
+inline V lane_reduce(V v, bool take_max) {
+  const v8i swaps[3] = {{4, 5, 6, 7, 0, 1, 2, 3}, {2, 3, 0, 1, 6, 7, 4, 5}, {1, 0, 3, 2, 5, 4, 7, 6}};
+  for (const v8i& perm : swaps) {
+    const V other = __builtin_shuffle(v, perm);
+    v = take_max ? (other > v ? other : v) : (other < v ? other : v);
+  }
+  return v;
+}
+inline v8f lane_max(v8f v) { return lane_reduce(v, true); }
+inline v8i lane_min(v8i v) { return lane_reduce(v, false); }
+
+// Codebook of k codewords of width d, re-laid as ceil(k/TC) panels of (d, TC) floats, with
+// -||c||^2 / 2 per codeword (padding gets -inf so it never wins). The nearest codeword is the
+// one of largest score r.c - ||c||^2 / 2: the same argmin as ||r - c||^2, one op cheaper.
+struct Panels {
+  int64_t k = 0, d = 0, n_panels = 0;
+  std::vector<float> data, bias;
+
+  Panels(const float* codebook, int64_t k_, int64_t d_) : k(k_), d(d_) {
+    n_panels = (k + TC - 1) / TC;
+    data.assign(n_panels * d * TC, 0.0f);
+    bias.assign(n_panels * TC, -std::numeric_limits<float>::infinity());
+    for (int64_t c = 0; c < k; ++c) {
+      const float* row = codebook + c * d;
+      float* panel = data.data() + (c / TC) * d * TC + (c % TC);
+      float norm = 0.0f;
+      for (int64_t j = 0; j < d; ++j) {
+        panel[j * TC] = row[j];
+        norm += row[j] * row[j];
+      }
+      bias[c] = -0.5f * norm;
+    }
+  }
+  const float* panel(int64_t p) const { return data.data() + p * d * TC; }
+  // ||c||^2 of code c, recovered from the bias.
+  float norm(int64_t c) const { return -2.0f * bias[c]; }
+};
+
+// acc[r] = bias + rows[r] . panel columns, for TR rows with leading dimension ld. FIXED_D > 0
+// fixes the width at compile time, so short PQ sub-vectors run fully unrolled.
+template <int FIXED_D>
+inline void score_tile(const float* rows, int64_t ld, const float* panel, int64_t d,
+                       const float* bias, v8f acc[TR][2]) {
+  const v8f b0 = load8(bias), b1 = load8(bias + 8);
+  for (int r = 0; r < TR; ++r) {
+    acc[r][0] = b0;
+    acc[r][1] = b1;
+  }
+  const int64_t width = FIXED_D > 0 ? FIXED_D : d;
+  for (int64_t j = 0; j < width; ++j) {
+    const v8f p0 = load8(panel + j * TC), p1 = load8(panel + j * TC + 8);
+    for (int r = 0; r < TR; ++r) {
+      const v8f xv = splat(rows[r * ld + j]);
+      acc[r][0] += xv * p0;
+      acc[r][1] += xv * p1;
+    }
+  }
+}
+
+// Running argmax of TR rows kept as 16 lanes each; lane c of panel p is code p*TC + c.
+struct TileArgmax {
+  v8f best[TR][2];
+  v8i index[TR][2];
+
+  void reset() {
+    const v8f lowest = splat(-std::numeric_limits<float>::infinity());
+    for (int r = 0; r < TR; ++r)
+      for (int h = 0; h < 2; ++h) {
+        best[r][h] = lowest;
+        index[r][h] = v8i{};
+      }
+  }
+  void update(const v8f acc[TR][2], int32_t first_code) {
+    const v8i lanes0 = {0, 1, 2, 3, 4, 5, 6, 7};
+    const v8i c0 = lanes0 + first_code, c1 = lanes0 + (first_code + 8);
+    for (int r = 0; r < TR; ++r) {
+      // Strict '>': an earlier (smaller) code keeps a tie.
+      const v8i m0 = acc[r][0] > best[r][0], m1 = acc[r][1] > best[r][1];
+      best[r][0] = m0 ? acc[r][0] : best[r][0];
+      best[r][1] = m1 ? acc[r][1] : best[r][1];
+      index[r][0] = m0 ? c0 : index[r][0];
+      index[r][1] = m1 ? c1 : index[r][1];
+    }
+  }
+  // Largest score of row r across its 16 lanes; ties to the smaller code.
+  int32_t result(int r) const {
+    const v8f b0 = best[r][0], b1 = best[r][1];
+    const v8f top = lane_max(b0 > b1 ? b0 : b1);
+    const v8i none = splat_i(std::numeric_limits<int32_t>::max());
+    const v8i i0 = b0 == top ? index[r][0] : none, i1 = b1 == top ? index[r][1] : none;
+    return lane_min(i0 < i1 ? i0 : i1)[0];
+  }
+};
+
+// Nearest codeword of each of `count` rows (a multiple of TR, <= ROW_BLOCK, stride ld).
+template <int FIXED_D>
+void nearest_codes_fixed(const float* rows, int64_t count, int64_t ld, const Panels& cb,
+                         int32_t* out) {
+  TileArgmax argmax[ROW_BLOCK / TR];
+  for (int64_t t = 0; t < count / TR; ++t) argmax[t].reset();
+  v8f acc[TR][2];
+  for (int64_t p = 0; p < cb.n_panels; ++p) {
+    const float* panel = cb.panel(p);
+    const float* bias = cb.bias.data() + p * TC;
+    for (int64_t t = 0; t < count / TR; ++t) {
+      score_tile<FIXED_D>(rows + t * TR * ld, ld, panel, cb.d, bias, acc);
+      argmax[t].update(acc, int32_t(p * TC));
+    }
+  }
+  for (int64_t t = 0; t < count / TR; ++t)
+    for (int r = 0; r < TR; ++r) out[t * TR + r] = argmax[t].result(r);
+}
+
+void nearest_codes(const float* rows, int64_t count, int64_t ld, const Panels& cb,
+                   int32_t* out) {
+  switch (cb.d) {
+    case 1: return nearest_codes_fixed<1>(rows, count, ld, cb, out);
+    case 2: return nearest_codes_fixed<2>(rows, count, ld, cb, out);
+    case 4: return nearest_codes_fixed<4>(rows, count, ld, cb, out);
+    case 8: return nearest_codes_fixed<8>(rows, count, ld, cb, out);
+    case 16: return nearest_codes_fixed<16>(rows, count, ld, cb, out);
+    default: return nearest_codes_fixed<0>(rows, count, ld, cb, out);
+  }
+}
+
+float squared_norm(const float* v, int64_t d) {
+  float s = 0.0f;
+  for (int64_t j = 0; j < d; ++j) s += v[j] * v[j];
+  return s;
+}
+
+int rq_encode_greedy(const float* x, int64_t n, int64_t d, const float* codebooks,
+                     int64_t levels, int64_t k, int64_t* codes, float* quantized,
+                     float* errors, int n_threads) {
+  std::vector<Panels> panels;
+  panels.reserve(levels);
+  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<float> residual(ROW_BLOCK * d), sum(ROW_BLOCK * d);
+    int32_t best[ROW_BLOCK];
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
+      const int64_t padded = (rows + TR - 1) / TR * TR;
+      std::memcpy(residual.data(), x + row0 * d, sizeof(float) * rows * d);
+      std::fill(residual.begin() + rows * d, residual.begin() + padded * d, 0.0f);
+      std::fill(sum.begin(), sum.begin() + rows * d, 0.0f);
+      for (int64_t l = 0; l < levels; ++l) {
+        nearest_codes(residual.data(), padded, d, panels[l], best);
+        const float* cb = codebooks + l * k * d;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* c = cb + int64_t(best[r]) * d;
+          float* res = residual.data() + r * d;
+          float* acc = sum.data() + r * d;
+          for (int64_t j = 0; j < d; ++j) {
+            res[j] -= c[j];
+            acc[j] += c[j];
+          }
+          codes[(row0 + r) * levels + l] = best[r];
+          if (errors) errors[(row0 + r) * levels + l] = squared_norm(res, d);
+        }
+      }
+      if (quantized) std::memcpy(quantized + row0 * d, sum.data(), sizeof(float) * rows * d);
+    }
+  }
+  return kOk;
+}
+
+// Beam search: per row, the `beam_width` partial encodings of smallest total squared error.
+int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
+                   int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
+                   float* quantized, float* errors, int n_threads) {
+  std::vector<Panels> panels;
+  panels.reserve(levels);
+  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  const int64_t beam_rows = (beam_width + TR - 1) / TR * TR;
+  const int64_t kp = panels.empty() ? 0 : panels[0].n_panels * TC;
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<float> res(beam_rows * d), next(beam_rows * d), cand(beam_rows * kp);
+    std::vector<float> err(beam_width), next_err(beam_width);
+    std::vector<float> errs_hist(beam_width * levels), next_errs_hist(beam_width * levels);
+    std::vector<int32_t> hist(beam_width * levels), next_hist(beam_width * levels);
+    std::vector<int64_t> order(beam_width * k);
+    v8f acc[TR][2];
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < n; ++i) {
+      std::fill(res.begin(), res.end(), 0.0f);
+      std::memcpy(res.data(), x + i * d, sizeof(float) * d);
+      err[0] = squared_norm(res.data(), d);
+      int64_t beams = 1;
+      for (int64_t l = 0; l < levels; ++l) {
+        const Panels& cb = panels[l];
+        const int64_t tiles = (beams + TR - 1) / TR;
+        for (int64_t p = 0; p < cb.n_panels; ++p)
+          for (int64_t t = 0; t < tiles; ++t) {
+            score_tile<0>(res.data() + t * TR * d, d, cb.panel(p), d, cb.bias.data() + p * TC,
+                          acc);
+            // ||r - c||^2 = ||r||^2 - 2 (r.c - ||c||^2 / 2)
+            for (int r = 0; r < TR && t * TR + r < beams; ++r)
+              for (int c = 0; c < TC; ++c)
+                cand[(t * TR + r) * kp + p * TC + c] = err[t * TR + r] - 2.0f * acc[r][c / 8][c % 8];
+          }
+        // Candidates are (beam, code) pairs ordered by error, then by beam, then by code.
+        const int64_t total = beams * k, keep = std::min<int64_t>(beam_width, total);
+        order.resize(total);
+        for (int64_t b = 0; b < beams; ++b)
+          for (int64_t c = 0; c < k; ++c) order[b * k + c] = b * kp + c;
+        auto less = [&](int64_t a, int64_t b) { return cand[a] < cand[b] || (cand[a] == cand[b] && a < b); };
+        std::partial_sort(order.begin(), order.begin() + keep, order.end(), less);
+        const float* cbl = codebooks + l * k * d;
+        for (int64_t j = 0; j < keep; ++j) {
+          const int64_t parent = order[j] / kp, code = order[j] % kp;
+          const float* src = res.data() + parent * d;
+          const float* c = cbl + code * d;
+          float* dst = next.data() + j * d;
+          for (int64_t e = 0; e < d; ++e) dst[e] = src[e] - c[e];
+          next_err[j] = cand[order[j]];
+          std::copy_n(hist.begin() + parent * levels, l, next_hist.begin() + j * levels);
+          std::copy_n(errs_hist.begin() + parent * levels, l, next_errs_hist.begin() + j * levels);
+          next_hist[j * levels + l] = int32_t(code);
+          next_errs_hist[j * levels + l] = squared_norm(dst, d);
+        }
+        std::swap(res, next);
+        std::swap(err, next_err);
+        std::swap(hist, next_hist);
+        std::swap(errs_hist, next_errs_hist);
+        beams = keep;
+      }
+      for (int64_t l = 0; l < levels; ++l) {
+        codes[i * levels + l] = hist[l];
+        if (errors) errors[i * levels + l] = errs_hist[l];
+      }
+      if (quantized)
+        for (int64_t e = 0; e < d; ++e) quantized[i * d + e] = x[i * d + e] - res[e];
+    }
+  }
+  return kOk;
+}
+
+}  // namespace
+
+int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t levels,
+                  int64_t k, int64_t beam_width, int64_t* codes, float* quantized,
+                  float* errors, int n_threads) {
+  if (n < 0 || d <= 0 || levels <= 0 || k <= 0 || k > (int64_t(1) << 24) || beam_width <= 0)
+    return kBadArgument;
+  if (n == 0) return kOk;
+  if (beam_width == 1)
+    return rq_encode_greedy(x, n, d, codebooks, levels, k, codes, quantized, errors, n_threads);
+  return rq_encode_beam(x, n, d, codebooks, levels, k, beam_width, codes, quantized, errors,
+                        n_threads);
+}
+
+int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t m,
+                  int64_t k, int64_t* codes, int n_threads) {
+  if (n < 0 || m <= 0 || k <= 0 || k > (int64_t(1) << 24) || d % m != 0) return kBadArgument;
+  if (n == 0) return kOk;
+  const int64_t dsub = d / m;
+  std::vector<Panels> panels;
+  panels.reserve(m);
+  for (int64_t s = 0; s < m; ++s) panels.emplace_back(codebooks + s * k * dsub, k, dsub);
+  const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<float> block(ROW_BLOCK * d);
+    int32_t best[ROW_BLOCK];
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
+      const int64_t padded = (rows + TR - 1) / TR * TR;
+      std::memcpy(block.data(), x + row0 * d, sizeof(float) * rows * d);
+      std::fill(block.begin() + rows * d, block.begin() + padded * d, 0.0f);
+      for (int64_t s = 0; s < m; ++s) {
+        // Sub-vector s of each row: columns [s*dsub, (s+1)*dsub) with the full row stride.
+        nearest_codes(block.data() + s * dsub, padded, d, panels[s], best);
+        for (int64_t r = 0; r < rows; ++r) codes[(row0 + r) * m + s] = best[r];
+      }
+    }
+  }
+  return kOk;
+}
+
+int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
+                  int64_t k, int64_t d, float* out, int n_threads) {
+  if (n < 0 || levels <= 0 || k <= 0 || d <= 0) return kBadArgument;
+  int bad = 0;
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    float* o = out + i * d;
+    std::fill(o, o + d, 0.0f);
+    for (int64_t l = 0; l < levels; ++l) {
+      const int64_t c = codes[i * levels + l];
+      if (c < 0 || c >= k) {
+        bad = 1;
+        continue;
+      }
+      const float* w = codebooks + (l * k + c) * d;
+      for (int64_t j = 0; j < d; ++j) o[j] += w[j];
+    }
+  }
+  return bad ? kCodeOutOfRange : kOk;
+}
+
+int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
+                  int64_t dsub, float* out, int n_threads) {
+  if (n < 0 || m <= 0 || k <= 0 || dsub <= 0) return kBadArgument;
+  int bad = 0;
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t s = 0; s < m; ++s) {
+      float* o = out + (i * m + s) * dsub;
+      const int64_t c = codes[i * m + s];
+      if (c < 0 || c >= k) {
+        bad = 1;
+        std::fill(o, o + dsub, 0.0f);
+        continue;
+      }
+      std::memcpy(o, codebooks + (s * k + c) * dsub, sizeof(float) * dsub);
+    }
+  }
+  return bad ? kCodeOutOfRange : kOk;
+}
+
+}  // namespace SEMID_FAST_ISA
+}  // namespace semid_fast

@@ -1,0 +1,386 @@
+"""The quantize family: every backend against the pure-PyTorch reference.
+
+Encoders are compared through the distances of the chosen codewords (ties may pick different
+indices); decoders exactly; gradients against the reference's autograd.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import semid_fast as sf
+from semid_fast.ops import quantize as ops
+from semid_fast.reference import quantize as ref
+
+CPU_BACKENDS = [b for b in sf.available_backends("cpu") if b != "reference"]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+# (N, D, K, L): N off every block size, D in {7, 32, 64, 384}, K in {2, 256, 1024}, L in {1, 3, 4}.
+SHAPES = [
+    (1, 7, 2, 1),
+    (37, 32, 256, 3),
+    (130, 64, 256, 4),
+    (61, 384, 256, 3),
+    (50, 7, 1024, 4),
+    (47, 32, 16, 2),   # cpu row block of 48, minus one
+    (49, 32, 16, 2),   # plus one
+    (65, 64, 100, 1),  # triton row block of 64, plus one; K off the codeword tile
+]
+
+
+def backends_for(device):
+    if device == "cpu":
+        return CPU_BACKENDS
+    return [b for b in sf.available_backends("cuda") if b != "reference"]
+
+
+def pairs():
+    """(device, backend) for every non-reference backend usable here or on a GPU."""
+    out = [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS]
+    for b in ("cuda", "triton"):
+        out.append(pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.gpu))
+    return out
+
+
+def skip_unavailable(device, backend):
+    if backend not in sf.available_backends(device):
+        pytest.skip(f"backend {backend} is not available on {device} in this build")
+
+
+def make_inputs(n, d, k, levels, device, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    # Codebooks on the scale of the residuals of each level, as trained RQ codebooks are.
+    scale = torch.tensor([0.7 ** level for level in range(levels)])[:, None, None]
+    codebooks = torch.randn(levels, k, d, generator=g) * scale
+    return x.to(device=device, dtype=dtype), codebooks.to(device)
+
+
+def level_distances(x, codebooks, codes):
+    """Per level: (distance of the chosen codeword, smallest distance) to that level's residual."""
+    residual = x.float()
+    chosen, best = [], []
+    for level in range(codebooks.shape[0]):
+        dist = ref.squared_distances(residual, codebooks[level])
+        chosen.append(dist.gather(1, codes[:, level:level + 1].long())[:, 0])
+        best.append(dist.min(dim=1).values)
+        residual = residual - codebooks[level][codes[:, level].long()]
+    return torch.stack(chosen, 1), torch.stack(best, 1)
+
+
+def assert_greedy_optimal(x, codebooks, codes):
+    chosen, best = level_distances(x, codebooks, codes)
+    tol = 1e-4 * (1.0 + best.abs())
+    assert ((chosen - best) <= tol).all(), f"max excess {(chosen - best).max().item()}"
+
+
+def small_for_triton(backend, n, k):
+    if backend == "triton" and n * k > 130 * 256:
+        pytest.skip("kept small under the Triton interpreter")
+
+
+# ---------------------------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("n,d,k,levels", SHAPES)
+def test_rq_encode_picks_the_nearest_codeword_each_level(device, backend, n, d, k, levels):
+    skip_unavailable(device, backend)
+    x, codebooks = make_inputs(n, d, k, levels, device, seed=n * 1000 + d)
+    codes = sf.rq_encode(x, codebooks, backend=backend)
+    assert codes.shape == (n, levels) and codes.dtype == torch.int64
+    assert_greedy_optimal(x, codebooks, codes)
+    expected = ref.rq_encode(x, codebooks)
+    # On random data exact ties are absent, so nearly every code matches the reference too.
+    assert (codes == expected).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rq_encode_half_inputs_get_the_float32_choice(device, backend, dtype):
+    skip_unavailable(device, backend)
+    if backend == "triton" and dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("the Triton interpreter has no bfloat16")
+    x, codebooks = make_inputs(53, 64, 256, 3, device, seed=7, dtype=dtype)
+    codes = sf.rq_encode(x, codebooks, backend=backend)
+    assert_greedy_optimal(x.float(), codebooks, codes)
+
+
+@pytest.mark.parametrize("device,backend", [p for p in pairs() if "cuda-cuda" not in p.id])
+@pytest.mark.parametrize("beam_width", [2, 5])
+@pytest.mark.parametrize("n,d,k,levels", [(29, 16, 64, 3), (7, 7, 2, 4), (33, 32, 256, 2)])
+def test_rq_encode_beam_matches_reference(device, backend, beam_width, n, d, k, levels):
+    skip_unavailable(device, backend)
+    x, codebooks = make_inputs(n, d, k, levels, device, seed=beam_width + n)
+    codes = sf.rq_encode(x, codebooks, beam_width=beam_width, backend=backend)
+    expected = ref.rq_encode(x, codebooks, beam_width=beam_width)
+    ours = (x - ref.rq_decode(codes, codebooks)).pow(2).sum(1)
+    theirs = (x - ref.rq_decode(expected, codebooks)).pow(2).sum(1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert (codes == expected).float().mean() >= 0.95
+
+
+def test_beam_search_beats_greedy_on_average():
+    x, codebooks = make_inputs(300, 16, 32, 4, "cpu", seed=3)
+    err = {b: (x - sf.rq_decode(sf.rq_encode(x, codebooks, beam_width=b, backend="cpu"),
+                                codebooks)).pow(2).sum() for b in (1, 8)}
+    assert err[8] < err[1]
+
+
+def test_beam_search_is_not_in_the_cuda_kernel():
+    x, codebooks = make_inputs(5, 4, 8, 2, "cpu", seed=1)
+    with pytest.raises(ValueError, match="does not implement"):
+        sf.rq_encode(x, codebooks, beam_width=2, backend="cuda")
+
+
+@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("n,d,k,m", [(37, 32, 256, 4), (130, 64, 16, 16), (1, 7, 2, 7),
+                                     (49, 64, 256, 8)])
+def test_pq_encode_picks_the_nearest_codeword_per_subspace(device, backend, n, d, k, m):
+    skip_unavailable(device, backend)
+    g = torch.Generator().manual_seed(d + m)
+    x = torch.randn(n, d, generator=g).to(device)
+    codebooks = torch.randn(m, k, d // m, generator=g).to(device)
+    codes = sf.pq_encode(x, codebooks, backend=backend)
+    parts = x.reshape(n, m, d // m)
+    for s in range(m):
+        dist = ref.squared_distances(parts[:, s], codebooks[s])
+        chosen = dist.gather(1, codes[:, s:s + 1])[:, 0]
+        assert (chosen - dist.min(1).values <= 1e-4 * (1 + dist.min(1).values)).all()
+    assert (codes == ref.pq_encode(x, codebooks)).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("device,backend", pairs())
+def test_pq_encode_and_decode_with_opq_rotation(device, backend):
+    skip_unavailable(device, backend)
+    g = torch.Generator().manual_seed(11)
+    n, d, m, k = 45, 32, 8, 64
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    x = torch.randn(n, d, generator=g)
+    codebooks = torch.randn(m, k, d // m, generator=g)
+    x, rotation, codebooks = x.to(device), rotation.to(device), codebooks.to(device)
+    codes = sf.pq_encode(x, codebooks, rotation=rotation, backend=backend)
+    assert (codes == ref.pq_encode(x, codebooks, rotation)).float().mean() >= 0.99
+    out = sf.pq_decode(codes, codebooks, rotation=rotation, backend=backend)
+    torch.testing.assert_close(out, ref.pq_decode(codes, codebooks, rotation))
+    # The rotation is orthonormal: decoding undoes it, so the error is measured in x's space.
+    rotated_error = (x @ rotation.T - sf.pq_decode(codes, codebooks, backend=backend)).norm()
+    torch.testing.assert_close((x - out).norm(), rotated_error, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("code_dtype", [torch.uint8, torch.int16, torch.int32])
+def test_narrow_code_dtypes(backend, code_dtype):
+    x, codebooks = make_inputs(20, 8, 256, 2, "cpu", seed=5)
+    wide = sf.rq_encode(x, codebooks, backend=backend)
+    narrow = sf.rq_encode(x, codebooks, code_dtype=code_dtype, backend=backend)
+    assert narrow.dtype == code_dtype and torch.equal(narrow.long(), wide)
+    pq_narrow = sf.pq_encode(x, codebooks[:1].reshape(2, 256, 4), code_dtype=code_dtype,
+                             backend=backend)
+    torch.testing.assert_close(sf.pq_decode(pq_narrow, codebooks[:1].reshape(2, 256, 4),
+                                            backend=backend),
+                               ref.pq_decode(pq_narrow.long(), codebooks[:1].reshape(2, 256, 4)))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+def test_empty_batch_returns_empty(backend):
+    x, codebooks = make_inputs(0, 8, 4, 2, "cpu", seed=1)
+    assert sf.rq_encode(x, codebooks, backend=backend).shape == (0, 2)
+    assert sf.pq_encode(x, codebooks[0].reshape(2, 4, 4), backend=backend).shape == (0, 2)
+    codes, quantized, loss = sf.rq_quantize(x, codebooks, backend=backend)
+    assert codes.shape == (0, 2) and quantized.shape == (0, 8)
+    assert sf.rq_decode(codes, codebooks, backend=backend).shape == (0, 8)
+
+
+def test_encode_is_deterministic_and_thread_count_independent():
+    x, codebooks = make_inputs(500, 32, 256, 3, "cpu", seed=9)
+    first = sf.rq_encode(x, codebooks, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = sf.rq_encode(x, codebooks, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first, single)
+    assert torch.equal(first, sf.rq_encode(x, codebooks, backend="cpu"))
+
+
+def test_ties_go_to_the_smaller_code():
+    codebooks = torch.zeros(1, 32, 4)
+    codebooks[0, 5] = codebooks[0, 21] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    codebooks[0, :5] = codebooks[0, 6:21] = codebooks[0, 22:] = 10.0
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 7)
+    for backend in CPU_BACKENDS:
+        assert (sf.rq_encode(x, codebooks, backend=backend) == 5).all(), backend
+
+
+# ---------------------------------------------------------------------------------------------
+# decode and the fused training step
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("n,d,k,levels", [(37, 32, 256, 3), (130, 7, 2, 4), (1, 384, 1024, 1)])
+def test_rq_decode_and_its_gradient(device, backend, n, d, k, levels):
+    skip_unavailable(device, backend)
+    g = torch.Generator().manual_seed(n + k)
+    codes = torch.randint(0, k, (n, levels), generator=g).to(device)
+    codebooks = torch.randn(levels, k, d, generator=g).to(device)
+    upstream = torch.randn(n, d, generator=g).to(device)
+    ours_cb = codebooks.clone().requires_grad_()
+    out = sf.rq_decode(codes.int(), ours_cb, backend=backend)
+    (out * upstream).sum().backward()
+    ref_cb = codebooks.clone().requires_grad_()
+    expected = ref.rq_decode(codes, ref_cb)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours_cb.grad, ref_cb.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("n,d,k,levels", [(37, 32, 256, 3), (130, 7, 2, 4), (20, 64, 64, 1)])
+def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n, d, k, levels):
+    skip_unavailable(device, backend)
+    x, codebooks = make_inputs(n, d, k, levels, device, seed=levels * 31 + d)
+    g = torch.Generator().manual_seed(2)
+    upstream = torch.randn(n, d, generator=g).to(device)
+    loss_weight = 1.7
+
+    def run(fn):
+        xi = x.clone().requires_grad_()
+        cb = codebooks.clone().requires_grad_()
+        codes, quantized, loss = fn(xi, cb)
+        ((quantized * upstream).sum() + loss_weight * loss).backward()
+        return codes, quantized.detach(), loss.detach(), xi.grad, cb.grad
+
+    ours = run(lambda xi, cb: sf.rq_quantize(xi, cb, beta=0.3, backend=backend))
+    theirs = run(lambda xi, cb: ref.rq_quantize(xi, cb, beta=0.3))
+    assert torch.equal(ours[0], theirs[0])
+    for a, b in zip(ours[1:], theirs[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_rq_quantize_keeps_half_dtype():
+    x, codebooks = make_inputs(16, 8, 4, 2, "cpu", seed=4, dtype=torch.bfloat16)
+    codes, quantized, loss = sf.rq_quantize(x.requires_grad_(), codebooks, backend="cpu")
+    assert quantized.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    quantized.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library and torch.compile
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opcheck_every_registered_op(backend):
+    x, codebooks = make_inputs(13, 16, 32, 2, "cpu", seed=12)
+    codes = ref.rq_encode(x, codebooks)
+    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, backend))
+    torch.library.opcheck(ops._pq_encode_op, (x, codebooks[0].reshape(4, 32, 4), backend))
+    torch.library.opcheck(ops._decode_op, (codes, codebooks.requires_grad_(), False, backend))
+    torch.library.opcheck(ops._decode_op, (codes, codebooks.reshape(2, 32, 16, 1)[..., 0]
+                                           .contiguous().requires_grad_(), True, backend))
+    torch.library.opcheck(ops._rq_quantize_op,
+                          (x.requires_grad_(), codebooks.detach().requires_grad_(), 0.25, backend))
+
+
+def test_torch_compile_fullgraph_rqvae_step_matches_eager():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(12, 8)
+    decoder = torch.nn.Linear(8, 12)
+    codebooks = torch.nn.Parameter(torch.randn(3, 16, 8) * 0.5)
+    batch = torch.randn(40, 12)
+
+    def step(inp):
+        z = encoder(inp)
+        codes, quantized, rq_loss = sf.rq_quantize(z, codebooks, beta=0.25, backend="cpu")
+        loss = ((decoder(quantized) - inp) ** 2).mean() + rq_loss
+        return codes, loss
+
+    def grads(fn):
+        for p in (*encoder.parameters(), *decoder.parameters(), codebooks):
+            p.grad = None
+        codes, loss = fn(batch)
+        loss.backward()
+        return codes, loss.detach(), [p.grad.clone() for p in (encoder.weight, codebooks)]
+
+    eager = grads(step)
+    compiled = grads(torch.compile(step, fullgraph=True))
+    assert torch.equal(eager[0], compiled[0])
+    torch.testing.assert_close(eager[1], compiled[1])
+    for a, b in zip(eager[2], compiled[2]):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: clear errors before any kernel runs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: sf.rq_encode(torch.randn(4), torch.randn(1, 2, 4)), ValueError, "x must have shape"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(2, 4)), ValueError, "codebooks must have shape"),
+    (lambda: sf.rq_encode(torch.randn(3, 5), torch.randn(1, 2, 4)), ValueError, "D=5"),
+    (lambda: sf.rq_encode(torch.randn(3, 1), torch.randn(1, 65537, 1)), ValueError, "65536"),
+    (lambda: sf.rq_encode(torch.ones(3, 4, dtype=torch.long), torch.randn(1, 2, 4)), TypeError, "x must have dtype"),
+    (lambda: sf.rq_encode([[1.0]], torch.randn(1, 2, 1)), TypeError, "x must be a torch.Tensor"),
+    (lambda: sf.rq_encode(torch.tensor([[float("nan")] * 4]), torch.randn(1, 2, 4)), ValueError, "x contains NaN"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.full((1, 2, 4), float("inf"))), ValueError, "codebooks contains NaN"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), beam_width=0), ValueError, "beam_width"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), beam_width=2.0), TypeError, "beam_width"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 300, 4), code_dtype=torch.uint8), ValueError, "cannot hold"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), code_dtype=torch.float32), TypeError, "code_dtype"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4, device="meta")), ValueError, "one device"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), backend="gpu"), ValueError, "backend"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(0, 2, 4)), ValueError, "non-zero"),
+    (lambda: sf.rq_decode(torch.tensor([[0, 2]]), torch.randn(2, 2, 4)), ValueError, r"\[0, 2\)"),
+    (lambda: sf.rq_decode(torch.tensor([[-1, 0]]), torch.randn(2, 2, 4)), ValueError, r"\[0, 2\)"),
+    (lambda: sf.rq_decode(torch.tensor([[0.0, 1.0]]), torch.randn(2, 2, 4)), TypeError, "codes must have dtype"),
+    (lambda: sf.rq_decode(torch.tensor([[0, 1, 0]]), torch.randn(2, 2, 4)), ValueError, "3 columns"),
+    (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(3, 2, 2)), ValueError, "M \\* D/M"),
+    (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(2, 2, 4), rotation=torch.randn(8, 4)), ValueError, "rotation"),
+    (lambda: sf.pq_decode(torch.tensor([[0, 5]]), torch.randn(2, 2, 4)), ValueError, "codes must lie"),
+    (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), beta="0.25"), TypeError, "beta"),
+])
+def test_bad_input_raises_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_native_decoders_never_read_out_of_bounds():
+    """With value checks off, out-of-range codes reach the kernel, which skips them."""
+    codebooks = torch.randn(2, 4, 3)
+    codes = torch.tensor([[0, 7], [-3, 1]])
+    sf.config.check_values = False
+    try:
+        with pytest.raises(RuntimeError, match="outside"):
+            sf.rq_decode(codes, codebooks, backend="cpu")
+    finally:
+        sf.config.check_values = True
+
+
+# ---------------------------------------------------------------------------------------------
+# real data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_real_embeddings_encode_like_the_reference(shared_data):
+    emb = torch.from_numpy(np.load(shared_data / "amazon18_industrial" / "title_minilm384.npy"))
+    emb = emb.float()
+    g = torch.Generator().manual_seed(0)
+    # Codebooks drawn from the data's own residuals, so distances are realistic and close.
+    residual, books = emb, []
+    for _ in range(3):
+        book = residual[torch.randperm(len(residual), generator=g)[:256]]
+        books.append(book)
+        residual = residual - book[ref.rq_encode(residual, book[None])[:, 0]]
+    codebooks = torch.stack(books)
+    for backend in CPU_BACKENDS:
+        rows = emb if backend == "cpu" else emb[:64]
+        codes = sf.rq_encode(rows, codebooks, backend=backend)
+        assert_greedy_optimal(rows, codebooks, codes)
+        assert (codes == ref.rq_encode(rows, codebooks)).float().mean() >= 0.99
