@@ -22,7 +22,7 @@ class _Config:
 config = _Config()
 
 
-def _scanning() -> bool:
+def scanning() -> bool:
     return config.check_values and not torch.compiler.is_compiling()
 
 
@@ -55,12 +55,12 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
 
 
 def finite(t: torch.Tensor, name: str) -> None:
-    if _scanning() and t.numel() and not bool(torch.isfinite(t).all()):
+    if scanning() and t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
 
 
 def codes_in_range(codes: torch.Tensor, k: int, name: str) -> None:
-    if _scanning() and codes.numel():
+    if scanning() and codes.numel():
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= k:
             raise ValueError(f"{name} must lie in [0, {k}), found values in [{lo}, {hi}]")

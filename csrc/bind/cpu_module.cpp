@@ -1,6 +1,7 @@
 // pybind11 module _C: argument passing only. Pointers arrive as integers from data_ptr().
 #include <pybind11/pybind11.h>
 
+#include "semid_fast/longid.h"
 #include "semid_fast/quantize.h"
 
 namespace py = pybind11;
@@ -68,5 +69,16 @@ PYBIND11_MODULE(_C, m) {
            int64_t dsub, std::uintptr_t out, int n_threads) {
           SEMID_FAST_CALL(pq_decode_f32, ptr<const int64_t>(codes), n, msub,
                           ptr<const float>(codebooks), k, dsub, ptr<float>(out), n_threads);
+        });
+
+  m.def("holistic_topk_f32",
+        [](std::uintptr_t table, int interleaved, int64_t b, int64_t msub, int64_t k,
+           std::uintptr_t codes, int code_bytes, int64_t n, std::uintptr_t candidates, int64_t c,
+           std::uintptr_t item_mask, int64_t mask_stride, float divisor, int64_t topk,
+           std::uintptr_t out_scores, std::uintptr_t out_ids, int n_threads) {
+          SEMID_FAST_CALL(holistic_topk_f32, ptr<const float>(table), interleaved, b, msub, k,
+                          ptr<const void>(codes), code_bytes, n, ptr<const int64_t>(candidates),
+                          c, ptr<const uint8_t>(item_mask), mask_stride, divisor, topk,
+                          ptr<float>(out_scores), ptr<int64_t>(out_ids), n_threads);
         });
 }

@@ -17,6 +17,10 @@
 
 #include "semid_fast/quantize.h"
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
@@ -148,15 +152,61 @@ void nearest_codes_fixed(const float* rows, int64_t count, int64_t ld, const Pan
     for (int r = 0; r < TR; ++r) out[t * TR + r] = argmax[t].result(r);
 }
 
+// Index of the largest of `count` scores (a multiple of 8); ties to the smaller index.
+inline int32_t argmax_scores(const float* scores, int64_t count) {
+  v8f top = load8(scores);
+  for (int64_t c = 8; c < count; c += 8) {
+    const v8f s = load8(scores + c);
+    top = s > top ? s : top;
+  }
+  const float best = lane_max(top)[0];
+  for (int64_t c = 0; c < count; c += 8) {
+#ifdef __AVX2__
+    const __m256 hit = _mm256_cmp_ps(_mm256_loadu_ps(scores + c), _mm256_set1_ps(best), _CMP_EQ_OQ);
+    const int mask = _mm256_movemask_ps(hit);
+    if (mask) return int32_t(c + __builtin_ctz(mask));
+#else
+    for (int l = 0; l < 8; ++l)
+      if (scores[c + l] == best) return int32_t(c + l);
+#endif
+  }
+  return 0;
+}
+
+// Short sub-vectors (PQ): so few multiply-adds per score that keeping a running argmax in
+// memory would cost more than the scores. Each tile instead writes its scores for all codes
+// to an L1-resident buffer, then one max pass and one find pass pick the code.
+template <int FIXED_D>
+void nearest_codes_short(const float* rows, int64_t count, int64_t ld, const Panels& cb,
+                         int32_t* out) {
+  const int64_t kp = cb.n_panels * TC;
+  thread_local std::vector<float> scores;
+  scores.resize(TR * kp);
+  v8f acc[TR][2];
+  for (int64_t t = 0; t < count / TR; ++t) {
+    for (int64_t p = 0; p < cb.n_panels; ++p) {
+      score_tile<FIXED_D>(rows + t * TR * ld, ld, cb.panel(p), cb.d, cb.bias.data() + p * TC,
+                          acc);
+      for (int r = 0; r < TR; ++r) {
+        *reinterpret_cast<v8f_unaligned*>(&scores[r * kp + p * TC]) = acc[r][0];
+        *reinterpret_cast<v8f_unaligned*>(&scores[r * kp + p * TC + 8]) = acc[r][1];
+      }
+    }
+    for (int r = 0; r < TR; ++r) out[t * TR + r] = argmax_scores(&scores[r * kp], kp);
+  }
+}
+
 void nearest_codes(const float* rows, int64_t count, int64_t ld, const Panels& cb,
                    int32_t* out) {
   switch (cb.d) {
-    case 1: return nearest_codes_fixed<1>(rows, count, ld, cb, out);
-    case 2: return nearest_codes_fixed<2>(rows, count, ld, cb, out);
-    case 4: return nearest_codes_fixed<4>(rows, count, ld, cb, out);
-    case 8: return nearest_codes_fixed<8>(rows, count, ld, cb, out);
-    case 16: return nearest_codes_fixed<16>(rows, count, ld, cb, out);
-    default: return nearest_codes_fixed<0>(rows, count, ld, cb, out);
+    case 1: return nearest_codes_short<1>(rows, count, ld, cb, out);
+    case 2: return nearest_codes_short<2>(rows, count, ld, cb, out);
+    case 4: return nearest_codes_short<4>(rows, count, ld, cb, out);
+    case 8: return nearest_codes_short<8>(rows, count, ld, cb, out);
+    case 16: return nearest_codes_short<16>(rows, count, ld, cb, out);
+    default:
+      return cb.d < 16 ? nearest_codes_short<0>(rows, count, ld, cb, out)
+                       : nearest_codes_fixed<0>(rows, count, ld, cb, out);
   }
 }
 

@@ -1,0 +1,32 @@
+// Raw-pointer ABI of the longid family (holistic scoring of long semantic IDs + top-k).
+//
+// score[b, n] = sum over m = 0..M-1 (in that order, float32) of table[b, m, codes[n, m]],
+// divided by `divisor` (1 for a sum, M for a mean).
+// Ranking: higher score first, ties toward the smaller item id; missing results are padded
+// with score -inf and id -1.
+//
+// Layouts (row-major, contiguous):
+//   table        (B, M, K) float32, query-interleaved by the caller into
+//                (ceil(B/8), M, K, 8) when `interleaved` is set (see ops/longid.py)
+//   codes        (N, M) of 1, 2, 4 or 8-byte integers (code_bytes; 1 = unsigned)
+//   candidates   (B, C) int64 or nullptr: score only these ids (-1 = padding, duplicates once)
+//   item_mask    uint8, nullptr, (N,) (mask_stride 0) or (B, N) (mask_stride N): 1 = exclude
+//   out_scores   (B, topk) float32, out_ids (B, topk) int64
+#pragma once
+#include <cstdint>
+
+namespace semid_fast {
+
+#define SEMID_FAST_DECLARE_CPU_LONGID(ns)                                                      \
+  namespace ns {                                                                              \
+  int holistic_topk_f32(const float* table, int interleaved, int64_t b, int64_t m, int64_t k, \
+                        const void* codes, int code_bytes, int64_t n,                         \
+                        const int64_t* candidates, int64_t c, const uint8_t* item_mask,       \
+                        int64_t mask_stride, float divisor, int64_t topk, float* out_scores,  \
+                        int64_t* out_ids, int n_threads);                                     \
+  }
+
+SEMID_FAST_DECLARE_CPU_LONGID(isa_avx2)
+SEMID_FAST_DECLARE_CPU_LONGID(isa_base)
+
+}  // namespace semid_fast

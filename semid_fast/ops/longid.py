@@ -1,0 +1,259 @@
+"""Long semantic IDs (RPG, ACERec): holistic scoring with fused top-k, item graphs, and
+RPG's graph-constrained decoding.
+
+A model predicts all M codes of the next item at once as per-position log-probabilities
+``token_scores`` (B, M, K); an item's holistic score is the sum (or mean) over m of
+``token_scores[b, m, codes[n, m]]``. The kernels score items straight from their codes and
+keep a running top-k, so no (B, N) score matrix exists for a whole catalog.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import _backends, _checks, _native
+from ..reference import longid as ref
+
+__all__ = ["holistic_topk", "ItemGraph", "graph_decode"]
+
+_QUERY_LANES = 8  # the CPU kernel reads 8 queries' table entries with one vector load
+
+
+def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
+    b, m, kc = token_scores.shape
+    n = codes.shape[0]
+    table = token_scores.float()
+    interleaved = candidates is None and b >= 2
+    if interleaved:
+        # (B, M, K) -> (ceil(B/8), M, K, 8): the 8 queries of a group sit side by side.
+        groups = -(-b // _QUERY_LANES)
+        padded = table.new_zeros((groups * _QUERY_LANES, m, kc))
+        padded[:b] = table
+        table = padded.reshape(groups, _QUERY_LANES, m, kc).permute(0, 2, 3, 1)
+    table = table.contiguous()
+    codes = codes.contiguous()
+    scores = torch.empty((b, k), dtype=torch.float32)
+    ids = torch.empty((b, k), dtype=torch.long)
+    cand = None if candidates is None else candidates.long().contiguous()
+    mask = None if item_mask is None else item_mask.to(torch.uint8).contiguous()
+    status = _native.cpu().holistic_topk_f32(
+        table.data_ptr(), int(interleaved), b, m, kc, codes.data_ptr(), codes.element_size(), n,
+        0 if cand is None else cand.data_ptr(), 0 if cand is None else cand.shape[1],
+        0 if mask is None else mask.data_ptr(), 0 if mask is None or mask.dim() == 1 else n,
+        float(m) if mean else 1.0, k, scores.data_ptr(), ids.data_ptr(), _native.n_threads())
+    _native.check_cpu_status(status, "holistic_topk")
+    return scores, ids
+
+
+@torch.library.custom_op("semid_fast::holistic_topk", mutates_args=())
+def _holistic_topk_op(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
+                      candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cpu":
+        return _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask)
+    scores, ids = ref.holistic_topk(token_scores, codes, k, "mean" if mean else "sum",
+                                    candidates, item_mask)
+    return scores.to(token_scores.device), ids.to(token_scores.device)
+
+
+@_holistic_topk_op.register_fake
+def _(token_scores, codes, k, mean, candidates, item_mask, backend):
+    b = token_scores.shape[0]
+    return (token_scores.new_empty((b, k), dtype=torch.float32),
+            token_scores.new_empty((b, k), dtype=torch.long))
+
+
+def _check_scores_codes(op, token_scores, codes):
+    _checks.tensor(token_scores, "token_scores", 3, _checks.FLOAT_DTYPES, "(B, M, K)")
+    _checks.tensor(codes, "codes", 2, _checks.INT_DTYPES, "(N, M)")
+    device = _checks.same_device(op, token_scores=token_scores, codes=codes)
+    b, m, k = token_scores.shape
+    if codes.shape[1] != m:
+        raise ValueError(f"{op}: token_scores have M={m} positions but codes have "
+                         f"{codes.shape[1]} columns")
+    if m == 0 or k == 0:
+        raise ValueError(f"{op}: token_scores must have M > 0 and K > 0, got {tuple(token_scores.shape)}")
+    if codes.dtype == torch.uint8 and k < 256 or codes.dtype != torch.uint8:
+        _checks.codes_in_range(codes, k, "codes")
+    if _checks.scanning() and token_scores.numel():
+        # -inf is a legitimate log-probability (an impossible token); NaN and +inf are not.
+        if bool(torch.isnan(token_scores).any() | torch.isposinf(token_scores).any()):
+            raise ValueError("token_scores contains NaN or +inf")
+    return device
+
+
+def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
+                  reduce: str = "sum", candidates: torch.Tensor | None = None,
+                  item_mask: torch.Tensor | None = None, backend: str = "auto"):
+    """Top-k catalog items by holistic score, scoring and selection fused.
+
+    Args:
+        token_scores: (B, M, K) float32/float16/bfloat16 per-position scores (log-probs).
+        codes: (N, M) uint8 (K <= 256), int16, int32 or int64 item codes; uint8 is fastest.
+        k: results per query; k > N pads with score -inf and id -1.
+        reduce: "sum" or "mean" over the M positions.
+        candidates: optional (B, C) int64 item ids to score instead of the whole catalog
+            (-1 = padding; a repeated id counts once).
+        item_mask: optional (N,) or (B, N) bool, True = exclude (seen, out of stock).
+
+    Returns:
+        (scores (B, k) float32, item ids (B, k) int64), best first, ties toward the smaller id.
+    """
+    device = _check_scores_codes("holistic_topk", token_scores, codes)
+    _checks.positive_int(k, "k")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    b, n = token_scores.shape[0], codes.shape[0]
+    if candidates is not None:
+        _checks.tensor(candidates, "candidates", 2, (torch.int32, torch.int64), "(B, C)")
+        _checks.same_device("holistic_topk", candidates=candidates, codes=codes)
+        if candidates.shape[0] != b:
+            raise ValueError(f"candidates must have B={b} rows, got {candidates.shape[0]}")
+        if _checks.scanning() and candidates.numel():
+            lo, hi = int(candidates.min()), int(candidates.max())
+            if lo < -1 or hi >= n:
+                raise ValueError(f"candidates must lie in [-1, {n}), found [{lo}, {hi}]")
+    if item_mask is not None:
+        if not isinstance(item_mask, torch.Tensor) or item_mask.dtype != torch.bool:
+            raise TypeError("item_mask must be a bool tensor of shape (N,) or (B, N)")
+        _checks.same_device("holistic_topk", item_mask=item_mask, codes=codes)
+        if item_mask.shape not in ((n,), (b, n)):
+            raise ValueError(f"item_mask must have shape ({n},) or ({b}, {n}), got "
+                             f"{tuple(item_mask.shape)}")
+    name = _backends.resolve(backend, device, "holistic_topk", gpu_order=(),
+                             supported=("reference", "cpu"))
+    return _holistic_topk_op(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
+
+
+class ItemGraph:
+    """Each item's ``n_edges`` most similar items, for RPG's graph-constrained decoding.
+
+    ``neighbors`` is (N, n_edges) int64, most similar first, ties toward the smaller id; an
+    item's own id is among its neighbours (as in RPG).
+    """
+
+    def __init__(self, neighbors: torch.Tensor):
+        _checks.tensor(neighbors, "neighbors", 2, (torch.int64,), "(N, n_edges)")
+        self.neighbors = neighbors
+
+    @property
+    def num_items(self) -> int:
+        return self.neighbors.shape[0]
+
+    @property
+    def n_edges(self) -> int:
+        return self.neighbors.shape[1]
+
+    @classmethod
+    def build(cls, codes: torch.Tensor, *, n_edges: int,
+              token_embeddings: torch.Tensor | None = None, block_size: int = 256,
+              backend: str = "auto") -> "ItemGraph":
+        """Exact graph in O(N * n_edges) memory, built ``block_size`` items at a time.
+
+        Args:
+            codes: (N, M) integer item codes in [0, K).
+            n_edges: neighbours per item, 1 <= n_edges < N.
+            token_embeddings: optional (M, K, d) float: RPG's similarity, the mean over m of
+                (1 + cos(E[m, codes[i, m]], E[m, codes[j, m]])) / 2. Without it, the number
+                of equal code positions.
+        Each block of items is a batch of holistic queries whose tables are rows of the
+        per-position token-similarity tables, so the build reuses the holistic kernel.
+        """
+        _checks.tensor(codes, "codes", 2, _checks.INT_DTYPES, "(N, M)")
+        n, m = codes.shape
+        _checks.positive_int(n_edges, "n_edges")
+        if n_edges >= n:
+            raise ValueError(f"n_edges must be < N={n}, got {n_edges}")
+        _checks.positive_int(block_size, "block_size")
+        if token_embeddings is not None:
+            _checks.tensor(token_embeddings, "token_embeddings", 3, _checks.FLOAT_DTYPES, "(M, K, d)")
+            if token_embeddings.shape[0] != m:
+                raise ValueError(f"token_embeddings must have M={m} codebooks, got "
+                                 f"{token_embeddings.shape[0]}")
+            k = token_embeddings.shape[1]
+            table = ref.token_similarity(token_embeddings.to(codes.device))
+        else:
+            k = int(codes.max()) + 1 if codes.numel() else 1
+            table = None
+        _checks.codes_in_range(codes, k, "codes")
+        positions = torch.arange(m, device=codes.device)
+        blocks = []
+        for start in range(0, n, block_size):
+            block = codes[start:start + block_size].long()
+            if table is None:
+                queries = torch.nn.functional.one_hot(block, k).float()
+                reduce = "sum"
+            else:
+                queries = table[positions[None, :], block]  # (Q, M, K)
+                reduce = "mean"
+            blocks.append(holistic_topk(queries, codes, n_edges, reduce=reduce,
+                                        backend=backend)[1])
+        return cls(torch.cat(blocks))
+
+    def to(self, device) -> "ItemGraph":
+        return ItemGraph(self.neighbors.to(device))
+
+    def save(self, path) -> None:
+        torch.save({"neighbors": self.neighbors.cpu()}, Path(path))
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "ItemGraph":
+        return cls(torch.load(Path(path), map_location=map_location)["neighbors"])
+
+
+def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGraph, *,
+                 beam_width: int, steps: int, k: int, reduce: str = "sum",
+                 seed: int | None = None, init: torch.Tensor | None = None,
+                 return_visited: bool = False, backend: str = "auto"):
+    """RPG's graph-constrained decoding for a batch of queries.
+
+    Start from ``beam_width`` items per query (``init`` (B, beam_width) ids, else distinct
+    random items drawn from ``seed``, or from torch's generator when no seed is given); then
+    ``steps`` times score the beam and all its neighbours (duplicates once) with the holistic
+    kernel and keep the best ``beam_width``. Every step has fixed shapes and no host sync.
+
+    Returns:
+        (scores (B, k) float32, item ids (B, k) int64) sorted like :func:`holistic_topk`, and
+        with ``return_visited`` also (B,) int64: distinct items scored per query, summed
+        over steps.
+    """
+    device = _check_scores_codes("graph_decode", token_scores, codes)
+    if not isinstance(graph, ItemGraph):
+        raise TypeError(f"graph must be an ItemGraph, got {type(graph).__name__}")
+    b, n = token_scores.shape[0], codes.shape[0]
+    if graph.num_items != n:
+        raise ValueError(f"graph has {graph.num_items} items but codes have N={n}")
+    _checks.positive_int(beam_width, "beam_width")
+    _checks.positive_int(steps, "steps")
+    _checks.positive_int(k, "k")
+    if beam_width > n:
+        raise ValueError(f"beam_width must be <= N={n}, got {beam_width}")
+    if k > beam_width:
+        raise ValueError(f"k must be <= beam_width={beam_width}, got {k}")
+    if init is None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        rng = np.random.default_rng(seed)
+        init = torch.from_numpy(np.stack([rng.choice(n, beam_width, replace=False)
+                                          for _ in range(b)]).astype(np.int64))
+    else:
+        _checks.tensor(init, "init", 2, (torch.int32, torch.int64), "(B, beam_width)")
+        if tuple(init.shape) != (b, beam_width):
+            raise ValueError(f"init must have shape ({b}, {beam_width}), got {tuple(init.shape)}")
+        _checks.codes_in_range(init, n, "init")
+    beam = init.long().to(device)
+    neighbors = graph.neighbors.to(device)
+    visited = torch.zeros(b, dtype=torch.long, device=device)
+    scores = None
+    for _ in range(steps):
+        candidates = torch.cat([beam, neighbors[beam.clamp_min(0)].reshape(b, -1)], dim=1)
+        if return_visited:
+            ordered = candidates.sort(dim=1).values
+            visited += 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(1)
+        scores, beam = holistic_topk(token_scores, codes, beam_width, reduce=reduce,
+                                     candidates=candidates, backend=backend)
+    out = (scores[:, :k], beam[:, :k])
+    return (*out, visited) if return_visited else out

@@ -1,0 +1,126 @@
+"""Pure-PyTorch oracle of the ``longid`` family (RPG / ACERec long semantic IDs).
+
+Holistic score of item n for query b: ``score[b, n] = sum_m token_scores[b, m, codes[n, m]]``
+(or the mean over m), summed in float32 over m = 0, 1, ..., M-1 in that order, so that the
+native backends, which keep the same order, agree bit for bit.
+
+Ranking everywhere: higher score first, ties toward the smaller item id; missing results are
+padded with score -inf and item id -1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["holistic_scores", "holistic_topk", "item_graph", "graph_decode"]
+
+
+def holistic_scores(token_scores: torch.Tensor, codes: torch.Tensor, reduce: str = "sum"):
+    """(B, N) float32 scores of every item for every query."""
+    table = token_scores.float()
+    codes = codes.long()
+    scores = table.new_zeros((table.shape[0], codes.shape[0]))
+    for m in range(codes.shape[1]):
+        scores = scores + table[:, m, codes[:, m]]
+    return scores / codes.shape[1] if reduce == "mean" else scores
+
+
+def _rank(scores: torch.Tensor, ids: torch.Tensor, k: int):
+    """Top k of each row of (scores, ids), higher score first, ties toward the smaller id."""
+    b = scores.shape[0]
+    valid = ids >= 0
+    ids_key = torch.where(valid, ids, torch.iinfo(torch.long).max)
+    # Two stable sorts: by id, then by score (descending), keeps ids ascending among ties.
+    by_id = ids_key.argsort(dim=1, stable=True)
+    scores, ids, valid = scores.gather(1, by_id), ids.gather(1, by_id), valid.gather(1, by_id)
+    scores = torch.where(valid, scores, torch.full_like(scores, -torch.inf))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    scores, ids, valid = scores.gather(1, order), ids.gather(1, order), valid.gather(1, order)
+    ids = torch.where(valid, ids, torch.full_like(ids, -1))
+    keep = min(k, scores.shape[1])
+    out_scores = scores.new_full((b, k), -torch.inf)
+    out_ids = ids.new_full((b, k), -1)
+    out_scores[:, :keep], out_ids[:, :keep] = scores[:, :keep], ids[:, :keep]
+    return out_scores, out_ids
+
+
+def holistic_topk(token_scores, codes, k, reduce="sum", candidates=None, item_mask=None):
+    """Top-k items by holistic score: (scores (B, k) float32, item ids (B, k) int64).
+
+    ``candidates`` (B, C) int64 restricts each query to those items (-1 entries are padding,
+    duplicates count once); ``item_mask`` (N,) or (B, N) bool marks items to exclude.
+    """
+    b, n = token_scores.shape[0], codes.shape[0]
+    scores = holistic_scores(token_scores, codes, reduce)
+    excluded = torch.zeros((b, n), dtype=torch.bool)
+    if item_mask is not None:
+        excluded = excluded | item_mask.expand(b, n).cpu()
+    scores = scores.cpu()
+    if candidates is None:
+        ids = torch.arange(n).expand(b, n)
+        ids = torch.where(excluded, -1, ids)
+        return _rank(scores, ids, k)
+    cand = candidates.long().cpu()
+    valid = cand >= 0
+    safe = cand.clamp_min(0)
+    cand_scores = scores.gather(1, safe)
+    valid &= ~excluded.gather(1, safe)
+    # Drop duplicates: keep the first occurrence of each id in a row.
+    sorted_ids, order = torch.where(valid, cand, -1).sort(dim=1, stable=True)
+    repeat = torch.zeros_like(valid)
+    repeat_sorted = torch.zeros_like(valid)
+    repeat_sorted[:, 1:] = (sorted_ids[:, 1:] == sorted_ids[:, :-1]) & (sorted_ids[:, 1:] >= 0)
+    repeat.scatter_(1, order, repeat_sorted)
+    ids = torch.where(valid & ~repeat, cand, -1)
+    return _rank(cand_scores, ids, k)
+
+
+def token_similarity(token_embeddings: torch.Tensor) -> torch.Tensor:
+    """RPG's per-codebook token similarity (M, K, K): (1 + cos(E[m, a], E[m, b])) / 2."""
+    unit = torch.nn.functional.normalize(token_embeddings.float(), dim=-1)
+    return (1.0 + unit @ unit.transpose(1, 2)) / 2.0
+
+
+def item_graph(codes: torch.Tensor, n_edges: int, token_embeddings=None) -> torch.Tensor:
+    """(N, n_edges) int64: each item's most similar items, the item itself included.
+
+    With ``token_embeddings`` (M, K, d): RPG's similarity, the mean over m of the token
+    similarity of the two items' codes. Without: the number of equal code positions. Built
+    here with a dense (N, N) matrix: this is the oracle for small N only.
+    """
+    codes = codes.long()
+    n, m = codes.shape
+    if token_embeddings is None:
+        sim = (codes[:, None, :] == codes[None, :, :]).float().sum(-1)
+    else:
+        table = token_similarity(token_embeddings)
+        sim = torch.zeros(n, n)
+        for pos in range(m):
+            sim = sim + table[pos][codes[:, pos][:, None], codes[:, pos][None, :]]
+        sim = sim / m
+    return _rank(sim, torch.arange(n).expand(n, n), n_edges)[1]
+
+
+def graph_decode(token_scores, codes, neighbors, beam_width, steps, k, reduce="sum",
+                 init=None, generator=None):
+    """RPG's graph-constrained decoding, one query at a time (a plain loop, for clarity).
+
+    Start from ``init`` (B, beam_width) item ids, or beam_width distinct random items drawn
+    with ``generator``; ``steps`` times, score the beam and all the beam's neighbours (no
+    duplicates) and keep the best beam_width. Returns the top k of the final beam.
+    """
+    b, n = token_scores.shape[0], codes.shape[0]
+    if init is None:
+        init = torch.stack([torch.randperm(n, generator=generator)[:beam_width] for _ in range(b)])
+    scores_out, ids_out = [], []
+    for q in range(b):
+        beam = init[q].long()
+        beam_scores = None
+        for _ in range(steps):
+            cand = torch.cat([beam, neighbors[beam].reshape(-1)])[None]
+            beam_scores, beam_ids = holistic_topk(token_scores[q:q + 1], codes, beam_width,
+                                                  reduce, candidates=cand)
+            beam = beam_ids[0]
+        scores_out.append(beam_scores[0, :k])
+        ids_out.append(beam[:k])
+    return torch.stack(scores_out), torch.stack(ids_out)

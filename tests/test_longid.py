@@ -1,0 +1,233 @@
+"""The longid family: holistic top-k, item graphs and graph decoding against the reference,
+faiss as an outside oracle, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import semid_fast as sf
+from semid_fast.ops import longid as ops
+from semid_fast.reference import longid as ref
+
+CPU_BACKENDS = [b for b in ("cpu",) if b in sf.available_backends("cpu")]
+CODE_DTYPES = [torch.uint8, torch.int16, torch.int32, torch.int64]
+
+
+def make(b, m, k, n, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(b, m, k, generator=g).log_softmax(-1)
+    codes = torch.randint(0, k, (n, m), generator=g).to(dtype)
+    return scores, codes
+
+
+# (B, M, K, N, k): B of 1 (scalar scan), 2..9 (interleaved groups of 8, ragged), N off every
+# chunk size (1024 items), k > N.
+SHAPES = [(1, 8, 16, 37, 5), (3, 16, 256, 1000, 10), (9, 4, 7, 50, 60), (8, 64, 256, 2051, 100),
+          (2, 3, 300, 200, 7), (1, 32, 256, 1025, 1)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", CODE_DTYPES)
+@pytest.mark.parametrize("b,m,k,n,topk", SHAPES)
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_holistic_topk_equals_reference_exactly(backend, dtype, b, m, k, n, topk, reduce):
+    if dtype == torch.uint8 and k > 256:
+        pytest.skip("uint8 codes hold K <= 256")
+    scores, codes = make(b, m, k, n, dtype, seed=b * 7 + n)
+    got = sf.holistic_topk(scores, codes, topk, reduce=reduce, backend=backend)
+    want = ref.holistic_topk(scores, codes, topk, reduce)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if topk > n:
+        assert (got[1][:, n:] == -1).all() and torch.isinf(got[0][:, n:]).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_ties_go_to_the_smaller_item_and_minus_inf_scores_are_items(backend):
+    codes = torch.randint(0, 2, (300, 3), dtype=torch.uint8)
+    scores = torch.zeros(9, 3, 256)
+    scores[:, 1, 1] = -torch.inf  # items with code 1 at position 1 score -inf
+    got_scores, got_ids = sf.holistic_topk(scores, codes, 300, backend=backend)
+    finite = codes[:, 1] == 0
+    expected = torch.cat([torch.nonzero(finite)[:, 0], torch.nonzero(~finite)[:, 0]])
+    assert torch.equal(got_ids[0], expected)
+    assert torch.isinf(got_scores[0, int(finite.sum()):]).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("b", [1, 5])
+def test_masks_and_candidates(backend, b):
+    scores, codes = make(b, 8, 32, 400, torch.int32, seed=3)
+    g = torch.Generator().manual_seed(4)
+    for mask in (torch.rand(400, generator=g) < 0.5, torch.rand(b, 400, generator=g) < 0.9):
+        got = sf.holistic_topk(scores, codes, 50, item_mask=mask, backend=backend)
+        want = ref.holistic_topk(scores, codes, 50, item_mask=mask)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert not mask.expand(b, 400).gather(1, got[1].clamp_min(0))[got[1] >= 0].any()
+    cand = torch.randint(-1, 400, (b, 70), generator=g)
+    cand[:, 1] = cand[:, 0]  # a duplicate counts once
+    got = sf.holistic_topk(scores, codes, 40, candidates=cand, item_mask=mask, backend=backend)
+    want = ref.holistic_topk(scores, codes, 40, candidates=cand, item_mask=mask)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for row, ids in zip(cand, got[1]):
+        kept = ids[ids >= 0]
+        assert len(set(kept.tolist())) == len(kept) and set(kept.tolist()) <= set(row.tolist())
+
+
+def test_half_token_scores_are_read_as_float32():
+    scores, codes = make(4, 16, 256, 500, torch.uint8, seed=5)
+    for dtype in (torch.float16, torch.bfloat16):
+        got = sf.holistic_topk(scores.to(dtype), codes, 20, backend="cpu")
+        want = ref.holistic_topk(scores.to(dtype), codes, 20)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_thread_count_does_not_change_results():
+    scores, codes = make(3, 16, 256, 5000, torch.uint8, seed=6)
+    first = sf.holistic_topk(scores, codes, 64, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = sf.holistic_topk(scores, codes, 64, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first[0], single[0]) and torch.equal(first[1], single[1])
+
+
+def test_faiss_indexpq_with_token_score_centroids_agrees():
+    """An inner-product IndexPQ whose sub-space j of query b holds token_scores[b]: faiss's
+    own scan computes the same holistic scores (an oracle nobody here wrote)."""
+    faiss = pytest.importorskip("faiss")
+    b, m, k, n, topk = 4, 16, 256, 3000, 25
+    scores, codes = make(b, m, k, n, torch.uint8, seed=8)
+    got_scores, got_ids = sf.holistic_topk(scores, codes, topk, backend="cpu")
+    faiss_scores, faiss_ids = _faiss_holistic(faiss, scores, codes, topk)
+    np.testing.assert_allclose(faiss_scores, got_scores.numpy(), rtol=1e-5, atol=1e-4)
+    # faiss sums in another order: where scores are equal to rounding, ids may swap.
+    assert (torch.from_numpy(faiss_ids) == got_ids).float().mean() >= 0.95
+
+
+def _faiss_holistic(faiss, scores, codes, topk):
+    b, m, k = scores.shape
+    # Sub-space m of the index is b-dimensional: centroid c holds token_scores[:, m, c];
+    # query b is one-hot on coordinate b of every sub-space.
+    index = faiss.IndexPQ(m * b, m, 8, faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(scores.permute(1, 2, 0).contiguous().numpy().ravel(),
+                               index.pq.centroids)
+    index.is_trained = True
+    faiss.copy_array_to_vector(codes.numpy().ravel(), index.codes)
+    index.ntotal = codes.shape[0]
+    queries = np.zeros((b, m * b), dtype=np.float32)
+    for q in range(b):
+        queries[q, q::b] = 1.0
+    distances, ids = index.search(queries, topk)
+    return distances, ids
+
+
+def test_faiss_agrees_on_real_semantic_ids(shared_data):
+    faiss = pytest.importorskip("faiss")
+    index = json.loads((shared_data / "amazon14_beauty" / "sid.index.json").read_text())
+    rows = [index[str(i)] for i in range(len(index))]
+    codes = torch.tensor([[int(tok.split("_")[1].rstrip(">")) for tok in row] for row in rows],
+                         dtype=torch.uint8)
+    g = torch.Generator().manual_seed(9)
+    scores = torch.randn(3, codes.shape[1], 256, generator=g).log_softmax(-1)
+    got_scores, got_ids = sf.holistic_topk(scores, codes, 30, backend="cpu")
+    want = ref.holistic_topk(scores, codes, 30)
+    assert torch.equal(got_scores, want[0]) and torch.equal(got_ids, want[1])
+    faiss_scores, _ = _faiss_holistic(faiss, scores, codes, 30)
+    np.testing.assert_allclose(faiss_scores, got_scores.numpy(), rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# item graph and graph decoding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_embeddings", [False, True])
+@pytest.mark.parametrize("n,m,k,n_edges,block", [(300, 4, 16, 7, 64), (97, 8, 5, 1, 256),
+                                                 (130, 3, 40, 50, 17)])
+def test_item_graph_equals_brute_force(with_embeddings, n, m, k, n_edges, block):
+    g = torch.Generator().manual_seed(n)
+    codes = torch.randint(0, k, (n, m), generator=g)
+    emb = torch.randn(m, k, 6, generator=g) if with_embeddings else None
+    graph = sf.ItemGraph.build(codes, n_edges=n_edges, token_embeddings=emb, block_size=block)
+    assert graph.neighbors.shape == (n, n_edges)
+    assert torch.equal(graph.neighbors, ref.item_graph(codes, n_edges, emb))
+
+
+def test_item_graph_save_load_and_self_edges(tmp_path):
+    codes = torch.randint(0, 256, (200, 8), dtype=torch.uint8)
+    graph = sf.ItemGraph.build(codes, n_edges=5)
+    # With distinct codes an item is its own most similar item.
+    distinct = torch.unique(codes, dim=0).shape[0] == 200
+    if distinct:
+        assert torch.equal(graph.neighbors[:, 0], torch.arange(200))
+    graph.save(tmp_path / "g.pt")
+    assert torch.equal(sf.ItemGraph.load(tmp_path / "g.pt").neighbors, graph.neighbors)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("b,n,beam,steps,topk", [(5, 300, 6, 3, 4), (1, 50, 1, 1, 1),
+                                                 (3, 120, 10, 4, 10)])
+def test_graph_decode_equals_reference_given_the_same_start(reduce, b, n, beam, steps, topk):
+    g = torch.Generator().manual_seed(n + beam)
+    codes = torch.randint(0, 16, (n, 4), generator=g)
+    scores = torch.randn(b, 4, 16, generator=g).log_softmax(-1)
+    graph = sf.ItemGraph.build(codes, n_edges=min(8, n - 1))
+    init = torch.stack([torch.randperm(n, generator=g)[:beam] for _ in range(b)])
+    got = sf.graph_decode(scores, codes, graph, beam_width=beam, steps=steps, k=topk,
+                          reduce=reduce, init=init, return_visited=True, backend="cpu")
+    want = ref.graph_decode(scores, codes, graph.neighbors, beam, steps, topk, reduce, init=init)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert ((got[2] >= beam) & (got[2] <= steps * beam * (1 + graph.n_edges))).all()
+
+
+def test_graph_decode_is_reproducible_from_a_seed_and_finds_the_best_with_a_full_graph():
+    codes = torch.randint(0, 32, (64, 4))
+    scores = torch.randn(2, 4, 32).log_softmax(-1)
+    full = sf.ItemGraph(torch.arange(64).expand(64, 64).contiguous())
+    a = sf.graph_decode(scores, codes, full, beam_width=5, steps=1, k=5, seed=11)
+    b = sf.graph_decode(scores, codes, full, beam_width=5, steps=1, k=5, seed=11)
+    assert torch.equal(a[1], b[1])
+    exhaustive = sf.holistic_topk(scores, codes, 5)
+    assert torch.equal(a[1], exhaustive[1]) and torch.equal(a[0], exhaustive[0])
+
+
+def test_opcheck_holistic_topk():
+    scores, codes = make(3, 4, 16, 40, torch.uint8, seed=1)
+    cand = torch.randint(-1, 40, (3, 9))
+    for args in ((scores, codes, 5, False, None, None, "cpu"),
+                 (scores, codes, 5, True, cand, torch.rand(40) < 0.2, "cpu")):
+        torch.library.opcheck(ops._holistic_topk_op, args)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.full((5, 3), 4), 2), ValueError, r"\[0, 4\)"),
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 2, dtype=torch.long), 2), ValueError, "M=3"),
+    (lambda: sf.holistic_topk(torch.full((2, 3, 4), float("nan")), torch.zeros(5, 3, dtype=torch.long), 2), ValueError, "NaN"),
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3), 2), TypeError, "codes must have dtype"),
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 0), ValueError, "k must"),
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 2, reduce="max"), ValueError, "reduce"),
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 2, candidates=torch.tensor([[0, 5]] * 2)), ValueError, "candidates must lie"),
+    (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 2, item_mask=torch.zeros(4, dtype=torch.bool)), ValueError, "item_mask"),
+    (lambda: sf.ItemGraph.build(torch.zeros(5, 3, dtype=torch.long), n_edges=5), ValueError, "n_edges must be < N"),
+    (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(5, 2, dtype=torch.long)), beam_width=2, steps=0, k=1), ValueError, "steps"),
+    (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(4, 2, dtype=torch.long)), beam_width=2, steps=1, k=1), ValueError, "graph has 4"),
+    (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(5, 2, dtype=torch.long)), beam_width=2, steps=1, k=3), ValueError, "k must be <="),
+])
+def test_bad_input_raises_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_native_scan_never_reads_out_of_bounds():
+    scores = torch.randn(2, 3, 4)
+    codes = torch.tensor([[0, 1, 9], [0, -2, 1]], dtype=torch.int32)
+    sf.config.check_values = False
+    try:
+        with pytest.raises(RuntimeError, match="outside"):
+            sf.holistic_topk(scores, codes, 2, backend="cpu")
+    finally:
+        sf.config.check_values = True
