@@ -5,7 +5,7 @@
 // * several queries: the caller interleaves the lookup tables 8 queries wide, so one code
 //   fetches one 8-float vector (8 queries) and a single add accumulates them: no gathers;
 // * one query: scalar lookups, four items in flight to hide the load latency.
-// Each thread keeps its own top-k per query over a contiguous range of items; the per-thread
+// Each thread keeps its own top-k per query over the item chunks it takes; the per-thread
 // lists are merged at the end. Sums run over m in order, like the reference, so the scores
 // agree bit for bit.
 #include <omp.h>
@@ -215,8 +215,9 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
     std::vector<TopK>& heaps = per_thread[omp_get_thread_num()];
     for (TopK& h : heaps) h.reset(p.topk);
     bool ok = true;
-    // Static schedule: each thread scans one contiguous range, in increasing item order.
-#pragma omp for schedule(static)
+    // Dynamic chunks balance the threads when a core is shared; the exact comparator in
+    // TopK::push makes the result independent of the order items arrive in.
+#pragma omp for schedule(dynamic, 8)
     for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
       const int64_t lo = chunk * ITEM_CHUNK, hi = std::min(p.n, lo + ITEM_CHUNK);
       if (p.interleaved) {

@@ -210,6 +210,15 @@ void nearest_codes(const float* rows, int64_t count, int64_t ld, const Panels& c
   }
 }
 
+// Copies `rows` rows of x into buf, zero-padded to a whole number of TR-row tiles; returns
+// the padded count.
+int64_t load_rows(const float* x, int64_t rows, int64_t d, float* buf) {
+  const int64_t padded = (rows + TR - 1) / TR * TR;
+  std::memcpy(buf, x, sizeof(float) * rows * d);
+  std::fill(buf + rows * d, buf + padded * d, 0.0f);
+  return padded;
+}
+
 float squared_norm(const float* v, int64_t d) {
   float s = 0.0f;
   for (int64_t j = 0; j < d; ++j) s += v[j] * v[j];
@@ -231,9 +240,7 @@ int rq_encode_greedy(const float* x, int64_t n, int64_t d, const float* codebook
 #pragma omp for schedule(dynamic, 4)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
-      const int64_t padded = (rows + TR - 1) / TR * TR;
-      std::memcpy(residual.data(), x + row0 * d, sizeof(float) * rows * d);
-      std::fill(residual.begin() + rows * d, residual.begin() + padded * d, 0.0f);
+      const int64_t padded = load_rows(x + row0 * d, rows, d, residual.data());
       std::fill(sum.begin(), sum.begin() + rows * d, 0.0f);
       for (int64_t l = 0; l < levels; ++l) {
         nearest_codes(residual.data(), padded, d, panels[l], best);
@@ -360,9 +367,7 @@ int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
 #pragma omp for schedule(dynamic, 4)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
-      const int64_t padded = (rows + TR - 1) / TR * TR;
-      std::memcpy(block.data(), x + row0 * d, sizeof(float) * rows * d);
-      std::fill(block.begin() + rows * d, block.begin() + padded * d, 0.0f);
+      const int64_t padded = load_rows(x + row0 * d, rows, d, block.data());
       for (int64_t s = 0; s < m; ++s) {
         // Sub-vector s of each row: columns [s*dsub, (s+1)*dsub) with the full row stride.
         nearest_codes(block.data() + s * dsub, padded, d, panels[s], best);

@@ -26,21 +26,25 @@ def holistic_scores(token_scores: torch.Tensor, codes: torch.Tensor, reduce: str
 
 
 def _rank(scores: torch.Tensor, ids: torch.Tensor, k: int):
-    """Top k of each row of (scores, ids), higher score first, ties toward the smaller id."""
+    """Top k of each row of (scores, ids), higher score first, ties toward the smaller id.
+
+    ids of -1 mark entries that are not items. torch.topk finds the k-th best score; every
+    entry at least that good is then ordered exactly (two stable sorts: by id, then by score).
+    """
     b = scores.shape[0]
-    valid = ids >= 0
-    ids_key = torch.where(valid, ids, torch.iinfo(torch.long).max)
-    # Two stable sorts: by id, then by score (descending), keeps ids ascending among ties.
-    by_id = ids_key.argsort(dim=1, stable=True)
-    scores, ids, valid = scores.gather(1, by_id), ids.gather(1, by_id), valid.gather(1, by_id)
-    scores = torch.where(valid, scores, torch.full_like(scores, -torch.inf))
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    scores, ids, valid = scores.gather(1, order), ids.gather(1, order), valid.gather(1, order)
-    ids = torch.where(valid, ids, torch.full_like(ids, -1))
-    keep = min(k, scores.shape[1])
     out_scores = scores.new_full((b, k), -torch.inf)
     out_ids = ids.new_full((b, k), -1)
-    out_scores[:, :keep], out_ids[:, :keep] = scores[:, :keep], ids[:, :keep]
+    for row in range(b):
+        valid = ids[row] >= 0
+        s, i = scores[row][valid], ids[row][valid]
+        if s.numel() > k:
+            keep = s >= s.topk(k).values[-1]
+            s, i = s[keep], i[keep]
+        by_id = i.argsort(stable=True)
+        s, i = s[by_id], i[by_id]
+        by_score = s.argsort(descending=True, stable=True)[:k]
+        out_scores[row, :len(by_score)] = s[by_score]
+        out_ids[row, :len(by_score)] = i[by_score]
     return out_scores, out_ids
 
 

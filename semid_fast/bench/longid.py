@@ -1,0 +1,152 @@
+"""Benchmark cases of the ``longid`` family: holistic top-k, graph build and graph decoding.
+
+Sizes. The issue's headline: N=1,000,000 items, M=64, K=256, top-100, at B=1 and B=8 (CPU)
+and B=1, 64 (GPU); the item graph at N=10,000 (CPU default, against the dense N x N build; the 100,000-item figure of the
+issue is a minutes-long run recorded in RESULTS.md); graph decoding on a 100,000-item
+catalog. The graph build's reference is RPG's public way: a dense (N, N) similarity matrix
+and topk. ``quick`` shrinks everything to seconds.
+
+Peer: faiss ``IndexPQ`` with inner product, the trick the issue names: sub-space m of a
+B-dimensional PQ holds token_scores[:, m, :] as centroids and query b is one-hot on
+coordinate b of every sub-space, so faiss's own scan returns the holistic top-k of all B
+queries in one search.
+
+Inputs are random from a fixed seed: token scores are log-softmax of N(0, 1) logits, codes
+uniform uint8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import semid_fast
+from semid_fast.reference import longid as ref
+
+from .harness import Case
+
+FAMILY = "longid"
+SEED = 20240611
+
+
+def _count(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else (
+        f"{n // 1_000}k" if n % 1_000 == 0 else str(n))
+
+
+def _inputs(device, b, m, k, n, seed=SEED):
+    g = torch.Generator().manual_seed(seed + b)
+    scores = torch.randn(b, m, k, generator=g).log_softmax(-1).to(device)
+    codes = torch.randint(0, k, (n, m), generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.uint8).to(device)
+    return scores, codes
+
+
+def cases(device: str, quick: bool = False) -> list[Case]:
+    ours = ("reference", "cpu") if device == "cpu" else ("reference",)
+    n = 20_000 if quick else 1_000_000
+    batches = (1, 8) if device == "cpu" else (1, 64)
+    out: list[Case] = []
+    for b in batches:
+        out += _topk_cases(device, ours, b, 64, 256, n, 100)
+    out += _graph_build_cases(device, ours, 2_000 if quick else 10_000, 32, 256, 50)
+    out += _graph_decode_cases(device, ours, 5_000 if quick else 100_000)
+    return out
+
+
+def _topk_cases(device, ours, b, m, k, n, topk) -> list[Case]:
+    shape = f"B={b} N={_count(n)} M={m} K={k} top{topk} uint8"
+    # One pass over the codes plus the tables; the lookups themselves are cache hits.
+    common = dict(family=FAMILY, op="holistic_topk", shape=shape, device=device,
+                  bytes=float(n * m + b * m * k * 4))
+
+    def ours_setup(backend):
+        def setup():
+            scores, codes = _inputs(device, b, m, k, n)
+            return lambda: semid_fast.holistic_topk(scores, codes, topk, backend=backend)
+        return setup
+
+    out = [Case(impl=be, backend=be, setup=ours_setup(be), **common) for be in ours]
+    out.append(Case(impl="faiss IndexPQ (IP)", requires=("faiss",), setup=_faiss_setup(b, m, k, n, topk),
+                    skip=None if device == "cpu" else "faiss-cpu is compared in CPU runs",
+                    **common))
+    return out
+
+
+def _faiss_setup(b, m, k, n, topk):
+    def setup():
+        import faiss
+
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        scores, codes = _inputs("cpu", b, m, k, n)
+        index = faiss.IndexPQ(m * b, m, int(np.log2(k)), faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(scores.permute(1, 2, 0).contiguous().numpy().ravel(),
+                                   index.pq.centroids)
+        index.is_trained = True
+        faiss.copy_array_to_vector(codes.numpy().ravel(), index.codes)
+        index.ntotal = n
+        queries = np.zeros((b, m * b), dtype=np.float32)
+        for q in range(b):
+            queries[q, q::b] = 1.0
+        _, ids = index.search(queries, topk)
+        ours = semid_fast.holistic_topk(scores, codes, topk)[1]
+        same = float((torch.from_numpy(ids) == ours).float().mean())
+        note = f"one search for all {b} queries; ids equal to ours at {same:.1%} of ranks"
+        return (lambda: index.search(queries, topk)), note
+    return setup
+
+
+def _graph_build_cases(device, ours, n, m, k, n_edges) -> list[Case]:
+    shape = f"N={_count(n)} M={m} K={k} edges={n_edges} RPG-sim"
+    common = dict(family=FAMILY, op="ItemGraph.build", shape=shape, device=device)
+    g = torch.Generator().manual_seed(SEED)
+    codes = torch.randint(0, k, (n, m), generator=g, dtype=torch.uint8).to(device)
+    emb = torch.randn(m, k, 16, generator=g).to(device)
+
+    def ours_setup(backend):
+        def setup():
+            return lambda: semid_fast.ItemGraph.build(codes, n_edges=n_edges,
+                                                      token_embeddings=emb, backend=backend)
+        return setup
+
+    def dense_setup():
+        # RPG's public build: a dense (N, N) similarity matrix, then topk (N^2 memory).
+        def build():
+            table = ref.token_similarity(emb)
+            sim = torch.zeros(n, n, device=device)
+            for pos in range(m):
+                sim += table[pos][codes[:, pos].long()[:, None], codes[:, pos].long()[None, :]]
+            return (sim / m).topk(n_edges, dim=1).indices
+        return lambda: build()
+
+    out = [Case(impl=be, backend=be, setup=ours_setup(be), **common)
+           for be in ours if be != "reference"]
+    out.append(Case(impl="reference", backend="reference", setup=dense_setup, **common))
+    return out
+
+
+def _graph_decode_cases(device, ours, n) -> list[Case]:
+    b, m, k, beam, steps, topk, edges = 8, 32, 256, 50, 5, 10, 50
+    shape = f"B={b} N={_count(n)} M={m} beam={beam} steps={steps} edges={edges}"
+    common = dict(family=FAMILY, op="graph_decode", shape=shape, device=device)
+    scores, codes = _inputs(device, b, m, k, n)
+    g = torch.Generator().manual_seed(SEED)
+    # A random graph of the right shape: decoding cost does not depend on how it was built.
+    graph = semid_fast.ItemGraph(torch.randint(0, n, (n, edges), generator=g).to(device))
+    init = torch.randint(0, n, (b, beam), generator=g).to(device)
+
+    def ours_setup(backend):
+        def setup():
+            return lambda: semid_fast.graph_decode(scores, codes, graph, beam_width=beam,
+                                                   steps=steps, k=topk, init=init,
+                                                   backend=backend)
+        return setup
+
+    def reference_setup():
+        return lambda: ref.graph_decode(scores, codes, graph.neighbors, beam, steps, topk,
+                                        init=init)
+
+    out = [Case(impl=be, backend=be, setup=ours_setup(be), **common)
+           for be in ours if be != "reference"]
+    out.append(Case(impl="reference", backend="reference", setup=reference_setup, **common))
+    return out
