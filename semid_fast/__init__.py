@@ -5,6 +5,7 @@ Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step
 Every op takes ``backend="auto"`` (or "reference", "cpu", "cuda", "triton").
 """
 
+from . import interop
 from ._backends import available_backends
 from ._checks import config
 from .ops.longid import ItemGraph, graph_decode, holistic_topk
@@ -18,6 +19,7 @@ __all__ = [
     "config",
     "graph_decode",
     "holistic_topk",
+    "interop",
     "pq_decode",
     "pq_encode",
     "rq_decode",
