@@ -51,8 +51,12 @@ def check_cuda_status(status: int, op: str) -> None:
         raise RuntimeError(f"semid_fast.{op} (cuda): {_C_cuda.error_string(status)}")
 
 
-def stream_of(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
+def call_cuda(op: str, fn, *args, device: torch.device) -> None:
+    """Runs a _C_cuda launcher with `device` current (kernels launch on the current device)
+    and the current stream of that device appended, and raises on a CUDA error."""
+    with torch.cuda.device(device):
+        status = fn(*args, torch.cuda.current_stream(device).cuda_stream)
+    check_cuda_status(status, op)
 
 
 def n_threads() -> int:

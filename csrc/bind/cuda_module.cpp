@@ -2,6 +2,7 @@
 // Imports on a machine without a GPU (or driver) and then reports no device.
 #include <pybind11/pybind11.h>
 
+#include "semid_fast/cuda_longid.h"
 #include "semid_fast/cuda_quantize.h"
 
 namespace py = pybind11;
@@ -59,5 +60,25 @@ PYBIND11_MODULE(_C_cuda, m) {
           return int(sfc::pq_decode(ptr<const int64_t>(codes), n, msub,
                                     ptr<const float>(codebooks), k, dsub, ptr<float>(out),
                                     stream_of(stream)));
+        });
+  m.def("holistic_block_topk",
+        [](std::uintptr_t table, int64_t b, int64_t msub, int64_t k, std::uintptr_t codes,
+           int code_bytes, int64_t n, std::uintptr_t item_mask, int64_t mask_stride,
+           float divisor, int64_t topk, int64_t items_per_block, std::uintptr_t block_keys,
+           std::uintptr_t stream) {
+          return int(sfc::holistic_block_topk(
+              ptr<const float>(table), b, msub, k, ptr<const void>(codes), code_bytes, n,
+              ptr<const uint8_t>(item_mask), mask_stride, divisor, topk, items_per_block,
+              ptr<int64_t>(block_keys), stream_of(stream)));
+        });
+  m.def("holistic_candidate_keys",
+        [](std::uintptr_t table, int64_t b, int64_t msub, int64_t k, std::uintptr_t codes,
+           int code_bytes, int64_t n, std::uintptr_t candidates, int64_t c,
+           std::uintptr_t item_mask, int64_t mask_stride, float divisor, std::uintptr_t keys,
+           std::uintptr_t stream) {
+          return int(sfc::holistic_candidate_keys(
+              ptr<const float>(table), b, msub, k, ptr<const void>(codes), code_bytes, n,
+              ptr<const int64_t>(candidates), c, ptr<const uint8_t>(item_mask), mask_stride,
+              divisor, ptr<int64_t>(keys), stream_of(stream)));
         });
 }

@@ -47,11 +47,10 @@ def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: 
             codes.data_ptr(), _ptr(quantized), _ptr(errors), _native.n_threads())
         _native.check_cpu_status(status, "rq_encode")
     elif backend == "cuda":
-        status = _native._C_cuda.rq_encode(
-            x.data_ptr(), _native.DTYPE_CODES[x.dtype], n, d, codebooks.data_ptr(), levels,
-            codebooks.shape[1], codes.data_ptr(), _ptr(quantized), _ptr(errors),
-            _native.stream_of(x))
-        _native.check_cuda_status(status, "rq_encode")
+        _native.call_cuda("rq_encode", _native._C_cuda.rq_encode, x.data_ptr(),
+                          _native.DTYPE_CODES[x.dtype], n, d, codebooks.data_ptr(), levels,
+                          codebooks.shape[1], codes.data_ptr(), _ptr(quantized), _ptr(errors),
+                          device=x.device)
     else:
         if beam_width > 1:
             _triton().rq_encode_beam(x, codebooks, beam_width, codes)
@@ -90,9 +89,9 @@ def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product:
         _native.check_cpu_status(status, "pq_decode" if product else "rq_decode")
     elif backend == "cuda":
         fn = _native._C_cuda.pq_decode if product else _native._C_cuda.rq_decode
-        status = fn(codes.data_ptr(), n, groups, codebooks.data_ptr(), k, width, out.data_ptr(),
-                    _native.stream_of(codes))
-        _native.check_cuda_status(status, "pq_decode" if product else "rq_decode")
+        _native.call_cuda("pq_decode" if product else "rq_decode", fn, codes.data_ptr(), n,
+                          groups, codebooks.data_ptr(), k, width, out.data_ptr(),
+                          device=codes.device)
     else:
         (_triton().pq_decode if product else _triton().rq_decode)(codes, codebooks, out)
     return out
@@ -131,11 +130,9 @@ def _pq_encode_op(x: torch.Tensor, codebooks: torch.Tensor, backend: str) -> tor
                                              _native.n_threads())
         _native.check_cpu_status(status, "pq_encode")
     elif backend == "cuda":
-        status = _native._C_cuda.pq_encode(x.data_ptr(), _native.DTYPE_CODES[x.dtype], n,
-                                           x.shape[1], codebooks.data_ptr(), m,
-                                           codebooks.shape[1], codes.data_ptr(),
-                                           _native.stream_of(x))
-        _native.check_cuda_status(status, "pq_encode")
+        _native.call_cuda("pq_encode", _native._C_cuda.pq_encode, x.data_ptr(),
+                          _native.DTYPE_CODES[x.dtype], n, x.shape[1], codebooks.data_ptr(), m,
+                          codebooks.shape[1], codes.data_ptr(), device=x.device)
     else:
         _triton().pq_encode(x, codebooks, codes)
     return codes
