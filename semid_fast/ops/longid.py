@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import _backends, _checks, _native
+from .. import _backends, _checks, _keys, _native
 from ..reference import longid as ref
 
 __all__ = ["holistic_topk", "ItemGraph", "graph_decode"]
@@ -48,12 +48,49 @@ def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
     return scores, ids
 
 
+_CUDA_MAX_K = 4096  # the CUDA kernel sorts item blocks of at most 4096 keys
+
+
+def _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask):
+    """Per-block top-k keys from the CUDA kernel, merged by torch.topk (exact on int64)."""
+    b, m, kc = token_scores.shape
+    n = codes.shape[0]
+    table = token_scores.float().contiguous()
+    codes = codes.contiguous()
+    mask = None if item_mask is None else item_mask.to(torch.uint8).contiguous()
+    mask_args = (0 if mask is None else mask.data_ptr(),
+                 0 if mask is None or mask.dim() == 1 else n)
+    divisor = float(m) if mean else 1.0
+    common = (table.data_ptr(), b, m, kc, codes.data_ptr(), codes.element_size(), n)
+    if candidates is not None:
+        cand = _keys.dedupe_rows(candidates)
+        keys = torch.empty_like(cand)
+        _native.call_cuda("holistic_topk", _native._C_cuda.holistic_candidate_keys, *common,
+                          cand.data_ptr(), cand.shape[1], *mask_args, divisor, keys.data_ptr(),
+                          device=table.device)
+    else:
+        per_block = max(2048, 1 << (k - 1).bit_length())  # few blocks: a small merge
+        n_blocks = -(-n // per_block)
+        keys = torch.empty((b, n_blocks, k), dtype=torch.long, device=table.device)
+        _native.call_cuda("holistic_topk", _native._C_cuda.holistic_block_topk, *common,
+                          *mask_args, divisor, k, per_block, keys.data_ptr(),
+                          device=table.device)
+        keys = keys.reshape(b, -1)
+    return _keys.decode_keys(keys.topk(min(k, keys.shape[1]), dim=1).values, k)
+
+
 @torch.library.custom_op("semid_fast::holistic_topk", mutates_args=())
 def _holistic_topk_op(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                       candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cpu":
         return _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask)
+    if backend == "cuda":
+        return _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask)
+    if backend == "triton":
+        from ..triton import longid as tl_longid  # triton is optional: imported when used
+
+        return tl_longid.holistic_topk(token_scores, codes, k, mean, candidates, item_mask)
     scores, ids = ref.holistic_topk(token_scores, codes, k, "mean" if mean else "sum",
                                     candidates, item_mask)
     return scores.to(token_scores.device), ids.to(token_scores.device)
@@ -123,8 +160,10 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
         if item_mask.shape not in ((n,), (b, n)):
             raise ValueError(f"item_mask must have shape ({n},) or ({b}, {n}), got "
                              f"{tuple(item_mask.shape)}")
-    name = _backends.resolve(backend, device, "holistic_topk", gpu_order=(),
-                             supported=("reference", "cpu"))
+    if n >= _keys.MAX_ITEMS:
+        raise ValueError(f"holistic_topk: at most 2**32 - 1 items, got N={n}")
+    supported = _backends.BACKENDS if k <= _CUDA_MAX_K else ("reference", "cpu", "triton")
+    name = _backends.resolve(backend, device, "holistic_topk", supported=supported)
     return _holistic_topk_op(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
 
 

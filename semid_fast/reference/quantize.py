@@ -110,15 +110,25 @@ def _split(x: torch.Tensor, m: int) -> torch.Tensor:
     return x.reshape(x.shape[0], m, x.shape[1] // m)
 
 
-def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None):
-    """Product-quantization codes (N, M) int64 of x (N, D), codebooks (M, K, D/M)."""
+def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None,
+              rows_per_chunk: int = 2048):
+    """Product-quantization codes (N, M) int64 of x (N, D), codebooks (M, K, D/M).
+
+    Rows go in chunks so the (M, rows, K) distance block stays small.
+    """
     x = x.float()
     if rotation is not None:
         x = x @ rotation.float().T
-    parts = _split(x, codebooks.shape[0])
-    codes = [squared_distances(parts[:, m], codebooks[m]).argmin(dim=1)
-             for m in range(codebooks.shape[0])]
-    return torch.stack(codes, dim=1)
+    m = codebooks.shape[0]
+    codebooks = codebooks.float()
+    codes = []
+    for chunk in x.split(rows_per_chunk):
+        parts = _split(chunk, m).transpose(0, 1)  # (M, rows, D/M)
+        dist = ((parts * parts).sum(-1, keepdim=True)
+                - 2.0 * parts @ codebooks.transpose(1, 2)
+                + (codebooks * codebooks).sum(-1)[:, None, :])
+        codes.append(dist.argmin(dim=2).T)
+    return torch.cat(codes) if codes else x.new_zeros((0, m), dtype=torch.long)
 
 
 def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None):

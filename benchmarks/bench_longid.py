@@ -1,0 +1,10 @@
+"""pytest-benchmark timings of the longid family: the very cases of `semid-fast bench`
+(``semid_fast.bench.longid``), timed by pytest-benchmark's clock."""
+
+from semid_fast.bench import harness
+
+FAMILY = "longid"
+
+
+def test_longid(benchmark, case, target_s):
+    harness.pytest_benchmark_case(benchmark, case, target_s)

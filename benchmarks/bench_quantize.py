@@ -1,0 +1,10 @@
+"""pytest-benchmark timings of the quantize family: the very cases of `semid-fast bench`
+(``semid_fast.bench.quantize``), timed by pytest-benchmark's clock."""
+
+from semid_fast.bench import harness
+
+FAMILY = "quantize"
+
+
+def test_quantize(benchmark, case, target_s):
+    harness.pytest_benchmark_case(benchmark, case, target_s)

@@ -1,0 +1,352 @@
+"""Benchmark cases of the ``quantize`` family: every backend and every peer at the same sizes.
+
+Sizes. CPU default: the issue's headline size N=100,000, D=256, L=4, K=256 (fp32) for
+``rq_encode``, ``pq_encode`` (M=32, 64), ``rq_decode`` and ``pq_decode``; beam encoding at
+N=10,000 and the training step ``rq_quantize`` at N=16,384 (a large RQ-VAE batch) keep the
+whole run within a few minutes on 2 cores. GPU default: N=1,000,000 (beam: 100,000), with
+``rq_encode`` in fp32 and bf16. ``quick`` shrinks N to seconds in total.
+
+Peers (same process, same inputs, same thread count): faiss-cpu ``ResidualQuantizer``
+(``max_beam_size`` 1 and 4, ``use_beam_LUT`` 0 and 1) and ``ProductQuantizer`` (transposed
+centroids) loaded with our codebooks, on CPU runs; vector-quantize-pytorch ``ResidualVQ``
+loaded with our codebooks. Each peer's setup checks that its codes agree with the reference
+on a sample, and the row's note says how many agreed.
+
+Inputs are random from a fixed seed: x ~ N(0, 1); level l of the RQ codebooks ~ N(0, 0.5^l),
+so deeper levels refine smaller residuals as in a trained RQ-VAE; PQ codebooks ~ N(0, 1).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+import semid_fast
+
+from .harness import Case
+
+FAMILY = "quantize"
+SEED = 20240611
+AGREEMENT_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    n: int  # rows for encode and decode
+    beam_n: int  # rows for beam encoding
+    train_n: int  # rows for the rq_quantize training step
+    d: int = 256
+    levels: int = 4
+    k: int = 256
+    pq_m: tuple[int, ...] = (32, 64)
+    beam: int = 4
+    encode_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+
+
+def sizes(device: str, quick: bool) -> Sizes:
+    if device == "cuda":
+        dtypes = (torch.float32, torch.bfloat16)
+        if quick:
+            return Sizes(n=100_000, beam_n=10_000, train_n=100_000, encode_dtypes=dtypes)
+        return Sizes(n=1_000_000, beam_n=100_000, train_n=1_000_000, encode_dtypes=dtypes)
+    if quick:
+        return Sizes(n=2_000, beam_n=1_000, train_n=2_000)
+    return Sizes(n=100_000, beam_n=10_000, train_n=16_384)
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _count(n: int) -> str:
+    """100000 -> '100k', 1000000 -> '1M' (exact multiples only), else the digits."""
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+class Inputs:
+    """Random inputs from a fixed seed, made on first use and shared by all cases of a shape."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def _randn(self, key: tuple, shape: tuple[int, ...], scale: float = 1.0) -> torch.Tensor:
+        if key not in self._cache:
+            # crc32, not hash(): str hashes change from one process to the next.
+            seed = SEED + zlib.crc32(repr(key).encode())
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            self._cache[key] = torch.randn(shape, generator=gen, device=self.device) * scale
+        return self._cache[key]
+
+    def x(self, n: int, d: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        x32 = self._randn(("x", n, d), (n, d))
+        if dtype == torch.float32:
+            return x32
+        key = ("x", n, d, dtype)
+        if key not in self._cache:
+            self._cache[key] = x32.to(dtype)
+        return self._cache[key]
+
+    def rq_codebooks(self, levels: int, k: int, d: int) -> torch.Tensor:
+        key = ("rq", levels, k, d)
+        if key not in self._cache:
+            scales = torch.tensor([0.5**level for level in range(levels)], device=self.device)
+            raw = self._randn(("rq-raw",) + key, (levels, k, d))
+            self._cache[key] = raw * scales[:, None, None]
+        return self._cache[key]
+
+    def pq_codebooks(self, m: int, k: int, dsub: int) -> torch.Tensor:
+        return self._randn(("pq", m, k, dsub), (m, k, dsub))
+
+    def codes(self, n: int, groups: int, k: int) -> torch.Tensor:
+        key = ("codes", n, groups, k)
+        if key not in self._cache:
+            gen = torch.Generator(device=self.device).manual_seed(SEED + groups)
+            self._cache[key] = torch.randint(0, k, (n, groups), generator=gen, device=self.device)
+        return self._cache[key]
+
+
+def _agreement(peer_codes: torch.Tensor, reference_codes: torch.Tensor) -> str:
+    same = int((peer_codes.cpu().long() == reference_codes.cpu()).all(dim=1).sum())
+    return f"codes equal to the reference's on {same}/{len(reference_codes)} sample rows"
+
+
+def cases(device: str, quick: bool = False) -> list[Case]:
+    """All quantize cases for device ('cpu' or 'cuda'); quick: small sizes."""
+    s = sizes(device, quick)
+    inputs = Inputs(device)
+    ours = ("reference", "cpu", "triton") if device == "cpu" else ("reference", "cuda", "triton")
+    out: list[Case] = []
+    for dtype in s.encode_dtypes:
+        out += _rq_encode_cases(inputs, device, ours, s, s.n, 1, dtype)
+    out += _rq_encode_cases(inputs, device, ours, s, s.beam_n, s.beam, torch.float32)
+    for m in s.pq_m:
+        out += _pq_encode_cases(inputs, device, ours, s, m)
+    out += _decode_cases(inputs, device, ours, s, product=False)
+    out += _decode_cases(inputs, device, ours, s, product=True)
+    out += _rq_quantize_cases(inputs, device, ours, s, backward=False)
+    out += _rq_quantize_cases(inputs, device, ours, s, backward=True)
+    return out
+
+
+def _faiss_skip(device: str) -> str | None:
+    return None if device == "cpu" else "faiss-cpu is compared in CPU runs (--device cpu)"
+
+
+def _faiss():
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())  # the same threads as torch and ours
+    return faiss
+
+
+# --------------------------------------------------------------------------------- rq_encode
+
+
+def _rq_encode_cases(inputs, device, ours, s: Sizes, n: int, beam: int, dtype) -> list[Case]:
+    dname = _DTYPE_NAMES[dtype]
+    shape = f"N={_count(n)} D={s.d} L={s.levels} K={s.k}" + (f" B={beam}" if beam > 1 else "")
+    shape += f" {dname}"
+    # The first level scores one beam, later levels `beam` beams against K codewords each.
+    flops = 2.0 * n * s.k * s.d * (1 + beam * (s.levels - 1))
+    common = dict(family=FAMILY, op="rq_encode", shape=shape, device=device, flops=flops,
+                  dtype=dname)
+    supported = ours if beam == 1 else tuple(b for b in ours if b != "cuda")
+    out = [Case(impl=b, backend=b, setup=_rq_encode_setup(inputs, n, s, beam, dtype, b), **common)
+           for b in supported]
+    if dtype == torch.float32:
+        for lut in (0, 1):
+            out.append(Case(impl=f"faiss RQ beam={beam} LUT={lut}", requires=("faiss",),
+                            skip=_faiss_skip(device),
+                            setup=_faiss_rq_setup(inputs, n, s, beam, lut), **common))
+        if beam == 1:
+            out.append(Case(impl="vqpt ResidualVQ fwd", requires=("vector_quantize_pytorch",),
+                            setup=_residual_vq_setup(inputs, n, s), **common))
+    return out
+
+
+def _rq_encode_setup(inputs, n, s, beam, dtype, backend):
+    def setup():
+        x, cb = inputs.x(n, s.d, dtype), inputs.rq_codebooks(s.levels, s.k, s.d)
+        return lambda: semid_fast.rq_encode(x, cb, beam_width=beam, backend=backend)
+    return setup
+
+
+def _faiss_rq_setup(inputs, n, s, beam, lut):
+    def setup():
+        faiss = _faiss()
+        x = inputs.x(n, s.d).numpy()
+        cb = inputs.rq_codebooks(s.levels, s.k, s.d)
+        rq = faiss.ResidualQuantizer(s.d, s.levels, s.k.bit_length() - 1)
+        faiss.copy_array_to_vector(cb.numpy().reshape(-1), rq.codebooks)
+        rq.is_trained = True
+        rq.max_beam_size = beam
+        rq.use_beam_LUT = lut
+        if lut:
+            rq.compute_codebook_tables()  # the codeword inner-product tables LUT encoding uses
+        sample = x[:AGREEMENT_ROWS]
+        # With 8-bit codes, faiss's packed code bytes are the codes themselves.
+        peer = torch.from_numpy(rq.compute_codes(sample))
+        ref = semid_fast.rq_encode(torch.from_numpy(sample), cb, beam_width=beam,
+                                   backend="reference")
+        return (lambda: rq.compute_codes(x)), _agreement(peer, ref)
+    return setup
+
+
+def _residual_vq_setup(inputs, n, s):
+    def setup():
+        from vector_quantize_pytorch import ResidualVQ
+
+        x, cb = inputs.x(n, s.d), inputs.rq_codebooks(s.levels, s.k, s.d)
+        rvq = ResidualVQ(dim=s.d, num_quantizers=s.levels, codebook_size=s.k).to(x.device)
+        rvq.eval()  # no EMA codebook updates: a pure encoding pass
+        try:
+            with torch.no_grad():
+                for level, layer in enumerate(rvq.layers):
+                    layer._codebook.embed.copy_(cb[level][None])
+            loaded = "our codebooks loaded"
+        except (AttributeError, RuntimeError) as exc:
+            loaded = f"could not load our codebooks ({exc}); its own random ones"
+
+        def encode(rows):
+            with torch.no_grad():
+                return rvq(rows[None])
+
+        ref = semid_fast.rq_encode(x[:AGREEMENT_ROWS], cb, backend="reference")
+        peer = encode(x[:AGREEMENT_ROWS])[1][0]
+        note = (f"vqpt ResidualVQ.forward (eval, no_grad: codes + quantized + loss), {loaded}; "
+                + _agreement(peer, ref))
+        return (lambda: encode(x)), note
+    return setup
+
+
+# --------------------------------------------------------------------------------- pq_encode
+
+
+def _pq_encode_cases(inputs, device, ours, s: Sizes, m: int) -> list[Case]:
+    shape = f"N={_count(s.n)} D={s.d} M={m} K={s.k} fp32"
+    common = dict(family=FAMILY, op="pq_encode", shape=shape, device=device,
+                  flops=2.0 * s.n * s.k * s.d)
+    out = [Case(impl=b, backend=b, setup=_pq_encode_setup(inputs, s, m, b), **common)
+           for b in ours]
+    out.append(Case(impl="faiss PQ", requires=("faiss",), skip=_faiss_skip(device),
+                    setup=_faiss_pq_setup(inputs, s, m), **common))
+    return out
+
+
+def _pq_encode_setup(inputs, s, m, backend):
+    def setup():
+        x, cb = inputs.x(s.n, s.d), inputs.pq_codebooks(m, s.k, s.d // m)
+        return lambda: semid_fast.pq_encode(x, cb, backend=backend)
+    return setup
+
+
+def _faiss_product_quantizer(faiss, s, m, cb):
+    pq = faiss.ProductQuantizer(s.d, m, s.k.bit_length() - 1)
+    faiss.copy_array_to_vector(cb.numpy().reshape(-1), pq.centroids)
+    note = ""
+    if hasattr(pq, "sync_transposed_centroids"):
+        pq.sync_transposed_centroids()  # faiss's faster encoding path
+        note = "transposed centroids; "
+    return pq, note
+
+
+def _faiss_pq_setup(inputs, s, m):
+    def setup():
+        faiss = _faiss()
+        x = inputs.x(s.n, s.d).numpy()
+        cb = inputs.pq_codebooks(m, s.k, s.d // m)
+        pq, note = _faiss_product_quantizer(faiss, s, m, cb)
+        sample = x[:AGREEMENT_ROWS]
+        peer = torch.from_numpy(pq.compute_codes(sample))
+        ref = semid_fast.pq_encode(torch.from_numpy(sample), cb, backend="reference")
+        return (lambda: pq.compute_codes(x)), note + _agreement(peer, ref)
+    return setup
+
+
+# ----------------------------------------------------------------------------------- decode
+
+
+def _decode_cases(inputs, device, ours, s: Sizes, product: bool) -> list[Case]:
+    groups = s.pq_m[0] if product else s.levels
+    width = s.d // groups if product else s.d
+    op = "pq_decode" if product else "rq_decode"
+    shape = f"N={_count(s.n)} D={s.d} {'M' if product else 'L'}={groups} K={s.k} fp32"
+    # int64 codes in, fp32 rows out, the codebooks read once (they stay in cache).
+    traffic = s.n * groups * 8 + s.n * s.d * 4 + groups * s.k * width * 4
+    common = dict(family=FAMILY, op=op, shape=shape, device=device, bytes=float(traffic))
+    out = [Case(impl=b, backend=b, setup=_decode_setup(inputs, s, groups, width, product, b),
+                **common)
+           for b in ours]
+    out.append(Case(impl=f"faiss {'PQ' if product else 'RQ'} decode", requires=("faiss",),
+                    skip=_faiss_skip(device),
+                    setup=_faiss_decode_setup(inputs, s, groups, width, product), **common))
+    return out
+
+
+def _decode_codebooks(inputs, s, groups, width, product):
+    if product:
+        return inputs.pq_codebooks(groups, s.k, width)
+    return inputs.rq_codebooks(groups, s.k, width)
+
+
+def _decode_setup(inputs, s, groups, width, product, backend):
+    def setup():
+        codes = inputs.codes(s.n, groups, s.k)
+        cb = _decode_codebooks(inputs, s, groups, width, product)
+        fn = semid_fast.pq_decode if product else semid_fast.rq_decode
+        return lambda: fn(codes, cb, backend=backend)
+    return setup
+
+
+def _faiss_decode_setup(inputs, s, groups, width, product):
+    def setup():
+        faiss = _faiss()
+        cb = _decode_codebooks(inputs, s, groups, width, product)
+        # faiss takes its own packed uint8 codes; converting them is set-up, not timed.
+        codes = inputs.codes(s.n, groups, s.k).to(torch.uint8).numpy()
+        if product:
+            quantizer, note = _faiss_product_quantizer(faiss, s, groups, cb)
+        else:
+            quantizer = faiss.ResidualQuantizer(s.d, groups, s.k.bit_length() - 1)
+            faiss.copy_array_to_vector(cb.numpy().reshape(-1), quantizer.codebooks)
+            quantizer.is_trained = True
+            note = ""
+        return (lambda: quantizer.decode(codes)), note + "uint8 codes in (faiss's code format)"
+    return setup
+
+
+# ------------------------------------------------------------------------------- rq_quantize
+
+
+def _rq_quantize_cases(inputs, device, ours, s: Sizes, backward: bool) -> list[Case]:
+    shape = f"N={_count(s.train_n)} D={s.d} L={s.levels} K={s.k} fp32"
+    op = "rq_quantize fwd+bwd" if backward else "rq_quantize fwd"
+    # Forward FLOPs only: the backward pass is memory-bound, so fwd+bwd reports no TFLOP/s.
+    flops = None if backward else 2.0 * s.train_n * s.levels * s.k * s.d
+    return [Case(family=FAMILY, op=op, shape=shape, impl=b, backend=b, device=device,
+                 flops=flops, setup=_rq_quantize_setup(inputs, s, backward, b))
+            for b in ours]
+
+
+def _rq_quantize_setup(inputs, s, backward, backend):
+    def setup():
+        # Fresh leaves that require grad, as in a training step (the forward records a graph).
+        x = inputs.x(s.train_n, s.d).clone().requires_grad_(True)
+        cb = inputs.rq_codebooks(s.levels, s.k, s.d).clone().requires_grad_(True)
+        if not backward:
+            return lambda: semid_fast.rq_quantize(x, cb, backend=backend)
+        grad_quantized = inputs.x(s.train_n, s.d)  # any fixed upstream gradient
+
+        def step():
+            x.grad = cb.grad = None  # no accumulation across repetitions
+            _, quantized, loss = semid_fast.rq_quantize(x, cb, backend=backend)
+            torch.autograd.backward((quantized, loss), (grad_quantized, None))
+
+        return step
+    return setup
