@@ -238,3 +238,52 @@ def test_native_scan_never_reads_out_of_bounds():
             sf.holistic_topk(scores, codes, 2, backend="cpu")
     finally:
         sf.config.check_values = True
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU backends (run by benchmarks/run_gpu.sh on a GPU machine), against the CPU reference
+# ---------------------------------------------------------------------------------------------
+
+GPU_BACKENDS = [pytest.param(b, marks=pytest.mark.gpu) for b in ("cuda", "triton")]
+
+
+def gpu_backend(backend):
+    if backend not in sf.available_backends("cuda"):
+        pytest.skip(f"backend {backend} is not available on CUDA in this build")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", CODE_DTYPES)
+@pytest.mark.parametrize("b,m,k,n,topk", SHAPES + [(64, 64, 256, 100_003, 100),
+                                                   (3, 16, 256, 70_001, 4096)])
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_gpu_holistic_topk_equals_reference_exactly(backend, dtype, b, m, k, n, topk, reduce):
+    gpu_backend(backend)
+    if dtype == torch.uint8 and k > 256:
+        pytest.skip("uint8 codes hold K <= 256")
+    scores, codes = make(b, m, k, n, dtype, seed=b + n)
+    got = sf.holistic_topk(scores.cuda(), codes.cuda(), topk, reduce=reduce, backend=backend)
+    want = ref.holistic_topk(scores, codes, topk, reduce)
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_masks_candidates_and_graph_decode(backend):
+    gpu_backend(backend)
+    scores, codes = make(6, 8, 32, 3000, torch.int32, seed=21)
+    g = torch.Generator().manual_seed(22)
+    mask = torch.rand(6, 3000, generator=g) < 0.5
+    cand = torch.randint(-1, 3000, (6, 300), generator=g)
+    for kwargs in (dict(item_mask=mask), dict(candidates=cand), dict(candidates=cand, item_mask=mask[0])):
+        got = sf.holistic_topk(scores.cuda(), codes.cuda(), 40, backend=backend,
+                               **{key: v.cuda() for key, v in kwargs.items()})
+        want = ref.holistic_topk(scores, codes, 40, **kwargs)
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+    graph = sf.ItemGraph.build(codes, n_edges=10)
+    init = torch.stack([torch.randperm(3000, generator=g)[:16] for _ in range(6)])
+    got = sf.graph_decode(scores.cuda(), codes.cuda(), graph.to("cuda"), beam_width=16, steps=3,
+                          k=8, init=init.cuda(), backend=backend)
+    want = ref.graph_decode(scores, codes, graph.neighbors, 16, 3, 8, init=init)
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+    gpu_graph = sf.ItemGraph.build(codes.cuda(), n_edges=10, backend=backend)
+    assert torch.equal(gpu_graph.neighbors.cpu(), graph.neighbors)

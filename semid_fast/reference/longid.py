@@ -22,7 +22,11 @@ def holistic_scores(token_scores: torch.Tensor, codes: torch.Tensor, reduce: str
     scores = table.new_zeros((table.shape[0], codes.shape[0]))
     for m in range(codes.shape[1]):
         scores = scores + table[:, m, codes[:, m]]
-    return scores / codes.shape[1] if reduce == "mean" else scores
+    if reduce == "mean":
+        # A tensor divisor: torch on CUDA multiplies by the reciprocal of a Python scalar,
+        # which is not the IEEE division the kernels do.
+        return scores / scores.new_tensor(float(codes.shape[1]))
+    return scores
 
 
 def _rank(scores: torch.Tensor, ids: torch.Tensor, k: int):

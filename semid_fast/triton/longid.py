@@ -66,16 +66,17 @@ multiplication by the reciprocal, so compare against the reference on CPU.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import _keys
+from ._device import num_sms, on_device
+
 __all__ = ["holistic_topk"]
 
-_SENTINEL = -(1 << 63)  # key of an excluded / missing item: below every real key
+_SENTINEL = _keys.SENTINEL  # key of an excluded / missing item: below every real key
 _KEY_SENTINEL = tl.constexpr(_SENTINEL)
 _KEY_MAX = tl.constexpr((1 << 63) - 1)
 # The in-kernel running top-k (SELECT) is used up to this k; larger k write every key.
@@ -83,30 +84,12 @@ _SELECT_MAX_K = 64
 # Key workspace of the write-every-key path, per chunk of the catalogue.
 _WORKSPACE_BYTES = 64 << 20
 _MIN_CHUNK = 1 << 16
-_MAX_ITEMS = 1 << 32
+_MAX_ITEMS = _keys.MAX_ITEMS
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _num_sms(t: torch.Tensor) -> int:
-    """SM count of t's GPU (host-side property, no sync); 1 under the interpreter on CPU."""
-    if not t.is_cuda:
-        return 1
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    return _sm_count(index)
-
-
-def _on_device(t: torch.Tensor):
-    """Launch on t's device (triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @triton.jit
@@ -303,19 +286,6 @@ def _interleave(table: torch.Tensor, block_b: int) -> torch.Tensor:
     return out
 
 
-def _decode(keys: torch.Tensor, k: int):
-    """(B, k') sorted int64 keys -> (scores (B, k) float32, ids (B, k) int64), padded."""
-    if keys.shape[1] < k:
-        pad = keys.new_full((keys.shape[0], k - keys.shape[1]), _SENTINEL)
-        keys = torch.cat([keys, pad], dim=1)
-    missing = keys == _SENTINEL
-    high = keys >> 32
-    bits = torch.where(high >= 0, high, high ^ 0x7FFFFFFF).to(torch.int32)
-    scores = torch.where(missing, -torch.inf, bits.view(torch.float32))
-    ids = torch.where(missing, -1, 0xFFFFFFFF - (keys & 0xFFFFFFFF))
-    return scores, ids
-
-
 def _scan_config(b: int, n: int):
     """(BLOCK_B, BLOCK_N, num_warps): about 4096 (query, item) pairs per tile."""
     block_b = 1 if b == 1 else min(16, triton.next_power_of_2(b))
@@ -352,14 +322,10 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
     code_rows, words, cpw, wide = _code_rows(codes)
     m_div = float(m) if mean else 1.0
 
-    with _on_device(token_scores):
+    with on_device(token_scores):
         if candidates is not None:
             c = candidates.shape[1]
-            # Dedupe each row: sorted, a repeat of its left neighbour becomes padding.
-            ids = candidates.long().sort(dim=1).values
-            repeat = torch.zeros_like(ids, dtype=torch.bool)
-            repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
-            ids = torch.where(repeat, -1, ids).contiguous()
+            ids = _keys.dedupe_rows(candidates)
             keys = torch.empty((b, c), dtype=torch.long, device=dev)
             mask, mask_mode = _mask_arg(item_mask, keys)
             block_c = max(16, min(1024, triton.next_power_of_2(c)))
@@ -367,7 +333,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
                 token_scores, code_rows, ids, mask, keys, n, m, kc, words, c, m_div,
                 BLOCK_C=block_c, CPW=cpw, WIDE=wide, MASK_MODE=mask_mode, MEAN=mean,
                 num_warps=4)
-            return _decode(torch.topk(keys, min(k, c), dim=1).values, k)
+            return _keys.decode_keys(torch.topk(keys, min(k, c), dim=1).values, k)
 
         block_b, block_n, warps = _scan_config(b, n)
         table = token_scores if block_b == 1 else _interleave(token_scores, block_b)
@@ -377,7 +343,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
 
         if k <= _SELECT_MAX_K:
             # Enough programs for ~4 per SM; each keeps the running top-k of its tiles.
-            progs = max(1, min(n_tiles, triton.cdiv(4 * _num_sms(token_scores), b_tiles)))
+            progs = max(1, min(n_tiles, triton.cdiv(4 * num_sms(token_scores), b_tiles)))
             tiles_per_prog = triton.cdiv(n_tiles, progs)
             progs = triton.cdiv(n_tiles, tiles_per_prog)
             cand = torch.empty((b, progs * k), dtype=torch.long, device=dev)
@@ -386,7 +352,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
                 cand.stride(0), k, m_div,
                 BLOCK_B=block_b, BLOCK_N=block_n, CPW=cpw, WIDE=wide, MASK_MODE=mask_mode,
                 MEAN=mean, SELECT=True, KEEP=triton.next_power_of_2(k), num_warps=warps)
-            return _decode(torch.topk(cand, k, dim=1).values, k)
+            return _keys.decode_keys(torch.topk(cand, k, dim=1).values, k)
 
         # Large k: every key of a chunk, merged into the running top-k by torch.topk.
         keep = min(k, n)
@@ -405,4 +371,4 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
             top = torch.topk(buf[:, :keep + n1 - n0], keep, dim=1, sorted=last).values
             if not last:
                 buf[:, :keep].copy_(top)
-        return _decode(top, k)
+        return _keys.decode_keys(top, k)

@@ -49,12 +49,12 @@ bfloat16 inputs were not exercised (the interpreter has no bfloat16).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from ._device import num_sms, on_device
 
 __all__ = ["rq_encode", "rq_encode_beam", "pq_encode", "rq_decode", "pq_decode"]
 
@@ -73,24 +73,6 @@ _BEAM_WORKSPACE_BYTES = 256 << 20
 def _pow2(n: int, lo: int = 16) -> int:
     """Smallest power of two >= max(n, lo); tl.dot needs every tile dim >= 16."""
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _num_sms(t: torch.Tensor) -> int:
-    """SM count of t's GPU (host-side property, no sync); 1 under the interpreter on CPU."""
-    if not t.is_cuda:
-        return 1
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    return _sm_count(index)
-
-
-def _on_device(t: torch.Tensor):
-    """Launch on t's device (triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @triton.jit
@@ -257,7 +239,7 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
     if n == 0:
         return
     assert x.is_contiguous() and codebooks.is_contiguous() and codebooks.dtype == torch.float32
-    bn, bk, bd, in_regs, warps, stages = _rq_config(n, d, k, _num_sms(x))
+    bn, bk, bd, in_regs, warps, stages = _rq_config(n, d, k, num_sms(x))
     if in_regs:
         work = codes  # unused placeholder pointer
     elif quantized is not None:
@@ -265,7 +247,7 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
     else:
         work = torch.empty((n, d), dtype=torch.float32, device=x.device)
     dummy = codes
-    with _on_device(x):
+    with on_device(x):
         _rq_encode_kernel[(triton.cdiv(n, bn),)](
             x, codebooks, codes,
             quantized if quantized is not None else dummy,
@@ -418,7 +400,7 @@ def rq_encode_beam(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
         return
     assert x.is_contiguous() and codebooks.is_contiguous() and codebooks.dtype == torch.float32
     b = int(beam_width)
-    sms = _num_sms(x)
+    sms = num_sms(x)
 
     block_k = min(64, _pow2(k))
     topb = min(b, block_k)
@@ -444,7 +426,7 @@ def rq_encode_beam(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
     cand_val = torch.empty(chunk * b * n_cols, dtype=torch.float32, device=dev)
     cand_idx = torch.empty(chunk * b * n_cols, dtype=torch.int32, device=dev)
 
-    with _on_device(x):
+    with on_device(x):
         for c0 in range(0, n, chunk):
             nc = min(chunk, n - c0)
             res = x[c0:c0 + nc]  # level 0 reads x directly (one beam per row)
@@ -574,8 +556,8 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> 
     if n == 0:
         return
     assert x.is_contiguous() and codebooks.is_contiguous() and codebooks.dtype == torch.float32
-    bn, bk, bd, in_regs, subs, warps = _pq_config(n, m, dsub, k, _num_sms(x))
-    with _on_device(x):
+    bn, bk, bd, in_regs, subs, warps = _pq_config(n, m, dsub, k, num_sms(x))
+    with on_device(x):
         _pq_encode_kernel[(triton.cdiv(n, bn), triton.cdiv(m, subs))](
             x, codebooks, codes, n, m, k, dsub, k * dsub, subs,
             BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, IN_REGS=in_regs, num_warps=warps,
@@ -656,7 +638,7 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, out: torch.Tensor) -
         return
     assert codes.is_contiguous() and codebooks.is_contiguous() and out.is_contiguous()
     bn, bd = _decode_blocks(d)
-    with _on_device(codes):
+    with on_device(codes):
         _rq_decode_kernel[(triton.cdiv(n, bn), triton.cdiv(d, bd))](
             codes, codebooks, out, n, d, k, levels, BLOCK_N=bn, BLOCK_D=bd, num_warps=4)
 
@@ -674,6 +656,6 @@ def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, out: torch.Tensor) -
         return
     assert codes.is_contiguous() and codebooks.is_contiguous() and out.is_contiguous()
     bn, bw = _decode_blocks(width)
-    with _on_device(codes):
+    with on_device(codes):
         _pq_decode_kernel[(triton.cdiv(n, bn), triton.cdiv(width, bw))](
             codes, codebooks, out, n, m, k, dsub, BLOCK_N=bn, BLOCK_W=bw, num_warps=4)
