@@ -136,8 +136,10 @@ def test_beam_search_is_not_in_the_cuda_kernel():
 
 
 @pytest.mark.parametrize("device,backend", pairs())
+# Sub-vectors of 1, 4 and 8 dims take the CPU lane kernel; 3, 16 and 96 the panel kernel.
 @pytest.mark.parametrize("n,d,k,m", [(37, 32, 256, 4), (130, 64, 16, 16), (1, 7, 2, 7),
-                                     (49, 64, 256, 8)])
+                                     (49, 64, 256, 8), (61, 384, 256, 4), (61, 12, 16, 4),
+                                     (50, 64, 32, 4)])
 def test_pq_encode_picks_the_nearest_codeword_per_subspace(device, backend, n, d, k, m):
     skip_unavailable(device, backend)
     g = torch.Generator().manual_seed(d + m)

@@ -32,6 +32,7 @@ typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 constexpr int TR = 6;   // rows per register tile (12 accumulators + 2 panel vectors + 1 broadcast)
 constexpr int TC = 16;  // codewords per panel (two 8-float vectors)
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
+static_assert(ROW_BLOCK % 16 == 0, "the PQ lane kernel takes rows 16 at a time");
 
 inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
 inline v8f splat(float s) { return v8f{s, s, s, s, s, s, s, s}; }
@@ -219,6 +220,57 @@ int64_t load_rows(const float* x, int64_t rows, int64_t d, float* buf) {
   return padded;
 }
 
+// PQ sub-vectors of 1-8 dims: eight rows ride in the vector lanes and the codewords stream
+// past one at a time, each costing DS multiply-adds and a compare-and-select per row group.
+// The running argmax stays in registers; GROUPS independent row groups hide the latency of
+// the compare-select chain. Strict '>' keeps the smaller code on a tie.
+template <int DS, int GROUPS>
+void nearest_codes_lanes(const float* rows, int64_t count, int64_t ld, const float* codebook,
+                         const Panels& cb, int32_t* out) {
+  for (int64_t r0 = 0; r0 < count; r0 += 8 * GROUPS) {
+    v8f xt[GROUPS][DS], best[GROUPS];
+    v8i index[GROUPS];
+    for (int g = 0; g < GROUPS; ++g) {
+      const float* base = rows + (r0 + 8 * g) * ld;
+      for (int j = 0; j < DS; ++j)
+        xt[g][j] = v8f{base[j], base[ld + j], base[2 * ld + j], base[3 * ld + j],
+                       base[4 * ld + j], base[5 * ld + j], base[6 * ld + j], base[7 * ld + j]};
+      best[g] = splat(-std::numeric_limits<float>::infinity());
+      index[g] = v8i{};
+    }
+    for (int64_t c = 0; c < cb.k; ++c) {
+      const float* w = codebook + c * DS;
+      const v8i code = splat_i(int32_t(c));
+      v8f score[GROUPS];
+      for (int g = 0; g < GROUPS; ++g) score[g] = splat(cb.bias[c]);
+      for (int j = 0; j < DS; ++j) {
+        const v8f wj = splat(w[j]);
+        for (int g = 0; g < GROUPS; ++g) score[g] += xt[g][j] * wj;
+      }
+      for (int g = 0; g < GROUPS; ++g) {
+        const v8i better = score[g] > best[g];
+        best[g] = better ? score[g] : best[g];
+        index[g] = better ? code : index[g];
+      }
+    }
+    for (int g = 0; g < GROUPS; ++g)
+      for (int l = 0; l < 8; ++l) out[r0 + 8 * g + l] = index[g][l];
+  }
+}
+
+// Nearest codeword per row for PQ: the lane kernel for 1-8 dims (count a multiple of 16
+// and of TR).
+void nearest_codes_pq(const float* rows, int64_t count, int64_t ld, const float* codebook,
+                      const Panels& cb, int32_t* out) {
+  switch (cb.d) {
+    case 1: return nearest_codes_lanes<1, 2>(rows, count, ld, codebook, cb, out);
+    case 2: return nearest_codes_lanes<2, 2>(rows, count, ld, codebook, cb, out);
+    case 4: return nearest_codes_lanes<4, 2>(rows, count, ld, codebook, cb, out);
+    case 8: return nearest_codes_lanes<8, 1>(rows, count, ld, codebook, cb, out);
+    default: return nearest_codes(rows, count, ld, cb, out);
+  }
+}
+
 float squared_norm(const float* v, int64_t d) {
   float s = 0.0f;
   for (int64_t j = 0; j < d; ++j) s += v[j] * v[j];
@@ -367,10 +419,15 @@ int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
 #pragma omp for schedule(dynamic, 4)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
-      const int64_t padded = load_rows(x + row0 * d, rows, d, block.data());
+      load_rows(x + row0 * d, rows, d, block.data());
+      // A short last block is zero-padded to a whole block: ROW_BLOCK is a multiple of both
+      // the lane kernel's 16 rows and the panel kernel's TR.
+      const int64_t padded = ROW_BLOCK;
+      std::fill(block.begin() + rows * d, block.end(), 0.0f);
       for (int64_t s = 0; s < m; ++s) {
         // Sub-vector s of each row: columns [s*dsub, (s+1)*dsub) with the full row stride.
-        nearest_codes(block.data() + s * dsub, padded, d, panels[s], best);
+        nearest_codes_pq(block.data() + s * dsub, padded, d, codebooks + s * k * dsub,
+                         panels[s], best);
         for (int64_t r = 0; r < rows; ++r) codes[(row0 + r) * m + s] = best[r];
       }
     }
