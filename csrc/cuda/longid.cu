@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "semid_fast/cuda_common.cuh"
 #include "semid_fast/cuda_longid.h"
 
 namespace semid_fast {
@@ -583,14 +584,8 @@ template <typename T, int U, int QB, bool SMEM, bool GUARD>
 cudaError_t launch_block(BlockArgs a, int threads, int64_t total_blocks, cudaStream_t stream) {
   auto kernel = block_topk_kernel<T, U, QB, SMEM, GUARD>;
   const size_t smem = size_t(a.a_bytes) + size_t(QB) * size_t(a.ipb) * 4;
-  if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return e;
-    }
-  }
+  const cudaError_t e = allow_dynamic_smem(kernel, smem);
+  if (e != cudaSuccess) return e;
   for (int64_t first = 0; first < total_blocks; first += kMaxGridX) {
     const int64_t count = total_blocks - first < kMaxGridX ? total_blocks - first : kMaxGridX;
     a.first = first;

@@ -49,6 +49,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "semid_fast/cuda_common.cuh"
 #include "semid_fast/cuda_quantize.h"
 #include "semid_fast/quantize.h"
 
@@ -553,14 +554,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), int64_t items, int64_t smem, cudaStream_t stream,
                    Args... args) {
-  if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return e;
-    }
-  }
+  const cudaError_t e = allow_dynamic_smem(kernel, size_t(smem));
+  if (e != cudaSuccess) return e;
   const int64_t grid = items < kMaxGrid ? items : kMaxGrid;
   kernel<<<dim3(unsigned(grid)), dim3(kThreads), size_t(smem), stream>>>(args...);
   return cudaGetLastError();
