@@ -191,6 +191,19 @@ def test_graph_decode_equals_reference_given_the_same_start(reduce, b, n, beam, 
     assert ((got[2] >= beam) & (got[2] <= steps * beam * (1 + graph.n_edges))).all()
 
 
+def test_graph_decode_with_a_repeated_start_keeps_empty_slots_empty():
+    codes = torch.randint(0, 4, (6, 2), generator=torch.Generator().manual_seed(3))
+    scores = torch.randn(1, 2, 4, generator=torch.Generator().manual_seed(4))
+    graph = sf.ItemGraph(torch.tensor([[i, (i + 1) % 6] for i in range(6)]))
+    init = torch.zeros(1, 4, dtype=torch.long)  # one item four times
+    got = sf.graph_decode(scores, codes, graph, beam_width=4, steps=2, k=4, init=init,
+                          backend="cpu")
+    want = ref.graph_decode(scores, codes, graph.neighbors, 4, 2, 4, init=init)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # Two steps from item 0 reach items 0, 1 and 2 only: the fourth slot stays empty.
+    assert sorted(got[1][0, :3].tolist()) == [0, 1, 2] and got[1][0, 3] == -1
+
+
 def test_graph_decode_is_reproducible_from_a_seed_and_finds_the_best_with_a_full_graph():
     codes = torch.randint(0, 32, (64, 4))
     scores = torch.randn(2, 4, 32).log_softmax(-1)

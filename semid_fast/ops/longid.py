@@ -283,16 +283,26 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         if tuple(init.shape) != (b, beam_width):
             raise ValueError(f"init must have shape ({b}, {beam_width}), got {tuple(init.shape)}")
         _checks.codes_in_range(init, n, "init")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    name = _backends.resolve(backend, device, "graph_decode",
+                             supported=_backends.BACKENDS if beam_width <= _CUDA_MAX_K
+                             else ("reference", "cpu", "triton"))
     beam = init.long().to(device)
     neighbors = graph.neighbors.to(device)
+    _checks.codes_in_range(neighbors, n, "graph.neighbors")
     visited = torch.zeros(b, dtype=torch.long, device=device)
     scores = None
+    # Inputs were checked once above; each step calls the op directly (no per-step scans,
+    # so no host sync inside the loop).
     for _ in range(steps):
-        candidates = torch.cat([beam, neighbors[beam.clamp_min(0)].reshape(b, -1)], dim=1)
+        # A beam slot can be empty (-1) when init repeats items: it has no neighbours.
+        around = torch.where(beam[..., None] >= 0, neighbors[beam.clamp_min(0)], -1)
+        candidates = torch.cat([beam, around.reshape(b, -1)], dim=1)
         if return_visited:
             ordered = candidates.sort(dim=1).values
             visited += 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(1)
-        scores, beam = holistic_topk(token_scores, codes, beam_width, reduce=reduce,
-                                     candidates=candidates, backend=backend)
+        scores, beam = _holistic_topk_op(token_scores, codes, beam_width, reduce == "mean",
+                                         candidates, None, name)
     out = (scores[:, :k], beam[:, :k])
     return (*out, visited) if return_visited else out

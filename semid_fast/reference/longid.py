@@ -125,7 +125,8 @@ def graph_decode(token_scores, codes, neighbors, beam_width, steps, k, reduce="s
         beam = init[q].long()
         beam_scores = None
         for _ in range(steps):
-            cand = torch.cat([beam, neighbors[beam].reshape(-1)])[None]
+            # Empty beam slots (-1, when the start repeats items) have no neighbours.
+            cand = torch.cat([beam, neighbors[beam[beam >= 0]].reshape(-1)])[None]
             beam_scores, beam_ids = holistic_topk(token_scores[q:q + 1], codes, beam_width,
                                                   reduce, candidates=cand)
             beam = beam_ids[0]
