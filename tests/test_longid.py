@@ -82,6 +82,13 @@ def test_masks_and_candidates(backend, b):
         assert len(set(kept.tolist())) == len(kept) and set(kept.tolist()) <= set(row.tolist())
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_catalog_returns_padding(backend):
+    scores = torch.randn(3, 4, 16)
+    got = sf.holistic_topk(scores, torch.zeros(0, 4, dtype=torch.uint8), 5, backend=backend)
+    assert (got[1] == -1).all() and torch.isinf(got[0]).all() and got[0].shape == (3, 5)
+
+
 def test_half_token_scores_are_read_as_float32():
     scores, codes = make(4, 16, 256, 500, torch.uint8, seed=5)
     for dtype in (torch.float16, torch.bfloat16):

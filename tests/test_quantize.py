@@ -13,7 +13,6 @@ from semid_fast.ops import quantize as ops
 from semid_fast.reference import quantize as ref
 
 CPU_BACKENDS = [b for b in sf.available_backends("cpu") if b != "reference"]
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 # (N, D, K, L): N off every block size, D in {7, 32, 64, 384}, K in {2, 256, 1024}, L in {1, 3, 4}.
 SHAPES = [
@@ -26,12 +25,6 @@ SHAPES = [
     (49, 32, 16, 2),   # plus one
     (65, 64, 100, 1),  # triton row block of 64, plus one; K off the codeword tile
 ]
-
-
-def backends_for(device):
-    if device == "cpu":
-        return CPU_BACKENDS
-    return [b for b in sf.available_backends("cuda") if b != "reference"]
 
 
 def pairs():
@@ -72,11 +65,6 @@ def assert_greedy_optimal(x, codebooks, codes):
     chosen, best = level_distances(x, codebooks, codes)
     tol = 1e-4 * (1.0 + best.abs())
     assert ((chosen - best) <= tol).all(), f"max excess {(chosen - best).max().item()}"
-
-
-def small_for_triton(backend, n, k):
-    if backend == "triton" and n * k > 130 * 256:
-        pytest.skip("kept small under the Triton interpreter")
 
 
 # ---------------------------------------------------------------------------------------------

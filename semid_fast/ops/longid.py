@@ -38,7 +38,7 @@ def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
     scores = torch.empty((b, k), dtype=torch.float32)
     ids = torch.empty((b, k), dtype=torch.long)
     cand = None if candidates is None else candidates.long().contiguous()
-    mask = None if item_mask is None else item_mask.to(torch.uint8).contiguous()
+    mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
     status = _native.cpu().holistic_topk_f32(
         table.data_ptr(), int(interleaved), b, m, kc, codes.data_ptr(), codes.element_size(), n,
         0 if cand is None else cand.data_ptr(), 0 if cand is None else cand.shape[1],
@@ -51,13 +51,19 @@ def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
 _CUDA_MAX_K = 4096  # the CUDA kernel sorts item blocks of at most 4096 keys
 
 
+def _resolve(backend: str, device: torch.device, op: str, k: int) -> str:
+    """The backend for a top-k of k items (the cuda kernel takes k <= _CUDA_MAX_K)."""
+    supported = _backends.BACKENDS if k <= _CUDA_MAX_K else ("reference", "cpu", "triton")
+    return _backends.resolve(backend, device, op, supported=supported)
+
+
 def _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask):
     """Per-block top-k keys from the CUDA kernel, merged by torch.topk (exact on int64)."""
     b, m, kc = token_scores.shape
     n = codes.shape[0]
     table = token_scores.float().contiguous()
     codes = codes.contiguous()
-    mask = None if item_mask is None else item_mask.to(torch.uint8).contiguous()
+    mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
     mask_args = (0 if mask is None else mask.data_ptr(),
                  0 if mask is None or mask.dim() == 1 else n)
     divisor = float(m) if mean else 1.0
@@ -113,7 +119,7 @@ def _check_scores_codes(op, token_scores, codes):
                          f"{codes.shape[1]} columns")
     if m == 0 or k == 0:
         raise ValueError(f"{op}: token_scores must have M > 0 and K > 0, got {tuple(token_scores.shape)}")
-    if codes.dtype == torch.uint8 and k < 256 or codes.dtype != torch.uint8:
+    if not (codes.dtype == torch.uint8 and k >= 256):  # uint8 codes always fit K >= 256
         _checks.codes_in_range(codes, k, "codes")
     if _checks.scanning() and token_scores.numel():
         # -inf is a legitimate log-probability (an impossible token); NaN and +inf are not.
@@ -162,8 +168,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
                              f"{tuple(item_mask.shape)}")
     if n >= _keys.MAX_ITEMS:
         raise ValueError(f"holistic_topk: at most 2**32 - 1 items, got N={n}")
-    supported = _backends.BACKENDS if k <= _CUDA_MAX_K else ("reference", "cpu", "triton")
-    name = _backends.resolve(backend, device, "holistic_topk", supported=supported)
+    name = _resolve(backend, device, "holistic_topk", k)
     return _holistic_topk_op(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
 
 
@@ -218,6 +223,10 @@ class ItemGraph:
             k = int(codes.max()) + 1 if codes.numel() else 1
             table = None
         _checks.codes_in_range(codes, k, "codes")
+        if n >= _keys.MAX_ITEMS:
+            raise ValueError(f"ItemGraph.build: at most 2**32 - 1 items, got N={n}")
+        # Checked once here; every block then calls the op directly (no per-block scans).
+        name = _resolve(backend, codes.device, "ItemGraph.build", n_edges)
         positions = torch.arange(m, device=codes.device)
         blocks = []
         for start in range(0, n, block_size):
@@ -228,8 +237,8 @@ class ItemGraph:
             else:
                 queries = table[positions[None, :], block]  # (Q, M, K)
                 reduce = "mean"
-            blocks.append(holistic_topk(queries, codes, n_edges, reduce=reduce,
-                                        backend=backend)[1])
+            blocks.append(_holistic_topk_op(queries, codes, n_edges, reduce == "mean", None,
+                                            None, name)[1])
         return cls(torch.cat(blocks))
 
     def to(self, device) -> "ItemGraph":
@@ -285,9 +294,7 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         _checks.codes_in_range(init, n, "init")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    name = _backends.resolve(backend, device, "graph_decode",
-                             supported=_backends.BACKENDS if beam_width <= _CUDA_MAX_K
-                             else ("reference", "cpu", "triton"))
+    name = _resolve(backend, device, "graph_decode", beam_width)
     beam = init.long().to(device)
     neighbors = graph.neighbors.to(device)
     _checks.codes_in_range(neighbors, n, "graph.neighbors")

@@ -30,17 +30,19 @@ def _triton():
 
 def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
             with_details: bool):
-    """codes (N, L) int64 and, with_details, quantized (N, D) and errors (N, L) float32."""
+    """codes (N, L) int64 and, with_details, quantized (N, D) and errors (N, L) float32.
+
+    with_details (the rq_quantize step) is greedy and never the reference: rq_quantize runs
+    the reference through its own autograd graph.
+    """
+    if backend == "reference":
+        return ref.rq_encode(x, codebooks, beam_width), None, None
     n, d = x.shape
     levels = codebooks.shape[0]
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
     quantized = x.new_empty((n, d), dtype=torch.float32) if with_details else None
     errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
-    if backend == "reference":
-        codes = ref.rq_encode(x, codebooks, beam_width)
-        if with_details:
-            quantized, errors = _details_from_codes(x, codebooks, codes)
-    elif backend == "cpu":
+    if backend == "cpu":
         x32 = x.float().contiguous()
         status = _native.cpu().rq_encode_f32(
             x32.data_ptr(), n, d, codebooks.data_ptr(), levels, codebooks.shape[1], beam_width,
@@ -51,27 +53,11 @@ def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: 
                           _native.DTYPE_CODES[x.dtype], n, d, codebooks.data_ptr(), levels,
                           codebooks.shape[1], codes.data_ptr(), _ptr(quantized), _ptr(errors),
                           device=x.device)
+    elif beam_width > 1:
+        _triton().rq_encode_beam(x, codebooks, beam_width, codes)
     else:
-        if beam_width > 1:
-            _triton().rq_encode_beam(x, codebooks, beam_width, codes)
-            if with_details:
-                quantized, errors = _details_from_codes(x, codebooks, codes)
-        else:
-            _triton().rq_encode(x, codebooks, codes, quantized, errors)
+        _triton().rq_encode(x, codebooks, codes, quantized, errors)
     return codes, quantized, errors
-
-
-def _details_from_codes(x, codebooks, codes):
-    """quantized and per-level residual errors implied by codes (used after beam search)."""
-    residual = x.float()
-    errors = []
-    for level in range(codebooks.shape[0]):
-        residual = residual - codebooks[level][codes[:, level]]
-        errors.append((residual * residual).sum(1))
-    quantized = x.float() - residual
-    if not errors:
-        return quantized, x.new_zeros((x.shape[0], 0), dtype=torch.float32)
-    return quantized, torch.stack(errors, dim=1)
 
 
 def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product: bool):
@@ -180,6 +166,9 @@ _decode_op.register_autograd(_decode_backward, setup_context=_decode_setup)
 @torch.library.custom_op("semid_fast::rq_quantize", mutates_args=())
 def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        codes, quantized, loss = ref.rq_quantize(x, codebooks, beta)
+        return quantized.detach(), loss.detach(), codes
     codes, quantized, errors = _encode(backend, x, codebooks, 1, with_details=True)
     loss = errors.sum() * ((1.0 + beta) / max(x.numel(), 1))
     return quantized.to(x.dtype), loss, codes
