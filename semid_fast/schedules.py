@@ -1,0 +1,227 @@
+"""Temperature and noise schedules for differentiable semantic-ID training.
+
+DIGER (Fu et al., "Differentiable Semantic ID for Generative Recommendation", arXiv
+2601.19711, 2026) assigns codes by a Gumbel-softmax over codeword distances with an
+indicator straight-through estimator, and lowers the Gumbel noise during training so that
+early exploration of the codebook gives way to exploitation ("uncertainty decay"). This
+module holds the decays as small objects:
+
+- :class:`ExponentialDecay` and :class:`CosineDecay`: a value that depends on the training
+  step only (``value = f(step)``), for a temperature or a global noise scale;
+- :class:`FrequencyNoise`: a per-sample noise scale from an exponential moving average of
+  code usage (the frequency-based decay);
+- :func:`learnable_sigma_loss`: the uncertainty-weighted loss of the learnable-sigma decay.
+
+A schedule called with a Python ``int`` step returns a Python ``float``; called with a tensor
+step it returns a tensor on the step's device (so it can live inside a compiled step).
+:meth:`FrequencyNoise.noise_scale` returns a (rows,) tensor, the form that
+``gumbel_softmax(..., noise_scale=...)`` takes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _checks
+
+__all__ = ["ExponentialDecay", "CosineDecay", "FrequencyNoise", "learnable_sigma_loss"]
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _step(step):
+    """An int >= 0 or an integer/float tensor of steps (values are not scanned: no sync)."""
+    if isinstance(step, torch.Tensor):
+        return step
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise TypeError(f"step must be an int or a tensor, got {type(step).__name__}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return step
+
+
+class ExponentialDecay:
+    """``value(step) = max(minimum, start * exp(-rate * step))``.
+
+    The temperature annealing of Jang et al. (Gumbel-softmax, ICLR 2017), used by DIGER for
+    its step-based decay of the temperature and of the Gumbel noise.
+
+    Args:
+        start: value at step 0 (> 0).
+        rate: decay per step (>= 0; 0 keeps ``start``).
+        minimum: floor (0 <= minimum <= start).
+    """
+
+    def __init__(self, start: float, rate: float, minimum: float = 0.0):
+        self.start = _real(start, "start")
+        self.rate = _real(rate, "rate")
+        self.minimum = _real(minimum, "minimum")
+        if self.start <= 0:
+            raise ValueError(f"start must be > 0, got {start}")
+        if self.rate < 0:
+            raise ValueError(f"rate must be >= 0, got {rate}")
+        if not 0 <= self.minimum <= self.start:
+            raise ValueError(f"minimum must lie in [0, start={start}], got {minimum}")
+
+    def __call__(self, step):
+        """The value at ``step`` (int -> float; tensor -> float32/64 tensor on its device)."""
+        step = _step(step)
+        if isinstance(step, torch.Tensor):
+            decayed = self.start * torch.exp(-self.rate * step.to(torch.get_default_dtype()))
+            return decayed.clamp_min(self.minimum)
+        return max(self.minimum, self.start * math.exp(-self.rate * step))
+
+    def __repr__(self) -> str:
+        return f"ExponentialDecay(start={self.start}, rate={self.rate}, minimum={self.minimum})"
+
+
+class CosineDecay:
+    """From ``start`` to ``end`` over ``steps`` steps on a half cosine, then ``end``.
+
+    ``value(step) = end + (start - end) * (1 + cos(pi * min(step, steps) / steps)) / 2``
+    (the cosine annealing of Loshchilov and Hutter, SGDR, ICLR 2017, without restarts).
+    ``end`` may exceed ``start`` (a warm-up); the value stays between the two.
+
+    Args:
+        start: value at step 0.
+        end: value from step ``steps`` on.
+        steps: length of the decay (>= 1).
+    """
+
+    def __init__(self, start: float, end: float, steps: int):
+        self.start = _real(start, "start")
+        self.end = _real(end, "end")
+        self.steps = _checks.positive_int(steps, "steps")
+
+    def __call__(self, step):
+        """The value at ``step`` (int -> float; tensor -> tensor on its device)."""
+        step = _step(step)
+        if isinstance(step, torch.Tensor):
+            progress = step.to(torch.get_default_dtype()).clamp(0, self.steps) / self.steps
+            return self.end + (self.start - self.end) * (1 + torch.cos(math.pi * progress)) / 2
+        progress = min(step, self.steps) / self.steps
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * progress)) / 2
+
+    def __repr__(self) -> str:
+        return f"CosineDecay(start={self.start}, end={self.end}, steps={self.steps})"
+
+
+class FrequencyNoise(torch.nn.Module):
+    """Frequency-based noise decay: Gumbel noise only where a code is over-used.
+
+    DIGER's frequency-based uncertainty decay keeps exploring the codes that attract too many
+    items and lets the others settle. The rule implemented here:
+
+    - ``usage`` (num_codes,) is an exponential moving average of each code's share of the
+      samples: after a batch whose code histogram is ``h`` (N samples),
+      ``usage <- momentum * usage + (1 - momentum) * h / N``; it starts uniform (1 / K).
+    - a sample whose code ``c`` has ``usage[c] > threshold / K`` is over-used and gets noise
+      scale ``scale``; every other sample gets 0.
+
+    The paper describes the idea (noise for frequent codes, less noise as usage balances);
+    the moving average, its uniform start and the ``threshold / K`` test are this module's
+    concrete form of it. ``usage`` is a buffer, so ``state_dict()`` checkpoints it; the
+    module follows ``.to(device)``.
+
+    Args:
+        num_codes: codebook size K (>= 1).
+        momentum: EMA decay in [0, 1) (0 = usage of the last batch only).
+        threshold: multiple of the uniform share 1/K above which a code is over-used (> 0).
+        scale: noise scale of an over-used sample (>= 0), e.g. multiplied by a decay.
+    """
+
+    usage: torch.Tensor
+
+    def __init__(self, num_codes: int, *, momentum: float = 0.99, threshold: float = 1.0,
+                 scale: float = 1.0, device=None):
+        super().__init__()
+        self.num_codes = _checks.positive_int(num_codes, "num_codes")
+        self.momentum = _real(momentum, "momentum")
+        self.threshold = _real(threshold, "threshold")
+        self.scale = _real(scale, "scale")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        if self.threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if self.scale < 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        self.register_buffer(
+            "usage", torch.full((num_codes,), 1.0 / num_codes, dtype=torch.float32, device=device))
+
+    def _check_codes(self, codes) -> torch.Tensor:
+        _checks.tensor(codes, "codes", 1, _checks.INT_DTYPES, "(N,)")
+        if codes.device != self.usage.device:
+            raise ValueError(f"codes are on {codes.device} but the usage buffer is on "
+                             f"{self.usage.device} (move the FrequencyNoise with .to())")
+        _checks.codes_in_range(codes, self.num_codes, "codes")
+        return codes
+
+    def over_used(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: True where ``usage[codes] > threshold / K``."""
+        codes = self._check_codes(codes)
+        return self.usage[codes.long()] > self.threshold / self.num_codes
+
+    def noise_scale(self, codes: torch.Tensor, scale: float | torch.Tensor | None = None):
+        """Per-sample noise scales (N,) float32 on the codes' device.
+
+        Args:
+            codes: (N,) integer codes in [0, K), e.g. the previous assignment of each sample.
+            scale: noise scale of the over-used samples (default ``self.scale``): a float or
+                a 0-dim tensor (e.g. a step decay evaluated on the device).
+        """
+        value = self.scale if scale is None else scale
+        if not isinstance(value, torch.Tensor):
+            value = _real(value, "scale")
+            if value < 0:
+                raise ValueError(f"scale must be >= 0, got {value}")
+        return self.over_used(codes).to(torch.float32) * value
+
+    @torch.no_grad()
+    def update(self, codes: torch.Tensor) -> None:
+        """Folds one batch of codes (N,) into the usage EMA (no host sync: index_add_)."""
+        codes = self._check_codes(codes)
+        if codes.numel() == 0:
+            return
+        counts = torch.zeros_like(self.usage).index_add_(
+            0, codes.long(), torch.ones(codes.shape, dtype=self.usage.dtype, device=codes.device))
+        self.usage.mul_(self.momentum).add_(counts, alpha=(1 - self.momentum) / codes.numel())
+
+    def extra_repr(self) -> str:
+        return (f"num_codes={self.num_codes}, momentum={self.momentum}, "
+                f"threshold={self.threshold}, scale={self.scale}")
+
+
+def learnable_sigma_loss(loss: torch.Tensor, sigma: torch.Tensor, lam: float = 1e-3):
+    """Uncertainty-weighted loss of DIGER's learnable-sigma decay.
+
+    ``loss / (2 * (|sigma| + lam)^2) + log(|sigma| + lam)`` (the homoscedastic uncertainty
+    weighting of Kendall, Gal and Cipolla, CVPR 2018): a learnable ``sigma`` scales the
+    Gumbel noise, the first term rewards a larger sigma less as the task loss drops and the
+    log term stops sigma from growing without bound, so the noise decays as training
+    converges. ``lam`` > 0 keeps the denominator away from 0.
+
+    Args:
+        loss: task loss, a float tensor (any shape; usually 0-dim).
+        sigma: learnable noise scale, a float tensor broadcastable with ``loss``.
+        lam: positive offset.
+
+    Returns:
+        Tensor of the broadcast shape of ``loss`` and ``sigma``, differentiable in both.
+    """
+    for name, value in (("loss", loss), ("sigma", sigma)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{type(value).__name__ if not isinstance(value, torch.Tensor) else value.dtype}")
+    lam = _real(lam, "lam")
+    if lam <= 0:
+        raise ValueError(f"lam must be > 0, got {lam}")
+    spread = sigma.abs() + lam
+    return loss / (2 * spread ** 2) + torch.log(spread)
