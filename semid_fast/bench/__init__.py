@@ -4,12 +4,18 @@ Usage::
 
     semid-fast bench [--quick] [--families quantize,...] [--device cpu|cuda] [--out DIR]
                      [--repeat N] [--only SUBSTRINGS] [--no-value-checks]
+    semid-fast bench --e2e [--systems tiger,rpg,...] [--quick] [--data PATH] [--device ...]
+                     [--out DIR]
     python -m semid_fast.bench [same flags]
 
 Prints the device, versions and thread count, a progress bar, then one table (op, shape,
 backend or peer, median time, speed-up over the reference, throughput and, on GPUs, the
 share of the device's limit), and writes ``semid_fast_bench.json`` and
 ``semid_fast_bench.png`` to ``--out`` (default ``bench_results/``).
+
+``--e2e`` runs the end-to-end pipelines of the seed systems instead
+(:mod:`semid_fast.bench.e2e`): each prints its report and writes ``<system>.json`` and
+``<system>.png`` to ``--out``; the exit status is 1 when an agreement check fails.
 
 A family joins the suite with a module ``semid_fast/bench/<family>.py`` that defines
 ``cases(device, quick) -> list[harness.Case]`` and one line in :data:`FAMILIES`.
@@ -62,6 +68,15 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     bench.add_argument("--no-value-checks", action="store_true",
                        help="turn off semid_fast.config.check_values (the NaN/range scans "
                             "of the inputs) to time the kernels alone")
+    bench.add_argument("--e2e", action="store_true",
+                       help="run the end-to-end pipelines of the seed systems instead of the "
+                            "op families")
+    bench.add_argument("--systems", default=None,
+                       help="with --e2e: comma-separated systems (default: all)")
+    bench.add_argument("--data", default=None,
+                       help="with --e2e: data folder (default: $SEMID_FAST_DATA, else "
+                            "../shared/data, else synthetic data)")
+    bench.add_argument("--seed", type=int, default=0, help="with --e2e: seed of the pipelines")
     return parser, bench
 
 
@@ -72,7 +87,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.e2e:
+        return _e2e(bench_parser, args)
+    if args.systems is not None or args.data is not None:
+        bench_parser.error("--systems and --data go with --e2e")
     return _bench(bench_parser, args)
+
+
+def _e2e(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import torch
+
+    from . import harness
+    from .e2e import SYSTEMS, common
+
+    systems = [s.strip() for s in (args.systems or ",".join(SYSTEMS)).split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        parser.error(f"--systems: unknown {unknown}; choose from {', '.join(SYSTEMS)}")
+    device = args.device or harness.default_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    try:
+        data = common.find_data(args.data)
+    except ValueError as err:
+        parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for name in systems:
+        module = importlib.import_module(SYSTEMS[name])
+        started = time.perf_counter()
+        report = module.run(module.Settings.sized(args.quick, args.seed), data, device=device)
+        written = report.write(args.out)
+        wall = time.perf_counter() - started
+        print(f"wrote {', '.join(map(str, written))} ({wall:.0f} s)\n", flush=True)
+        failed = [c for c, v in report.checks.items() if not v["ok"]]
+        summary.append((name, wall, failed))
+    print("end-to-end summary (data: "
+          f"{data.root if data.root else 'synthetic'}, {data.how}; device {device}):")
+    for name, wall, failed in summary:
+        print(f"  {name:8s} {wall:6.0f} s  "
+              + ("all checks passed" if not failed else f"FAILED: {'; '.join(failed)}"))
+    return 1 if any(failed for _, _, failed in summary) else 0
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -96,9 +96,13 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     report = Report(SYSTEM, TITLE, data, dataclasses.asdict(s), echo=echo)
     emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
     report.say(f"items: {emb.origin}")
-    x = emb.value.to(device)
+    # Standardised per dimension, so that reconstruction and RQ losses are of one scale
+    # (unit-norm 384-d sentence embeddings otherwise give a reconstruction loss of ~1/384
+    # that the commitment term overwhelms, and the codebooks collapse).
+    x = emb.value
+    x = ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)
     ours_backend = "auto"
-    resolved = sf.available_backends(device)[0] if device == "cpu" else "auto"
+    resolved = sf._backends.resolve("auto", x.device, "rq_quantize")
     torch.manual_seed(s.seed)
     model = RQVAE(s.dim, s.hidden, s.latent, s.levels, s.k).to(device)
     g = torch.Generator().manual_seed(s.seed)
@@ -122,7 +126,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
             if device == "cuda":
                 torch.cuda.synchronize()
             step_times[name].append(time.perf_counter() - started)
-            curves[name].append(float(loss))
+            curves[name].append(float(loss.detach()))
             if step == 0:
                 first_codes[name] = codes.cpu()
 

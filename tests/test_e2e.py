@@ -1,0 +1,156 @@
+"""End-to-end pipelines at tiny sizes: their agreement checks must hold, on synthetic data
+and on the real data when it is there; data discovery and the command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from semid_fast.bench import main as bench_main
+from semid_fast.bench.e2e import SYSTEMS, acerec, common, rpg, tiger
+
+pytest.importorskip("faiss")
+
+TINY = {
+    "rpg": rpg.Settings(n_items=400, m=8, k=16, n_users=12, batch=6, hidden=32, n_edges=8,
+                        beam_width=8, steps=2, sweep_steps=(1, 2), topk=4, reference_users=12,
+                        reps=1, opq_iterations=2),
+    "acerec": acerec.Settings(n_items=300, m=8, k=16, users=5, tiled_items=2000, topk=10,
+                              reps=1),
+    "tiger": tiger.Settings(n_items=300, hidden=(64,), latent=8, k=16, steps=4, batch=64,
+                            reps=1),
+}
+MODULES = {"rpg": rpg, "acerec": acerec, "tiger": tiger}
+EXPECTED_CHECKS = {
+    "rpg": ["pq_encode reconstruction", "graph_decode equals the reference",
+            "exhaustive holistic_topk equals the reference", "overlap"],
+    "acerec": ["equals the reference, real", "equals the reference, tiled"],
+    "tiger": ["loss at step 0", "codes at step 0", "mean loss of the last"],
+}
+
+
+def _assert_checks(system, report):
+    failed = {k: v for k, v in report.checks.items() if not v["ok"]}
+    assert not failed, failed
+    for expected in EXPECTED_CHECKS[system]:
+        assert any(expected in name for name in report.checks), (expected, list(report.checks))
+
+
+def _assert_metrics(system, report, settings):
+    m = report.metrics
+    if system == "rpg":
+        assert 0.0 <= m["overlap_at_k"] <= 1.0
+        assert all(0.0 <= p["overlap"] <= 1.0 for p in m["sweep"])
+        # one step scores the beam and its neighbours at most
+        one = next(p for p in m["sweep"] if p["steps"] == 1)
+        assert settings.beam_width <= one["visited_mean"] <= settings.beam_width * (settings.n_edges + 1)
+        assert m["reconstruction_mse"]["semid_fast"] <= m["reconstruction_mse"]["faiss"] * (1 + 1e-4) + 1e-6
+    elif system == "acerec":
+        assert m["timings"]["tiled"]["n_items"] == settings.tiled_items
+    else:
+        ours, reference = m["step0_loss"]
+        assert ours == pytest.approx(reference, rel=1e-6)
+        assert len(m["loss_curves"]["semid_fast"]) == settings.steps
+        assert all(1 <= u <= settings.k for u in m["code_usage"]["semid_fast"]["used"])
+
+
+@pytest.mark.parametrize("system", list(TINY))
+def test_pipeline_on_synthetic_data(system):
+    settings = TINY[system]
+    report = MODULES[system].run(settings, common.DataSource(None, "test"), echo=False)
+    assert report.data.root is None
+    _assert_checks(system, report)
+    _assert_metrics(system, report, settings)
+
+
+@pytest.mark.parametrize("system", list(TINY))
+def test_pipeline_on_real_data(system, shared_data):
+    settings = TINY[system]
+    report = MODULES[system].run(settings, common.DataSource(shared_data, "test"), echo=False)
+    assert any("real" in line for line in report.lines), report.lines[:5]
+    _assert_checks(system, report)
+    _assert_metrics(system, report, settings)
+
+
+def test_script_writes_json_and_png(tmp_path, monkeypatch):
+    monkeypatch.setattr(acerec.Settings, "sized", classmethod(lambda cls, quick, seed=0: TINY["acerec"]))
+    status = common.script_main(acerec, ["--quick", "--out", str(tmp_path), "--data", str(tmp_path)])
+    assert status == 0
+    payload = json.loads((tmp_path / "acerec.json").read_text())
+    assert payload["passed"] is True and payload["data"]["how"] == "--data"
+    assert "synthetic" in " ".join(payload["report"])  # tmp_path holds no yelp folder
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "acerec.png").stat().st_size > 0
+
+
+def test_cli_runs_selected_system(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rpg.Settings, "sized", classmethod(lambda cls, quick, seed=0: TINY["rpg"]))
+    status = bench_main(["bench", "--e2e", "--systems", "rpg", "--quick", "--device", "cpu",
+                         "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert status == 0
+    assert (tmp_path / "out" / "rpg.json").is_file()
+    assert not (tmp_path / "out" / "tiger.json").exists()
+    assert "all checks passed" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_main(["bench", "--e2e", "--systems", "nope"])
+    with pytest.raises(SystemExit):
+        bench_main(["bench", "--e2e", "--data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        bench_main(["bench", "--systems", "rpg"])  # --systems without --e2e
+    assert set(SYSTEMS) == {"tiger", "rpg", "acerec"}
+
+
+def test_find_data_order(tmp_path, monkeypatch):
+    explicit, from_env, cwd = tmp_path / "explicit", tmp_path / "env", tmp_path / "work" / "repo"
+    beside_cwd = tmp_path / "work" / "shared" / "data"
+    for folder in (explicit, from_env, cwd, beside_cwd):
+        folder.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv(common.ENV_VAR, str(from_env))
+    assert common.find_data(explicit) == common.DataSource(explicit.resolve(), "--data")
+    assert common.find_data().root == from_env.resolve()
+    monkeypatch.delenv(common.ENV_VAR)
+    assert common.find_data().root == beside_cwd.resolve()
+    with pytest.raises(ValueError, match="--data"):
+        common.find_data(tmp_path / "missing")
+    monkeypatch.setenv(common.ENV_VAR, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=common.ENV_VAR):
+        common.find_data()
+
+
+def test_find_data_falls_back_to_checkout_then_synthetic(tmp_path, monkeypatch):
+    monkeypatch.delenv(common.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    checkout = tmp_path / "checkout" / "repo"
+    checkout.mkdir(parents=True)
+    monkeypatch.setattr(common, "_CHECKOUT", checkout)
+    assert common.find_data().root is None  # no pyproject.toml: not a source checkout
+    (checkout / "pyproject.toml").write_text("")
+    (tmp_path / "checkout" / "shared" / "data").mkdir(parents=True)
+    found = common.find_data()
+    assert found.root == (tmp_path / "checkout" / "shared" / "data").resolve()
+    assert "checkout" in found.how
+
+
+def test_synthetic_loaders_have_the_requested_shapes(tmp_path):
+    none = common.DataSource(None, "test")
+    emb = common.item_embeddings(none, "yelp", "title_cat_minilm384.npy", 50, 12, seed=1)
+    assert emb.value.shape == (50, 12) and "synthetic" in emb.origin
+    assert torch.allclose(emb.value.norm(dim=1), torch.ones(50), atol=1e-5)
+    (ids, targets) = common.user_histories(none, 30, 7, 5, seed=1).value
+    assert ids.shape == (7, 5) and targets.shape == (7,)
+    assert int(ids.max()) < 30 and int(ids.min()) >= -1 and int(targets.max()) < 30
+    assert bool((ids[:, -1] >= 0).all())  # every user has at least one history item
+
+
+def test_code_usage_counts_and_perplexity():
+    codes = torch.tensor([[0, 1], [0, 2], [1, 3], [1, 3]])
+    used, perplexity = common.code_usage(codes, 4)
+    assert used == [2, 3]
+    assert perplexity[0] == pytest.approx(2.0)
+    p = torch.tensor([0.25, 0.25, 0.5])
+    assert perplexity[1] == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
