@@ -26,7 +26,7 @@ EXPECTED_CHECKS = {
     "rpg": ["pq_encode reconstruction", "graph_decode equals the reference",
             "exhaustive holistic_topk equals the reference", "overlap"],
     "acerec": ["equals the reference, real", "equals the reference, tiled"],
-    "tiger": ["loss at step 0", "codes at step 0", "mean loss of the last"],
+    "tiger": ["loss at step 0", "step-0 codes of semid_fast are nearest", "mean loss of the last"],
 }
 
 
@@ -154,3 +154,27 @@ def test_code_usage_counts_and_perplexity():
     assert perplexity[0] == pytest.approx(2.0)
     p = torch.tensor([0.25, 0.25, 0.5])
     assert perplexity[1] == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("system", list(TINY))
+def test_pipeline_on_cuda(system):
+    """The same agreement checks with the semid_fast calls on the GPU (auto backend)."""
+    settings = TINY[system]
+    report = MODULES[system].run(settings, common.DataSource(None, "test"), device="cuda",
+                                 echo=False)
+    _assert_checks(system, report)
+    _assert_metrics(system, report, settings)
+
+
+def test_greedy_nearest_accepts_rq_codes_and_rejects_a_wrong_one():
+    from semid_fast.reference import quantize as ref_quantize
+
+    g = torch.Generator().manual_seed(3)
+    z, codebooks = torch.randn(20, 4, generator=g), torch.randn(2, 8, 4, generator=g)
+    codes = ref_quantize.rq_encode(z, codebooks)
+    assert tiger.greedy_nearest(z, codebooks, codes)
+    worst = ref_quantize.squared_distances(z[:1], codebooks[0]).argmax(1)
+    wrong = codes.clone()
+    wrong[0, 0] = worst[0]
+    assert not tiger.greedy_nearest(z, codebooks, wrong)

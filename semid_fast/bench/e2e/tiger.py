@@ -40,8 +40,8 @@ class Settings:
     levels: int = 3
     k: int = 256
     beta: float = 0.25
-    steps: int = 300
-    batch: int = 1024
+    steps: int = 200
+    batch: int = 512
     lr: float = 1e-3
     reps: int = 10                # timed calls of the quantizer micro-benchmark
     seed: int = 0
@@ -82,6 +82,20 @@ class RQVAE(torch.nn.Module):
         return reconstruction + rq_loss, reconstruction, rq_loss, codes
 
 
+def greedy_nearest(z: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> bool:
+    """True when, at every level, each row's code is a nearest codeword of its residual
+    (the residual left by its own earlier codes), up to float32 rounding of the distances."""
+    residual = z.float()
+    for level, codebook in enumerate(codebooks.float()):
+        distances = ref_quantize.squared_distances(residual, codebook)
+        chosen = distances.gather(1, codes[:, level:level + 1].long()).squeeze(1)
+        scale = residual.pow(2).sum(1) + codebook.pow(2).sum(1).max()
+        if not bool((chosen - distances.min(1).values <= 1e-5 * scale).all()):
+            return False
+        residual = residual - codebook[codes[:, level].long()]
+    return True
+
+
 def _mlp(widths: list[int]) -> torch.nn.Sequential:
     layers = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -113,10 +127,14 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     curves = {name: [] for name in models}
     step_times = {name: [] for name in models}
     first_codes = {}
+    first_batch = None
 
     for step in range(s.steps):
         rows = torch.randint(0, s.n_items, (s.batch,), generator=g).to(device)
         batch = x[rows]
+        if step == 0:
+            with torch.no_grad():
+                first_batch = (model.encoder(batch), model.codebooks.detach().clone())
         for name, m in models.items():
             started = time.perf_counter()
             loss, _, _, codes = m(batch, backends[name], s.beta)
@@ -129,6 +147,11 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
             curves[name].append(float(loss.detach()))
             if step == 0:
                 first_codes[name] = codes.cpu()
+        if step % max(1, s.steps // 6) == 0 or step == s.steps - 1:
+            report.say(f"step {step:4d}: loss {curves['semid_fast'][-1]:.5f} (semid_fast), "
+                       f"{curves['reference'][-1]:.5f} (reference); step "
+                       f"{fmt_time(step_times['semid_fast'][-1])} / "
+                       f"{fmt_time(step_times['reference'][-1])}")
 
     # Step 0 agreement and closeness of the curves.
     l0_ours, l0_ref = curves["semid_fast"][0], curves["reference"][0]
@@ -136,8 +159,12 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     report.check("loss at step 0 equal (relative difference <= 1e-6)",
                  abs(l0_ours - l0_ref) <= 1e-6 * abs(l0_ref),
                  f"{l0_ours:.7f} vs {l0_ref:.7f}")
-    report.check("codes at step 0 equal for >= 99.9% of the batch", same_codes >= 0.999,
-                 f"{100 * same_codes:.2f}%")
+    # Ties: the two quantizers compute distances in different float32 orders, so a near-tie
+    # may go either way; every code must be a nearest codeword up to rounding.
+    valid = greedy_nearest(*first_batch, first_codes["semid_fast"].to(device))
+    report.check("step-0 codes of semid_fast are nearest codewords at every level "
+                 "(up to float32 rounding)", valid,
+                 f"{100 * same_codes:.2f}% of rows identical to the reference's")
     tail = max(1, s.steps // 10)
     ours_tail = sum(curves["semid_fast"][-tail:]) / tail
     ref_tail = sum(curves["reference"][-tail:]) / tail
