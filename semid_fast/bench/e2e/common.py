@@ -174,6 +174,14 @@ def median_time(fn: Callable[[], object], reps: int, device: str = "cpu") -> flo
     return statistics.median(times)
 
 
+def timed_once(fn: Callable[[], object]) -> tuple[object, float]:
+    """(result, seconds) of one call: for the slow reference runs, whose result is also the
+    oracle, so that they run once."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
 def fmt_time(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"

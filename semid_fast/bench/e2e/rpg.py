@@ -33,7 +33,7 @@ from semid_fast import interop
 from semid_fast.reference import longid as ref
 
 from .common import (DataSource, Report, faiss_single_thread, fmt_time, item_embeddings,
-                     median_time, user_histories)
+                     median_time, timed_once, user_histories)
 
 SYSTEM = "rpg"
 TITLE = "RPG: OPQ long IDs + graph-constrained decoding"
@@ -148,24 +148,18 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
         token_scores = head(x, history).to(device)
 
     # 3. Graph and decoding.
-    graph = None
-
-    def build():
-        nonlocal graph
-        graph = sf.ItemGraph.build(codes, n_edges=s.n_edges,
-                                   token_embeddings=codebooks.to(device))
-
-    build_s = median_time(build, 1, device)
+    graph, build_s = timed_once(lambda: sf.ItemGraph.build(
+        codes, n_edges=s.n_edges, token_embeddings=codebooks.to(device)))
     report.metrics["graph_build_s"] = build_s
     report.say(f"item graph: {s.n_items} items x {s.n_edges} edges built in {fmt_time(build_s)}")
     rng = np.random.default_rng(s.seed)
     init = torch.from_numpy(np.stack([rng.choice(s.n_items, s.beam_width, replace=False)
                                       for _ in range(s.n_users)]))
 
-    def decode(rows, steps, backend="auto"):
+    def decode(rows, steps):
         return sf.graph_decode(token_scores[rows], codes, graph, beam_width=s.beam_width,
                                steps=steps, k=s.topk, init=init[rows].to(device),
-                               return_visited=True, backend=backend)
+                               return_visited=True)
 
     everyone = slice(0, s.n_users)
     g_scores, g_ids, visited = decode(everyone, s.steps)
@@ -187,13 +181,13 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     batch = slice(0, s.batch)
     latency = {
         "graph_decode (semid_fast)": median_time(lambda: decode(batch, s.steps), s.reps, device),
-        "graph_decode (reference loop)": median_time(
+        "graph_decode (reference loop)": timed_once(
             lambda: ref.graph_decode(cpu_scores[batch], cpu_codes, graph.neighbors.cpu(),
-                                     s.beam_width, s.steps, s.topk, init=init[batch]), 1),
+                                     s.beam_width, s.steps, s.topk, init=init[batch]))[1],
         "exhaustive holistic_topk (semid_fast)": median_time(
             lambda: sf.holistic_topk(token_scores[batch], codes, s.topk), s.reps, device),
-        "exhaustive holistic_topk (reference)": median_time(
-            lambda: ref.holistic_topk(cpu_scores[batch], cpu_codes, s.topk), 1),
+        "exhaustive holistic_topk (reference)": timed_once(
+            lambda: ref.holistic_topk(cpu_scores[batch], cpu_codes, s.topk))[1],
     }
     report.metrics["latency_per_batch_s"] = latency
     report.say(f"\nlatency per batch of {s.batch} users (top-{s.topk}, beam {s.beam_width}, "
