@@ -217,9 +217,10 @@ def learnable_sigma_loss(loss: torch.Tensor, sigma: torch.Tensor, lam: float = 1
         Tensor of the broadcast shape of ``loss`` and ``sigma``, differentiable in both.
     """
     for name, value in (("loss", loss), ("sigma", sigma)):
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got "
-                            f"{type(value).__name__ if not isinstance(value, torch.Tensor) else value.dtype}")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a floating-point tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
     lam = _real(lam, "lam")
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")

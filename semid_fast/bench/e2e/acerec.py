@@ -26,7 +26,7 @@ import semid_fast as sf
 from semid_fast.reference import longid as ref
 
 from .common import (DataSource, Report, faiss_single_thread, fmt_time, item_embeddings,
-                     median_time, timed_once)
+                     median_time, require_faiss, timed_once)
 
 SYSTEM = "acerec"
 TITLE = "ACERec-style exact scoring: holistic top-k over the whole catalog"
@@ -56,8 +56,7 @@ class Settings:
 
 def train_pq(x: torch.Tensor, m: int, k: int, seed: int) -> torch.Tensor:
     """faiss PQ codebooks (M, K, D/M) trained on x."""
-    import faiss
-
+    faiss = require_faiss("acerec")
     pq = faiss.ProductQuantizer(x.shape[1], m, k.bit_length() - 1)
     pq.cp.seed = seed
     pq.cp.min_points_per_centroid = 1  # small --quick catalogs train without faiss warnings

@@ -106,7 +106,8 @@ def item_embeddings(data: DataSource, dataset: str, name: str, rows: int, dim: i
                                                       dtype=np.float32))
             return Loaded(x, f"{dataset}/{name} ({rows} x {dim}, real)")
     return Loaded(synthetic_embeddings(rows, dim, seed),
-                  f"synthetic {rows} x {dim} (clustered Gaussian; {dataset}/{name} not found)")
+                  f"synthetic {rows} x {dim} (clustered Gaussian; no {dataset}/{name} of "
+                  f"at least {row_offset + rows} x {dim} found)")
 
 
 def user_histories(data: DataSource, n_items: int, n_users: int, max_len: int,
@@ -141,6 +142,16 @@ def user_histories(data: DataSource, n_items: int, n_users: int, max_len: int,
         ids[row, max_len - len(history):] = torch.tensor(history, dtype=torch.long)
         targets[row] = seq[-1]
     return Loaded((ids, targets), origin)
+
+
+def require_faiss(system: str):
+    """The faiss module, or an ImportError that says how to get it."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError(f"the {system} pipeline trains its quantizer with faiss: "
+                          "pip install faiss-cpu (or semid_fast[bench])") from err
+    return faiss
 
 
 @contextlib.contextmanager
@@ -295,7 +306,10 @@ def environment() -> dict:
     return {"cpu": harness._cpu_name(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_average": harness.load_average()}
+            "load_average": harness.load_average(),
+            # spinning OpenMP workers slow the next parallel region on a small machine
+            # (benchmarks/RESULTS.md, "OpenMP waiting")
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

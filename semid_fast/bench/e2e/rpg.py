@@ -33,7 +33,7 @@ from semid_fast import interop
 from semid_fast.reference import longid as ref
 
 from .common import (DataSource, Report, faiss_single_thread, fmt_time, item_embeddings,
-                     median_time, timed_once, user_histories)
+                     median_time, require_faiss, timed_once, user_histories)
 
 SYSTEM = "rpg"
 TITLE = "RPG: OPQ long IDs + graph-constrained decoding"
@@ -74,8 +74,7 @@ def train_opq(x: torch.Tensor, m: int, k: int, iterations: int, seed: int):
     50, on at most 4,096 rows; the final PQ with 15 k-means iterations) so that the default
     run takes a minute; faiss runs single-threaded (see :func:`common.faiss_single_thread`).
     """
-    import faiss
-
+    faiss = require_faiss("rpg")
     nbits = k.bit_length() - 1
     opq = faiss.OPQMatrix(x.shape[1], m)
     opq.niter, opq.niter_pq_0, opq.max_train_points = iterations, 10, 4096
@@ -170,7 +169,8 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
                                        s.beam_width, s.steps, s.topk, init=init[few])
     re_scores, re_ids = ref.holistic_topk(cpu_scores, cpu_codes, s.topk)
     report.check(f"graph_decode equals the reference loop ({s.reference_users} users)",
-                 torch.equal(g_ids[few].cpu(), r_ids) and torch.equal(g_scores[few].cpu(), r_scores))
+                 torch.equal(g_ids[few].cpu(), r_ids)
+                 and torch.equal(g_scores[few].cpu(), r_scores))
     report.check(f"exhaustive holistic_topk equals the reference ({s.n_users} users)",
                  torch.equal(e_ids.cpu(), re_ids) and torch.equal(e_scores.cpu(), re_scores))
     overlap = _overlap(g_ids.cpu(), e_ids.cpu())
@@ -208,8 +208,8 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     report.metrics["overlap_at_k"] = overlap
     report.say(f"\ngraph decoding vs exhaustive top-{s.topk} ({s.n_users} users, catalog "
                f"{s.n_items}):")
-    report.table(["steps", "items scored/query (sum over steps)", "/ catalog size", f"overlap@{s.topk}",
-                  "latency/batch"],
+    report.table(["steps", "items scored/query (sum over steps)", "/ catalog size",
+                  f"overlap@{s.topk}", "latency/batch"],
                  [[p["steps"], f"{p['visited_mean']:.0f}", f"{100 * p['visited_share']:.1f}%",
                    f"{p['overlap']:.3f}", fmt_time(p["latency_s"])] for p in sweep])
     report.say("(the head is randomly initialised: its scores are nearly flat, the hardest "
