@@ -274,3 +274,236 @@ def test_bad_walk_input():
     assert trie.advance(torch.tensor([10**6, -3]), torch.tensor([0, 0])).tolist() == [-1, -1]
     assert not trie.valid_next(torch.tensor([10**6, -(10**6)])).any()
     assert trie.terminal_item(torch.tensor([10**6, -(10**6)])).tolist() == [-1, -1]
+
+
+# ---- constrained beam step: every backend against the reference ------------------------------
+
+def random_states(trie, r, g):
+    """(r,) states: live states (terminal or not), empty slots and finished hypotheses."""
+    s = torch.randint(0, trie.num_states, (r,), generator=g)
+    terminals = torch.nonzero(trie.terminal >= 0)[:, 0]
+    finished = ~terminals[torch.randint(0, terminals.shape[0], (r,), generator=g)]
+    kind = torch.randint(0, 5, (r,), generator=g)
+    return torch.where(kind == 0, -1, torch.where(kind == 1, finished, s))
+
+
+def random_trie(g, n, depth, k, variable):
+    codes = torch.randint(0, k, (n, depth), generator=g)
+    lengths = torch.randint(1, depth + 1, (n,), generator=g) if variable else None
+    return build(codes, lengths, vocab_sizes=[k] * depth)
+
+
+# (B, W_in, beam_width, V, N, L, K, variable lengths, quantised scores: many ties)
+STEP_SHAPES = [
+    (1, 1, 1, 8, 5, 2, 8, False, False),
+    (3, 5, 7, 13, 40, 3, 9, True, False),
+    (4, 6, 3, 300, 200, 4, 256, False, True),
+    (2, 50, 50, 256, 3000, 4, 256, True, True),
+    (5, 3, 64, 20, 60, 3, 4, True, True),  # fewer candidates than beams: padding
+    (7, 2, 5, 40, 1, 3, 40, False, False),  # a single item
+]
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("b,w_in,w_out,v,n,depth,k,variable,ties", STEP_SHAPES)
+def test_beam_step_equals_reference_exactly(backend, b, w_in, w_out, v, n, depth, k,
+                                            variable, ties):
+    g = torch.Generator().manual_seed(b * 1000 + w_in * 10 + n)
+    trie = random_trie(g, n, depth, k, variable)
+    log_probs = torch.randn(b * w_in, v, generator=g).log_softmax(-1)
+    scores = torch.randn(b, w_in, generator=g) * 3
+    if ties:
+        log_probs, scores = (log_probs * 2).round() / 2, (scores * 2).round() / 2
+        log_probs[0, :3] = -torch.inf
+    states = random_states(trie, b * w_in, g)
+    args = (log_probs, scores, states, trie, w_out)
+    want = sf.constrained_beam_step(*args, backend="reference")
+    got = sf.constrained_beam_step(*args, backend=backend)
+    for a, c in zip(got, want):
+        assert a.shape == (b, w_out) and torch.equal(a, c)
+    scores_out, parents, tokens, nexts = want
+    # Sorted, padded, and consistent with the trie.
+    assert (scores_out[:, 1:] <= scores_out[:, :-1]).all()
+    empty = parents < 0
+    assert (torch.isinf(scores_out[empty]) & (tokens[empty] == -1) & (nexts[empty] == -1)).all()
+    flat_parent = (torch.arange(b)[:, None] * w_in + parents.clamp(min=0))[~empty]
+    moved = tokens[~empty] >= 0
+    assert torch.equal(trie.advance(states[flat_parent][moved], tokens[~empty][moved]),
+                       nexts[~empty][moved])
+    assert (nexts[~empty][~moved] <= -2).all()
+
+
+def test_beam_step_half_precision_and_2d_states():
+    g = torch.Generator().manual_seed(5)
+    trie = random_trie(g, 100, 3, 16, True)
+    lp = torch.randn(6, 16, generator=g).log_softmax(-1).to(torch.bfloat16)
+    scores = torch.zeros(2, 3, dtype=torch.float16)
+    states = random_states(trie, 6, g).reshape(2, 3)
+    for backend in STEP_BACKENDS:
+        got = sf.constrained_beam_step(lp, scores, states, trie, 4, backend=backend)
+        want = sf.constrained_beam_step(lp.float(), scores.float(), states.reshape(-1), trie, 4,
+                                        backend="reference")
+        assert all(torch.equal(a, c) for a, c in zip(got, want))
+
+
+def test_finished_hypotheses_stop_and_carry_their_score():
+    # IDs [1] (item 0) and [1, 2] (item 1): from state [1] the beam may stop or continue.
+    trie = build(torch.tensor([[1, 0], [1, 2]]), torch.tensor([1, 2]), vocab_sizes=[3, 3])
+    one = int(trie.walk(torch.tensor([[1]])))
+    lp = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))
+    scores, parents, tokens, states = sf.constrained_beam_step(
+        lp, torch.tensor([[-1.0]]), torch.tensor([one]), trie, 3)
+    assert scores[0, 0] == -1.0 and tokens[0, 0] == -1 and states[0, 0] == ~one
+    assert torch.allclose(scores[0, 1], -1.0 + lp[0, 2]) and tokens[0, 1] == 2
+    assert parents[0].tolist() == [0, 0, -1] and states[0, 2] == -1
+    # The finished beam carries on unchanged; the leaf [1, 2] (an ID) can only stop.
+    leaf = int(states[0, 1])
+    nxt = sf.constrained_beam_step(lp.expand(2, 3), scores[:, :2], states[0, :2], trie, 3)
+    assert nxt[0][0].tolist() == scores[0].tolist()
+    assert nxt[1][0].tolist() == [0, 1, -1] and nxt[2][0].tolist() == [-1, -1, -1]
+    assert nxt[3][0].tolist() == [~one, ~leaf, -1]
+    assert trie.terminal_item(nxt[3][0]).tolist() == [0, 1, -1]
+
+
+# ---- beam search against brute force -------------------------------------------------------
+
+class PrefixModel:
+    """step_fn with fixed random log-probs per (batch row, prefix), tracking each beam's
+    prefix from the tokens and parents it is given."""
+
+    def __init__(self, batch, width, v, seed):
+        self.batch, self.width, self.v, self.seed = batch, width, v, seed
+        self.prefixes = None
+
+    def log_probs(self, row, prefix):
+        g = np.random.default_rng([self.seed, row, len(prefix), *prefix])
+        return torch.from_numpy(g.standard_normal(self.v)).float().log_softmax(0)
+
+    def __call__(self, step, tokens, parents):
+        n = self.batch * self.width
+        if step == 0:
+            assert tokens is None and parents is None
+            self.prefixes = [()] * n
+        else:
+            assert tokens.shape == (n,) and parents.shape == (n,)
+            self.prefixes = [self.prefixes[p] + ((t,) if t >= 0 else ())
+                             for p, t in zip(parents.tolist(), tokens.tolist())]
+        return torch.stack([self.log_probs(i // self.width, p) for i, p in enumerate(self.prefixes)])
+
+
+def id_score(model, row, ident):
+    s = torch.zeros((), dtype=torch.float32)
+    for d in range(len(ident)):
+        s = s + model.log_probs(row, ident[:d])[ident[d]]
+    return s
+
+
+def simulate_beam_search(model, ids, row, width, depth):
+    """The documented semantics, restated over Python lists (stop = code -1)."""
+    d = DictTrie(ids)
+    beams = [(torch.zeros(()), (), False)]
+    for _ in range(depth):
+        cands = []
+        for score, prefix, done in beams:
+            if done:
+                cands.append((score, prefix, True))
+                continue
+            if prefix and prefix in d.item:
+                cands.append((score, prefix, True))
+            lp = model.log_probs(row, prefix)
+            cands += [(score + lp[c], prefix + (c,), False) for c in sorted(d.children[prefix])]
+        order = sorted(range(len(cands)), key=lambda i: (-float(cands[i][0]), i))
+        beams = [cands[i] for i in order[:width]]
+    return [(d.item[p], float(s)) for s, p, _ in beams]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(catalogs(max_items=12, max_depth=3, max_vocab=4), st.integers(1, 2), st.integers(1, 4),
+       st.sampled_from(["reference"] + STEP_BACKENDS))
+def test_beam_search_matches_brute_force(catalog, batch, small_width, backend):
+    codes, lengths = catalog
+    trie = build(codes, lengths)
+    ids = ids_of(codes, lengths)
+    d = DictTrie(ids)
+    v = trie.max_vocab + 2
+    # Exhaustive: a beam as wide as the trie prunes nothing, so the result is every ID.
+    width = trie.num_states
+    model = PrefixModel(batch, width, v, seed=len(ids))
+    items, out_codes, scores = sf.constrained_beam_search(model, trie, batch_size=batch,
+                                                          beam_width=width, backend=backend)
+    distinct = sorted(d.item.items(), key=lambda kv: kv[1])
+    for row in range(batch):
+        want = sorted(((i, float(id_score(model, row, ident))) for ident, i in distinct),
+                      key=lambda x: -x[1])
+        got_items = items[row, :len(want)].tolist()
+        assert sorted(got_items) == sorted(i for i, _ in want)
+        assert scores[row, :len(want)].tolist() == sorted((s for _, s in want), reverse=True)
+        for i, s, c in zip(got_items, scores[row].tolist(), out_codes[row]):
+            assert s == float(id_score(model, row, ids[i]))
+            assert tuple(x for x in c.tolist() if x >= 0) == ids[i]
+        assert (items[row, len(want):] == -1).all() and torch.isinf(scores[row, len(want):]).all()
+    # Pruning: a narrow beam follows the documented semantics step by step.
+    model = PrefixModel(batch, small_width, v, seed=len(ids) + 1)
+    items, out_codes, scores = sf.constrained_beam_search(model, trie, batch_size=batch,
+                                                          beam_width=small_width, backend=backend)
+    for row in range(batch):
+        want = simulate_beam_search(model, ids, row, small_width, trie.depth)
+        k = len(want)
+        assert items[row, :k].tolist() == [i for i, _ in want]
+        assert scores[row, :k].tolist() == [s for _, s in want]
+        assert (items[row, k:] == -1).all()
+        got_lengths = (out_codes[row, :k] >= 0).sum(1)
+        assert trie.item_ids(out_codes[row, :k].clamp(min=0), got_lengths).tolist() == items[row, :k].tolist()
+
+
+def test_beam_search_backends_agree_on_a_bigger_trie():
+    g = torch.Generator().manual_seed(11)
+    trie = random_trie(g, 2000, 4, 32, True)
+    runs = []
+    for backend in ["reference"] + STEP_BACKENDS:
+        model = PrefixModel(3, 10, 40, seed=3)
+        runs.append(sf.constrained_beam_search(model, trie, batch_size=3, beam_width=10,
+                                               backend=backend))
+    for run in runs[1:]:
+        assert all(torch.equal(a, c) for a, c in zip(run, runs[0]))
+    items, codes, _ = runs[0]
+    lengths = (codes >= 0).sum(-1).reshape(-1)
+    assert (items >= 0).all()
+    assert torch.equal(trie.item_ids(codes.reshape(-1, 4).clamp(min=0), lengths),
+                       items.reshape(-1))
+    assert len(set(items[0].tolist())) == 10  # no duplicate IDs in a row
+
+
+# ---- bad input of the beam step ------------------------------------------------------------
+
+def test_bad_beam_step_input():
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+    small = build(torch.tensor([[0], [1]]))
+    lp = torch.zeros(4, 2)
+    scores = torch.zeros(2, 2)
+    states = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"states must be trie states in \[0, 3\)"):
+        sf.constrained_beam_step(lp, scores, trie.walk(torch.tensor([[1, 1]] * 4)), small, 2)
+    with pytest.raises(ValueError, match="V >= max"):
+        sf.constrained_beam_step(lp[:, :1], scores, states, trie, 2)
+    with pytest.raises(ValueError, match="B\\*W=4 rows"):
+        sf.constrained_beam_step(lp[:3], scores, states, trie, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        sf.constrained_beam_step(torch.full((4, 2), torch.nan), scores, states, trie, 2)
+    with pytest.raises(ValueError, match="beam_width must be >= 1"):
+        sf.constrained_beam_step(lp, scores, states, trie, 0)
+    with pytest.raises(TypeError, match="states must have dtype int64"):
+        sf.constrained_beam_step(lp, scores, states.int(), trie, 2)
+    with pytest.raises(TypeError, match="SemanticIDTrie"):
+        sf.constrained_beam_step(lp, scores, states, "trie", 2)
+    with pytest.raises(ValueError, match="must return"):
+        sf.constrained_beam_search(lambda *a: torch.zeros(1, 2), trie, batch_size=2, beam_width=2)
+    with pytest.raises(ValueError, match="backend"):
+        sf.constrained_beam_step(lp, scores, states, trie, 2, backend="nope")
+    # With value checks off, foreign states are empty slots (never read out of bounds).
+    sf.config.check_values = False
+    try:
+        out = sf.constrained_beam_step(lp, scores, torch.full((4,), 10**9), trie, 2, backend="cpu")
+    finally:
+        sf.config.check_values = True
+    assert (out[1] == -1).all()

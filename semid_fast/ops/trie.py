@@ -518,10 +518,12 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
     tokens = parents = None
     for step in range(trie.depth):
         log_probs = step_fn(step, tokens, parents)
-        if step == 0:  # inputs are validated once; later steps run without scans
+        if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2 or \
+                log_probs.shape[0] != b * w:
+            raise ValueError(f"step_fn must return (batch_size * beam_width = {b * w}, V) "
+                             f"log-probs at every step, got {getattr(log_probs, 'shape', log_probs)}")
+        if step == 0:  # validated once (value scans sync); later steps run without scans
             _check_step(log_probs, scores, states, trie, w)
-        elif not isinstance(log_probs, torch.Tensor) or log_probs.shape[0] != b * w:
-            raise ValueError(f"step_fn must return ({b * w}, V) log-probs at every step")
         scores, parent, token, states = _beam_step_op(
             log_probs, scores, states.reshape(-1), trie.child_offsets, trie.child_codes,
             trie.terminal, trie.max_children, w, name)
