@@ -84,22 +84,24 @@ PYBIND11_MODULE(_C, m) {
         });
   m.def("trie_sort",
         [](std::uintptr_t codes, std::uintptr_t lengths, int64_t n, int64_t l,
-           std::uintptr_t vocab, std::uintptr_t order, std::uintptr_t lcp,
-           std::uintptr_t level_counts, int n_threads) {
+           std::uintptr_t vocab, std::uintptr_t order, std::uintptr_t sorted_codes,
+           std::uintptr_t sorted_lengths, std::uintptr_t lcp, std::uintptr_t level_counts,
+           int n_threads) {
           SEMID_FAST_CALL(trie_sort, ptr<const int64_t>(codes), ptr<const int64_t>(lengths), n, l,
-                          ptr<const int64_t>(vocab), ptr<int64_t>(order), ptr<int64_t>(lcp),
-                          ptr<int64_t>(level_counts), n_threads);
+                          ptr<const int64_t>(vocab), ptr<int64_t>(order),
+                          ptr<int64_t>(sorted_codes), ptr<int64_t>(sorted_lengths),
+                          ptr<int64_t>(lcp), ptr<int64_t>(level_counts), n_threads);
         });
   m.def("trie_fill",
-        [](std::uintptr_t codes, std::uintptr_t lengths, int64_t n, int64_t l,
+        [](std::uintptr_t sorted_codes, std::uintptr_t sorted_lengths, int64_t n, int64_t l,
            std::uintptr_t order, std::uintptr_t lcp, std::uintptr_t level_starts,
-           std::uintptr_t child_offsets, std::uintptr_t child_codes, std::uintptr_t terminal,
-           std::uintptr_t item_state) {
-          SEMID_FAST_CALL(trie_fill, ptr<const int64_t>(codes), ptr<const int64_t>(lengths), n, l,
-                          ptr<const int64_t>(order), ptr<const int64_t>(lcp),
-                          ptr<const int64_t>(level_starts), ptr<int64_t>(child_offsets),
-                          ptr<int32_t>(child_codes), ptr<int64_t>(terminal),
-                          ptr<int64_t>(item_state));
+           int64_t max_vocab, std::uintptr_t child_offsets, std::uintptr_t child_codes,
+           std::uintptr_t edge_keys, std::uintptr_t terminal) {
+          SEMID_FAST_CALL(trie_fill, ptr<const int64_t>(sorted_codes),
+                          ptr<const int64_t>(sorted_lengths), n, l, ptr<const int64_t>(order),
+                          ptr<const int64_t>(lcp), ptr<const int64_t>(level_starts), max_vocab,
+                          ptr<int64_t>(child_offsets), ptr<int32_t>(child_codes),
+                          ptr<int64_t>(edge_keys), ptr<int64_t>(terminal));
         });
   m.def("trie_beam_step",
         [](std::uintptr_t log_probs, std::uintptr_t beam_scores, std::uintptr_t states, int64_t b,

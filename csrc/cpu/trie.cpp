@@ -34,21 +34,26 @@ struct KeyItem {
   int64_t item;
 };
 
-// Stable LSD radix sort of `a` on the low `bits` bits of the keys; `tmp` is scratch.
+// Stable LSD radix sort of `a` on the low `bits` bits of the keys; `tmp` is scratch. The
+// histograms of every digit come from one read of the keys.
 void radix_sort(std::vector<KeyItem>& a, std::vector<KeyItem>& tmp, int bits) {
-  std::vector<int64_t> count(kRadixBuckets);
-  for (int shift = 0; shift < bits; shift += kRadixBits) {
-    std::fill(count.begin(), count.end(), 0);
-    for (const KeyItem& x : a) ++count[(x.key >> shift) & (kRadixBuckets - 1)];
+  const int passes = (bits + kRadixBits - 1) / kRadixBits;
+  std::vector<int64_t> count(passes * kRadixBuckets, 0);
+  for (const KeyItem& x : a)
+    for (int p = 0; p < passes; ++p)
+      ++count[p * kRadixBuckets + ((x.key >> (p * kRadixBits)) & (kRadixBuckets - 1))];
+  for (int p = 0; p < passes; ++p) {
+    int64_t* c = count.data() + p * kRadixBuckets;
     // A digit that every key shares leaves the order unchanged: skip the pass.
-    if (std::find(count.begin(), count.end(), int64_t(a.size())) != count.end()) continue;
+    if (std::find(c, c + kRadixBuckets, int64_t(a.size())) != c + kRadixBuckets) continue;
     int64_t sum = 0;
-    for (int64_t& c : count) {
-      const int64_t here = c;
-      c = sum;
+    for (int64_t b = 0; b < kRadixBuckets; ++b) {
+      const int64_t here = c[b];
+      c[b] = sum;
       sum += here;
     }
-    for (const KeyItem& x : a) tmp[count[(x.key >> shift) & (kRadixBuckets - 1)]++] = x;
+    const int shift = p * kRadixBits;
+    for (const KeyItem& x : a) tmp[c[(x.key >> shift) & (kRadixBuckets - 1)]++] = x;
     a.swap(tmp);
   }
 }
@@ -63,8 +68,8 @@ inline bool worse(const Hit& a, const Hit& b) { return a.key > b.key; }  // min-
 }  // namespace
 
 int trie_sort(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l,
-              const int64_t* vocab, int64_t* order, int64_t* lcp, int64_t* level_counts,
-              int n_threads) {
+              const int64_t* vocab, int64_t* order, int64_t* sorted_codes,
+              int64_t* sorted_lengths, int64_t* lcp, int64_t* level_counts, int n_threads) {
   if (n < 0 || l <= 0) return kBadArgument;
   int total_bits = 0;
   for (int64_t d = 0; d < l; ++d) {
@@ -104,8 +109,21 @@ int trie_sort(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l
       a[i] = {key, i};
     }
     radix_sort(a, tmp, total_bits);
+    // The sorted keys hold the sorted rows: unpack them instead of gathering rows.
 #pragma omp parallel for num_threads(n_threads)
-    for (int64_t i = 0; i < n; ++i) order[i] = a[i].item;
+    for (int64_t i = 0; i < n; ++i) {
+      order[i] = a[i].item;
+      uint64_t key = a[i].key;
+      int64_t len = 0;
+      for (int64_t d = l - 1; d >= 0; --d) {
+        const int bw = bit_length(uint64_t(vocab[d]));
+        const uint64_t field = bw == 64 ? key : key & ((uint64_t(1) << bw) - 1);
+        key = bw == 64 ? 0 : key >> bw;
+        sorted_codes[i * l + d] = field == 0 ? 0 : int64_t(field) - 1;
+        if (field != 0 && len == 0) len = d + 1;
+      }
+      sorted_lengths[i] = len;
+    }
   } else {
     std::iota(order, order + n, int64_t(0));
     std::stable_sort(order, order + n, [&](int64_t a, int64_t b) {
@@ -113,14 +131,31 @@ int trie_sort(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l
       if (d < lengths[a] && d < lengths[b]) return codes[a * l + d] < codes[b * l + d];
       return lengths[a] < lengths[b];
     });
-  }
 #pragma omp parallel for num_threads(n_threads)
-  for (int64_t i = 0; i < n; ++i) lcp[i] = i == 0 ? 0 : common_prefix(order[i - 1], order[i]);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t item = order[i];
+      sorted_lengths[i] = lengths[item];
+      for (int64_t d = 0; d < l; ++d)
+        sorted_codes[i * l + d] = d < lengths[item] ? codes[item * l + d] : 0;
+    }
+  }
+  // Leading codes shared with the previous row (sorted rows are 0 past their length).
+#pragma omp parallel for num_threads(n_threads)
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t d = 0;
+    if (i > 0) {
+      const int64_t m = std::min(sorted_lengths[i - 1], sorted_lengths[i]);
+      const int64_t* a = sorted_codes + (i - 1) * l;
+      const int64_t* b = sorted_codes + i * l;
+      while (d < m && a[d] == b[d]) ++d;
+    }
+    lcp[i] = d;
+  }
 
   // Item i adds one state to each level lcp[i] + 1 .. length (difference array over levels).
   std::vector<int64_t> diff(l + 1, 0);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t len = lengths[order[i]];
+    const int64_t len = sorted_lengths[i];
     if (lcp[i] < len) {
       ++diff[lcp[i]];
       --diff[len];
@@ -131,29 +166,30 @@ int trie_sort(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l
   return kOk;
 }
 
-int trie_fill(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l,
+int trie_fill(const int64_t* sorted_codes, const int64_t* sorted_lengths, int64_t n, int64_t l,
               const int64_t* order, const int64_t* lcp, const int64_t* level_starts,
-              int64_t* child_offsets, int32_t* child_codes, int64_t* terminal,
-              int64_t* item_state) {
-  if (n < 0 || l <= 0) return kBadArgument;
+              int64_t max_vocab, int64_t* child_offsets, int32_t* child_codes,
+              int64_t* edge_keys, int64_t* terminal) {
+  if (n < 0 || l <= 0 || max_vocab < 1) return kBadArgument;
   const int64_t s = level_starts[l + 1];
   std::fill(child_offsets, child_offsets + s + 1, 0);
   std::fill(terminal, terminal + s, -1);
   std::vector<int64_t> next(l), path(l + 1, 0);
   for (int64_t d = 0; d < l; ++d) next[d] = level_starts[d + 1];
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t item = order[i], len = lengths[item];
+    const int64_t len = sorted_lengths[i];
     if (lcp[i] < 0 || lcp[i] > len || len > l) return kBadArgument;
     for (int64_t d = lcp[i]; d < len; ++d) {
       const int64_t state = next[d]++;
       if (state >= level_starts[d + 2]) return kBadArgument;  // counts do not match the items
+      const int64_t code = sorted_codes[i * l + d];
       ++child_offsets[path[d] + 1];
-      child_codes[state - 1] = int32_t(codes[item * l + d]);
+      child_codes[state - 1] = int32_t(code);
+      edge_keys[state - 1] = path[d] * max_vocab + code;
       path[d + 1] = state;
     }
     // Equal IDs are consecutive, smallest item first: the first one owns the terminal.
-    if (terminal[path[len]] < 0) terminal[path[len]] = item;
-    item_state[item] = path[len];
+    if (terminal[path[len]] < 0) terminal[path[len]] = order[i];
   }
   for (int64_t st = 0; st < s; ++st) child_offsets[st + 1] += child_offsets[st];
   return kOk;
@@ -173,6 +209,7 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
     for (int64_t r = 0; r < b; ++r) {
       heap.clear();
       uint64_t threshold = 0;  // the worst kept key once the heap is full
+      float threshold_score = -__builtin_inff();  // and its score: a cheap first test
       auto offer = [&](float score, uint32_t rank, int64_t parent, int64_t token,
                        int64_t state) {
         const uint64_t key = trie::candidate_key(score, rank);
@@ -184,7 +221,10 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
           heap.push_back({key, score, parent, token, state});
         }
         std::push_heap(heap.begin(), heap.end(), worse);
-        if (int64_t(heap.size()) == w_out) threshold = heap.front().key;
+        if (int64_t(heap.size()) == w_out) {
+          threshold = heap.front().key;
+          threshold_score = heap.front().score;
+        }
       };
       uint32_t rank = 0;
       for (int64_t j = 0; j < w_in; ++j) {
@@ -196,7 +236,10 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
           const int64_t lo = child_offsets[st], hi = child_offsets[st + 1];
           for (int64_t e = lo; e < hi; ++e, ++rank) {
             const int64_t c = child_codes[e];
-            if (c < v) offer(sigma + lp[c], rank, j, c, e + 1);
+            if (c >= v) continue;
+            const float score = sigma + lp[c];
+            if (score < threshold_score) continue;  // cannot beat the worst kept candidate
+            offer(score, rank, j, c, e + 1);
           }
         } else if (st <= -2 && ~st < s && terminal[~st] >= 0) {
           offer(sigma, rank++, j, -1, st);  // a finished hypothesis carries on

@@ -61,6 +61,9 @@ def _check_codes_lengths(codes, lengths):
 
 def _level_ranges(codes: torch.Tensor, lengths: torch.Tensor):
     """Per level: (min, max) code over the IDs that reach the level, or None."""
+    if bool((lengths == codes.shape[1]).all()):
+        lo, hi = codes.amin(0).tolist(), codes.amax(0).tolist()
+        return list(zip(lo, hi))
     present = torch.arange(codes.shape[1], device=codes.device) < lengths[:, None]
     big = torch.iinfo(torch.long).max
     lo = torch.where(present, codes, big).amin(0).tolist()
@@ -83,7 +86,8 @@ class SemanticIDTrie:
     """
 
     def __init__(self, child_offsets, child_codes, terminal, level_starts, *, num_items: int,
-                 vocab_sizes: Sequence[int], collisions=(), max_children: int | None = None):
+                 vocab_sizes: Sequence[int], collisions=(), max_children: int | None = None,
+                 edge_keys: torch.Tensor | None = None):
         self.child_offsets = child_offsets
         self.child_codes = child_codes
         self.terminal = terminal
@@ -96,9 +100,12 @@ class SemanticIDTrie:
         self.max_vocab = max(max(self.vocab_sizes), 1)
         degree = child_offsets[1:] - child_offsets[:-1]
         self.max_children = int(degree.max()) if max_children is None else int(max_children)
-        parents = torch.repeat_interleave(torch.arange(self.num_states, device=terminal.device),
-                                          degree, output_size=self.num_states - 1)
-        self.edge_keys = parents * self.max_vocab + child_codes.long()
+        if edge_keys is None:
+            parents = torch.repeat_interleave(
+                torch.arange(self.num_states, device=terminal.device), degree,
+                output_size=self.num_states - 1)
+            edge_keys = parents * self.max_vocab + child_codes.long()
+        self.edge_keys = edge_keys
 
     # ---- build ---------------------------------------------------------------------------
 
@@ -142,11 +149,16 @@ class SemanticIDTrie:
         name = _backends.resolve(backend, torch.device("cpu"), "SemanticIDTrie.from_codes",
                                  supported=("reference", "cpu"))
         if name == "cpu":
-            arrays = _native_build(codes, lengths, vocab_sizes)
+            arrays, ranked = _native_build(codes, lengths, vocab_sizes)
         else:
-            arrays = ref.build(codes, lengths)
-        child_offsets, child_codes, terminal, level_starts, item_state = arrays
-        collisions = _collision_groups(terminal, item_state)
+            *arrays, item_state = ref.build(codes, lengths)
+            arrays = (*arrays, None)
+            order = torch.sort(item_state, stable=True).indices
+            ended = item_state[order]
+            ranked = (order, torch.cat([ended.new_zeros(1, dtype=torch.bool),
+                                        ended[1:] == ended[:-1]]))
+        child_offsets, child_codes, terminal, level_starts, edge_keys = arrays
+        collisions = _collision_groups(*ranked)
         if collisions:
             count = sum(len(g) for g in collisions)
             warnings.warn(f"SemanticIDTrie.from_codes: {count} items share a full ID with "
@@ -154,7 +166,7 @@ class SemanticIDTrie:
                           "the smallest item id (see trie.collisions and semid_fast.dedup_suffix)",
                           stacklevel=2)
         trie = cls(child_offsets, child_codes, terminal, level_starts, num_items=n,
-                   vocab_sizes=vocab_sizes, collisions=collisions)
+                   vocab_sizes=vocab_sizes, collisions=collisions, edge_keys=edge_keys)
         return trie if device.type == "cpu" else trie.to(device)
 
     # ---- device, size, persistence -------------------------------------------------------
@@ -170,7 +182,8 @@ class SemanticIDTrie:
         """A copy of the trie on ``device``."""
         return SemanticIDTrie(*(t.to(device) for t in self._tensors()),
                               num_items=self.num_items, vocab_sizes=self.vocab_sizes,
-                              collisions=self.collisions, max_children=self.max_children)
+                              collisions=self.collisions, max_children=self.max_children,
+                              edge_keys=self.edge_keys.to(device))
 
     @property
     def nbytes(self) -> int:
@@ -286,14 +299,18 @@ class SemanticIDTrie:
 
 
 def _native_build(codes, lengths, vocab_sizes):
+    """CSR arrays, edge keys, and (order, duplicate flags) of the sorted items."""
     c = _native.cpu()
     n, depth = codes.shape
     vocab = torch.tensor(vocab_sizes, dtype=torch.long)
     order = torch.empty(n, dtype=torch.long)
+    sorted_codes = torch.empty((n, depth), dtype=torch.long)
+    sorted_lengths = torch.empty(n, dtype=torch.long)
     lcp = torch.empty(n, dtype=torch.long)
     counts = torch.empty(depth, dtype=torch.long)
     status = c.trie_sort(codes.data_ptr(), lengths.data_ptr(), n, depth, vocab.data_ptr(),
-                         order.data_ptr(), lcp.data_ptr(), counts.data_ptr(), _native.n_threads())
+                         order.data_ptr(), sorted_codes.data_ptr(), sorted_lengths.data_ptr(),
+                         lcp.data_ptr(), counts.data_ptr(), _native.n_threads())
     _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
     level_starts = torch.zeros(depth + 2, dtype=torch.long)
     level_starts[1] = 1
@@ -301,27 +318,28 @@ def _native_build(codes, lengths, vocab_sizes):
     n_states = int(level_starts[-1])
     child_offsets = torch.empty(n_states + 1, dtype=torch.long)
     child_codes = torch.empty(n_states - 1, dtype=torch.int32)
+    edge_keys = torch.empty(n_states - 1, dtype=torch.long)
     terminal = torch.empty(n_states, dtype=torch.long)
-    item_state = torch.empty(n, dtype=torch.long)
-    status = c.trie_fill(codes.data_ptr(), lengths.data_ptr(), n, depth, order.data_ptr(),
-                         lcp.data_ptr(), level_starts.data_ptr(), child_offsets.data_ptr(),
-                         child_codes.data_ptr(), terminal.data_ptr(), item_state.data_ptr())
+    status = c.trie_fill(sorted_codes.data_ptr(), sorted_lengths.data_ptr(), n, depth,
+                         order.data_ptr(), lcp.data_ptr(), level_starts.data_ptr(),
+                         max(max(vocab_sizes), 1), child_offsets.data_ptr(),
+                         child_codes.data_ptr(), edge_keys.data_ptr(), terminal.data_ptr())
     _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
-    return child_offsets, child_codes, terminal, level_starts, item_state
+    same_as_previous = lcp == sorted_lengths  # the whole ID equals the previous item's
+    return (child_offsets, child_codes, terminal, level_starts, edge_keys), (order, same_as_previous)
 
 
-def _collision_groups(terminal, item_state) -> list[torch.Tensor]:
-    """Groups (ascending item ids) of the items whose full IDs are equal."""
-    n = item_state.shape[0]
-    shared = terminal[item_state] != torch.arange(n)
-    if not bool(shared.any()):
+def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
+    """Groups of items with equal full IDs, from the items in ID order (equal IDs adjacent,
+    ascending item ids) and a flag per position: equal to the previous position's ID."""
+    if not bool(same_as_previous.any()):
         return []
-    in_group = torch.isin(item_state, item_state[shared])
-    items = torch.nonzero(in_group)[:, 0]
-    order = torch.sort(item_state[items], stable=True).indices
-    items, states = items[order], item_state[items[order]]
-    sizes = torch.unique_consecutive(states, return_counts=True)[1]
-    return list(torch.split(items, sizes.tolist()))
+    member = same_as_previous.clone()
+    member[:-1] |= same_as_previous[1:]
+    positions = torch.nonzero(member)[:, 0]
+    group = torch.cumsum(member & ~same_as_previous, 0)[positions]
+    sizes = torch.unique_consecutive(group, return_counts=True)[1]
+    return list(torch.split(order[positions], sizes.tolist()))
 
 
 def dedup_suffix(codes, lengths=None):

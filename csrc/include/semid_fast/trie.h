@@ -58,19 +58,20 @@ SEMID_FAST_HD uint32_t key_rank(uint64_t key) { return 0xFFFFFFFFu - uint32_t(ke
 #define SEMID_FAST_DECLARE_CPU_TRIE(ns)                                                       \
   namespace ns {                                                                             \
   /* Sorts the items by ID (shorter first when one ID is a prefix of another, then by item   \
-     id) into order (N,), writes lcp (N,): the number of leading codes item order[i] shares \
-     with order[i-1] (0 for i = 0), and level_counts (L,): the states of each level >= 1.   \
-     codes (N, L) int64, lengths (N,) int64 in [1, L], vocab (L,) int64; codes beyond an    \
-     ID's length are ignored. Status kCodeOutOfRange / kBadArgument on bad input. */        \
+     id) into order (N,), with the rows in that order in sorted_codes (N, L) (0 past the    \
+     ID's end) and sorted_lengths (N,); writes lcp (N,): the number of leading codes row i  \
+     shares with row i-1 (0 for i = 0), and level_counts (L,): the states of each level    \
+     >= 1. codes (N, L) int64, lengths (N,) int64 in [1, L], vocab (L,) int64; codes        \
+     beyond an ID's length are ignored. Status kCodeOutOfRange / kBadArgument on bad input. */ \
   int trie_sort(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l,          \
-                const int64_t* vocab, int64_t* order, int64_t* lcp, int64_t* level_counts,   \
-                int n_threads);                                                              \
-  /* Fills the CSR arrays (sizes from trie_sort's counts) and item_state (N,): the state     \
-     where each item's ID ends. */                                                           \
-  int trie_fill(const int64_t* codes, const int64_t* lengths, int64_t n, int64_t l,          \
-                const int64_t* order, const int64_t* lcp, const int64_t* level_starts,       \
-                int64_t* child_offsets, int32_t* child_codes, int64_t* terminal,             \
-                int64_t* item_state);                                                        \
+                const int64_t* vocab, int64_t* order, int64_t* sorted_codes,                 \
+                int64_t* sorted_lengths, int64_t* lcp, int64_t* level_counts, int n_threads); \
+  /* Fills the CSR arrays (sizes from trie_sort's counts) and edge_keys (S - 1,): parent *  \
+     max_vocab + code of each edge, from trie_sort's outputs. */                            \
+  int trie_fill(const int64_t* sorted_codes, const int64_t* sorted_lengths, int64_t n,       \
+                int64_t l, const int64_t* order, const int64_t* lcp,                         \
+                const int64_t* level_starts, int64_t max_vocab, int64_t* child_offsets,      \
+                int32_t* child_codes, int64_t* edge_keys, int64_t* terminal);                \
   /* One constrained beam step for b rows of w_in beams -> w_out beams (see above).          \
      log_probs (b * w_in, v) float32, beam_scores (b, w_in) float32, states (b * w_in,)      \
      int64; outputs (b, w_out): scores float32, parents int64 (beam index in the row, -1),   \
