@@ -507,3 +507,74 @@ def test_bad_beam_step_input():
     finally:
         sf.config.check_values = True
     assert (out[1] == -1).all()
+
+
+# ---- GPU: every backend against the reference on CUDA tensors ---------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,w_in,w_out,v,n,depth,k,variable,ties", STEP_SHAPES + [
+    (3, 64, 1024, 300, 20000, 3, 256, True, False),  # the widest beam the kernel keeps
+    (2, 8192, 16, 16, 500, 2, 16, False, True),  # the most beams it reads
+])
+def test_beam_step_cuda_equals_reference(b, w_in, w_out, v, n, depth, k, variable, ties):
+    g = torch.Generator().manual_seed(w_in + n)
+    trie = random_trie(g, n, depth, k, variable)
+    log_probs = torch.randn(b * w_in, v, generator=g).log_softmax(-1)
+    scores = torch.randn(b, w_in, generator=g)
+    if ties:
+        log_probs, scores = (log_probs * 2).round() / 2, (scores * 2).round() / 2
+    states = random_states(trie, b * w_in, g)
+    want = sf.constrained_beam_step(log_probs, scores, states, trie, w_out, backend="reference")
+    gpu = trie.to("cuda")
+    args = (log_probs.cuda(), scores.cuda(), states.cuda(), gpu, w_out)
+    for backend in ("reference", "cuda"):
+        got = sf.constrained_beam_step(*args, backend=backend)
+        for a, c in zip(got, want):
+            assert a.is_cuda and torch.equal(a.cpu(), c)
+
+
+@pytest.mark.gpu
+def test_beam_step_cuda_with_rising_scores_sorts_many_times():
+    # Candidates arrive in ascending score order, so every one beats the threshold and the
+    # staging area fills again and again.
+    g = torch.Generator().manual_seed(2)
+    trie = random_trie(g, 5000, 2, 256, False)
+    w = 40
+    log_probs = torch.linspace(-30, 0, 256).repeat(w, 1)
+    scores = torch.linspace(-5, 0, w)[None]
+    states = trie.walk(torch.randint(0, 256, (w, 1), generator=g))
+    want = sf.constrained_beam_step(log_probs, scores, states, trie, 300, backend="reference")
+    got = sf.constrained_beam_step(log_probs.cuda(), scores.cuda(), states.cuda(),
+                                   trie.to("cuda"), 300, backend="cuda")
+    assert all(torch.equal(a.cpu(), c) for a, c in zip(got, want))
+
+
+@pytest.mark.gpu
+def test_trie_members_and_beam_search_on_cuda():
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(0, 32, (3000, 4), generator=g)
+    lengths = torch.randint(1, 5, (3000,), generator=g)
+    cpu = build(codes, lengths)
+    gpu = build(codes.cuda(), lengths.cuda())
+    assert gpu.device.type == "cuda"
+    for a, c in zip(gpu._tensors(), cpu._tensors()):
+        assert torch.equal(a.cpu(), c)
+    states = random_states(cpu, 500, g)
+    for member in ("valid_next", "state_level", "terminal_item"):
+        assert torch.equal(getattr(gpu, member)(states.cuda()).cpu(), getattr(cpu, member)(states))
+    picks = torch.randint(0, 32, (500,), generator=g)
+    assert torch.equal(gpu.advance(states.cuda(), picks.cuda()).cpu(), cpu.advance(states, picks))
+    assert torch.equal(gpu.item_ids(codes.cuda(), lengths.cuda()).cpu(),
+                       cpu.item_ids(codes, lengths))
+    runs = []
+    for trie, backend in ((cpu, "cpu"), (gpu, "cuda"), (gpu, "reference")):
+        model = PrefixModel(2, 16, 32, seed=9)
+
+        def step_fn(step, tokens, parents, model=model, device=trie.device):
+            to_cpu = (lambda t: None if t is None else t.cpu())
+            return model(step, to_cpu(tokens), to_cpu(parents)).to(device)
+
+        runs.append([t.cpu() for t in sf.constrained_beam_search(
+            step_fn, trie, batch_size=2, beam_width=16, backend=backend)])
+    for run in runs[1:]:
+        assert all(torch.equal(a, c) for a, c in zip(run, runs[0]))

@@ -424,11 +424,26 @@ def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_
             *(beam_scores.new_empty((b, beam_width), dtype=torch.long) for _ in range(3)))
 
 
+# Limits of the CUDA kernel (csrc/include/semid_fast/cuda_trie.h); beyond them "auto" on
+# a GPU falls back to the reference.
+_CUDA_MAX_BEAMS = 1024
+_CUDA_MAX_BEAMS_IN = 8192
+
+
+def _resolve(backend: str, device: torch.device, op: str, w_in: int, w_out: int) -> str:
+    cuda_fits = w_out <= _CUDA_MAX_BEAMS and w_in <= _CUDA_MAX_BEAMS_IN
+    supported = ("reference", "cpu", "cuda") if cuda_fits else ("reference", "cpu")
+    return _backends.resolve(backend, device, op, gpu_order=("cuda",), supported=supported)
+
+
 def _check_step(log_probs, beam_scores, states, trie, beam_width):
     if not isinstance(trie, SemanticIDTrie):
         raise TypeError(f"trie must be a SemanticIDTrie, got {type(trie).__name__}")
     _checks.tensor(beam_scores, "beam_scores", 2, _checks.FLOAT_DTYPES, "(B, W)")
     b, w_in = beam_scores.shape
+    if w_in == 0:
+        raise ValueError("beam_scores must have W >= 1 beams per row, got shape "
+                         f"{tuple(beam_scores.shape)}")
     _checks.tensor(log_probs, "log_probs", 2, _checks.FLOAT_DTYPES, "(B * W, V)")
     if not isinstance(states, torch.Tensor):
         raise TypeError(f"states must be a torch.Tensor of shape ({b * w_in},), "
@@ -493,8 +508,7 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
         (B, beam_width) int64.
     """
     device, states = _check_step(log_probs, beam_scores, states, trie, beam_width)
-    name = _backends.resolve(backend, device, "constrained_beam_step",
-                             gpu_order=("cuda",), supported=("reference", "cpu", "cuda"))
+    name = _resolve(backend, device, "constrained_beam_step", beam_scores.shape[1], beam_width)
     return _beam_step_op(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
                          trie.terminal, trie.max_children, beam_width, name)
 
@@ -525,8 +539,7 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
     b = _checks.positive_int(batch_size, "batch_size")
     w = _checks.positive_int(beam_width, "beam_width")
     device = trie.device
-    name = _backends.resolve(backend, device, "constrained_beam_search",
-                             gpu_order=("cuda",), supported=("reference", "cpu", "cuda"))
+    name = _resolve(backend, device, "constrained_beam_search", w, w)
     states = torch.full((b, w), -1, dtype=torch.long, device=device)
     states[:, 0] = 0
     scores = torch.full((b, w), -torch.inf, device=device)
