@@ -578,3 +578,19 @@ def test_trie_members_and_beam_search_on_cuda():
             step_fn, trie, batch_size=2, beam_width=16, backend=backend)])
     for run in runs[1:]:
         assert all(torch.equal(a, c) for a, c in zip(run, runs[0]))
+
+
+def test_beam_step_op_passes_opcheck_and_compiles():
+    g = torch.Generator().manual_seed(8)
+    trie = random_trie(g, 300, 3, 12, True)
+    lp = torch.randn(12, 12, generator=g).log_softmax(-1)
+    scores = torch.randn(3, 4, generator=g)
+    states = random_states(trie, 12, g)
+    for backend in ["reference"] + STEP_BACKENDS:
+        torch.library.opcheck(ops._beam_step_op, (lp, scores, states, trie.child_offsets,
+                                                  trie.child_codes, trie.terminal,
+                                                  trie.max_children, 5, backend))
+    want = sf.constrained_beam_step(lp, scores, states, trie, 5)
+    compiled = torch.compile(lambda a, b, c: sf.constrained_beam_step(a, b, c, trie, 5),
+                             fullgraph=True, backend="eager")
+    assert all(torch.equal(x, y) for x, y in zip(compiled(lp, scores, states), want))

@@ -200,7 +200,7 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
                    const int32_t* child_codes, const int64_t* terminal, int64_t s,
                    int64_t w_out, float* out_scores, int64_t* out_parents, int64_t* out_tokens,
                    int64_t* out_states, int n_threads) {
-  if (b < 0 || w_in < 0 || v < 0 || s < 1 || w_out < 1) return kBadArgument;
+  if (b < 0 || w_in < 0 || v < 0 || s < 1 || w_out < 1 || n_threads < 1) return kBadArgument;
 #pragma omp parallel num_threads(n_threads)
   {
     std::vector<Hit> heap;

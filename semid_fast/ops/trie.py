@@ -371,9 +371,15 @@ def dedup_suffix(codes, lengths=None):
 
 # ---- beam step ---------------------------------------------------------------------------
 
+# Below this many candidate slots (rows x beams x max children) a step takes well under a
+# millisecond on one core: waking OpenMP threads would cost more than it saves.
+_PARALLEL_MIN_WORK = 1 << 18
+
+
 def _cpu_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, terminal,
-                   beam_width):
+                   max_children, beam_width):
     b, w_in = beam_scores.shape
+    threads = _native.n_threads() if b * w_in * max_children >= _PARALLEL_MIN_WORK else 1
     lp = log_probs.float().contiguous()
     sc = beam_scores.float().contiguous()
     st = states.contiguous()
@@ -382,7 +388,7 @@ def _cpu_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, t
     status = _native.cpu().trie_beam_step(
         lp.data_ptr(), sc.data_ptr(), st.data_ptr(), b, w_in, lp.shape[1],
         child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
-        terminal.shape[0], beam_width, *(t.data_ptr() for t in out), _native.n_threads())
+        terminal.shape[0], beam_width, *(t.data_ptr() for t in out), max(1, min(threads, b)))
     _native.check_cpu_status(status, "constrained_beam_step")
     return out
 
@@ -410,7 +416,7 @@ def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: to
                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     args = (log_probs, beam_scores, states, child_offsets, child_codes, terminal)
     if backend == "cpu":
-        return _cpu_beam_step(*args, beam_width)
+        return _cpu_beam_step(*args, max_children, beam_width)
     if backend == "cuda":
         return _cuda_beam_step(*args, beam_width)
     return ref.beam_step(*args, max_children, beam_width)
