@@ -108,7 +108,26 @@ def test_build_matches_dict_trie_and_reference(catalog):
     for i, ident in enumerate(ids_of(codes, lengths)):
         groups.setdefault(ident, []).append(i)
     want = sorted(g for g in groups.values() if len(g) > 1)
-    assert sorted(g.tolist() for g in trie.collisions) == want
+    assert [g.tolist() for g in trie.collisions] == want
+    assert [g.tolist() for g in other.collisions] == want
+
+
+@pytest.mark.parametrize("depth,k", [(8, 300), (4, 2**20), (3, 2**21), (2, 2**31 - 1)])
+def test_build_of_ids_wider_than_64_bits_matches_reference(depth, k):
+    # 8 levels of 9 bits and 4 of 21 bits overflow the packed radix key: comparison sort.
+    g = torch.Generator().manual_seed(depth)
+    codes = torch.randint(0, 3, (400, depth), generator=g) * (k // 3)
+    lengths = torch.randint(1, depth + 1, (400,), generator=g)
+    trie = build(codes, lengths, vocab_sizes=[k] * depth)
+    other = build(codes, lengths, vocab_sizes=[k] * depth, backend="reference")
+    for a, b in zip(trie._tensors(), other._tensors()):
+        assert torch.equal(a, b)
+    assert torch.equal(trie.edge_keys, other.edge_keys)
+    assert [x.tolist() for x in trie.collisions] == [x.tolist() for x in other.collisions]
+    first = {}
+    for i, ident in enumerate(ids_of(codes, lengths)):
+        first.setdefault(ident, i)
+    assert trie.item_ids(codes, lengths).tolist() == [first[x] for x in ids_of(codes, lengths)]
 
 
 def test_contract_members_on_a_small_variable_length_trie():
@@ -161,7 +180,7 @@ def test_collision_warning_names_the_count():
     codes = torch.tensor([[1, 2], [1, 2], [0, 1], [1, 2], [0, 1], [2, 2]])
     with pytest.warns(UserWarning, match="5 items share a full ID"):
         trie = sf.SemanticIDTrie.from_codes(codes)
-    assert [g.tolist() for g in trie.collisions] == [[2, 4], [0, 1, 3]]
+    assert [g.tolist() for g in trie.collisions] == [[0, 1, 3], [2, 4]]
 
 
 @settings(max_examples=40, deadline=None)
@@ -245,6 +264,8 @@ def test_bad_build_input():
         sf.SemanticIDTrie.from_codes(torch.tensor([[0, -1]]))
     with pytest.raises(ValueError, match=r"level 1 must lie in \[0, 4\)"):
         sf.SemanticIDTrie.from_codes(torch.tensor([[0, 4]]), vocab_sizes=[2, 4])
+    with pytest.raises(ValueError, match=r"vocab_sizes must be <= 2\*\*31"):
+        sf.SemanticIDTrie.from_codes(torch.tensor([[0, 1]]), vocab_sizes=[2, 2**32])
     with pytest.raises(ValueError, match="vocab_sizes must have L=2"):
         sf.SemanticIDTrie.from_codes(torch.tensor([[0, 1]]), vocab_sizes=[2])
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, L=2\]"):

@@ -82,7 +82,8 @@ class SemanticIDTrie:
     lookup table of :meth:`advance`).
 
     Build with :meth:`from_codes`; ``collisions`` lists the groups of items that share a
-    full ID (int64 tensors of item ids, ascending), see :func:`dedup_suffix`.
+    full ID (int64 tensors of item ids, ascending; groups ordered by their smallest item),
+    see :func:`dedup_suffix`.
     """
 
     def __init__(self, child_offsets, child_codes, terminal, level_starts, *, num_items: int,
@@ -146,6 +147,12 @@ class SemanticIDTrie:
                 if r is not None and (r[0] < 0 or r[1] >= vocab_sizes[d]):
                     raise ValueError(f"codes of level {d} must lie in [0, {vocab_sizes[d]}), "
                                      f"found values in [{r[0]}, {r[1]}]")
+        if max(vocab_sizes) > 2**31:
+            raise ValueError(f"vocab_sizes must be <= 2**31 (codes are stored as int32), "
+                             f"got {max(vocab_sizes)}")
+        if (1 + n * depth) * max(max(vocab_sizes), 1) >= 2**63:
+            raise ValueError("too many IDs for this vocabulary: (1 + N * L) * max(vocab_sizes) "
+                             "must be < 2**63 (the edge lookup keys are int64)")
         name = _backends.resolve(backend, torch.device("cpu"), "SemanticIDTrie.from_codes",
                                  supported=("reference", "cpu"))
         if name == "cpu":
@@ -330,8 +337,9 @@ def _native_build(codes, lengths, vocab_sizes):
 
 
 def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
-    """Groups of items with equal full IDs, from the items in ID order (equal IDs adjacent,
-    ascending item ids) and a flag per position: equal to the previous position's ID."""
+    """Groups of items with equal full IDs (each ascending, ordered by their smallest item),
+    from the items in an order where equal IDs are adjacent in ascending item order and a
+    flag per position: same ID as the previous position."""
     if not bool(same_as_previous.any()):
         return []
     member = same_as_previous.clone()
@@ -339,7 +347,8 @@ def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
     positions = torch.nonzero(member)[:, 0]
     group = torch.cumsum(member & ~same_as_previous, 0)[positions]
     sizes = torch.unique_consecutive(group, return_counts=True)[1]
-    return list(torch.split(order[positions], sizes.tolist()))
+    groups = torch.split(order[positions], sizes.tolist())
+    return sorted(groups, key=lambda g: int(g[0]))  # by smallest item id, whatever the build
 
 
 def dedup_suffix(codes, lengths=None):
