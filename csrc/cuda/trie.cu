@@ -1,19 +1,24 @@
 // CUDA kernel of the trie family: the fused constrained beam step (see cuda_trie.h and
 // trie.h for the layout, the beam states and the ranking).
 //
-// STATUS: compiled for sm_90 but NEVER RUN on a GPU in the session that wrote it. Treat it
-// as untested until the GPU tests (tests/test_trie.py, marked gpu) have passed on a device.
+// STATUS: compiled for sm_90 (ptxas: 32 registers, no spills) but NEVER RUN on a GPU in the
+// session that wrote it. Its logic was exercised only by a host emulation (each CUDA thread a
+// std::thread, barriers and the warp shuffle emulated, exact-size shared memory) under
+// AddressSanitizer and ThreadSanitizer, bit-exact against the reference on the shapes of the
+// GPU tests (TSan found a real race in an earlier version: the staging count was read after
+// other threads had added to it). Treat it as untested until the GPU tests
+// (tests/test_trie.py, marked gpu) have passed on a device.
 //
 // One thread block per batch row:
 //  1. Every beam's candidate count (stop + children) goes to shared memory and one warp
 //     scans it into each beam's first rank, so rank r belongs to the beam found by a binary
 //     search over those starts; a candidate's place in the row is known without a list.
-//  2. The block walks the ranks blockDim at a time: each thread builds the uint64 key of
-//     its candidate (trie.h: score order word, then rank) and keeps it only if it beats the
-//     current beam_width-th best key, appending it to a shared staging area. When the area
-//     could overflow (and once at the end) the best list and the staging area are
-//     bitonic-sorted together and the best list is cut back. With ordinary log-probs the
-//     threshold rises fast and few sorts run.
+//  2. The block walks the ranks blockDim at a time (two barriers a round): each thread
+//     builds the uint64 key of its candidate (trie.h: score order word, then rank) and
+//     keeps it only if it beats the current beam_width-th best key, appending it to a
+//     shared staging area. When the area could overflow (and once at the end) the best list
+//     and the staging area are bitonic-sorted together and the best list is cut back. With
+//     ordinary log-probs the threshold rises fast and few sorts run.
 //  3. The winners' keys are decoded (rank -> beam, child) and the outputs written; the
 //     score is recomputed with the same float add as in step 2 (and as on the CPU).
 #include <cuda_runtime.h>
@@ -133,8 +138,12 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
 
   // 2. Stream the candidates through the threshold into the staging area.
   for (uint32_t first = 0; first < total; first += blockDim.x) {
-    if (staged > kStage - int(blockDim.x)) {  // uniform: read after a barrier
-      for (int i = kStage + staged + threadIdx.x; i < 2 * kStage; i += blockDim.x) keys[i] = 0;
+    // Every thread reads the count before any thread of this round adds to it, so the
+    // branch is uniform.
+    const int already = staged;
+    __syncthreads();
+    if (already > kStage - int(blockDim.x)) {
+      for (int i = kStage + already + threadIdx.x; i < 2 * kStage; i += blockDim.x) keys[i] = 0;
       __syncthreads();
       bitonic_sort_desc(keys, 2 * kStage);
       if (threadIdx.x == 0) {
