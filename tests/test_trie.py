@@ -3,9 +3,9 @@ walking members of the contract, constrained beam steps of every backend against
 reference, beam search against brute force, real catalogs and bad input."""
 
 import json
-from collections import Counter
 import re
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import semid_fast as sf
 from semid_fast.ops import trie as ops
-from semid_fast.reference import trie as ref
 
 STEP_BACKENDS = [b for b in ("cpu",) if b in sf.available_backends("cpu")]
 
@@ -409,7 +408,8 @@ class PrefixModel:
             assert tokens.shape == (n,) and parents.shape == (n,)
             self.prefixes = [self.prefixes[p] + ((t,) if t >= 0 else ())
                              for p, t in zip(parents.tolist(), tokens.tolist())]
-        return torch.stack([self.log_probs(i // self.width, p) for i, p in enumerate(self.prefixes)])
+        return torch.stack([self.log_probs(i // self.width, p)
+                            for i, p in enumerate(self.prefixes)])
 
 
 def id_score(model, row, ident):
@@ -474,7 +474,8 @@ def test_beam_search_matches_brute_force(catalog, batch, small_width, backend):
         assert scores[row, :k].tolist() == [s for _, s in want]
         assert (items[row, k:] == -1).all()
         got_lengths = (out_codes[row, :k] >= 0).sum(1)
-        assert trie.item_ids(out_codes[row, :k].clamp(min=0), got_lengths).tolist() == items[row, :k].tolist()
+        assert torch.equal(trie.item_ids(out_codes[row, :k].clamp(min=0), got_lengths),
+                           items[row, :k])
 
 
 def test_beam_search_backends_agree_on_a_bigger_trie():

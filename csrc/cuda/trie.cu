@@ -164,7 +164,8 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
       } else {
         const int64_t edge = beam.first_edge + offset - (beam.stop ? 1 : 0);
         const int64_t code = child_codes[edge];
-        if (code < v) key = trie::candidate_key(__fadd_rn(sigma, log_probs[(base + j) * v + code]), r);
+        if (code < v)
+          key = trie::candidate_key(__fadd_rn(sigma, log_probs[(base + j) * v + code]), r);
       }
       if (key > threshold) keys[kStage + atomicAdd(&staged, 1)] = key;
     }

@@ -98,7 +98,8 @@ def _beams_at_level(trie, n, b, w, k, level, device):
 def _step_cases(device, ours, trie, n, b, w, k, level) -> list[Case]:
     log_probs, scores, states = _beams_at_level(trie, n, b, w, k, level, device)
     fan_out = float((trie.child_offsets[states + 1] - trie.child_offsets[states]).float().mean())
-    shape = f"B={b} beam={w} N={_count(n)} L={trie.depth} K={k} level {level} (~{fan_out:.0f} children)"
+    shape = (f"B={b} beam={w} N={_count(n)} L={trie.depth} K={k} level {level} "
+             f"(~{fan_out:.0f} children)")
     common = dict(family=FAMILY, op="constrained_beam_step", shape=shape, device=device,
                   bytes=float(log_probs.numel() * 4))
 

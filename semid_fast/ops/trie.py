@@ -232,11 +232,13 @@ class SemanticIDTrie:
         states = self._states(states)
         codes = self._states(codes, "codes")
         if codes.shape != states.shape:
-            raise ValueError(f"codes must have shape {tuple(states.shape)}, got {tuple(codes.shape)}")
+            raise ValueError(f"codes must have shape {tuple(states.shape)}, "
+                             f"got {tuple(codes.shape)}")
         if self.edge_keys.numel() == 0:
             return torch.full_like(states, -1)
         ok = (states >= 0) & (states < self.num_states) & (codes >= 0) & (codes < self.max_vocab)
-        key = states.clamp(0, self.num_states - 1) * self.max_vocab + codes.clamp(0, self.max_vocab - 1)
+        key = (states.clamp(0, self.num_states - 1) * self.max_vocab
+               + codes.clamp(0, self.max_vocab - 1))
         pos = torch.searchsorted(self.edge_keys, key).clamp(max=self.edge_keys.shape[0] - 1)
         return torch.where(ok & (self.edge_keys[pos] == key), pos + 1, -1)
 
@@ -333,7 +335,8 @@ def _native_build(codes, lengths, vocab_sizes):
                          child_codes.data_ptr(), edge_keys.data_ptr(), terminal.data_ptr())
     _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
     same_as_previous = lcp == sorted_lengths  # the whole ID equals the previous item's
-    return (child_offsets, child_codes, terminal, level_starts, edge_keys), (order, same_as_previous)
+    arrays = (child_offsets, child_codes, terminal, level_starts, edge_keys)
+    return arrays, (order, same_as_previous)
 
 
 def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
@@ -567,7 +570,8 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2 or \
                 log_probs.shape[0] != b * w:
             raise ValueError(f"step_fn must return (batch_size * beam_width = {b * w}, V) "
-                             f"log-probs at every step, got {getattr(log_probs, 'shape', log_probs)}")
+                             f"log-probs at every step, "
+                             f"got {getattr(log_probs, 'shape', log_probs)}")
         if step == 0:  # validated once (value scans sync); later steps run without scans
             _check_step(log_probs, scores, states, trie, w)
         scores, parent, token, states = _beam_step_op(
