@@ -616,3 +616,31 @@ def test_beam_step_op_passes_opcheck_and_compiles():
     compiled = torch.compile(lambda a, b, c: sf.constrained_beam_step(a, b, c, trie, 5),
                              fullgraph=True, backend="eager")
     assert all(torch.equal(x, y) for x, y in zip(compiled(lp, scores, states), want))
+
+
+@pytest.mark.gpu
+def test_beam_step_is_cuda_graph_capturable():
+    g = torch.Generator().manual_seed(6)
+    trie = random_trie(g, 4000, 3, 64, True).to("cuda")
+    lp = torch.randn(40, 64, generator=g).log_softmax(-1).cuda()
+    scores = torch.randn(4, 10, generator=g).cuda()
+    states = random_states(trie.to("cpu"), 40, g).cuda()
+    want = sf.constrained_beam_step(lp, scores, states, trie, 10, backend="cuda")
+    sf.config.check_values = False  # value scans sync with the host: not inside a graph
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up outside the capture
+            sf.constrained_beam_step(lp, scores, states, trie, 10, backend="cuda")
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = sf.constrained_beam_step(lp, scores, states, trie, 10, backend="cuda")
+        lp.copy_(lp.flip(1))
+        graph.replay()
+        torch.cuda.synchronize()
+    finally:
+        sf.config.check_values = True
+    again = sf.constrained_beam_step(lp, scores, states, trie, 10, backend="reference")
+    assert all(torch.equal(a, c) for a, c in zip(out, again))
+    assert not all(torch.equal(a, c) for a, c in zip(want, again))
