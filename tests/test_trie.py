@@ -510,8 +510,14 @@ def test_bad_beam_step_input():
         sf.constrained_beam_step(lp[:, :1], scores, states, trie, 2)
     with pytest.raises(ValueError, match="B\\*W=4 rows"):
         sf.constrained_beam_step(lp[:3], scores, states, trie, 2)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="log_probs contains NaN"):
         sf.constrained_beam_step(torch.full((4, 2), torch.nan), scores, states, trie, 2)
+    with pytest.raises(ValueError, match=r"beam_scores contains NaN or \+inf"):
+        sf.constrained_beam_step(lp, torch.full((2, 2), torch.inf), states, trie, 2)
+    with pytest.raises(ValueError, match="W >= 1"):
+        sf.constrained_beam_step(lp[:0], scores[:, :0], states[:0], trie, 2)
+    # -inf log-probs are impossible tokens, not errors.
+    sf.constrained_beam_step(torch.full((4, 2), -torch.inf), scores, states, trie, 2)
     with pytest.raises(ValueError, match="beam_width must be >= 1"):
         sf.constrained_beam_step(lp, scores, states, trie, 0)
     with pytest.raises(TypeError, match="states must have dtype int64"):
