@@ -1,7 +1,8 @@
 """semid_fast: fast kernels for semantic-ID generative recommendation.
 
-Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step) and
-``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding).
+Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step),
+``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding) and
+``trie`` (semantic-ID tries on the device, constrained beam step and beam search).
 Every op takes ``backend="auto"`` (or "reference", "cpu", "cuda", "triton").
 """
 
@@ -10,13 +11,19 @@ from ._backends import available_backends
 from ._checks import config
 from .ops.longid import ItemGraph, graph_decode, holistic_topk
 from .ops.quantize import pq_decode, pq_encode, rq_decode, rq_encode, rq_quantize
+from .ops.trie import (SemanticIDTrie, constrained_beam_search, constrained_beam_step,
+                       dedup_suffix)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ItemGraph",
+    "SemanticIDTrie",
     "available_backends",
     "config",
+    "constrained_beam_search",
+    "constrained_beam_step",
+    "dedup_suffix",
     "graph_decode",
     "holistic_topk",
     "interop",
