@@ -186,11 +186,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         if self.eos_token_id is not None:
             complete = self.trie.terminal_item(states) >= 0
             if step > 0:
-                # A row that already ended its ID (then eos) may only repeat eos.
-                finished = (generated == self.eos_token_id).any(dim=1)
-                complete = complete | finished
-                if allowed:
-                    allowed[0] = allowed[0] & ~finished[:, None]
+                # A row that already ended its ID may only repeat eos (its walk hit eos, which
+                # is no SID token, so it is at state -1 and has no children).
+                complete = complete | (generated == self.eos_token_id).any(dim=1)
             allowed.append(complete[:, None])
         out = torch.full_like(scores, -math.inf)
         if allowed:
@@ -208,9 +206,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         tokens = generated[:, :steps]
         known = (tokens >= 0) & (tokens < self._vocab)
         codes = self._inverse[tokens.clamp(0, self._vocab - 1) + self._level_offsets[:steps]]
-        codes = torch.where(known, codes, -1)
-        states = self.trie.walk(codes.clamp_min(0))
-        return states.masked_fill((codes < 0).any(dim=1), -1)
+        return self.trie.walk(torch.where(known, codes, -1))  # a -1 code leads to state -1
 
     def _force_unsatisfiable(self, kept: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """PrefixConstrainedLogitsProcessor's rule: a batch item whose allowed tokens are all

@@ -8,6 +8,7 @@ synthetic variable-length one (IDs that are prefixes of others, ended by eos).
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -37,7 +38,9 @@ class Catalog:
                 vocab[level[code]] = len(vocab)
         self.vocab_size = len(vocab)
         self.token_ids = sid_files.token_id_map(token_strings, vocab)
-        self.trie = SemanticIDTrie.from_codes(codes, lengths=lengths)
+        with warnings.catch_warnings():  # real catalogs have colliding IDs: expected here
+            warnings.filterwarnings("ignore", "SemanticIDTrie.from_codes: .* share a full ID")
+            self.trie = SemanticIDTrie.from_codes(codes, lengths=lengths)
         self.token_rows = [[int(self.token_ids[j, codes[i, j]]) for j in range(int(lengths[i]))]
                            for i in range(codes.shape[0])]
 
