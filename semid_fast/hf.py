@@ -25,6 +25,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
     raise ImportError("semid_fast.hf needs transformers: pip install 'semid_fast[hf]' "
                       "(or pip install 'transformers>=4.40')") from e
 
+from . import _backends, _native
 from .ops.trie import SemanticIDTrie
 
 __all__ = ["SemanticIDLogitsProcessor"]
@@ -72,6 +73,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             ``PrefixConstrainedLogitsProcessor``'s fallback: when an earlier processor left
             every allowed token of every beam of a batch item at -inf, those tokens get score
             0. Without it that case stays at -inf.
+        backend: "auto" (the fused C++ kernel for float32 scores on the CPU, else the torch
+            path), "cpu" or "reference" (the torch path: a few fixed-shape ops per step, any
+            device, no host sync).
 
     Raises:
         TypeError / ValueError: a trie that is not a SemanticIDTrie, a token map of the wrong
@@ -84,7 +88,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, trie, token_ids, *, eos_token_id: int | None = None,
-                 num_beams: int | None = None):
+                 num_beams: int | None = None, backend: str = "auto"):
+        if backend not in ("auto", "reference", "cpu"):
+            raise ValueError(f"backend must be 'auto', 'reference' or 'cpu', got {backend!r}")
         if not isinstance(trie, SemanticIDTrie):
             raise TypeError(f"trie must be a semid_fast.SemanticIDTrie, got {type(trie).__name__}")
         if eos_token_id is not None and (isinstance(eos_token_id, bool)
@@ -105,6 +111,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         self.trie = trie
         self.eos_token_id = eos_token_id
         self.num_beams = num_beams
+        self.backend = backend
         used, has_short_ids = _used_codes(trie)
         self._level_codes, self._level_tokens = [], []
         for level, codes in enumerate(used):
@@ -127,6 +134,10 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             raise ValueError("the trie has IDs shorter than its depth (variable-length IDs): "
                              "give eos_token_id so that generation can end them")
 
+        # The tokens of the trie's codes alone (the C++ kernel reads them per child edge).
+        self._token_table = torch.full_like(token_ids, -1)
+        for level, (codes, tokens) in enumerate(zip(self._level_codes, self._level_tokens)):
+            self._token_table[level, codes] = tokens
         # Level j's inverse map: token id -> code, -1 for tokens of no level-j code.
         vocab = max([eos_token_id or 0] + [int(t.max()) for t in self._level_tokens if t.numel()]) + 1
         inverse = torch.full((trie.depth, vocab), -1, dtype=torch.int64)
@@ -150,6 +161,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         self._level_tokens = [move(t) for t in self._level_tokens]
         self._columns = [move(c) for c in self._columns]
         self._inverse = move(self._inverse)
+        self._token_table = move(self._token_table)
         self._level_offsets = move(self._level_offsets)
 
     def reset(self) -> None:
@@ -174,6 +186,8 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             self._start = length
         self._last_shape = (rows, length)
         step = length - self._start
+        if self._use_cpu_kernel(scores):
+            return self._cpu_call(input_ids, scores, step)
         generated = input_ids[:, self._start:]
 
         states = self._walk(generated, min(step, self.trie.depth))
@@ -198,6 +212,43 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
                 kept = self._force_unsatisfiable(kept, allowed)
             out[:, columns] = kept
         return out
+
+    def _use_cpu_kernel(self, scores: torch.Tensor) -> bool:
+        if self.backend == "reference":
+            return False
+        reason = _backends._usable("cpu", scores.device)
+        if reason is None and scores.dtype != torch.float32:
+            reason = f"its kernel takes float32 scores, got {scores.dtype}"
+        if reason is not None and self.backend == "cpu":
+            raise RuntimeError(f"SemanticIDLogitsProcessor: backend 'cpu' is unavailable: {reason}")
+        return reason is None
+
+    def _cpu_call(self, input_ids: torch.Tensor, scores: torch.Tensor, step: int) -> torch.Tensor:
+        if input_ids.dtype != torch.int64:
+            raise TypeError(f"input_ids must be int64, got {input_ids.dtype}")
+        if input_ids.stride(1) != 1:
+            input_ids = input_ids.contiguous()
+        scores = scores.contiguous()
+        out = torch.empty_like(scores)
+        trie = self.trie
+        status = _native.cpu().sid_constrain_f32(
+            input_ids.data_ptr(), input_ids.shape[0], input_ids.stride(0), self._start, step,
+            self._inverse.data_ptr(), self._vocab, trie.depth, trie.child_offsets.data_ptr(),
+            trie.child_codes.data_ptr(), trie.terminal.data_ptr(), trie.num_states,
+            self._token_table.data_ptr(), self._token_table.shape[1],
+            -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
+            scores.data_ptr(), scores.shape[1], out.data_ptr(), self._threads(scores))
+        if status == 2 and self.num_beams:
+            raise ValueError(f"num_beams={self.num_beams} does not divide the "
+                             f"{input_ids.shape[0]} rows of input_ids")
+        _native.check_cpu_status(status, "SemanticIDLogitsProcessor")
+        return out
+
+    @staticmethod
+    def _threads(scores: torch.Tensor) -> int:
+        """OpenMP threads for a step: one per 256k scores (a thread team costs more than
+        masking a few beams over a small vocabulary)."""
+        return max(1, min(_native.n_threads(), scores.numel() >> 18))
 
     def _walk(self, generated: torch.Tensor, steps: int) -> torch.Tensor:
         """(R,) trie states of the first ``steps`` generated tokens; -1 for non-ID prefixes."""

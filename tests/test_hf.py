@@ -98,7 +98,7 @@ def tiny_gpt2(vocab, seed=0):
     return GPT2LMHeadModel(config).eval()
 
 
-def beam_search_both(model, catalog, inputs, beams, eos):
+def beam_search_both(model, catalog, inputs, beams, eos, backend="auto"):
     """generate with the Python-trie prefix function and with our processor."""
     decoder_only = not model.config.is_encoder_decoder
     start = inputs.shape[1] if decoder_only else 1
@@ -111,7 +111,8 @@ def beam_search_both(model, catalog, inputs, beams, eos):
     with torch.no_grad():
         theirs = model.generate(inputs, prefix_allowed_tokens_fn=peer.prefix_allowed_tokens_fn(
             start, dead_tokens=[PAD]), **common)
-        processor = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=eos)
+        processor = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=eos,
+                                              backend=backend)
         ours = model.generate(inputs, logits_processor=[processor], **common)
     return theirs, ours, start
 
@@ -142,13 +143,15 @@ def real_catalog(shared_data, name):
     return table_catalog(table, leaf_token_strings(table) if name == "sports_leaf" else None)
 
 
-@pytest.mark.parametrize("name", sorted(REAL_CATALOGS))
+@pytest.mark.parametrize("name,backend", [(name, "auto") for name in sorted(REAL_CATALOGS)]
+                         + [("industrial", "reference")])
 @pytest.mark.parametrize("eos", [None, EOS])
-def test_t5_beam_search_real_catalog(shared_data, name, eos):
+def test_t5_beam_search_real_catalog(shared_data, name, backend, eos):
     catalog = real_catalog(shared_data, name)
     model = tiny_t5(catalog.vocab_size)
     inputs = history(catalog, batch=2, length=9, seed=1)
-    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=6, eos=eos)
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=6, eos=eos,
+                                           backend=backend)
     assert_same_beams(theirs, ours, catalog, start, eos)
 
 
@@ -162,25 +165,32 @@ def test_decoder_only_beam_search_real_catalog(shared_data, eos):
     assert_same_beams(theirs, ours, catalog, start, eos)
 
 
+BACKENDS = ["reference", "cpu"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("arch", ["t5", "gpt2"])
-def test_variable_length_ids(seed, arch):
+def test_variable_length_ids(seed, arch, backend):
     catalog = variable_length_catalog(seed)
     model = (tiny_t5 if arch == "t5" else tiny_gpt2)(catalog.vocab_size, seed=seed)
     inputs = history(catalog, batch=2, length=5, seed=seed)
     # 12 beams on a catalog of ~80 IDs: some beams run out of valid continuations.
-    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=12, eos=EOS)
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=12, eos=EOS,
+                                           backend=backend)
     assert_same_beams(theirs, ours, catalog, start, EOS)
     ends = (ours.sequences[:, start:] == EOS).int().argmax(dim=1)
     assert int(ends.min()) < catalog.trie.depth  # short IDs did end with eos
 
 
-def test_more_beams_than_ids():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_beams_than_ids(backend):
     """A beam search wider than the catalog keeps dead beams at -inf; both agree on them."""
     catalog = variable_length_catalog(3, n=4, depth=3, k=3)
     model = tiny_t5(catalog.vocab_size)
     inputs = history(catalog, batch=2, length=4, seed=3)
-    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=8, eos=EOS)
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=8, eos=EOS,
+                                           backend=backend)
     assert torch.equal(ours.sequences, theirs.sequences)
     assert torch.equal(ours.sequences_scores, theirs.sequences_scores)
     finite = torch.isfinite(ours.sequences_scores)
@@ -222,12 +232,14 @@ def random_rows(catalog, rows, g, dead_share=0.25):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_processor_masks_like_prefix_function(seed):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processor_masks_like_prefix_function(seed, backend):
     """Every step of one generation, row by row, against the Python trie's allowed lists."""
     catalog = variable_length_catalog(seed)
     peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
     fn = peer.prefix_allowed_tokens_fn(1, dead_tokens=[])
-    processor = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)
+    processor = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                          backend=backend)
     g = torch.Generator().manual_seed(seed)
     input_ids = random_rows(catalog, 16, g)
     for length in range(1, input_ids.shape[1] + 1):
@@ -240,13 +252,15 @@ def test_processor_masks_like_prefix_function(seed):
             assert torch.equal(out[r], expected), (length, r, allowed)
 
 
-def test_processor_equals_transformers_processor_under_reordering():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processor_equals_transformers_processor_under_reordering(backend):
     """Rows reordered between calls (as beam search does) give the same masks as
     transformers' processor over the Python trie."""
     catalog = variable_length_catalog(5)
     peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
     theirs = PrefixConstrainedLogitsProcessor(peer.prefix_allowed_tokens_fn(1, [PAD]), 4)
-    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                          backend=backend)
     g = torch.Generator().manual_seed(5)
     input_ids = random_rows(catalog, 12, g, dead_share=0.0)
     for length in range(1, input_ids.shape[1] + 1):
@@ -256,14 +270,15 @@ def test_processor_equals_transformers_processor_under_reordering():
                            theirs(input_ids[:, :length], scores))
 
 
-def test_unsatisfiable_fallback_with_num_beams():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsatisfiable_fallback_with_num_beams(backend):
     """With num_beams, a batch item whose allowed tokens are all -inf gets them at 0, as in
     PrefixConstrainedLogitsProcessor."""
     catalog = variable_length_catalog(6)
     peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
     theirs = PrefixConstrainedLogitsProcessor(peer.prefix_allowed_tokens_fn(1, [PAD]), 3)
     ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
-                                     num_beams=3)
+                                     num_beams=3, backend=backend)
     g = torch.Generator().manual_seed(6)
     input_ids = random_rows(catalog, 6, g, dead_share=0.0)[:, :2]
     scores = torch.randn(6, catalog.vocab_size, generator=g).log_softmax(-1)
@@ -275,9 +290,11 @@ def test_unsatisfiable_fallback_with_num_beams():
     assert bool((out[:3] == 0).any(dim=1).all())
 
 
-def test_new_generation_restarts_the_id():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_generation_restarts_the_id(backend):
     catalog = variable_length_catalog(7)
-    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                          backend=backend)
     scores = torch.zeros(2, catalog.vocab_size)
     prompt = torch.full((2, 5), UNK)
     first = ours(prompt, scores)  # the ID starts after these 5 tokens: level-0 tokens allowed
@@ -292,11 +309,13 @@ def test_new_generation_restarts_the_id():
     assert torch.equal(ours(torch.full((2, 6), UNK), scores), first)
 
 
-def test_finished_rows_only_repeat_eos():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finished_rows_only_repeat_eos(backend):
     """Rows that already hold eos (finished rows of greedy search or sampling) may only
     repeat eos, so that sampling never sees an all -inf row."""
     catalog = variable_length_catalog(10)
-    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                          backend=backend)
     short = next(row for row in catalog.token_rows if len(row) < catalog.trie.depth)
     finished = torch.tensor([[PAD, *short, EOS] + [PAD] * (catalog.trie.depth - len(short))])
     live = torch.tensor([[PAD, *catalog.token_rows[0][:1]] + [PAD] * catalog.trie.depth])
@@ -346,9 +365,23 @@ def test_bad_arguments():
         ours(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 10))
     with pytest.raises(ValueError, match="share R"):
         ours(torch.zeros(3, 1, dtype=torch.long), torch.zeros(2, catalog.vocab_size))
-    fallback = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, num_beams=4)
-    with pytest.raises(ValueError, match="does not divide"):
-        fallback(torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, catalog.vocab_size))
+    for backend in BACKENDS:
+        fallback = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, num_beams=4,
+                                             backend=backend)
+        with pytest.raises(ValueError, match="does not divide"):
+            fallback(torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, catalog.vocab_size))
+    with pytest.raises(ValueError, match="backend must be"):
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="cuda")
+    cpu_only = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="cpu")
+    with pytest.raises(RuntimeError, match="float32"):
+        cpu_only(torch.zeros(2, 1, dtype=torch.long),
+                 torch.zeros(2, catalog.vocab_size, dtype=torch.float16))
+    # auto falls back to the torch path for other dtypes, with the same masks
+    half = torch.randn(2, catalog.vocab_size).half()
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    auto = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS)
+    reference = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="reference")
+    assert torch.equal(auto(ids, half), reference(ids, half))
 
 
 @pytest.mark.gpu
