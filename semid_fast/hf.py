@@ -30,9 +30,6 @@ from .ops.trie import SemanticIDTrie
 
 __all__ = ["SemanticIDLogitsProcessor"]
 
-# Trie states whose children are listed at once while the processor checks its token map.
-_SCAN_CHUNK = 4096
-
 
 class SemanticIDLogitsProcessor(LogitsProcessor):
     """Masks the scores of ``generate`` so that every generated sequence is a semantic ID of
@@ -274,20 +271,11 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
 
 def _used_codes(trie) -> tuple[list[torch.Tensor], bool]:
     """The codes the trie uses at each level (CPU int64, ascending) and whether some ID ends
-    before the last level. One breadth-first pass over the trie's states."""
-    used = []
-    has_short_ids = False
-    states = torch.zeros(1, dtype=torch.int64, device=trie.device)
-    for level in range(trie.depth):
-        if level and bool((trie.terminal_item(states) >= 0).any()):
-            has_short_ids = True
-        seen = torch.zeros(max(trie.vocab_sizes), dtype=torch.bool, device=trie.device)
-        children = []
-        for chunk in states.split(_SCAN_CHUNK):
-            nxt = trie.valid_next(chunk)
-            seen |= nxt.any(dim=0)
-            parent, code = nxt.nonzero(as_tuple=True)
-            children.append(trie.advance(chunk[parent], code))
-        used.append(seen.nonzero().flatten().cpu())
-        states = torch.cat(children)
-    return used, has_short_ids
+    before the last level. Reads the breadth-first CSR layout (semid_fast/trie.h): edge e
+    leads to state e + 1, so the edges into level j + 1 are the states of that level, - 1."""
+    starts = trie.level_starts.cpu()
+    codes = trie.child_codes.cpu().long()
+    used = [codes[int(starts[j + 1]) - 1:int(starts[j + 2]) - 1].unique()
+            for j in range(trie.depth)]
+    inner = trie.terminal[int(starts[1]):int(starts[trie.depth])]
+    return used, bool((inner >= 0).any())

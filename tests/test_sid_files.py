@@ -2,6 +2,8 @@
 malformed temporary files."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -175,3 +177,9 @@ def test_token_id_map_errors(tmp_path):
         sid_files.token_id_map([{0: 7}], vocab)
     with pytest.raises(ValueError, match="maps to -4"):
         sid_files.token_id_map([{0: "<a_0>"}], {"<a_0>": -4})
+
+
+def test_import_semid_fast_does_not_import_transformers():
+    code = "import sys, semid_fast; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

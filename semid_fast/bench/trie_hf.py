@@ -10,7 +10,9 @@ size of the real ones (20,000 items, 4 levels of 256 codes, a skewed first level
   decoding overhead.
 * ``constraint steps``: the constraint alone, replayed on the (input_ids, scores) of every
   step of one recorded beam search: transformers' ``PrefixConstrainedLogitsProcessor`` with
-  the Python trie against our processor; the baseline of this op is the prefix function.
+  the Python trie against our processor (its default backend: the C++ kernel on CPU, and
+  its torch path, the one CUDA runs); the baseline of this op is the prefix function.
+  Divide by the steps in the note for the overhead per decoding step.
 
 The Python trie (:class:`PythonPrefixTrie`) is the peer, written here for the benchmark and
 the tests; it is not part of the semid_fast API.
@@ -113,7 +115,7 @@ def cases(device: str, quick: bool = False) -> list[Case]:
         peer = PythonPrefixTrie(token_ids.gather(1, codes.T).T.tolist())
         trie = SemanticIDTrie.from_codes(codes).to(device)
         state.update(
-            model=model, inputs=history.to(device),
+            model=model, inputs=history.to(device), token_ids=token_ids,
             prefix_fn=peer.prefix_allowed_tokens_fn(start=1, dead_tokens=[PAD]),
             processor=SemanticIDLogitsProcessor(trie, token_ids))
         return state
@@ -134,6 +136,8 @@ def cases(device: str, quick: bool = False) -> list[Case]:
         def setup():
             from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
+            from ..hf import SemanticIDLogitsProcessor
+
             s = prepare()
             recorded = []
 
@@ -144,6 +148,9 @@ def cases(device: str, quick: bool = False) -> list[Case]:
             generate(s, logits_processor=[record])
             if kind == "ours":
                 run = s["processor"]
+            elif kind == "ours (torch path)":
+                run = SemanticIDLogitsProcessor(s["processor"].trie, s["token_ids"],
+                                                backend="reference")
             else:
                 run = PrefixConstrainedLogitsProcessor(s["prefix_fn"], beams)
 
@@ -164,4 +171,6 @@ def cases(device: str, quick: bool = False) -> list[Case]:
         Case(impl="SemanticIDLogitsProcessor", setup=generate_setup("ours"), **gen),
         Case(impl="transformers prefix fn (Python trie)", setup=steps_setup("prefix"), **steps),
         Case(impl="SemanticIDLogitsProcessor", setup=steps_setup("ours"), **steps),
+        Case(impl="SemanticIDLogitsProcessor (torch path)",
+             setup=steps_setup("ours (torch path)"), **steps),
     ]
