@@ -260,7 +260,7 @@ def test_processor_equals_transformers_processor_under_reordering(backend):
     peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
     theirs = PrefixConstrainedLogitsProcessor(peer.prefix_allowed_tokens_fn(1, [PAD]), 4)
     ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
-                                          backend=backend)
+                                     backend=backend)
     g = torch.Generator().manual_seed(5)
     input_ids = random_rows(catalog, 12, g, dead_share=0.0)
     for length in range(1, input_ids.shape[1] + 1):
@@ -294,7 +294,7 @@ def test_unsatisfiable_fallback_with_num_beams(backend):
 def test_new_generation_restarts_the_id(backend):
     catalog = variable_length_catalog(7)
     ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
-                                          backend=backend)
+                                     backend=backend)
     scores = torch.zeros(2, catalog.vocab_size)
     prompt = torch.full((2, 5), UNK)
     first = ours(prompt, scores)  # the ID starts after these 5 tokens: level-0 tokens allowed
@@ -315,7 +315,7 @@ def test_finished_rows_only_repeat_eos(backend):
     repeat eos, so that sampling never sees an all -inf row."""
     catalog = variable_length_catalog(10)
     ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
-                                          backend=backend)
+                                     backend=backend)
     short = next(row for row in catalog.token_rows if len(row) < catalog.trie.depth)
     finished = torch.tensor([[PAD, *short, EOS] + [PAD] * (catalog.trie.depth - len(short))])
     live = torch.tensor([[PAD, *catalog.token_rows[0][:1]] + [PAD] * catalog.trie.depth])
@@ -328,6 +328,18 @@ def test_finished_rows_only_repeat_eos(backend):
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [EOS]
     assert out[0, EOS] == scores[0, EOS]
     assert bool(torch.isinf(out[1]).all())  # the live row, padded past its ID, is dead
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tokens_outside_any_vocabulary_give_dead_rows(backend):
+    catalog = variable_length_catalog(11)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                     backend=backend)
+    scores = torch.randn(3, catalog.vocab_size).log_softmax(-1)
+    rows = torch.tensor([[PAD, -5, -7], [PAD, 10**12, 3], [PAD, catalog.token_rows[0][0], -1]])
+    for length in range(1, 4):
+        out = ours(rows[:, :length], scores)
+    assert bool(torch.isinf(out).all())
 
 
 # --- bad input --------------------------------------------------------------------------
