@@ -41,8 +41,8 @@ class Catalog:
         with warnings.catch_warnings():  # real catalogs have colliding IDs: expected here
             warnings.filterwarnings("ignore", "SemanticIDTrie.from_codes: .* share a full ID")
             self.trie = SemanticIDTrie.from_codes(codes, lengths=lengths)
-        self.token_rows = [[int(self.token_ids[j, codes[i, j]]) for j in range(int(lengths[i]))]
-                           for i in range(codes.shape[0])]
+        tokens = self.token_ids.gather(1, codes.clamp_min(0).T).T.tolist()
+        self.token_rows = [row[:n] for row, n in zip(tokens, lengths.tolist())]
 
     def ids_in_catalog(self, generated, eos=None):
         """True per generated row (ID tokens, then eos when ``eos`` is given) when its tokens
