@@ -70,9 +70,10 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             ``PrefixConstrainedLogitsProcessor``'s fallback: when an earlier processor left
             every allowed token of every beam of a batch item at -inf, those tokens get score
             0. Without it that case stays at -inf.
-        backend: "auto" (the fused C++ kernel for float32 scores on the CPU, else the torch
-            path), "cpu" or "reference" (the torch path: a few fixed-shape ops per step, any
-            device, no host sync).
+        backend: "auto" (one fused kernel per step for float32 scores: C++ on the CPU, CUDA
+            on a GPU when built; else the torch path), "cpu", "cuda" or "reference" (the
+            torch path: a few fixed-shape ops per step, any device). No path syncs with the
+            host.
 
     Raises:
         TypeError / ValueError: a trie that is not a SemanticIDTrie, a token map of the wrong
@@ -86,8 +87,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
 
     def __init__(self, trie, token_ids, *, eos_token_id: int | None = None,
                  num_beams: int | None = None, backend: str = "auto"):
-        if backend not in ("auto", "reference", "cpu"):
-            raise ValueError(f"backend must be 'auto', 'reference' or 'cpu', got {backend!r}")
+        if backend not in ("auto", "reference", "cpu", "cuda"):
+            raise ValueError(f"backend must be 'auto', 'reference', 'cpu' or 'cuda', got "
+                             f"{backend!r}")
         if not isinstance(trie, SemanticIDTrie):
             raise TypeError(f"trie must be a semid_fast.SemanticIDTrie, got {type(trie).__name__}")
         if eos_token_id is not None and (isinstance(eos_token_id, bool)
@@ -183,8 +185,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             self._start = length
         self._last_shape = (rows, length)
         step = length - self._start
-        if self._use_cpu_kernel(scores):
-            return self._cpu_call(input_ids, scores, step)
+        kernel = self._kernel(scores)
+        if kernel is not None:
+            return self._native_call(kernel, input_ids, scores, step)
         generated = input_ids[:, self._start:]
 
         states = self._walk(generated, min(step, self.trie.depth))
@@ -210,17 +213,23 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             out[:, columns] = kept
         return out
 
-    def _use_cpu_kernel(self, scores: torch.Tensor) -> bool:
+    def _kernel(self, scores: torch.Tensor) -> str | None:
+        """The native backend ("cpu" or "cuda") that runs this call, None for the torch path."""
         if self.backend == "reference":
-            return False
-        reason = _backends._usable("cpu", scores.device)
+            return None
+        name = self.backend if self.backend != "auto" else (
+            "cuda" if scores.device.type == "cuda" else "cpu")
+        reason = _backends._usable(name, scores.device)
         if reason is None and scores.dtype != torch.float32:
             reason = f"its kernel takes float32 scores, got {scores.dtype}"
-        if reason is not None and self.backend == "cpu":
-            raise RuntimeError(f"SemanticIDLogitsProcessor: backend 'cpu' is unavailable: {reason}")
-        return reason is None
+        if reason is not None and self.backend != "auto":
+            raise RuntimeError(f"SemanticIDLogitsProcessor: backend {self.backend!r} is "
+                               f"unavailable: {reason}")
+        return name if reason is None else None
 
-    def _cpu_call(self, input_ids: torch.Tensor, scores: torch.Tensor, step: int) -> torch.Tensor:
+    def _native_call(self, kernel: str, input_ids: torch.Tensor, scores: torch.Tensor,
+                     step: int) -> torch.Tensor:
+        """One fused kernel: walk every row and write its masked scores."""
         if input_ids.dtype != torch.int64:
             raise TypeError(f"input_ids must be int64, got {input_ids.dtype}")
         if input_ids.stride(1) != 1:
@@ -228,17 +237,21 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         scores = scores.contiguous()
         out = torch.empty_like(scores)
         trie = self.trie
-        status = _native.cpu().sid_constrain_f32(
-            input_ids.data_ptr(), input_ids.shape[0], input_ids.stride(0), self._start, step,
-            self._inverse.data_ptr(), self._vocab, trie.depth, trie.child_offsets.data_ptr(),
-            trie.child_codes.data_ptr(), trie.terminal.data_ptr(), trie.num_states,
-            self._token_table.data_ptr(), self._token_table.shape[1],
-            -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
-            scores.data_ptr(), scores.shape[1], out.data_ptr(), self._threads(scores))
-        if status == 2 and self.num_beams:
+        args = (input_ids.data_ptr(), input_ids.shape[0], input_ids.stride(0), self._start, step,
+                self._inverse.data_ptr(), self._vocab, trie.depth, trie.child_offsets.data_ptr(),
+                trie.child_codes.data_ptr(), trie.terminal.data_ptr(), trie.num_states,
+                self._token_table.data_ptr(), self._token_table.shape[1],
+                -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
+                scores.data_ptr(), scores.shape[1], out.data_ptr())
+        if self.num_beams and input_ids.shape[0] % self.num_beams:
             raise ValueError(f"num_beams={self.num_beams} does not divide the "
                              f"{input_ids.shape[0]} rows of input_ids")
-        _native.check_cpu_status(status, "SemanticIDLogitsProcessor")
+        if kernel == "cuda":
+            _native.call_cuda("SemanticIDLogitsProcessor", _native._C_cuda.sid_constrain_f32,
+                              *args, device=scores.device)
+        else:
+            status = _native.cpu().sid_constrain_f32(*args, self._threads(scores))
+            _native.check_cpu_status(status, "SemanticIDLogitsProcessor")
         return out
 
     @staticmethod

@@ -383,7 +383,7 @@ def test_bad_arguments():
         with pytest.raises(ValueError, match="does not divide"):
             fallback(torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, catalog.vocab_size))
     with pytest.raises(ValueError, match="backend must be"):
-        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="cuda")
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="triton")
     cpu_only = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="cpu")
     with pytest.raises(RuntimeError, match="float32"):
         cpu_only(torch.zeros(2, 1, dtype=torch.long),
@@ -397,7 +397,8 @@ def test_bad_arguments():
 
 
 @pytest.mark.gpu
-def test_t5_beam_search_on_cuda():
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_t5_beam_search_on_cuda(backend):
     catalog = variable_length_catalog(9, n=400, depth=4, k=16)
     model = tiny_t5(catalog.vocab_size).cuda()
     inputs = history(catalog, batch=3, length=6, seed=9).cuda()
@@ -408,12 +409,36 @@ def test_t5_beam_search_on_cuda():
     with torch.no_grad():
         theirs = model.generate(inputs, prefix_allowed_tokens_fn=peer.prefix_allowed_tokens_fn(
             1, dead_tokens=[PAD]), **common)
-        processor = SemanticIDLogitsProcessor(catalog.trie.to("cuda"),
-                                              catalog.token_ids, eos_token_id=EOS)
+        processor = SemanticIDLogitsProcessor(catalog.trie.to("cuda"), catalog.token_ids,
+                                              eos_token_id=EOS, backend=backend)
         ours = model.generate(inputs, logits_processor=[processor], **common)
     assert torch.equal(ours.sequences, theirs.sequences)
+    # Same sequences; scores within float rounding (GPU reductions need not be deterministic).
     assert torch.allclose(ours.sequences_scores, theirs.sequences_scores, rtol=0, atol=1e-6)
     assert bool(catalog.ids_in_catalog(ours.sequences[:, 1:].cpu(), EOS).all())
     with pytest.raises(ValueError, match="trie is on"):
         SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)(
             inputs, torch.zeros(inputs.shape[0], catalog.vocab_size, device="cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_beams", [None, 4])
+def test_cuda_kernel_equals_cpu_kernel(num_beams):
+    """Every step of one generation on random rows (live, dead, finished), with scores that
+    leave some groups unsatisfiable: the CUDA kernel and the torch path on the GPU give the
+    CPU kernel's scores."""
+    catalog = variable_length_catalog(12, n=300, depth=4, k=9)
+    g = torch.Generator().manual_seed(12)
+    input_ids = random_rows(catalog, 32, g)
+    on_gpu = catalog.trie.to("cuda")
+    cpu = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                    num_beams=num_beams, backend="cpu")
+    gpu = [SemanticIDLogitsProcessor(on_gpu, catalog.token_ids, eos_token_id=EOS,
+                                     num_beams=num_beams, backend=b) for b in ("cuda", "reference")]
+    for length in range(1, input_ids.shape[1] + 1):
+        scores = torch.randn(32, catalog.vocab_size + 3, generator=g).log_softmax(-1)
+        scores[:4] = -math.inf
+        expected = cpu(input_ids[:, :length], scores)
+        for processor in gpu:
+            out = processor(input_ids[:, :length].cuda(), scores.cuda())
+            assert torch.equal(out.cpu(), expected), (processor.backend, length)
