@@ -95,7 +95,8 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         if eos_token_id is not None and (isinstance(eos_token_id, bool)
                                          or not isinstance(eos_token_id, int)
                                          or eos_token_id < 0):
-            raise TypeError(f"eos_token_id must be a non-negative int or None, got {eos_token_id!r}")
+            raise TypeError(f"eos_token_id must be a non-negative int or None, got "
+                            f"{eos_token_id!r}")
         if num_beams is not None and (isinstance(num_beams, bool)
                                       or not isinstance(num_beams, int) or num_beams < 1):
             raise ValueError(f"num_beams must be a positive int or None, got {num_beams!r}")
@@ -138,7 +139,8 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         for level, (codes, tokens) in enumerate(zip(self._level_codes, self._level_tokens)):
             self._token_table[level, codes] = tokens
         # Level j's inverse map: token id -> code, -1 for tokens of no level-j code.
-        vocab = max([eos_token_id or 0] + [int(t.max()) for t in self._level_tokens if t.numel()]) + 1
+        largest = [int(t.max()) for t in self._level_tokens if t.numel()]
+        vocab = max([eos_token_id or 0] + largest) + 1
         inverse = torch.full((trie.depth, vocab), -1, dtype=torch.int64)
         for level, (codes, tokens) in enumerate(zip(self._level_codes, self._level_tokens)):
             inverse[level, tokens] = codes

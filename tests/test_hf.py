@@ -13,9 +13,10 @@ import warnings
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
-from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration  # noqa: E402
+from transformers import (GPT2Config, GPT2LMHeadModel, T5Config,  # noqa: E402
+                          T5ForConditionalGeneration)
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor  # noqa: E402
 
 from semid_fast import sid_files  # noqa: E402

@@ -20,6 +20,8 @@ the tests; it is not part of the semid_fast API.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .harness import Case
@@ -113,7 +115,9 @@ def cases(device: str, quick: bool = False) -> list[Case]:
         g = torch.Generator().manual_seed(SEED)
         history = torch.randint(SPECIAL, SPECIAL + depth * k, (batch, 4 * depth), generator=g)
         peer = PythonPrefixTrie(token_ids.gather(1, codes.T).T.tolist())
-        trie = SemanticIDTrie.from_codes(codes).to(device)
+        with warnings.catch_warnings():  # random IDs may collide; decoding cost is the same
+            warnings.simplefilter("ignore", UserWarning)
+            trie = SemanticIDTrie.from_codes(codes).to(device)
         state.update(
             model=model, inputs=history.to(device), token_ids=token_ids,
             prefix_fn=peer.prefix_allowed_tokens_fn(start=1, dead_tokens=[PAD]),
@@ -127,7 +131,8 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     def generate_setup(kind):
         def setup():
             s = prepare()
-            constraint = {"unconstrained": {}, "prefix": {"prefix_allowed_tokens_fn": s["prefix_fn"]},
+            constraint = {"unconstrained": {},
+                          "prefix": {"prefix_allowed_tokens_fn": s["prefix_fn"]},
                           "ours": {"logits_processor": [s["processor"]]}}[kind]
             return lambda: generate(s, **constraint)
         return setup
