@@ -3,10 +3,13 @@
 Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step),
 ``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding) and
 ``trie`` (semantic-ID tries on the device, constrained beam step and beam search).
+``sid_files`` reads the semantic-ID files of LC-Rec/LETTER/MiniOneRec and MVIGER;
+``semid_fast.hf`` (needs transformers, imported on demand) has
+``SemanticIDLogitsProcessor``, the drop-in for ``generate(prefix_allowed_tokens_fn=...)``.
 Every op takes ``backend="auto"`` (or "reference", "cpu", "cuda", "triton").
 """
 
-from . import interop
+from . import interop, sid_files
 from ._backends import available_backends
 from ._checks import config
 from .ops.longid import ItemGraph, graph_decode, holistic_topk
@@ -27,6 +30,7 @@ __all__ = [
     "graph_decode",
     "holistic_topk",
     "interop",
+    "sid_files",
     "pq_decode",
     "pq_encode",
     "rq_decode",

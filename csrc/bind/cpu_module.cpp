@@ -4,6 +4,7 @@
 #include "semid_fast/longid.h"
 #include "semid_fast/quantize.h"
 #include "semid_fast/trie.h"
+#include "semid_fast/trie_hf.h"
 
 namespace py = pybind11;
 
@@ -115,5 +116,19 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const int64_t>(terminal), s, w_out, ptr<float>(out_scores),
                           ptr<int64_t>(out_parents), ptr<int64_t>(out_tokens),
                           ptr<int64_t>(out_states), n_threads);
+        });
+  m.def("sid_constrain_f32",
+        [](std::uintptr_t input_ids, int64_t rows, int64_t ids_stride, int64_t start,
+           int64_t step, std::uintptr_t inverse, int64_t vocab_map, int64_t depth,
+           std::uintptr_t child_offsets, std::uintptr_t child_codes, std::uintptr_t terminal,
+           int64_t num_states, std::uintptr_t level_tokens, int64_t k, int64_t eos,
+           int64_t num_beams, std::uintptr_t scores, int64_t vocab, std::uintptr_t out,
+           int n_threads) {
+          SEMID_FAST_CALL(sid_constrain_f32, ptr<const int64_t>(input_ids), rows, ids_stride,
+                          start, step, ptr<const int64_t>(inverse), vocab_map, depth,
+                          ptr<const int64_t>(child_offsets), ptr<const int32_t>(child_codes),
+                          ptr<const int64_t>(terminal), num_states,
+                          ptr<const int64_t>(level_tokens), k, eos, num_beams,
+                          ptr<const float>(scores), vocab, ptr<float>(out), n_threads);
         });
 }

@@ -10,7 +10,7 @@ back precomputed log-probs, so it times decoding alone. ``quick`` shrinks everyt
 
 Inputs are random from a fixed seed: codes uniform, log-probs log-softmax of N(0, 1).
 The transformers cases (``generate`` with ``prefix_allowed_tokens_fn`` against our logits
-processor) are added by the transformers-processor work.
+processor) are in :mod:`semid_fast.bench.trie_generate`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 import semid_fast
 
+from . import trie_generate
 from .harness import Case
 
 FAMILY = "trie"
@@ -57,7 +58,7 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     out += _build_cases(20_000 if quick else 1_000_000, depth, k, with_reference=True)
     if not quick:
         out += _build_cases(10_000_000, depth, k, with_reference=False)
-    return out
+    return out + trie_generate.cases(device, quick)
 
 
 def _build_cases(n, depth, k, with_reference) -> list[Case]:

@@ -9,6 +9,9 @@
 // Enqueues on `stream`, never synchronises, never allocates (CUDA-graph capturable);
 // returns cudaErrorInvalidValue for unsupported arguments (w_out outside [1, kTrieMaxBeams],
 // w_in > kTrieMaxBeamsIn) or the launch's cudaGetLastError().
+//
+// sid_constrain_f32: the logits processor of semid_fast.hf, the same result as the CPU
+// kernel (row logic in trie_hf.h, compiled for the device); same stream/error contract.
 #pragma once
 #include <cstdint>
 #include <cuda_runtime.h>
@@ -25,6 +28,14 @@ cudaError_t trie_beam_step(const float* log_probs, const float* beam_scores,
                            const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,
                            int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
                            cudaStream_t stream);
+
+cudaError_t sid_constrain_f32(const int64_t* input_ids, int64_t rows, int64_t ids_stride,
+                              int64_t start, int64_t step, const int64_t* inverse,
+                              int64_t vocab_map, int64_t depth, const int64_t* child_offsets,
+                              const int32_t* child_codes, const int64_t* terminal,
+                              int64_t num_states, const int64_t* level_tokens, int64_t k,
+                              int64_t eos, int64_t num_beams, const float* scores,
+                              int64_t vocab, float* out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace semid_fast
