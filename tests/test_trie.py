@@ -254,6 +254,23 @@ def test_real_catalogs_walk_to_their_items(shared_data, name, loader, unique):
         assert not sf.SemanticIDTrie.from_codes(new_codes, lengths=new_lengths).collisions
 
 
+def test_from_index_json_matches_from_codes(shared_data, tmp_path):
+    path = shared_data / "amazon14_beauty" / "sid.index.json"
+    rows = load_token_index(path)
+    codes = torch.tensor(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the catalog has colliding IDs
+        direct = sf.SemanticIDTrie.from_codes(codes)
+        loaded = sf.SemanticIDTrie.from_index_json(path)
+    for a, b in zip(direct._tensors(), loaded._tensors()):
+        assert torch.equal(a, b)
+    assert loaded.item_ids(codes).tolist() == direct.item_ids(codes).tolist()
+    shifted = tmp_path / "shifted.json"
+    shifted.write_text(json.dumps({"7": ["<a_1>", "<b_2>"]}))
+    with pytest.raises(ValueError, match="item ids must be 0"):
+        sf.SemanticIDTrie.from_index_json(shifted)
+
+
 # ---- bad input ----------------------------------------------------------------------------
 
 def test_bad_build_input():

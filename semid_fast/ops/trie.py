@@ -176,6 +176,27 @@ class SemanticIDTrie:
                    vocab_sizes=vocab_sizes, collisions=collisions, edge_keys=edge_keys)
         return trie if device.type == "cpu" else trie.to(device)
 
+    @classmethod
+    def from_index_json(cls, path, *, vocab_sizes: Sequence[int] | None = None,
+                        backend: str = "auto") -> "SemanticIDTrie":
+        """The trie of an LC-Rec / LETTER / MiniOneRec ``sid.index.json``
+        (``{"<item>": ["<a_12>", "<b_7>", ...]}``, read by
+        :func:`semid_fast.sid_files.load_index_json`).
+
+        Item ids of the trie are the file's item ids, which must be 0 .. N-1 (the row
+        numbers of the catalog, as in those projects); otherwise load the table yourself and
+        build with :meth:`from_codes`, mapping rows back through ``table.item_ids``.
+        """
+        from ..sid_files import load_index_json
+
+        table = load_index_json(path)
+        if not torch.equal(table.item_ids, torch.arange(table.num_items)):
+            raise ValueError(f"{path}: item ids must be 0 .. {table.num_items - 1} to be trie "
+                             "item ids; use SemanticIDTrie.from_codes(table.codes, "
+                             "lengths=table.lengths) and map rows through table.item_ids")
+        return cls.from_codes(table.codes, lengths=table.lengths, vocab_sizes=vocab_sizes,
+                              backend=backend)
+
     # ---- device, size, persistence -------------------------------------------------------
 
     @property
