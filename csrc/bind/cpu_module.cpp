@@ -3,6 +3,8 @@
 
 #include "semid_fast/longid.h"
 #include "semid_fast/quantize.h"
+#include "semid_fast/trie.h"
+#include "semid_fast/trie_hf.h"
 
 namespace py = pybind11;
 
@@ -80,5 +82,53 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const void>(codes), code_bytes, n, ptr<const int64_t>(candidates),
                           c, ptr<const uint8_t>(item_mask), mask_stride, divisor, topk,
                           ptr<float>(out_scores), ptr<int64_t>(out_ids), n_threads);
+        });
+  m.def("trie_sort",
+        [](std::uintptr_t codes, std::uintptr_t lengths, int64_t n, int64_t l,
+           std::uintptr_t vocab, std::uintptr_t order, std::uintptr_t sorted_codes,
+           std::uintptr_t sorted_lengths, std::uintptr_t lcp, std::uintptr_t level_counts,
+           int n_threads) {
+          SEMID_FAST_CALL(trie_sort, ptr<const int64_t>(codes), ptr<const int64_t>(lengths), n, l,
+                          ptr<const int64_t>(vocab), ptr<int64_t>(order),
+                          ptr<int64_t>(sorted_codes), ptr<int64_t>(sorted_lengths),
+                          ptr<int64_t>(lcp), ptr<int64_t>(level_counts), n_threads);
+        });
+  m.def("trie_fill",
+        [](std::uintptr_t sorted_codes, std::uintptr_t sorted_lengths, int64_t n, int64_t l,
+           std::uintptr_t order, std::uintptr_t lcp, std::uintptr_t level_starts,
+           int64_t max_vocab, std::uintptr_t child_offsets, std::uintptr_t child_codes,
+           std::uintptr_t edge_keys, std::uintptr_t terminal) {
+          SEMID_FAST_CALL(trie_fill, ptr<const int64_t>(sorted_codes),
+                          ptr<const int64_t>(sorted_lengths), n, l, ptr<const int64_t>(order),
+                          ptr<const int64_t>(lcp), ptr<const int64_t>(level_starts), max_vocab,
+                          ptr<int64_t>(child_offsets), ptr<int32_t>(child_codes),
+                          ptr<int64_t>(edge_keys), ptr<int64_t>(terminal));
+        });
+  m.def("trie_beam_step",
+        [](std::uintptr_t log_probs, std::uintptr_t beam_scores, std::uintptr_t states, int64_t b,
+           int64_t w_in, int64_t v, std::uintptr_t child_offsets, std::uintptr_t child_codes,
+           std::uintptr_t terminal, int64_t s, int64_t w_out, std::uintptr_t out_scores,
+           std::uintptr_t out_parents, std::uintptr_t out_tokens, std::uintptr_t out_states,
+           int n_threads) {
+          SEMID_FAST_CALL(trie_beam_step, ptr<const float>(log_probs),
+                          ptr<const float>(beam_scores), ptr<const int64_t>(states), b, w_in, v,
+                          ptr<const int64_t>(child_offsets), ptr<const int32_t>(child_codes),
+                          ptr<const int64_t>(terminal), s, w_out, ptr<float>(out_scores),
+                          ptr<int64_t>(out_parents), ptr<int64_t>(out_tokens),
+                          ptr<int64_t>(out_states), n_threads);
+        });
+  m.def("sid_constrain_f32",
+        [](std::uintptr_t input_ids, int64_t rows, int64_t ids_stride, int64_t start,
+           int64_t step, std::uintptr_t inverse, int64_t vocab_map, int64_t depth,
+           std::uintptr_t child_offsets, std::uintptr_t child_codes, std::uintptr_t terminal,
+           int64_t num_states, std::uintptr_t level_tokens, int64_t k, int64_t eos,
+           int64_t num_beams, std::uintptr_t scores, int64_t vocab, std::uintptr_t out,
+           int n_threads) {
+          SEMID_FAST_CALL(sid_constrain_f32, ptr<const int64_t>(input_ids), rows, ids_stride,
+                          start, step, ptr<const int64_t>(inverse), vocab_map, depth,
+                          ptr<const int64_t>(child_offsets), ptr<const int32_t>(child_codes),
+                          ptr<const int64_t>(terminal), num_states,
+                          ptr<const int64_t>(level_tokens), k, eos, num_beams,
+                          ptr<const float>(scores), vocab, ptr<float>(out), n_threads);
         });
 }

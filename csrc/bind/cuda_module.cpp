@@ -4,6 +4,7 @@
 
 #include "semid_fast/cuda_longid.h"
 #include "semid_fast/cuda_quantize.h"
+#include "semid_fast/cuda_trie.h"
 
 namespace py = pybind11;
 namespace sfc = semid_fast::cuda;
@@ -80,5 +81,32 @@ PYBIND11_MODULE(_C_cuda, m) {
               ptr<const float>(table), b, msub, k, ptr<const void>(codes), code_bytes, n,
               ptr<const int64_t>(candidates), c, ptr<const uint8_t>(item_mask), mask_stride,
               divisor, ptr<int64_t>(keys), stream_of(stream)));
+        });
+  m.def("trie_beam_step",
+        [](std::uintptr_t log_probs, std::uintptr_t beam_scores, std::uintptr_t states, int64_t b,
+           int64_t w_in, int64_t v, std::uintptr_t child_offsets, std::uintptr_t child_codes,
+           std::uintptr_t terminal, int64_t s, int64_t w_out, std::uintptr_t out_scores,
+           std::uintptr_t out_parents, std::uintptr_t out_tokens, std::uintptr_t out_states,
+           std::uintptr_t stream) {
+          return int(sfc::trie_beam_step(
+              ptr<const float>(log_probs), ptr<const float>(beam_scores),
+              ptr<const int64_t>(states), b, w_in, v, ptr<const int64_t>(child_offsets),
+              ptr<const int32_t>(child_codes), ptr<const int64_t>(terminal), s, w_out,
+              ptr<float>(out_scores), ptr<int64_t>(out_parents), ptr<int64_t>(out_tokens),
+              ptr<int64_t>(out_states), stream_of(stream)));
+        });
+  m.def("sid_constrain_f32",
+        [](std::uintptr_t input_ids, int64_t rows, int64_t ids_stride, int64_t start,
+           int64_t step, std::uintptr_t inverse, int64_t vocab_map, int64_t depth,
+           std::uintptr_t child_offsets, std::uintptr_t child_codes, std::uintptr_t terminal,
+           int64_t num_states, std::uintptr_t level_tokens, int64_t k, int64_t eos,
+           int64_t num_beams, std::uintptr_t scores, int64_t vocab, std::uintptr_t out,
+           std::uintptr_t stream) {
+          return int(sfc::sid_constrain_f32(
+              ptr<const int64_t>(input_ids), rows, ids_stride, start, step,
+              ptr<const int64_t>(inverse), vocab_map, depth, ptr<const int64_t>(child_offsets),
+              ptr<const int32_t>(child_codes), ptr<const int64_t>(terminal), num_states,
+              ptr<const int64_t>(level_tokens), k, eos, num_beams, ptr<const float>(scores),
+              vocab, ptr<float>(out), stream_of(stream)));
         });
 }

@@ -1,0 +1,10 @@
+"""pytest-benchmark timings of the trie family: the very cases of `semid-fast bench`
+(``semid_fast.bench.trie``), timed by pytest-benchmark's clock."""
+
+from semid_fast.bench import harness
+
+FAMILY = "trie"
+
+
+def test_trie(benchmark, case, target_s):
+    harness.pytest_benchmark_case(benchmark, case, target_s)

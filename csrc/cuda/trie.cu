@@ -1,0 +1,325 @@
+// CUDA kernel of the trie family: the fused constrained beam step (see cuda_trie.h and
+// trie.h for the layout, the beam states and the ranking).
+//
+// STATUS: compiled for sm_90 (ptxas: 32 registers, no spills) but NEVER RUN on a GPU in the
+// session that wrote it. Its logic was exercised only by a host emulation (each CUDA thread a
+// std::thread, barriers and the warp shuffle emulated, exact-size shared memory) under
+// AddressSanitizer and ThreadSanitizer, bit-exact against the reference on the shapes of the
+// GPU tests (TSan found a real race in an earlier version: the staging count was read after
+// other threads had added to it). Treat it as untested until the GPU tests
+// (tests/test_trie.py, marked gpu) have passed on a device.
+//
+// One thread block per batch row:
+//  1. Every beam's candidate count (stop + children) goes to shared memory and one warp
+//     scans it into each beam's first rank, so rank r belongs to the beam found by a binary
+//     search over those starts; a candidate's place in the row is known without a list.
+//  2. The block walks the ranks blockDim at a time (two barriers a round): each thread
+//     builds the uint64 key of its candidate (trie.h: score order word, then rank) and
+//     keeps it only if it beats the current beam_width-th best key, appending it to a
+//     shared staging area. When the area could overflow (and once at the end) the best list
+//     and the staging area are bitonic-sorted together and the best list is cut back. With
+//     ordinary log-probs the threshold rises fast and few sorts run.
+//  3. The winners' keys are decoded (rank -> beam, child) and the outputs written; the
+//     score is recomputed with the same float add as in step 2 (and as on the CPU).
+//
+// Logits processor (semid_fast.hf): One block per group of num_beams rows
+// (one row per block without the fallback): the block fills each row with -inf (coalesced),
+// thread 0 walks the row's tokens (at most depth binary searches), then the threads share
+// the children's token writes. Row logic: trie_hf.h.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "semid_fast/cuda_common.cuh"
+#include "semid_fast/cuda_trie.h"
+#include "semid_fast/trie.h"
+#include "semid_fast/trie_hf.h"
+
+namespace semid_fast {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kStage = 1024;  // staging slots; the best list is padded to the same size
+
+struct Beam {
+  int64_t state;  // live state (>= 0), or the finished state (<= -2); -1 = no candidates
+  bool stop;      // offers the stop / carry candidate (rank 0 of the beam)
+  int64_t first_edge, n_edges;
+};
+
+__device__ __forceinline__ Beam read_beam(const int64_t* states, const int64_t* child_offsets,
+                                          const int64_t* terminal, int64_t s, int64_t idx) {
+  const int64_t st = states[idx];
+  Beam beam{-1, false, 0, 0};
+  if (st >= 0 && st < s) {
+    beam.state = st;
+    beam.stop = terminal[st] >= 0;
+    beam.first_edge = child_offsets[st];
+    beam.n_edges = child_offsets[st + 1] - beam.first_edge;
+  } else if (st <= -2 && ~st < s && terminal[~st] >= 0) {
+    beam.state = st;
+    beam.stop = true;
+  }
+  return beam;
+}
+
+// Index of the beam whose ranks contain r: the last j with start[j] <= r.
+__device__ __forceinline__ int beam_of(const uint32_t* start, int w_in, uint32_t r) {
+  int lo = 0, hi = w_in - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (start[mid] <= r) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Descending bitonic sort of n (a power of two) keys in shared memory.
+__device__ void bitonic_sort_desc(uint64_t* keys, int n) {
+  for (int k = 2; k <= n; k <<= 1) {
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int partner = i ^ j;
+        if (partner > i) {
+          const uint64_t a = keys[i], b = keys[partner];
+          const bool descending = (i & k) == 0;
+          if (descending ? a < b : a > b) {
+            keys[i] = b;
+            keys[partner] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) beam_step_kernel(
+    const float* __restrict__ log_probs, const float* __restrict__ beam_scores,
+    const int64_t* __restrict__ states, int w_in, int64_t v,
+    const int64_t* __restrict__ child_offsets, const int32_t* __restrict__ child_codes,
+    const int64_t* __restrict__ terminal, int64_t s, int w_out, float* __restrict__ out_scores,
+    int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
+    int64_t* __restrict__ out_states) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* keys = reinterpret_cast<uint64_t*>(smem);  // [0, kStage) best, then staging
+  uint32_t* start = reinterpret_cast<uint32_t*>(keys + 2 * kStage);  // w_in + 1
+  __shared__ int staged;
+  __shared__ uint64_t threshold;
+
+  const int64_t row = blockIdx.x;
+  const int64_t base = row * w_in;
+
+  // 1. Candidate counts, then the exclusive scan (one warp, a segment per lane).
+  for (int j = threadIdx.x; j < w_in; j += blockDim.x) {
+    const Beam beam = read_beam(states, child_offsets, terminal, s, base + j);
+    start[j + 1] = uint32_t(beam.n_edges) + (beam.stop ? 1u : 0u);
+  }
+  for (int i = threadIdx.x; i < 2 * kStage; i += blockDim.x) keys[i] = 0;
+  if (threadIdx.x == 0) {
+    start[0] = 0;
+    staged = 0;
+    threshold = 0;
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const int per_lane = (w_in + 31) / 32;
+    const int lo = 1 + lane * per_lane, hi = min(w_in + 1, lo + per_lane);
+    uint32_t sum = 0;
+    for (int j = lo; j < hi; ++j) sum += start[j];
+    uint32_t before = sum;  // inclusive scan of the lane sums
+    for (int d = 1; d < 32; d <<= 1) {
+      const uint32_t other = __shfl_up_sync(0xffffffffu, before, d);
+      if (lane >= d) before += other;
+    }
+    uint32_t running = before - sum;
+    for (int j = lo; j < hi; ++j) {
+      running += start[j];
+      start[j] = running;
+    }
+  }
+  __syncthreads();
+  const uint32_t total = start[w_in];
+
+  // 2. Stream the candidates through the threshold into the staging area.
+  for (uint32_t first = 0; first < total; first += blockDim.x) {
+    // Every thread reads the count before any thread of this round adds to it, so the
+    // branch is uniform.
+    const int already = staged;
+    __syncthreads();
+    if (already > kStage - int(blockDim.x)) {
+      for (int i = kStage + already + threadIdx.x; i < 2 * kStage; i += blockDim.x) keys[i] = 0;
+      __syncthreads();
+      bitonic_sort_desc(keys, 2 * kStage);
+      if (threadIdx.x == 0) {
+        staged = 0;
+        threshold = keys[w_out - 1];
+      }
+      __syncthreads();
+    }
+    const uint32_t r = first + threadIdx.x;
+    if (r < total) {
+      const int j = beam_of(start, w_in, r);
+      const Beam beam = read_beam(states, child_offsets, terminal, s, base + j);
+      const float sigma = beam_scores[base + j];
+      const uint32_t offset = r - start[j];
+      uint64_t key = 0;
+      if (beam.stop && offset == 0) {
+        key = trie::candidate_key(sigma, r);
+      } else {
+        const int64_t edge = beam.first_edge + offset - (beam.stop ? 1 : 0);
+        const int64_t code = child_codes[edge];
+        if (code < v)
+          key = trie::candidate_key(__fadd_rn(sigma, log_probs[(base + j) * v + code]), r);
+      }
+      if (key > threshold) keys[kStage + atomicAdd(&staged, 1)] = key;
+    }
+    __syncthreads();
+  }
+  if (staged > 0) {
+    for (int i = kStage + staged + threadIdx.x; i < 2 * kStage; i += blockDim.x) keys[i] = 0;
+    __syncthreads();
+    bitonic_sort_desc(keys, 2 * kStage);
+  }
+
+  // 3. Decode the winners.
+  for (int k = threadIdx.x; k < w_out; k += blockDim.x) {
+    const int64_t o = row * w_out + k;
+    const uint64_t key = keys[k];
+    if (key == 0) {
+      out_scores[o] = -__int_as_float(0x7f800000);
+      out_parents[o] = -1;
+      out_tokens[o] = -1;
+      out_states[o] = -1;
+      continue;
+    }
+    const uint32_t r = trie::key_rank(key);
+    const int j = beam_of(start, w_in, r);
+    const Beam beam = read_beam(states, child_offsets, terminal, s, base + j);
+    const float sigma = beam_scores[base + j];
+    const uint32_t offset = r - start[j];
+    out_parents[o] = j;
+    if (beam.stop && offset == 0) {
+      out_scores[o] = sigma;
+      out_tokens[o] = -1;
+      out_states[o] = beam.state >= 0 ? ~beam.state : beam.state;
+    } else {
+      const int64_t edge = beam.first_edge + offset - (beam.stop ? 1 : 0);
+      const int64_t code = child_codes[edge];
+      out_scores[o] = __fadd_rn(sigma, log_probs[(base + j) * v + code]);
+      out_tokens[o] = code;
+      out_states[o] = edge + 1;
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t trie_beam_step(const float* log_probs, const float* beam_scores,
+                           const int64_t* states, int64_t b, int64_t w_in, int64_t v,
+                           const int64_t* child_offsets, const int32_t* child_codes,
+                           const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,
+                           int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
+                           cudaStream_t stream) {
+  if (b < 0 || w_in < 1 || w_in > kTrieMaxBeamsIn || w_out < 1 || w_out > kTrieMaxBeams ||
+      v < 1 || s < 1 || b > INT32_MAX)
+    return cudaErrorInvalidValue;
+  if (b == 0) return cudaSuccess;
+  const size_t smem = 2 * kStage * sizeof(uint64_t) + (w_in + 1) * sizeof(uint32_t);
+  const cudaError_t e = allow_dynamic_smem(beam_step_kernel, smem);
+  if (e != cudaSuccess) return e;
+  beam_step_kernel<<<unsigned(b), kThreads, smem, stream>>>(
+      log_probs, beam_scores, states, int(w_in), v, child_offsets, child_codes, terminal, s,
+      int(w_out), out_scores, out_parents, out_tokens, out_states);
+  return cudaGetLastError();
+}
+
+namespace {
+
+constexpr int kConstrainThreads = 256;
+
+struct ConstrainArgs {
+  const int64_t* input_ids;
+  int64_t ids_stride, start, step;
+  const int64_t* inverse;
+  int64_t vocab_map, depth;
+  const int64_t* child_offsets;
+  const int32_t* child_codes;
+  const int64_t* terminal;
+  int64_t num_states;
+  const int64_t* level_tokens;
+  int64_t k, eos, num_beams;
+  const float* scores;
+  int64_t vocab;
+  float* out;
+};
+
+__device__ trie_hf::RowState shared_walk(const ConstrainArgs& a, int64_t r) {
+  __shared__ trie_hf::RowState rs;
+  __syncthreads();  // rs of the previous row is no longer read
+  if (threadIdx.x == 0)
+    rs = trie_hf::walk_row(a.input_ids + r * a.ids_stride + a.start, a.step, a.inverse,
+                           a.vocab_map, a.depth, a.child_offsets, a.child_codes, a.num_states,
+                           a.eos);
+  __syncthreads();
+  return rs;
+}
+
+__global__ void __launch_bounds__(kConstrainThreads) constrain_kernel(ConstrainArgs a) {
+  const int64_t group = a.num_beams > 0 ? a.num_beams : 1;
+  const int64_t first_row = int64_t(blockIdx.x) * group;
+  const float neg_inf = -__int_as_float(0x7f800000);
+  __shared__ int satisfied;
+  if (threadIdx.x == 0) satisfied = 0;
+  for (int64_t r = first_row; r < first_row + group; ++r) {
+    const float* in_row = a.scores + r * a.vocab;
+    float* out_row = a.out + r * a.vocab;
+    for (int64_t t = threadIdx.x; t < a.vocab; t += blockDim.x) out_row[t] = neg_inf;
+    const trie_hf::RowState rs = shared_walk(a, r);  // its barriers order the fill first
+    trie_hf::for_each_allowed(rs, a.step, a.depth, a.child_offsets, a.child_codes, a.terminal,
+                              a.level_tokens, a.k, a.eos, threadIdx.x, blockDim.x,
+                              threadIdx.x == 0, [&](int64_t token) {
+                                if (token < 0 || token >= a.vocab) return;
+                                out_row[token] = in_row[token];
+                                if (in_row[token] != neg_inf) satisfied = 1;
+                              });
+  }
+  if (a.num_beams == 0) return;
+  __syncthreads();
+  if (satisfied) return;  // the same value in every thread after the barrier
+  for (int64_t r = first_row; r < first_row + group; ++r) {
+    float* out_row = a.out + r * a.vocab;
+    const trie_hf::RowState rs = shared_walk(a, r);
+    trie_hf::for_each_allowed(rs, a.step, a.depth, a.child_offsets, a.child_codes, a.terminal,
+                              a.level_tokens, a.k, a.eos, threadIdx.x, blockDim.x,
+                              threadIdx.x == 0, [&](int64_t token) {
+                                if (token >= 0 && token < a.vocab) out_row[token] = 0.0f;
+                              });
+  }
+}
+
+}  // namespace
+
+cudaError_t sid_constrain_f32(const int64_t* input_ids, int64_t rows, int64_t ids_stride,
+                              int64_t start, int64_t step, const int64_t* inverse,
+                              int64_t vocab_map, int64_t depth, const int64_t* child_offsets,
+                              const int32_t* child_codes, const int64_t* terminal,
+                              int64_t num_states, const int64_t* level_tokens, int64_t k,
+                              int64_t eos, int64_t num_beams, const float* scores,
+                              int64_t vocab, float* out, cudaStream_t stream) {
+  if (!trie_hf::valid_args(rows, start, step, vocab_map, depth, num_states, k, vocab,
+                           num_beams))
+    return cudaErrorInvalidValue;
+  const int64_t groups = num_beams > 0 ? rows / num_beams : rows;
+  if (groups == 0) return cudaSuccess;
+  if (groups > 0x7fffffff) return cudaErrorInvalidValue;
+  const ConstrainArgs a{input_ids, ids_stride, start, step, inverse, vocab_map, depth,
+                        child_offsets, child_codes, terminal, num_states, level_tokens, k,
+                        eos, num_beams, scores, vocab, out};
+  constrain_kernel<<<unsigned(groups), kConstrainThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace semid_fast

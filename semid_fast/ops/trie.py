@@ -1,0 +1,610 @@
+"""Semantic-ID tries: valid-ID constrained decoding with the whole trie on the device.
+
+:class:`SemanticIDTrie` holds the IDs of a catalog as a CSR trie (layout in
+``csrc/include/semid_fast/trie.h``): states numbered breadth-first (root 0), the children
+of a state consecutive and sorted by code, the next state of edge ``e`` is ``e + 1``.
+Fixed-length and variable-length IDs (an ID may be a prefix of another) are both exact.
+
+Decoding (:func:`constrained_beam_step`, :func:`constrained_beam_search`) keeps every beam's
+trie state on the device; a step is a fixed-shape op with no host sync.
+
+Beam states (int64): ``0 <= s < num_states`` a live hypothesis at state ``s``; ``-1`` an
+empty slot; ``~s`` (``-1 - s``, ``s`` a terminal state) a *finished* hypothesis: an ID that
+ended at ``s`` and carries its score unchanged through the remaining steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import _backends, _checks, _native
+from ..reference import trie as ref
+
+__all__ = ["SemanticIDTrie", "dedup_suffix", "constrained_beam_step", "constrained_beam_search"]
+
+_FORMAT = "semid_fast.SemanticIDTrie/1"
+
+
+def _as_long_tensor(x, name: str, ndim: int, shape_doc: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"{name} must hold integers, got numpy dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64, copy=False))
+    _checks.tensor(x, name, ndim, _checks.INT_DTYPES, shape_doc)
+    return x.long()
+
+
+def _check_codes_lengths(codes, lengths):
+    """codes (N, L) and lengths (N,) as int64 tensors on codes' device, lengths checked."""
+    codes = _as_long_tensor(codes, "codes", 2, "(N, L)")
+    n, depth = codes.shape
+    if n == 0:
+        raise ValueError("codes is empty: a trie needs at least one item (N >= 1)")
+    if depth == 0:
+        raise ValueError("codes must have L >= 1 levels, got shape (N, 0)")
+    if lengths is None:
+        lengths = torch.full((n,), depth, dtype=torch.long, device=codes.device)
+    else:
+        lengths = _as_long_tensor(lengths, "lengths", 1, "(N,)").to(codes.device)
+        if lengths.shape[0] != n:
+            raise ValueError(f"lengths must have N={n} entries, got {lengths.shape[0]}")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > depth:
+            raise ValueError(f"lengths must lie in [1, L={depth}], found values in [{lo}, {hi}]")
+    return codes, lengths
+
+
+def _level_ranges(codes: torch.Tensor, lengths: torch.Tensor):
+    """Per level: (min, max) code over the IDs that reach the level, or None."""
+    if bool((lengths == codes.shape[1]).all()):
+        lo, hi = codes.amin(0).tolist(), codes.amax(0).tolist()
+        return list(zip(lo, hi))
+    present = torch.arange(codes.shape[1], device=codes.device) < lengths[:, None]
+    big = torch.iinfo(torch.long).max
+    lo = torch.where(present, codes, big).amin(0).tolist()
+    hi = torch.where(present, codes, -big).amax(0).tolist()
+    return [(a, b) if a != big else None for a, b in zip(lo, hi)]
+
+
+class SemanticIDTrie:
+    """The semantic IDs of a catalog as a CSR trie on one device.
+
+    Tensors (all on :attr:`device`): ``child_offsets`` (S + 1,) int64, ``child_codes``
+    (S - 1,) int32, ``terminal`` (S,) int64 (item whose full ID ends at the state, the
+    smallest item id when several share it; else -1), ``level_starts`` (L + 2,) int64
+    (states of level d are ``[level_starts[d], level_starts[d + 1])``) and ``edge_keys``
+    (S - 1,) int64 (``parent * max(vocab_sizes) + code`` of each edge, ascending: the
+    lookup table of :meth:`advance`).
+
+    Build with :meth:`from_codes`; ``collisions`` lists the groups of items that share a
+    full ID (int64 tensors of item ids, ascending; groups ordered by their smallest item),
+    see :func:`dedup_suffix`.
+    """
+
+    def __init__(self, child_offsets, child_codes, terminal, level_starts, *, num_items: int,
+                 vocab_sizes: Sequence[int], collisions=(), max_children: int | None = None,
+                 edge_keys: torch.Tensor | None = None):
+        self.child_offsets = child_offsets
+        self.child_codes = child_codes
+        self.terminal = terminal
+        self.level_starts = level_starts
+        self.num_items = int(num_items)
+        self.vocab_sizes = tuple(int(v) for v in vocab_sizes)
+        self.depth = len(self.vocab_sizes)
+        self.num_states = int(terminal.shape[0])
+        self.collisions = list(collisions)
+        self.max_vocab = max(max(self.vocab_sizes), 1)
+        degree = child_offsets[1:] - child_offsets[:-1]
+        self.max_children = int(degree.max()) if max_children is None else int(max_children)
+        if edge_keys is None:
+            parents = torch.repeat_interleave(
+                torch.arange(self.num_states, device=terminal.device), degree,
+                output_size=self.num_states - 1)
+            edge_keys = parents * self.max_vocab + child_codes.long()
+        self.edge_keys = edge_keys
+
+    # ---- build ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_codes(cls, codes, *, lengths=None, vocab_sizes: Sequence[int] | None = None,
+                   backend: str = "auto") -> "SemanticIDTrie":
+        """Builds the trie of ``codes[i, :lengths[i]]`` for every item i.
+
+        Args:
+            codes: (N, L) integer tensor or numpy array; entries past an ID's length are
+                ignored. The trie lives on codes' device (built on the CPU).
+            lengths: (N,) ints in [1, L] for variable-length IDs (an ID may be a prefix of
+                another); None: every ID has length L.
+            vocab_sizes: L ints, the codes of level d lie in [0, vocab_sizes[d]); None: the
+                largest code of each level + 1.
+            backend: "auto"/"cpu" (C++ radix sort + one pass) or "reference" (torch.unique
+                per level).
+
+        Items that share a full ID are reported by a warning and kept in ``collisions``;
+        their ID resolves to the smallest item id.
+        """
+        codes, lengths = _check_codes_lengths(codes, lengths)
+        device = codes.device
+        codes, lengths = codes.cpu().contiguous(), lengths.cpu().contiguous()
+        n, depth = codes.shape
+        ranges = _level_ranges(codes, lengths)
+        if vocab_sizes is None:
+            vocab_sizes = [0 if r is None else r[1] + 1 for r in ranges]
+            for d, r in enumerate(ranges):
+                if r is not None and r[0] < 0:
+                    raise ValueError(f"codes must be >= 0, found {r[0]} at level {d}")
+        else:
+            vocab_sizes = [_checks.positive_int(int(v) if isinstance(v, np.integer) else v,
+                                                "vocab_sizes[]") for v in vocab_sizes]
+            if len(vocab_sizes) != depth:
+                raise ValueError(f"vocab_sizes must have L={depth} entries, got {len(vocab_sizes)}")
+            for d, r in enumerate(ranges):
+                if r is not None and (r[0] < 0 or r[1] >= vocab_sizes[d]):
+                    raise ValueError(f"codes of level {d} must lie in [0, {vocab_sizes[d]}), "
+                                     f"found values in [{r[0]}, {r[1]}]")
+        if max(vocab_sizes) > 2**31:
+            raise ValueError(f"vocab_sizes must be <= 2**31 (codes are stored as int32), "
+                             f"got {max(vocab_sizes)}")
+        if (1 + n * depth) * max(max(vocab_sizes), 1) >= 2**63:
+            raise ValueError("too many IDs for this vocabulary: (1 + N * L) * max(vocab_sizes) "
+                             "must be < 2**63 (the edge lookup keys are int64)")
+        name = _backends.resolve(backend, torch.device("cpu"), "SemanticIDTrie.from_codes",
+                                 supported=("reference", "cpu"))
+        if name == "cpu":
+            arrays, ranked = _native_build(codes, lengths, vocab_sizes)
+        else:
+            *arrays, item_state = ref.build(codes, lengths)
+            arrays = (*arrays, None)
+            order = torch.sort(item_state, stable=True).indices
+            ended = item_state[order]
+            ranked = (order, torch.cat([ended.new_zeros(1, dtype=torch.bool),
+                                        ended[1:] == ended[:-1]]))
+        child_offsets, child_codes, terminal, level_starts, edge_keys = arrays
+        collisions = _collision_groups(*ranked)
+        if collisions:
+            count = sum(len(g) for g in collisions)
+            warnings.warn(f"SemanticIDTrie.from_codes: {count} items share a full ID with "
+                          f"another item ({len(collisions)} groups); each such ID resolves to "
+                          "the smallest item id (see trie.collisions and semid_fast.dedup_suffix)",
+                          stacklevel=2)
+        trie = cls(child_offsets, child_codes, terminal, level_starts, num_items=n,
+                   vocab_sizes=vocab_sizes, collisions=collisions, edge_keys=edge_keys)
+        return trie if device.type == "cpu" else trie.to(device)
+
+    @classmethod
+    def from_index_json(cls, path, *, vocab_sizes: Sequence[int] | None = None,
+                        backend: str = "auto") -> "SemanticIDTrie":
+        """The trie of an LC-Rec / LETTER / MiniOneRec ``sid.index.json``
+        (``{"<item>": ["<a_12>", "<b_7>", ...]}``, read by
+        :func:`semid_fast.sid_files.load_index_json`).
+
+        Item ids of the trie are the file's item ids, which must be 0 .. N-1 (the row
+        numbers of the catalog, as in those projects); otherwise load the table yourself and
+        build with :meth:`from_codes`, mapping rows back through ``table.item_ids``.
+        """
+        from ..sid_files import load_index_json
+
+        table = load_index_json(path)
+        if not torch.equal(table.item_ids, torch.arange(table.num_items)):
+            raise ValueError(f"{path}: item ids must be 0 .. {table.num_items - 1} to be trie "
+                             "item ids; use SemanticIDTrie.from_codes(table.codes, "
+                             "lengths=table.lengths) and map rows through table.item_ids")
+        return cls.from_codes(table.codes, lengths=table.lengths, vocab_sizes=vocab_sizes,
+                              backend=backend)
+
+    # ---- device, size, persistence -------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.terminal.device
+
+    def _tensors(self):
+        return (self.child_offsets, self.child_codes, self.terminal, self.level_starts)
+
+    def to(self, device) -> "SemanticIDTrie":
+        """A copy of the trie on ``device``."""
+        return SemanticIDTrie(*(t.to(device) for t in self._tensors()),
+                              num_items=self.num_items, vocab_sizes=self.vocab_sizes,
+                              collisions=self.collisions, max_children=self.max_children,
+                              edge_keys=self.edge_keys.to(device))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the device tensors (CSR arrays and the edge lookup keys)."""
+        return sum(t.nbytes for t in (*self._tensors(), self.edge_keys))
+
+    def save(self, path) -> None:
+        torch.save({"format": _FORMAT, "tensors": [t.cpu() for t in self._tensors()],
+                    "num_items": self.num_items, "vocab_sizes": list(self.vocab_sizes),
+                    "collisions": [g.cpu() for g in self.collisions],
+                    "max_children": self.max_children}, Path(path))
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "SemanticIDTrie":
+        data = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved SemanticIDTrie ({_FORMAT})")
+        trie = cls(*data["tensors"], num_items=data["num_items"],
+                   vocab_sizes=data["vocab_sizes"], collisions=data["collisions"],
+                   max_children=data["max_children"])
+        return trie.to(map_location)
+
+    def __repr__(self) -> str:
+        return (f"SemanticIDTrie(num_items={self.num_items}, depth={self.depth}, "
+                f"num_states={self.num_states}, vocab_sizes={self.vocab_sizes}, "
+                f"collisions={len(self.collisions)}, device={self.device})")
+
+    # ---- walking (all fixed-shape, no host sync) -------------------------------------------
+
+    def _states(self, states, name="states") -> torch.Tensor:
+        _checks.tensor(states, name, 1, (torch.int32, torch.int64), "(R,)")
+        if states.device != self.device:
+            raise ValueError(f"{name} is on {states.device} but the trie is on {self.device}")
+        return states.long()
+
+    def advance(self, states: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """(R,) states, (R,) codes -> (R,) int64 next states; -1 where the code is not a
+        child of the state or the state is not live (-1, finished or out of range)."""
+        states = self._states(states)
+        codes = self._states(codes, "codes")
+        if codes.shape != states.shape:
+            raise ValueError(f"codes must have shape {tuple(states.shape)}, "
+                             f"got {tuple(codes.shape)}")
+        if self.edge_keys.numel() == 0:
+            return torch.full_like(states, -1)
+        ok = (states >= 0) & (states < self.num_states) & (codes >= 0) & (codes < self.max_vocab)
+        key = (states.clamp(0, self.num_states - 1) * self.max_vocab
+               + codes.clamp(0, self.max_vocab - 1))
+        pos = torch.searchsorted(self.edge_keys, key).clamp(max=self.edge_keys.shape[0] - 1)
+        return torch.where(ok & (self.edge_keys[pos] == key), pos + 1, -1)
+
+    def walk(self, prefix_codes: torch.Tensor) -> torch.Tensor:
+        """(R, t) int64 codes (level j in column j), 0 <= t <= depth -> (R,) int64 states
+        reached from the root; -1 where the prefix is not in the trie."""
+        _checks.tensor(prefix_codes, "prefix_codes", 2, (torch.int32, torch.int64), "(R, t)")
+        if prefix_codes.shape[1] > self.depth:
+            raise ValueError(f"prefix_codes must have at most depth={self.depth} columns, "
+                             f"got {prefix_codes.shape[1]}")
+        state = torch.zeros(prefix_codes.shape[0], dtype=torch.long, device=self.device)
+        for j in range(prefix_codes.shape[1]):
+            state = self.advance(state, prefix_codes[:, j])
+        return state
+
+    def valid_next(self, states: torch.Tensor) -> torch.Tensor:
+        """(R,) int64 states -> (R, max(vocab_sizes)) bool, True where the code is a child of
+        the state (all False for states without children, -1 and finished states)."""
+        states = self._states(states)
+        r = states.shape[0]
+        live = (states >= 0) & (states < self.num_states)
+        safe = torch.where(live, states, 0)
+        first = self.child_offsets[safe]
+        degree = torch.where(live, self.child_offsets[safe + 1] - first, 0)
+        slot = torch.arange(self.max_children, device=self.device)
+        edge = (first[:, None] + slot).clamp(max=max(self.child_codes.shape[0] - 1, 0))
+        column = torch.where(slot < degree[:, None], self.child_codes[edge].long(), self.max_vocab)
+        mask = torch.zeros(r, self.max_vocab + 1, dtype=torch.bool, device=self.device)
+        mask.scatter_(1, column, True)
+        return mask[:, :self.max_vocab]
+
+    def state_level(self, states: torch.Tensor) -> torch.Tensor:
+        """(R,) -> (R,) int64 codes consumed to reach each state (0 for the root, -1 for
+        states outside the trie)."""
+        states = self._states(states)
+        live = (states >= 0) & (states < self.num_states)
+        level = torch.searchsorted(self.level_starts, states, right=True) - 1
+        return torch.where(live, level, -1)
+
+    def terminal_item(self, states: torch.Tensor) -> torch.Tensor:
+        """(R,) -> (R,) int64 item id whose full ID ends at the state, else -1. A finished
+        beam state ``~s`` resolves like ``s``."""
+        states = self._states(states)
+        plain = torch.where(states <= -2, ~states, states)
+        live = (plain >= 0) & (plain < self.num_states)
+        return torch.where(live, self.terminal[torch.where(live, plain, 0)], -1)
+
+    def item_ids(self, codes: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, t) codes, t <= depth, with optional (R,) lengths (None: t) -> (R,) int64 item
+        ids; -1 where the codes are not a full ID of the catalog."""
+        codes = _as_long_tensor(codes, "codes", 2, "(R, t)").to(self.device)
+        if codes.shape[1] > self.depth:
+            raise ValueError(f"codes must have at most depth={self.depth} columns, "
+                             f"got {codes.shape[1]}")
+        state = torch.zeros(codes.shape[0], dtype=torch.long, device=self.device)
+        if lengths is None:
+            state = self.walk(codes)
+        else:
+            lengths = _as_long_tensor(lengths, "lengths", 1, "(R,)").to(self.device)
+            if lengths.shape[0] != codes.shape[0]:
+                raise ValueError(f"lengths must have R={codes.shape[0]} entries, "
+                                 f"got {lengths.shape[0]}")
+            for j in range(codes.shape[1]):
+                state = torch.where(j < lengths, self.advance(state, codes[:, j]), state)
+            state = torch.where((lengths >= 1) & (lengths <= codes.shape[1]), state, -1)
+        return self.terminal_item(state)
+
+
+def _native_build(codes, lengths, vocab_sizes):
+    """CSR arrays, edge keys, and (order, duplicate flags) of the sorted items."""
+    c = _native.cpu()
+    n, depth = codes.shape
+    vocab = torch.tensor(vocab_sizes, dtype=torch.long)
+    order = torch.empty(n, dtype=torch.long)
+    sorted_codes = torch.empty((n, depth), dtype=torch.long)
+    sorted_lengths = torch.empty(n, dtype=torch.long)
+    lcp = torch.empty(n, dtype=torch.long)
+    counts = torch.empty(depth, dtype=torch.long)
+    status = c.trie_sort(codes.data_ptr(), lengths.data_ptr(), n, depth, vocab.data_ptr(),
+                         order.data_ptr(), sorted_codes.data_ptr(), sorted_lengths.data_ptr(),
+                         lcp.data_ptr(), counts.data_ptr(), _native.n_threads())
+    _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
+    level_starts = torch.zeros(depth + 2, dtype=torch.long)
+    level_starts[1] = 1
+    level_starts[2:] = 1 + counts.cumsum(0)
+    n_states = int(level_starts[-1])
+    child_offsets = torch.empty(n_states + 1, dtype=torch.long)
+    child_codes = torch.empty(n_states - 1, dtype=torch.int32)
+    edge_keys = torch.empty(n_states - 1, dtype=torch.long)
+    terminal = torch.empty(n_states, dtype=torch.long)
+    status = c.trie_fill(sorted_codes.data_ptr(), sorted_lengths.data_ptr(), n, depth,
+                         order.data_ptr(), lcp.data_ptr(), level_starts.data_ptr(),
+                         max(max(vocab_sizes), 1), child_offsets.data_ptr(),
+                         child_codes.data_ptr(), edge_keys.data_ptr(), terminal.data_ptr())
+    _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
+    same_as_previous = lcp == sorted_lengths  # the whole ID equals the previous item's
+    arrays = (child_offsets, child_codes, terminal, level_starts, edge_keys)
+    return arrays, (order, same_as_previous)
+
+
+def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
+    """Groups of items with equal full IDs (each ascending, ordered by their smallest item),
+    from the items in an order where equal IDs are adjacent in ascending item order and a
+    flag per position: same ID as the previous position."""
+    if not bool(same_as_previous.any()):
+        return []
+    member = same_as_previous.clone()
+    member[:-1] |= same_as_previous[1:]
+    positions = torch.nonzero(member)[:, 0]
+    group = torch.cumsum(member & ~same_as_previous, 0)[positions]
+    sizes = torch.unique_consecutive(group, return_counts=True)[1]
+    groups = torch.split(order[positions], sizes.tolist())
+    return sorted(groups, key=lambda g: int(g[0]))  # by smallest item id, whatever the build
+
+
+def dedup_suffix(codes, lengths=None):
+    """Appends the usual disambiguation level so that every item gets a unique ID.
+
+    Args:
+        codes: (N, L) integer tensor or numpy array; lengths: optional (N,) in [1, L].
+
+    Returns:
+        (codes' (N, L + 1) int64, lengths' (N,) int64): each ID gets one more code right
+        after its end, 0, 1, 2, ... in item order within each group of items that share a
+        full ID (0 for unique IDs), and lengths' = lengths + 1. Positions past an ID's end
+        are copied unchanged (the appended column holds 0 there).
+    """
+    codes, lengths = _check_codes_lengths(codes, lengths)
+    n, depth = codes.shape
+    present = torch.arange(depth, device=codes.device) < lengths[:, None]
+    ids = torch.where(present, codes, -1)  # equal IDs give equal rows
+    group = torch.unique(torch.cat([ids, lengths[:, None]], 1), dim=0, return_inverse=True)[1]
+    order = torch.sort(group, stable=True).indices
+    sorted_groups = group[order]
+    starts = torch.searchsorted(sorted_groups, sorted_groups)  # first position of each group
+    suffix = torch.empty(n, dtype=torch.long, device=codes.device)
+    suffix[order] = torch.arange(n, device=codes.device) - starts
+    out = torch.cat([codes, torch.zeros(n, 1, dtype=torch.long, device=codes.device)], 1)
+    out.scatter_(1, lengths[:, None], suffix[:, None])
+    return out, lengths + 1
+
+
+# ---- beam step ---------------------------------------------------------------------------
+
+# Below this many candidate slots (rows x beams x max children) a step takes well under a
+# millisecond on one core: waking OpenMP threads would cost more than it saves.
+_PARALLEL_MIN_WORK = 1 << 18
+
+
+def _cpu_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, terminal,
+                   max_children, beam_width):
+    b, w_in = beam_scores.shape
+    threads = _native.n_threads() if b * w_in * max_children >= _PARALLEL_MIN_WORK else 1
+    lp = log_probs.float().contiguous()
+    sc = beam_scores.float().contiguous()
+    st = states.contiguous()
+    out = (torch.empty((b, beam_width), dtype=torch.float32),
+           *(torch.empty((b, beam_width), dtype=torch.long) for _ in range(3)))
+    status = _native.cpu().trie_beam_step(
+        lp.data_ptr(), sc.data_ptr(), st.data_ptr(), b, w_in, lp.shape[1],
+        child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
+        terminal.shape[0], beam_width, *(t.data_ptr() for t in out), max(1, min(threads, b)))
+    _native.check_cpu_status(status, "constrained_beam_step")
+    return out
+
+
+def _cuda_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, terminal,
+                    beam_width):
+    b, w_in = beam_scores.shape
+    lp = log_probs.float().contiguous()
+    sc = beam_scores.float().contiguous()
+    st = states.contiguous()
+    dev = lp.device
+    out = (torch.empty((b, beam_width), dtype=torch.float32, device=dev),
+           *(torch.empty((b, beam_width), dtype=torch.long, device=dev) for _ in range(3)))
+    _native.call_cuda("constrained_beam_step", _native._C_cuda.trie_beam_step,
+                      lp.data_ptr(), sc.data_ptr(), st.data_ptr(), b, w_in, lp.shape[1],
+                      child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
+                      terminal.shape[0], beam_width, *(t.data_ptr() for t in out), device=dev)
+    return out
+
+
+@torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())
+def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
+                  child_offsets: torch.Tensor, child_codes: torch.Tensor,
+                  terminal: torch.Tensor, max_children: int, beam_width: int,
+                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (log_probs, beam_scores, states, child_offsets, child_codes, terminal)
+    if backend == "cpu":
+        return _cpu_beam_step(*args, max_children, beam_width)
+    if backend == "cuda":
+        return _cuda_beam_step(*args, beam_width)
+    return ref.beam_step(*args, max_children, beam_width)
+
+
+@_beam_step_op.register_fake
+def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_children,
+      beam_width, backend):
+    b = beam_scores.shape[0]
+    return (beam_scores.new_empty((b, beam_width), dtype=torch.float32),
+            *(beam_scores.new_empty((b, beam_width), dtype=torch.long) for _ in range(3)))
+
+
+# Limits of the CUDA kernel (csrc/include/semid_fast/cuda_trie.h); beyond them "auto" on
+# a GPU falls back to the reference.
+_CUDA_MAX_BEAMS = 1024
+_CUDA_MAX_BEAMS_IN = 8192
+
+
+def _resolve(backend: str, device: torch.device, op: str, w_in: int, w_out: int) -> str:
+    cuda_fits = w_out <= _CUDA_MAX_BEAMS and w_in <= _CUDA_MAX_BEAMS_IN
+    supported = ("reference", "cpu", "cuda") if cuda_fits else ("reference", "cpu")
+    return _backends.resolve(backend, device, op, gpu_order=("cuda",), supported=supported)
+
+
+def _check_step(log_probs, beam_scores, states, trie, beam_width):
+    if not isinstance(trie, SemanticIDTrie):
+        raise TypeError(f"trie must be a SemanticIDTrie, got {type(trie).__name__}")
+    _checks.tensor(beam_scores, "beam_scores", 2, _checks.FLOAT_DTYPES, "(B, W)")
+    b, w_in = beam_scores.shape
+    if w_in == 0:
+        raise ValueError("beam_scores must have W >= 1 beams per row, got shape "
+                         f"{tuple(beam_scores.shape)}")
+    _checks.tensor(log_probs, "log_probs", 2, _checks.FLOAT_DTYPES, "(B * W, V)")
+    if not isinstance(states, torch.Tensor):
+        raise TypeError(f"states must be a torch.Tensor of shape ({b * w_in},), "
+                        f"got {type(states).__name__}")
+    if states.dtype != torch.int64:
+        raise TypeError(f"states must have dtype int64, got {states.dtype}")
+    states = states.reshape(-1)
+    _checks.positive_int(beam_width, "beam_width")
+    device = _checks.same_device("constrained_beam_step", log_probs=log_probs,
+                                 beam_scores=beam_scores, states=states,
+                                 trie=trie.terminal)
+    if log_probs.shape[0] != b * w_in or states.shape[0] != b * w_in:
+        raise ValueError(f"log_probs must have B*W={b * w_in} rows and states B*W entries "
+                         f"(beam_scores is ({b}, {w_in})), got log_probs "
+                         f"{tuple(log_probs.shape)} and states {tuple(states.shape)}")
+    if log_probs.shape[1] < trie.max_vocab:
+        raise ValueError(f"log_probs must have V >= max(vocab_sizes)={trie.max_vocab} "
+                         f"columns (the first ones are the codes), got {log_probs.shape[1]}")
+    if w_in * (trie.max_children + 1) >= 2**32:
+        raise ValueError(f"constrained_beam_step: W * (max children + 1) must be < 2**32, "
+                         f"got W={w_in}, max children={trie.max_children}")
+    if _checks.scanning():
+        for name, t in (("log_probs", log_probs), ("beam_scores", beam_scores)):
+            # -inf is a legitimate log-probability (an impossible token); NaN and +inf are
+            # not. max() propagates NaN and shows +inf: one reduction, no boolean copies.
+            top = t.max() if t.numel() else None
+            if top is not None and not bool(top < torch.inf):
+                raise ValueError(f"{name} contains NaN or +inf")
+        if states.numel():
+            lo, hi = torch.aminmax(states)
+            lo, hi = int(lo), int(hi)
+            if hi >= trie.num_states or lo < -trie.num_states:
+                raise ValueError(
+                    f"states must be trie states in [0, {trie.num_states}), -1, or finished "
+                    f"states ~s; found values in [{lo}, {hi}] (states of another trie?)")
+    return device, states
+
+
+def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
+                          states: torch.Tensor, trie: SemanticIDTrie, beam_width: int, *,
+                          backend: str = "auto"):
+    """One constrained beam-search step for a batch: only IDs of the catalog survive.
+
+    Every beam j of batch row b offers candidates: each child code c of its state (score
+    ``beam_scores[b, j] + log_probs[b * W + j, c]``), and, when its state is terminal (an ID
+    ends there), a *stop* candidate: the ID is complete, the score unchanged, no token, next
+    state ``~state`` (finished). A finished beam (state ``~s``) offers only itself, score
+    unchanged, so a finished hypothesis keeps a slot and competes on its score in every
+    later step. The best ``beam_width`` candidates of the row win: higher score first, ties
+    toward the smaller (parent, code), stop counting as code -1. Rows with fewer candidates
+    are padded with score -inf, parent -1, token -1, state -1. Fixed shapes, no host sync
+    (with ``semid_fast.config.check_values`` off), CUDA-graph capturable.
+
+    Args:
+        log_probs: (B * W, V) float32/float16/bfloat16 log-probabilities of the next token;
+            columns [0, vocab_sizes[level]) are the codes, V >= max(trie.vocab_sizes).
+        beam_scores: (B, W) float scores of the current beams.
+        states: (B * W,) or (B, W) int64 beam states (see the module docstring).
+        trie: the catalog's :class:`SemanticIDTrie`, on the same device.
+        beam_width: beams kept per row (may differ from W).
+
+    Returns:
+        scores (B, beam_width) float32, parents (B, beam_width) int64 (beam index within the
+        row), tokens (B, beam_width) int64 (the code; -1 for stop/finished/empty), states
+        (B, beam_width) int64.
+    """
+    device, states = _check_step(log_probs, beam_scores, states, trie, beam_width)
+    name = _resolve(backend, device, "constrained_beam_step", beam_scores.shape[1], beam_width)
+    return _beam_step_op(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
+                         trie.terminal, trie.max_children, beam_width, name)
+
+
+def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, beam_width: int,
+                            backend: str = "auto"):
+    """Beam search over the catalog's IDs for any model (no transformers needed).
+
+    ``step_fn(step, tokens, parents)`` returns (batch_size * beam_width, V) log-probs of the
+    next code for every beam. At step 0 ``tokens`` and ``parents`` are None and every row
+    starts from the root in beam 0 (the other beams are empty, so no duplicate IDs). Later,
+    ``tokens`` (batch_size * beam_width,) int64 holds the code each beam just took (-1: no
+    token, the beam is finished or empty) and ``parents`` (batch_size * beam_width,) int64 the
+    row of the previous step's beams it came from (``index_select`` your KV cache with it;
+    empty slots point at their row's first beam). There are ``trie.depth`` steps.
+
+    An ID's score is the sum of the log-probs of its tokens as given (no renormalisation over
+    the valid children, as transformers' beam search with a logits processor). Finished IDs
+    shorter than the depth keep their score (see :func:`constrained_beam_step`).
+
+    Returns:
+        item_ids (batch_size, beam_width) int64, codes (batch_size, beam_width, depth) int64
+        (-1 past the ID's end), scores (batch_size, beam_width) float32, best first; rows with
+        fewer valid IDs than beams are padded with item id -1 and score -inf.
+    """
+    if not isinstance(trie, SemanticIDTrie):
+        raise TypeError(f"trie must be a SemanticIDTrie, got {type(trie).__name__}")
+    b = _checks.positive_int(batch_size, "batch_size")
+    w = _checks.positive_int(beam_width, "beam_width")
+    device = trie.device
+    name = _resolve(backend, device, "constrained_beam_search", w, w)
+    states = torch.full((b, w), -1, dtype=torch.long, device=device)
+    states[:, 0] = 0
+    scores = torch.full((b, w), -torch.inf, device=device)
+    scores[:, 0] = 0.0
+    history = torch.full((b, w, trie.depth), -1, dtype=torch.long, device=device)
+    row_base = torch.arange(b, device=device)[:, None] * w
+    tokens = parents = None
+    for step in range(trie.depth):
+        log_probs = step_fn(step, tokens, parents)
+        if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2 or \
+                log_probs.shape[0] != b * w:
+            raise ValueError(f"step_fn must return (batch_size * beam_width = {b * w}, V) "
+                             f"log-probs at every step, "
+                             f"got {getattr(log_probs, 'shape', log_probs)}")
+        if step == 0:  # validated once (value scans sync); later steps run without scans
+            _check_step(log_probs, scores, states, trie, w)
+        scores, parent, token, states = _beam_step_op(
+            log_probs, scores, states.reshape(-1), trie.child_offsets, trie.child_codes,
+            trie.terminal, trie.max_children, w, name)
+        history = history.gather(1, parent.clamp(min=0)[..., None].expand(-1, -1, trie.depth))
+        history = torch.where(parent[..., None] >= 0, history, -1)
+        history[:, :, step] = token
+        tokens = token.reshape(-1)
+        parents = (row_base + parent.clamp(min=0)).reshape(-1)
+    items = trie.terminal_item(states.reshape(-1)).reshape(b, w)
+    return items, history, scores

@@ -1,0 +1,445 @@
+"""SemanticIDLogitsProcessor against transformers' own prefix-constrained beam search.
+
+The oracle is transformers: ``generate(prefix_allowed_tokens_fn=...)`` with a dict-of-dicts
+trie over token ids (semid_fast.bench.trie_generate.PythonPrefixTrie) must give the very sequences
+and sequence scores that ``generate(logits_processor=[ours])`` gives, on tiny randomly
+initialised models (a T5 encoder-decoder, a GPT-2 decoder-only), on real catalogs and on a
+synthetic variable-length one (IDs that are prefixes of others, ended by eos).
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from transformers import (GPT2Config, GPT2LMHeadModel, T5Config,  # noqa: E402
+                          T5ForConditionalGeneration)
+from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor  # noqa: E402
+
+from semid_fast import sid_files  # noqa: E402
+from semid_fast.bench.trie_generate import PythonPrefixTrie  # noqa: E402
+from semid_fast.hf import SemanticIDLogitsProcessor  # noqa: E402
+from semid_fast.ops.trie import SemanticIDTrie  # noqa: E402
+
+PAD, EOS, UNK = 0, 1, 2
+SPECIAL = 3
+
+
+class Catalog:
+    """A catalog with its vocabulary: specials, then one token per used (level, code)."""
+
+    def __init__(self, codes, lengths, token_strings):
+        self.codes, self.lengths = codes, lengths
+        vocab = {"<pad>": PAD, "</s>": EOS, "<unk>": UNK}
+        for level in token_strings:
+            for code in sorted(level):
+                vocab[level[code]] = len(vocab)
+        self.vocab_size = len(vocab)
+        self.token_ids = sid_files.token_id_map(token_strings, vocab)
+        with warnings.catch_warnings():  # real catalogs have colliding IDs: expected here
+            warnings.filterwarnings("ignore", "SemanticIDTrie.from_codes: .* share a full ID")
+            self.trie = SemanticIDTrie.from_codes(codes, lengths=lengths)
+        tokens = self.token_ids.gather(1, codes.clamp_min(0).T).T.tolist()
+        self.token_rows = [row[:n] for row, n in zip(tokens, lengths.tolist())]
+
+    def ids_in_catalog(self, generated, eos=None):
+        """True per generated row (ID tokens, then eos when ``eos`` is given) when its tokens
+        up to eos / padding are the ID of an item of the catalog."""
+        known = {tuple(row) for row in self.token_rows}
+        out = []
+        for row in generated.tolist():
+            ends = [j for j, token in enumerate(row) if token in (EOS, PAD)]
+            end = ends[0] if ends else len(row)
+            closed = eos is None or (end < len(row) and row[end] == eos)
+            out.append(tuple(row[:end]) in known and closed)
+        return torch.tensor(out)
+
+
+def table_catalog(table, token_strings=None):
+    return Catalog(table.codes, table.lengths, token_strings or table.tokens)
+
+
+def leaf_token_strings(table):
+    """MVIGER's integer levels have no token strings: name them <L{level}_{code}>."""
+    strings = [{int(c): f"<L{j}_{int(c)}>" for c in table.codes[:, j].unique()}
+               for j in range(table.depth - 1)]
+    return strings + [table.tokens[-1]]
+
+
+def variable_length_catalog(seed, n=60, depth=4, k=5):
+    """Random IDs of lengths 1..depth over k codes, with the prefixes of some IDs also IDs."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, k, (n, depth), generator=g)
+    lengths = torch.randint(1, depth + 1, (n,), generator=g)
+    prefixes = codes[: n // 3].clone()  # items whose IDs are prefixes of the first third
+    prefix_lengths = (lengths[: n // 3] - 1).clamp_min(1)
+    codes = torch.cat([codes, prefixes])
+    lengths = torch.cat([lengths, prefix_lengths])
+    codes = torch.where(torch.arange(depth)[None, :] < lengths[:, None], codes, -1)
+    strings = [{c: f"<{chr(97 + j)}_{c}>" for c in range(k)} for j in range(depth)]
+    return Catalog(codes, lengths, strings)
+
+
+def tiny_t5(vocab, seed=0):
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                      num_decoder_layers=2, pad_token_id=PAD, eos_token_id=EOS,
+                      decoder_start_token_id=PAD, initializer_factor=4.0)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def tiny_gpt2(vocab, seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD,
+                        initializer_range=0.5)
+    return GPT2LMHeadModel(config).eval()
+
+
+def beam_search_both(model, catalog, inputs, beams, eos, backend="auto"):
+    """generate with the Python-trie prefix function and with our processor."""
+    decoder_only = not model.config.is_encoder_decoder
+    start = inputs.shape[1] if decoder_only else 1
+    depth = catalog.trie.depth
+    common = dict(num_beams=beams, num_return_sequences=beams, do_sample=False,
+                  max_new_tokens=depth + (eos is not None), output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=PAD,
+                  attention_mask=torch.ones_like(inputs))
+    peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=eos)
+    with torch.no_grad():
+        theirs = model.generate(inputs, prefix_allowed_tokens_fn=peer.prefix_allowed_tokens_fn(
+            start, dead_tokens=[PAD]), **common)
+        processor = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=eos,
+                                              backend=backend)
+        ours = model.generate(inputs, logits_processor=[processor], **common)
+    return theirs, ours, start
+
+
+def assert_same_beams(theirs, ours, catalog, start, eos):
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.equal(ours.sequences_scores, theirs.sequences_scores)
+    assert bool(torch.isfinite(ours.sequences_scores).all())
+    valid = catalog.ids_in_catalog(ours.sequences[:, start:], eos)
+    assert bool(valid.all()), "a generated sequence is not an ID of the catalog (then eos)"
+
+
+def history(catalog, batch, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(SPECIAL, catalog.vocab_size, (batch, length), generator=g)
+
+
+REAL_CATALOGS = {
+    "industrial": ("amazon18_industrial/sid.index.json", sid_files.load_index_json),
+    "beauty": ("amazon14_beauty/sid.index.json", sid_files.load_index_json),
+    "sports_leaf": ("amazon14_sports/sid_leaf.json", sid_files.load_sid_leaf_json),
+}
+
+
+def real_catalog(shared_data, name):
+    path, loader = REAL_CATALOGS[name]
+    table = loader(shared_data / path)
+    return table_catalog(table, leaf_token_strings(table) if name == "sports_leaf" else None)
+
+
+@pytest.mark.parametrize("name,backend", [(name, "auto") for name in sorted(REAL_CATALOGS)]
+                         + [("industrial", "reference")])
+@pytest.mark.parametrize("eos", [None, EOS])
+def test_t5_beam_search_real_catalog(shared_data, name, backend, eos):
+    catalog = real_catalog(shared_data, name)
+    model = tiny_t5(catalog.vocab_size)
+    inputs = history(catalog, batch=2, length=9, seed=1)
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=6, eos=eos,
+                                           backend=backend)
+    assert_same_beams(theirs, ours, catalog, start, eos)
+
+
+@pytest.mark.parametrize("eos", [None, EOS])
+def test_decoder_only_beam_search_real_catalog(shared_data, eos):
+    catalog = real_catalog(shared_data, "industrial")
+    model = tiny_gpt2(catalog.vocab_size)
+    inputs = history(catalog, batch=3, length=7, seed=2)
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=5, eos=eos)
+    assert start == 7
+    assert_same_beams(theirs, ours, catalog, start, eos)
+
+
+BACKENDS = ["reference", "cpu"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+def test_variable_length_ids(seed, arch, backend):
+    catalog = variable_length_catalog(seed)
+    model = (tiny_t5 if arch == "t5" else tiny_gpt2)(catalog.vocab_size, seed=seed)
+    inputs = history(catalog, batch=2, length=5, seed=seed)
+    # 12 beams on a catalog of ~80 IDs: some beams run out of valid continuations.
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=12, eos=EOS,
+                                           backend=backend)
+    assert_same_beams(theirs, ours, catalog, start, EOS)
+    ends = (ours.sequences[:, start:] == EOS).int().argmax(dim=1)
+    assert int(ends.min()) < catalog.trie.depth  # short IDs did end with eos
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_beams_than_ids(backend):
+    """A beam search wider than the catalog keeps dead beams at -inf; both agree on them."""
+    catalog = variable_length_catalog(3, n=4, depth=3, k=3)
+    model = tiny_t5(catalog.vocab_size)
+    inputs = history(catalog, batch=2, length=4, seed=3)
+    theirs, ours, start = beam_search_both(model, catalog, inputs, beams=8, eos=EOS,
+                                           backend=backend)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.equal(ours.sequences_scores, theirs.sequences_scores)
+    finite = torch.isfinite(ours.sequences_scores)
+    assert bool(catalog.ids_in_catalog(ours.sequences[finite, start:], EOS).all())
+
+
+def test_greedy_search_with_finished_rows():
+    catalog = variable_length_catalog(4)
+    model = tiny_t5(catalog.vocab_size)
+    inputs = history(catalog, batch=4, length=6, seed=4)
+    peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
+    common = dict(do_sample=False, max_new_tokens=catalog.trie.depth + 1, pad_token_id=PAD)
+    with torch.no_grad():
+        theirs = model.generate(inputs, prefix_allowed_tokens_fn=peer.prefix_allowed_tokens_fn(
+            1, dead_tokens=[PAD]), **common)
+        ours = model.generate(inputs, logits_processor=[
+            SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)], **common)
+    assert torch.equal(ours, theirs)
+    assert bool(catalog.ids_in_catalog(ours[:, 1:], EOS).all())
+
+
+# --- the processor called directly, against PrefixConstrainedLogitsProcessor ---------------
+
+
+def random_rows(catalog, rows, g, dead_share=0.25):
+    """(rows, 2 + depth) input_ids: a start token, then a random ID followed by eos up to the
+    end; about ``dead_share`` of the rows hold random tokens (never eos; some past the
+    vocabulary) instead."""
+    depth = catalog.trie.depth
+    out = torch.full((rows, 2 + depth), EOS, dtype=torch.int64)
+    out[:, 0] = PAD
+    for r in range(rows):
+        if float(torch.rand((), generator=g)) >= dead_share:
+            row = catalog.token_rows[int(torch.randint(len(catalog.token_rows), (), generator=g))]
+            out[r, 1:1 + len(row)] = torch.tensor(row)
+        else:
+            out[r, 1:] = torch.randint(UNK, catalog.vocab_size + 3, (1 + depth,), generator=g)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processor_masks_like_prefix_function(seed, backend):
+    """Every step of one generation, row by row, against the Python trie's allowed lists."""
+    catalog = variable_length_catalog(seed)
+    peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
+    fn = peer.prefix_allowed_tokens_fn(1, dead_tokens=[])
+    processor = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                          backend=backend)
+    g = torch.Generator().manual_seed(seed)
+    input_ids = random_rows(catalog, 16, g)
+    for length in range(1, input_ids.shape[1] + 1):
+        scores = torch.randn(16, catalog.vocab_size + 3, generator=g).log_softmax(-1)
+        out = processor(input_ids[:, :length], scores)
+        for r in range(16):
+            allowed = fn(0, input_ids[r, :length])
+            expected = torch.full_like(scores[r], -math.inf)
+            expected[allowed] = scores[r, allowed]
+            assert torch.equal(out[r], expected), (length, r, allowed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processor_equals_transformers_processor_under_reordering(backend):
+    """Rows reordered between calls (as beam search does) give the same masks as
+    transformers' processor over the Python trie."""
+    catalog = variable_length_catalog(5)
+    peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
+    theirs = PrefixConstrainedLogitsProcessor(peer.prefix_allowed_tokens_fn(1, [PAD]), 4)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                     backend=backend)
+    g = torch.Generator().manual_seed(5)
+    input_ids = random_rows(catalog, 12, g, dead_share=0.0)
+    for length in range(1, input_ids.shape[1] + 1):
+        input_ids = input_ids[torch.randperm(12, generator=g)]
+        scores = torch.randn(12, catalog.vocab_size, generator=g).log_softmax(-1)
+        assert torch.equal(ours(input_ids[:, :length], scores),
+                           theirs(input_ids[:, :length], scores))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsatisfiable_fallback_with_num_beams(backend):
+    """With num_beams, a batch item whose allowed tokens are all -inf gets them at 0, as in
+    PrefixConstrainedLogitsProcessor."""
+    catalog = variable_length_catalog(6)
+    peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
+    theirs = PrefixConstrainedLogitsProcessor(peer.prefix_allowed_tokens_fn(1, [PAD]), 3)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                     num_beams=3, backend=backend)
+    g = torch.Generator().manual_seed(6)
+    input_ids = random_rows(catalog, 6, g, dead_share=0.0)[:, :2]
+    scores = torch.randn(6, catalog.vocab_size, generator=g).log_softmax(-1)
+    scores[:3] = -math.inf  # batch item 0: nothing left by "earlier processors"
+    scores[3:, : catalog.vocab_size // 2] = -math.inf
+    ours(input_ids[:, :1], scores)  # the generation's first step: the ID starts at column 1
+    out = ours(input_ids, scores)
+    assert torch.equal(out, theirs(input_ids, scores))
+    assert bool((out[:3] == 0).any(dim=1).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_generation_restarts_the_id(backend):
+    catalog = variable_length_catalog(7)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                     backend=backend)
+    scores = torch.zeros(2, catalog.vocab_size)
+    prompt = torch.full((2, 5), UNK)
+    first = ours(prompt, scores)  # the ID starts after these 5 tokens: level-0 tokens allowed
+    root_codes = catalog.trie.valid_next(torch.zeros(1, dtype=torch.int64))[0].nonzero()[:, 0]
+    level0 = catalog.token_ids[0, root_codes]
+    assert torch.equal(torch.isfinite(first).nonzero()[:, 1].unique(), level0.sort().values)
+    token = int(catalog.token_rows[0][0])
+    ours(torch.cat([prompt, torch.full((2, 1), token)], dim=1), scores)
+    again = ours(torch.full((2, 3), UNK), scores)  # shorter: a new generate call
+    assert torch.equal(again, first)
+    ours.reset()
+    assert torch.equal(ours(torch.full((2, 6), UNK), scores), first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finished_rows_only_repeat_eos(backend):
+    """Rows that already hold eos (finished rows of greedy search or sampling) may only
+    repeat eos, so that sampling never sees an all -inf row."""
+    catalog = variable_length_catalog(10)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                     backend=backend)
+    short = next(row for row in catalog.token_rows if len(row) < catalog.trie.depth)
+    finished = torch.tensor([[PAD, *short, EOS] + [PAD] * (catalog.trie.depth - len(short))])
+    live = torch.tensor([[PAD, *catalog.token_rows[0][:1]] + [PAD] * catalog.trie.depth])
+    live = live[:, : finished.shape[1]]
+    scores = torch.randn(2, catalog.vocab_size).log_softmax(-1)
+    rows = torch.cat([finished, live])
+    for length in range(1, rows.shape[1]):  # one generation: the ID starts at column 1
+        ours(rows[:, :length], scores)
+    out = ours(rows, scores)
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [EOS]
+    assert out[0, EOS] == scores[0, EOS]
+    assert bool(torch.isinf(out[1]).all())  # the live row, padded past its ID, is dead
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tokens_outside_any_vocabulary_give_dead_rows(backend):
+    catalog = variable_length_catalog(11)
+    ours = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                     backend=backend)
+    scores = torch.randn(3, catalog.vocab_size).log_softmax(-1)
+    rows = torch.tensor([[PAD, -5, -7], [PAD, 10**12, 3], [PAD, catalog.token_rows[0][0], -1]])
+    for length in range(1, 4):
+        out = ours(rows[:, :length], scores)
+    assert bool(torch.isinf(out).all())
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+def test_bad_arguments():
+    catalog = variable_length_catalog(8)
+    trie, token_ids = catalog.trie, catalog.token_ids
+    with pytest.raises(TypeError, match="SemanticIDTrie"):
+        SemanticIDLogitsProcessor({"a": 1}, token_ids, eos_token_id=EOS)
+    with pytest.raises(ValueError, match="token_ids must have shape"):
+        SemanticIDLogitsProcessor(trie, token_ids[:2], eos_token_id=EOS)
+    with pytest.raises(TypeError, match="integer"):
+        SemanticIDLogitsProcessor(trie, token_ids.float(), eos_token_id=EOS)
+    with pytest.raises(ValueError, match="columns"):
+        SemanticIDLogitsProcessor(trie, token_ids[:, :2], eos_token_id=EOS)
+    missing = token_ids.clone()
+    missing[1, 2] = -1
+    with pytest.raises(ValueError, match="level 1 codes \\[2\\]"):
+        SemanticIDLogitsProcessor(trie, missing, eos_token_id=EOS)
+    shared = token_ids.clone()
+    shared[0, 1] = shared[0, 0]
+    with pytest.raises(ValueError, match="share one token id"):
+        SemanticIDLogitsProcessor(trie, shared, eos_token_id=EOS)
+    with pytest.raises(ValueError, match="also the token"):
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=int(token_ids[2, 0]))
+    with pytest.raises(ValueError, match="variable-length"):
+        SemanticIDLogitsProcessor(trie, token_ids)
+    with pytest.raises(TypeError, match="eos_token_id"):
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=1.0)
+    with pytest.raises(ValueError, match="num_beams"):
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, num_beams=0)
+    ours = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS)
+    with pytest.raises(ValueError, match="scores have"):
+        ours(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="share R"):
+        ours(torch.zeros(3, 1, dtype=torch.long), torch.zeros(2, catalog.vocab_size))
+    for backend in BACKENDS:
+        fallback = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, num_beams=4,
+                                             backend=backend)
+        with pytest.raises(ValueError, match="does not divide"):
+            fallback(torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, catalog.vocab_size))
+    with pytest.raises(ValueError, match="backend must be"):
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="triton")
+    cpu_only = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="cpu")
+    with pytest.raises(RuntimeError, match="float32"):
+        cpu_only(torch.zeros(2, 1, dtype=torch.long),
+                 torch.zeros(2, catalog.vocab_size, dtype=torch.float16))
+    # auto falls back to the torch path for other dtypes, with the same masks
+    half = torch.randn(2, catalog.vocab_size).half()
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    auto = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS)
+    reference = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="reference")
+    assert torch.equal(auto(ids, half), reference(ids, half))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_t5_beam_search_on_cuda(backend):
+    catalog = variable_length_catalog(9, n=400, depth=4, k=16)
+    model = tiny_t5(catalog.vocab_size).cuda()
+    inputs = history(catalog, batch=3, length=6, seed=9).cuda()
+    peer = PythonPrefixTrie(catalog.token_rows, eos_token_id=EOS)
+    common = dict(num_beams=8, num_return_sequences=8, do_sample=False,
+                  max_new_tokens=catalog.trie.depth + 1, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=PAD)
+    with torch.no_grad():
+        theirs = model.generate(inputs, prefix_allowed_tokens_fn=peer.prefix_allowed_tokens_fn(
+            1, dead_tokens=[PAD]), **common)
+        processor = SemanticIDLogitsProcessor(catalog.trie.to("cuda"), catalog.token_ids,
+                                              eos_token_id=EOS, backend=backend)
+        ours = model.generate(inputs, logits_processor=[processor], **common)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    # Same sequences; scores within float rounding (GPU reductions need not be deterministic).
+    assert torch.allclose(ours.sequences_scores, theirs.sequences_scores, rtol=0, atol=1e-6)
+    assert bool(catalog.ids_in_catalog(ours.sequences[:, 1:].cpu(), EOS).all())
+    with pytest.raises(ValueError, match="trie is on"):
+        SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS)(
+            inputs, torch.zeros(inputs.shape[0], catalog.vocab_size, device="cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_beams", [None, 4])
+def test_cuda_kernel_equals_cpu_kernel(num_beams):
+    """Every step of one generation on random rows (live, dead, finished), with scores that
+    leave some groups unsatisfiable: the CUDA kernel and the torch path on the GPU give the
+    CPU kernel's scores."""
+    catalog = variable_length_catalog(12, n=300, depth=4, k=9)
+    g = torch.Generator().manual_seed(12)
+    input_ids = random_rows(catalog, 32, g)
+    on_gpu = catalog.trie.to("cuda")
+    cpu = SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids, eos_token_id=EOS,
+                                    num_beams=num_beams, backend="cpu")
+    gpu = [SemanticIDLogitsProcessor(on_gpu, catalog.token_ids, eos_token_id=EOS,
+                                     num_beams=num_beams, backend=b) for b in ("cuda", "reference")]
+    for length in range(1, input_ids.shape[1] + 1):
+        scores = torch.randn(32, catalog.vocab_size + 3, generator=g).log_softmax(-1)
+        scores[:4] = -math.inf
+        expected = cpu(input_ids[:, :length], scores)
+        for processor in gpu:
+            out = processor(input_ids[:, :length].cuda(), scores.cuda())
+            assert torch.equal(out.cpu(), expected), (processor.backend, length)
