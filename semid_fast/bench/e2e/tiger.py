@@ -1,4 +1,4 @@
-"""TIGER end to end, first half: RQ-VAE training on real item embeddings.
+"""TIGER end to end: RQ-VAE training on real item embeddings, then IDs and T5 decoding.
 
 TIGER (Rajput et al., "Recommender Systems with Generative Retrieval", NeurIPS 2023) turns
 item text embeddings into semantic IDs with an RQ-VAE: an MLP encoder, 3 levels of residual
@@ -9,8 +9,10 @@ native backend) and once with the pure-PyTorch reference quantizer (``backend="r
 and reports the step time of both quantizers, that the losses agree at step 0 and stay close
 after, and the code usage per level of the trained model.
 
-Not here yet: semantic-ID assignment with a collision suffix, the trie and constrained T5
-decoding (the second half of TIGER's pipeline) wait for the trie family.
+Then it gives every item a unique ID (:func:`semid_fast.dedup_suffix`, TIGER's extra
+collision level), builds the :class:`semid_fast.SemanticIDTrie`, and runs T5 ``generate()``
+beam search constrained by :class:`semid_fast.hf.SemanticIDLogitsProcessor` against the
+transformers ``prefix_allowed_tokens_fn`` route (needs transformers; skipped without it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from semid_fast.reference import quantize as ref_quantize
 from .common import DataSource, Report, code_usage, fmt_time, item_embeddings, median_time
 
 SYSTEM = "tiger"
-TITLE = "TIGER (first half): RQ-VAE training, semid_fast vs reference quantizer"
+TITLE = "TIGER: RQ-VAE training (semid_fast vs reference quantizer), IDs, constrained T5"
 
 
 @dataclass
@@ -45,12 +47,17 @@ class Settings:
     batch: int = 512
     lr: float = 1e-3
     reps: int = 30                # timed calls of each quantizer in the micro-benchmark
+    decode_users: int = 32        # users of the constrained T5 beam search
+    decode_beam: int = 10
+    history_items: int = 5        # items (of depth tokens each) in a user's encoder input
+    t5_dim: int = 64
+    reps_decode: int = 3
     seed: int = 0
 
     @classmethod
     def sized(cls, quick: bool, seed: int = 0) -> "Settings":
         if quick:
-            return cls(n_items=4000, steps=30, batch=256, reps=5, seed=seed)
+            return cls(n_items=4000, steps=30, batch=256, reps=5, decode_users=8, seed=seed)
         return cls(seed=seed)
 
 
@@ -193,10 +200,11 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     quantizer_times = {name: statistics.median(t) for name, t in samples.items()}
 
     # Code usage of the trained models over the whole catalog.
-    usage = {}
+    usage, catalog_codes = {}, {}
     for name, m in models.items():
         with torch.no_grad():
             codes = sf.rq_encode(m.encoder(x), m.codebooks.detach())
+        catalog_codes[name] = codes
         used, perplexity = code_usage(codes.cpu(), s.k)
         distinct = torch.unique(codes.cpu(), dim=0).shape[0]
         usage[name] = {"used": used, "perplexity": perplexity,
@@ -248,4 +256,83 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
         right.legend()
 
     report.chart = chart
+    report.metrics["decoding"] = ids_and_decoding(report, catalog_codes["semid_fast"], s, device)
     return report
+
+
+def ids_and_decoding(report: Report, codes: torch.Tensor, s: Settings, device: str) -> dict:
+    """TIGER's second half: unique IDs by a collision suffix, the trie, and T5 beam search
+    constrained by :class:`semid_fast.hf.SemanticIDLogitsProcessor` against transformers'
+    ``prefix_allowed_tokens_fn`` with a Python prefix table. The T5 is small and randomly
+    initialised and the user histories synthetic (yelp has no sequences): the point is the
+    agreement and the cost of the constraint, not recommendation quality."""
+    n = codes.shape[0]
+    ids, _ = sf.dedup_suffix(codes.cpu())
+    suffix_codes = int(ids[:, -1].max()) + 1
+    report.say(f"\nsemantic IDs: dedup_suffix appends a level of {suffix_codes} codes "
+               f"(largest group of items sharing {codes.shape[1]} codes)")
+    report.check("dedup_suffix gives every item a unique ID",
+                 torch.unique(ids, dim=0).shape[0] == n)
+    trie = sf.SemanticIDTrie.from_codes(ids.to(device))
+    report.check("the trie maps every item's ID back to that item",
+                 torch.equal(trie.item_ids(ids.to(device)).cpu(), torch.arange(n)))
+    try:
+        import transformers
+
+        from ...hf import SemanticIDLogitsProcessor
+    except ImportError:
+        report.say("transformers is not installed: constrained T5 decoding skipped")
+        return {"suffix_codes": suffix_codes}
+
+    # Token of (level j, code c): 2 + the codes of the levels before j + c (0 pad, 1 eos).
+    sizes = torch.tensor(trie.vocab_sizes)
+    offsets = 2 + torch.cumsum(sizes, 0) - sizes
+    token_ids = torch.full((trie.depth, int(sizes.max())), -1, dtype=torch.long)
+    for level, size in enumerate(trie.vocab_sizes):
+        token_ids[level, :size] = offsets[level] + torch.arange(size)
+    item_tokens = offsets + ids  # (N, depth)
+    allowed: dict[tuple, list] = {}
+    for row in item_tokens.tolist():
+        for t in range(trie.depth):
+            allowed.setdefault(tuple(row[:t]), set()).add(row[t])
+    allowed = {prefix: sorted(tokens) for prefix, tokens in allowed.items()}
+
+    config = transformers.T5Config(
+        vocab_size=int(2 + sizes.sum()), d_model=s.t5_dim, d_ff=2 * s.t5_dim, d_kv=s.t5_dim // 4,
+        num_layers=2, num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
+        pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(s.seed)
+    model = transformers.T5ForConditionalGeneration(config).eval().to(device)
+    g = torch.Generator().manual_seed(s.seed)
+    history = torch.randint(0, n, (s.decode_users, s.history_items), generator=g)
+    inputs = torch.cat([item_tokens[history].reshape(s.decode_users, -1),
+                        torch.ones(s.decode_users, 1, dtype=torch.long)], 1).to(device)
+    processor = SemanticIDLogitsProcessor(trie, token_ids, num_beams=s.decode_beam)
+    options = dict(num_beams=s.decode_beam, num_return_sequences=s.decode_beam,
+                   max_new_tokens=trie.depth, do_sample=False)
+
+    def ours():
+        return model.generate(inputs, logits_processor=transformers.LogitsProcessorList(
+            [processor]), **options)
+
+    def theirs():
+        return model.generate(inputs, prefix_allowed_tokens_fn=lambda _, sent: allowed.get(
+            tuple(sent[1:].tolist()), []), **options)
+
+    with torch.no_grad():
+        ours_out, theirs_out = ours(), theirs()
+        generated = ours_out[:, 1:].cpu()
+        decoded = trie.item_ids((generated - offsets[:generated.shape[1]]).to(device)).cpu()
+        report.check("generate() with SemanticIDLogitsProcessor equals prefix_allowed_tokens_fn "
+                     f"({s.decode_users} users x {s.decode_beam} beams)",
+                     torch.equal(ours_out, theirs_out))
+        report.check("every generated ID is an item of the catalog",
+                     generated.shape[1] == trie.depth and bool((decoded >= 0).all()))
+        times = {"SemanticIDLogitsProcessor": median_time(ours, s.reps_decode, device),
+                 "prefix_allowed_tokens_fn": median_time(theirs, s.reps_decode, device)}
+    report.say(f"constrained T5 beam search (random {s.t5_dim}-dim T5, {s.decode_users} users, "
+               f"beam {s.decode_beam}, {trie.depth} tokens):")
+    base = times["prefix_allowed_tokens_fn"]
+    report.table(["constraint", "generate() time", "speed-up"],
+                 [[name, fmt_time(t), f"{base / t:.2f}x"] for name, t in times.items()])
+    return {"suffix_codes": suffix_codes, "generate_s": times}
