@@ -554,6 +554,126 @@ def test_bad_beam_step_input():
     assert (out[1] == -1).all()
 
 
+# ---- native safety with value checks off -----------------------------------------------------
+
+@pytest.fixture
+def unchecked():
+    sf.config.check_values = False
+    try:
+        yield
+    finally:
+        sf.config.check_values = True
+
+
+def hostile_states(trie, other):
+    """States no step should trust: another trie's live and finished states, ~s of non-terminal
+    and out-of-range s, the int64 extremes, plus genuine ones."""
+    big = torch.iinfo(torch.long)
+    nonterminal = int(torch.nonzero(trie.terminal < 0)[0, 0])
+    return torch.tensor([other.num_states - 1, ~(other.num_states - 1), ~nonterminal,
+                         ~trie.num_states, trie.num_states, big.max, big.min, ~(trie.num_states + 5), -1, 0,
+                         ~int(torch.nonzero(trie.terminal >= 0)[0, 0]), 1])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_beam_step_hostile_states_are_empty_slots(unchecked, backend):
+    g = torch.Generator().manual_seed(4)
+    trie = random_trie(g, 30, 3, 6, True)
+    other = random_trie(g, 3000, 4, 64, True)  # many more states
+    states = hostile_states(trie, other)
+    b, w = 3, states.shape[0] // 3
+    lp = torch.randn(b * w, trie.max_vocab, generator=g).log_softmax(-1)  # V exactly the codes
+    scores = torch.randn(b, w, generator=g)
+    got = sf.constrained_beam_step(lp, scores, states, trie, 5, backend=backend)
+    # Only the genuine states (0, 1 and a finished terminal) may produce candidates.
+    genuine = torch.zeros_like(states, dtype=torch.bool)
+    genuine[-4:] = True
+    genuine[-4] = False  # -1
+    live_parent = got[1] >= 0
+    flat = (torch.arange(b)[:, None] * w + got[1].clamp(min=0))[live_parent]
+    assert genuine[flat].all()
+    want = sf.constrained_beam_step(lp, scores, torch.where(genuine, states, -1), trie, 5,
+                                    backend=backend)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_beam_step_nan_and_inf_inputs_give_a_defined_result(unchecked, backend):
+    trie = build(torch.tensor([[0, 1], [1, 1], [1, 0]]))
+    lp = torch.tensor([[torch.nan, 0.0], [torch.inf, -torch.inf], [0.0, 0.0], [-1.0, -2.0]])
+    scores = torch.tensor([[torch.nan, 0.0], [-torch.inf, torch.inf]])
+    states = torch.tensor([0, 0, 1, 2])
+    out_scores, parents, tokens, nexts = sf.constrained_beam_step(lp, scores, states, trie, 3,
+                                                                  backend=backend)
+    assert out_scores.shape == (2, 3)
+    assert ((parents >= -1) & (parents < 2)).all() and ((tokens >= -1) & (tokens < 2)).all()
+    assert ((nexts >= -1) & (nexts < trie.num_states)).all()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_beam_step_empty_batch(backend):
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+    out = sf.constrained_beam_step(torch.zeros(0, 2), torch.zeros(0, 3),
+                                   torch.zeros(0, dtype=torch.long), trie, 4, backend=backend)
+    assert [tuple(t.shape) for t in out] == [(0, 4)] * 4
+    assert out[0].dtype == torch.float32 and out[1].dtype == torch.long
+
+
+def test_beam_search_checks_every_step(unchecked):
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+
+    def narrow_later(step, tokens, parents):
+        return torch.zeros(4, 2 if step == 0 else 1)
+
+    def ints_later(step, tokens, parents):
+        return torch.zeros(4, 2, dtype=torch.float32 if step == 0 else torch.long)
+
+    for backend in ["reference"] + STEP_BACKENDS:
+        with pytest.raises(ValueError, match="V >= max"):
+            sf.constrained_beam_search(narrow_later, trie, batch_size=2, beam_width=2,
+                                       backend=backend)
+        with pytest.raises(TypeError, match="log_probs"):
+            sf.constrained_beam_search(ints_later, trie, batch_size=2, beam_width=2,
+                                       backend=backend)
+
+
+def test_beam_search_scans_every_step_when_checks_are_on():
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+
+    def nan_later(step, tokens, parents):
+        return torch.full((4, 2), torch.nan if step == 1 else 0.0)
+
+    with pytest.raises(ValueError, match="log_probs contains NaN"):
+        sf.constrained_beam_search(nan_later, trie, batch_size=2, beam_width=2)
+
+
+def corrupt(tmp_path, trie, index, edit):
+    tensors = [t.clone() for t in trie._tensors()]
+    edit(tensors[index])
+    path = tmp_path / f"corrupt{index}.pt"
+    torch.save({"format": ops._FORMAT, "tensors": tensors, "num_items": trie.num_items,
+                "vocab_sizes": list(trie.vocab_sizes), "collisions": [],
+                "max_children": 0}, path)
+    return path
+
+
+@pytest.mark.parametrize("index,edit,message", [
+    (0, lambda t: t.__setitem__(2, 10**6), "child_offsets"),
+    (0, lambda t: t.__setitem__(-1, 0), "child_offsets"),
+    (1, lambda t: t.__setitem__(0, -3), "child codes"),
+    (1, lambda t: t.__setitem__(-1, 10**6), "child codes"),
+    (2, lambda t: t.__setitem__(0, 10**9), "terminal"),
+    (3, lambda t: t.__setitem__(1, 5), "level_starts"),
+])
+def test_load_rejects_corrupt_layouts(tmp_path, index, edit, message):
+    trie = build(torch.tensor([[0, 1, 2], [1, 1, 0], [1, 2, 2]]))
+    with pytest.raises(ValueError, match=message):
+        sf.SemanticIDTrie.load(corrupt(tmp_path, trie, index, edit))
+    # An intact file with a wrong max_children loads with the true one.
+    back = sf.SemanticIDTrie.load(corrupt(tmp_path, trie, 0, lambda t: None))
+    assert back.max_children == trie.max_children
+
+
 # ---- GPU: every backend against the reference on CUDA tensors ---------------------------------
 
 @pytest.mark.gpu
