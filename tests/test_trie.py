@@ -171,8 +171,11 @@ def test_save_load_to_and_nbytes(tmp_path):
     assert trie.nbytes == sum(t.nbytes for t in (*trie._tensors(), trie.edge_keys))
     assert trie.nbytes < 40 * trie.num_states
     (tmp_path / "bad.pt").write_bytes(b"no")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a saved SemanticIDTrie"):
         sf.SemanticIDTrie.load(tmp_path / "bad.pt")
+    torch.save({"format": ops._FORMAT}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="not a saved SemanticIDTrie"):
+        sf.SemanticIDTrie.load(tmp_path / "partial.pt")
 
 
 def test_collision_warning_names_the_count():
@@ -743,6 +746,55 @@ def test_trie_members_and_beam_search_on_cuda():
             step_fn, trie, batch_size=2, beam_width=16, backend=backend)])
     for run in runs[1:]:
         assert all(torch.equal(a, c) for a, c in zip(run, runs[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_cuda_hostile_states_and_nan_match_the_cpu_rules(unchecked, backend):
+    g = torch.Generator().manual_seed(4)
+    trie = random_trie(g, 30, 3, 6, True)
+    other = random_trie(g, 3000, 4, 64, True)
+    states = hostile_states(trie, other)
+    b, w = 3, states.shape[0] // 3
+    lp = torch.randn(b * w, trie.max_vocab, generator=g).log_softmax(-1)
+    scores = torch.randn(b, w, generator=g)
+    want = sf.constrained_beam_step(lp, scores, states, trie, 5, backend="cpu")
+    got = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
+                                   backend=backend)
+    assert all(torch.equal(a.cpu(), c) for a, c in zip(got, want))
+    lp[0, 0], scores[1, 1] = torch.nan, torch.inf
+    out = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
+                                   backend=backend)
+    nexts = out[3].cpu()
+    assert ((nexts >= -trie.num_states) & (nexts < trie.num_states)).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_cuda_steps_never_sync_with_the_host(unchecked, backend):
+    g = torch.Generator().manual_seed(6)
+    trie = random_trie(g, 2000, 4, 32, True).to("cuda")
+    states = random_states(trie.to("cpu"), 40, g).cuda()
+    codes = torch.randint(0, 32, (40, 3), generator=g).cuda()
+    lp = torch.randn(40, 40, generator=g).log_softmax(-1).cuda()
+    scores = torch.zeros(4, 10, device="cuda")
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def step_fn(step, tokens, parents):
+        return torch.randn(40, 40, device="cuda", generator=cuda_gen).log_softmax(-1)
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sf.constrained_beam_step(lp, scores, states, trie, 10, backend=backend)
+        sf.constrained_beam_search(step_fn, trie, batch_size=4, beam_width=10, backend=backend)
+        trie.walk(codes)
+        trie.advance(states, codes[:, 0])
+        trie.valid_next(states)
+        trie.state_level(states)
+        trie.terminal_item(states)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_beam_step_op_passes_opcheck_and_compiles():

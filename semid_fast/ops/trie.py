@@ -15,6 +15,7 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -219,6 +220,8 @@ class SemanticIDTrie:
         return sum(t.nbytes for t in (*self._tensors(), self.edge_keys))
 
     def save(self, path) -> None:
+        """Writes the trie (CSR tensors, sizes, collision groups) to ``path`` with
+        torch.save; read it back with :meth:`load`."""
         torch.save({"format": _FORMAT, "tensors": [t.cpu() for t in self._tensors()],
                     "num_items": self.num_items, "vocab_sizes": list(self.vocab_sizes),
                     "collisions": [g.cpu() for g in self.collisions],
@@ -226,8 +229,15 @@ class SemanticIDTrie:
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "SemanticIDTrie":
-        data = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        """A trie written by :meth:`save`, on ``map_location``. The file's layout is checked
+        (ValueError when it is not a valid trie), since the kernels index by it."""
+        try:
+            data = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise ValueError(f"{path} is not a saved SemanticIDTrie ({e})") from None
+        keys = ("tensors", "num_items", "vocab_sizes", "collisions")
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or \
+                any(k not in data for k in keys):
             raise ValueError(f"{path} is not a saved SemanticIDTrie ({_FORMAT})")
         tensors = _checked_layout(path, data["tensors"], data["num_items"], data["vocab_sizes"])
         # max_children is recomputed, not trusted: the beam step's rank bound relies on it.
@@ -268,6 +278,9 @@ class SemanticIDTrie:
         """(R, t) int64 codes (level j in column j), 0 <= t <= depth -> (R,) int64 states
         reached from the root; -1 where the prefix is not in the trie."""
         _checks.tensor(prefix_codes, "prefix_codes", 2, (torch.int32, torch.int64), "(R, t)")
+        if prefix_codes.device != self.device:
+            raise ValueError(f"prefix_codes is on {prefix_codes.device} but the trie is on "
+                             f"{self.device}")
         if prefix_codes.shape[1] > self.depth:
             raise ValueError(f"prefix_codes must have at most depth={self.depth} columns, "
                              f"got {prefix_codes.shape[1]}")
