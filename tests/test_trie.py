@@ -572,9 +572,10 @@ def hostile_states(trie, other):
     """States no step should trust: another trie's live and finished states, ~s of non-terminal
     and out-of-range s, the int64 extremes, plus genuine ones."""
     big = torch.iinfo(torch.long)
-    nonterminal = int(torch.nonzero(trie.terminal < 0)[0, 0])
+    nonterminal = 1 + int(torch.nonzero(trie.terminal[1:] < 0)[0, 0])  # not the root: ~0 = -1
     return torch.tensor([other.num_states - 1, ~(other.num_states - 1), ~nonterminal,
-                         ~trie.num_states, trie.num_states, big.max, big.min, ~(trie.num_states + 5), -1, 0,
+                         ~trie.num_states, trie.num_states, big.max, big.min,
+                         ~(trie.num_states + 5), -1, 0,
                          ~int(torch.nonzero(trie.terminal >= 0)[0, 0]), 1])
 
 

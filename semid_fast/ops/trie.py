@@ -82,9 +82,12 @@ class SemanticIDTrie:
     (S - 1,) int64 (``parent * max(vocab_sizes) + code`` of each edge, ascending: the
     lookup table of :meth:`advance`).
 
-    Build with :meth:`from_codes`; ``collisions`` lists the groups of items that share a
-    full ID (int64 tensors of item ids, ascending; groups ordered by their smallest item),
-    see :func:`dedup_suffix`.
+    Build with :meth:`from_codes` (or :meth:`load`); the constructor takes the arrays as
+    they are, unchecked, for those two and :meth:`to`. ``collisions`` lists the groups of
+    items that share a full ID (int64 tensors of item ids, ascending; groups ordered by their
+    smallest item), see :func:`dedup_suffix`. Sizes: ``num_states`` (S), ``num_items`` (N),
+    ``depth`` (L), ``vocab_sizes``, ``max_vocab`` (max(vocab_sizes)) and ``max_children`` (the
+    largest fan-out of a state).
     """
 
     def __init__(self, child_offsets, child_codes, terminal, level_starts, *, num_items: int,
