@@ -603,15 +603,24 @@ def test_beam_step_hostile_states_are_empty_slots(unchecked, backend):
 
 @pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
 def test_beam_step_nan_and_inf_inputs_give_a_defined_result(unchecked, backend):
-    trie = build(torch.tensor([[0, 1], [1, 1], [1, 0]]))
-    lp = torch.tensor([[torch.nan, 0.0], [torch.inf, -torch.inf], [0.0, 0.0], [-1.0, -2.0]])
-    scores = torch.tensor([[torch.nan, 0.0], [-torch.inf, torch.inf]])
-    states = torch.tensor([0, 0, 1, 2])
-    out_scores, parents, tokens, nexts = sf.constrained_beam_step(lp, scores, states, trie, 3,
-                                                                  backend=backend)
-    assert out_scores.shape == (2, 3)
-    assert ((parents >= -1) & (parents < 2)).all() and ((tokens >= -1) & (tokens < 2)).all()
-    assert ((nexts >= -1) & (nexts < trie.num_states)).all()
+    """Unchecked NaN/inf: every NaN ranks above +inf, NaNs tie (broken by rank), on every
+    backend alike; negative-sign NaN bit patterns included."""
+    g = torch.Generator().manual_seed(9)
+    trie = random_trie(g, 80, 3, 5, True)
+    lp = torch.randn(6 * 4, 5, generator=g).log_softmax(-1)
+    special = torch.tensor([torch.nan, -torch.nan, torch.inf, -torch.inf, 0.0, -0.0])
+    pick = torch.randint(0, 6, lp.shape, generator=g)
+    lp = torch.where(torch.rand(lp.shape, generator=g) < 0.3, special[pick], lp)
+    scores = torch.where(torch.rand(6, 4, generator=g) < 0.3, special[torch.randint(0, 6, (6, 4),
+                         generator=g)], torch.randn(6, 4, generator=g))
+    states = random_states(trie, 24, g)
+    got = sf.constrained_beam_step(lp, scores, states, trie, 7, backend=backend)
+    want = sf.constrained_beam_step(lp, scores, states, trie, 7, backend="reference")
+    torch.testing.assert_close(got[0], want[0], equal_nan=True, rtol=0, atol=0)
+    assert all(torch.equal(a, c) for a, c in zip(got[1:], want[1:]))
+    out_scores, parents, tokens, nexts = got
+    assert ((parents >= -1) & (parents < 4)).all() and ((tokens >= -1) & (tokens < 5)).all()
+    assert ((nexts >= -trie.num_states) & (nexts < trie.num_states)).all()
 
 
 @pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
@@ -763,11 +772,12 @@ def test_cuda_hostile_states_and_nan_match_the_cpu_rules(unchecked, backend):
     got = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
                                    backend=backend)
     assert all(torch.equal(a.cpu(), c) for a, c in zip(got, want))
-    lp[0, 0], scores[1, 1] = torch.nan, torch.inf
-    out = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
+    lp[0, :2], lp[4, 1], scores[1, 1] = torch.nan, -torch.nan, torch.inf
+    want = sf.constrained_beam_step(lp, scores, states, trie, 5, backend="cpu")
+    got = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
                                    backend=backend)
-    nexts = out[3].cpu()
-    assert ((nexts >= -trie.num_states) & (nexts < trie.num_states)).all()
+    torch.testing.assert_close(got[0].cpu(), want[0], equal_nan=True, rtol=0, atol=0)
+    assert all(torch.equal(a.cpu(), c) for a, c in zip(got[1:], want[1:]))
 
 
 @pytest.mark.gpu
