@@ -591,7 +591,9 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
     later step. The best ``beam_width`` candidates of the row win: higher score first, ties
     toward the smaller (parent, code), stop counting as code -1. Rows with fewer candidates
     are padded with score -inf, parent -1, token -1, state -1. Fixed shapes, no host sync
-    (with ``semid_fast.config.check_values`` off), CUDA-graph capturable.
+    (with ``semid_fast.config.check_values`` off), CUDA-graph capturable. With value checks
+    off nothing is read out of bounds: states outside the trie are empty slots, and NaN
+    scores rank above +inf, tied with each other (as ``torch.sort`` orders them).
 
     Args:
         log_probs: (B * W, V) float32/float16/bfloat16 log-probabilities of the next token;
