@@ -176,6 +176,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         if input_ids.dim() != 2 or scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
             raise ValueError(f"input_ids (R, T) and scores (R, V) must share R, got "
                              f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or \
+                input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
         if scores.device != self._device or input_ids.device != self._device:
             raise ValueError(f"the trie is on {self._device} but generate runs on "
                              f"{scores.device}: build the processor from trie.to(device)")
@@ -232,8 +235,10 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
     def _native_call(self, kernel: str, input_ids: torch.Tensor, scores: torch.Tensor,
                      step: int) -> torch.Tensor:
         """One fused kernel: walk every row and write its masked scores."""
-        if input_ids.dtype != torch.int64:
-            raise TypeError(f"input_ids must be int64, got {input_ids.dtype}")
+        if self.num_beams and input_ids.shape[0] % self.num_beams:
+            raise ValueError(f"num_beams={self.num_beams} does not divide the "
+                             f"{input_ids.shape[0]} rows of input_ids")
+        input_ids = input_ids.long()  # the kernel reads int64 rows with unit column stride
         if input_ids.stride(1) != 1:
             input_ids = input_ids.contiguous()
         scores = scores.contiguous()
@@ -245,9 +250,6 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
                 self._token_table.data_ptr(), self._token_table.shape[1],
                 -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
                 scores.data_ptr(), scores.shape[1], out.data_ptr())
-        if self.num_beams and input_ids.shape[0] % self.num_beams:
-            raise ValueError(f"num_beams={self.num_beams} does not divide the "
-                             f"{input_ids.shape[0]} rows of input_ids")
         if kernel == "cuda":
             _native.call_cuda("SemanticIDLogitsProcessor", _native._C_cuda.sid_constrain_f32,
                               *args, device=scores.device)

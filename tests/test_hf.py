@@ -343,6 +343,28 @@ def test_tokens_outside_any_vocabulary_give_dead_rows(backend):
     assert bool(torch.isinf(out).all())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int32_rows_strided_rows_and_empty_batches(backend):
+    """input_ids of another integer dtype, a column-strided view and zero rows: the same
+    masks as the plain int64 call, never a read outside the rows."""
+    catalog = variable_length_catalog(3)
+    make = lambda: SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids,  # noqa: E731
+                                             eos_token_id=EOS, backend=backend)
+    g = torch.Generator().manual_seed(3)
+    rows = random_rows(catalog, 8, g)
+    wide = torch.stack([rows, torch.full_like(rows, -9)], 2).reshape(8, -1)  # stride 2
+    plain, narrow, strided = make(), make(), make()
+    for length in range(1, rows.shape[1] + 1):
+        scores = torch.randn(8, catalog.vocab_size, generator=g).log_softmax(-1)
+        want = plain(rows[:, :length], scores)
+        assert torch.equal(narrow(rows[:, :length].int(), scores), want)
+        assert torch.equal(strided(wide[:, 0:2 * length:2], scores), want)
+    empty = make()
+    for length in (1, 2):
+        out = empty(torch.zeros(0, length, dtype=torch.long), torch.zeros(0, catalog.vocab_size))
+        assert out.shape == (0, catalog.vocab_size)
+
+
 # --- bad input --------------------------------------------------------------------------
 
 
@@ -376,6 +398,8 @@ def test_bad_arguments():
     ours = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS)
     with pytest.raises(ValueError, match="scores have"):
         ours(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 10))
+    with pytest.raises(TypeError, match="input_ids must hold integer"):
+        ours(torch.zeros(2, 1), torch.zeros(2, catalog.vocab_size))
     with pytest.raises(ValueError, match="share R"):
         ours(torch.zeros(3, 1, dtype=torch.long), torch.zeros(2, catalog.vocab_size))
     for backend in BACKENDS:
@@ -443,3 +467,20 @@ def test_cuda_kernel_equals_cpu_kernel(num_beams):
         for processor in gpu:
             out = processor(input_ids[:, :length].cuda(), scores.cuda())
             assert torch.equal(out.cpu(), expected), (processor.backend, length)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_processor_never_syncs_with_the_host(backend):
+    catalog = variable_length_catalog(4)
+    processor = SemanticIDLogitsProcessor(catalog.trie.to("cuda"), catalog.token_ids,
+                                          eos_token_id=EOS, num_beams=4, backend=backend)
+    rows = random_rows(catalog, 8, torch.Generator().manual_seed(4)).cuda()
+    scores = torch.randn(8, catalog.vocab_size).log_softmax(-1).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for length in range(1, rows.shape[1] + 1):
+            processor(rows[:, :length], scores)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -171,8 +171,11 @@ def test_save_load_to_and_nbytes(tmp_path):
     assert trie.nbytes == sum(t.nbytes for t in (*trie._tensors(), trie.edge_keys))
     assert trie.nbytes < 40 * trie.num_states
     (tmp_path / "bad.pt").write_bytes(b"no")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a saved SemanticIDTrie"):
         sf.SemanticIDTrie.load(tmp_path / "bad.pt")
+    torch.save({"format": ops._FORMAT}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="not a saved SemanticIDTrie"):
+        sf.SemanticIDTrie.load(tmp_path / "partial.pt")
 
 
 def test_collision_warning_names_the_count():
@@ -554,6 +557,136 @@ def test_bad_beam_step_input():
     assert (out[1] == -1).all()
 
 
+# ---- native safety with value checks off -----------------------------------------------------
+
+@pytest.fixture
+def unchecked():
+    sf.config.check_values = False
+    try:
+        yield
+    finally:
+        sf.config.check_values = True
+
+
+def hostile_states(trie, other):
+    """States no step should trust: another trie's live and finished states, ~s of non-terminal
+    and out-of-range s, the int64 extremes, plus genuine ones."""
+    big = torch.iinfo(torch.long)
+    nonterminal = 1 + int(torch.nonzero(trie.terminal[1:] < 0)[0, 0])  # not the root: ~0 = -1
+    return torch.tensor([other.num_states - 1, ~(other.num_states - 1), ~nonterminal,
+                         ~trie.num_states, trie.num_states, big.max, big.min,
+                         ~(trie.num_states + 5), -1, 0,
+                         ~int(torch.nonzero(trie.terminal >= 0)[0, 0]), 1])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_beam_step_hostile_states_are_empty_slots(unchecked, backend):
+    g = torch.Generator().manual_seed(4)
+    trie = random_trie(g, 30, 3, 6, True)
+    other = random_trie(g, 3000, 4, 64, True)  # many more states
+    states = hostile_states(trie, other)
+    b, w = 3, states.shape[0] // 3
+    lp = torch.randn(b * w, trie.max_vocab, generator=g).log_softmax(-1)  # V exactly the codes
+    scores = torch.randn(b, w, generator=g)
+    got = sf.constrained_beam_step(lp, scores, states, trie, 5, backend=backend)
+    # Only the genuine states (0, 1 and a finished terminal) may produce candidates.
+    genuine = torch.zeros_like(states, dtype=torch.bool)
+    genuine[-4:] = True
+    genuine[-4] = False  # -1
+    live_parent = got[1] >= 0
+    flat = (torch.arange(b)[:, None] * w + got[1].clamp(min=0))[live_parent]
+    assert genuine[flat].all()
+    want = sf.constrained_beam_step(lp, scores, torch.where(genuine, states, -1), trie, 5,
+                                    backend=backend)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_beam_step_nan_and_inf_inputs_give_a_defined_result(unchecked, backend):
+    """Unchecked NaN/inf: every NaN ranks above +inf, NaNs tie (broken by rank), on every
+    backend alike; negative-sign NaN bit patterns included."""
+    g = torch.Generator().manual_seed(9)
+    trie = random_trie(g, 80, 3, 5, True)
+    lp = torch.randn(6 * 4, 5, generator=g).log_softmax(-1)
+    special = torch.tensor([torch.nan, -torch.nan, torch.inf, -torch.inf, 0.0, -0.0])
+    pick = torch.randint(0, 6, lp.shape, generator=g)
+    lp = torch.where(torch.rand(lp.shape, generator=g) < 0.3, special[pick], lp)
+    scores = torch.where(torch.rand(6, 4, generator=g) < 0.3, special[torch.randint(0, 6, (6, 4),
+                         generator=g)], torch.randn(6, 4, generator=g))
+    states = random_states(trie, 24, g)
+    got = sf.constrained_beam_step(lp, scores, states, trie, 7, backend=backend)
+    want = sf.constrained_beam_step(lp, scores, states, trie, 7, backend="reference")
+    torch.testing.assert_close(got[0], want[0], equal_nan=True, rtol=0, atol=0)
+    assert all(torch.equal(a, c) for a, c in zip(got[1:], want[1:]))
+    out_scores, parents, tokens, nexts = got
+    assert ((parents >= -1) & (parents < 4)).all() and ((tokens >= -1) & (tokens < 5)).all()
+    assert ((nexts >= -trie.num_states) & (nexts < trie.num_states)).all()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_beam_step_empty_batch(backend):
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+    out = sf.constrained_beam_step(torch.zeros(0, 2), torch.zeros(0, 3),
+                                   torch.zeros(0, dtype=torch.long), trie, 4, backend=backend)
+    assert [tuple(t.shape) for t in out] == [(0, 4)] * 4
+    assert out[0].dtype == torch.float32 and out[1].dtype == torch.long
+
+
+def test_beam_search_checks_every_step(unchecked):
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+
+    def narrow_later(step, tokens, parents):
+        return torch.zeros(4, 2 if step == 0 else 1)
+
+    def ints_later(step, tokens, parents):
+        return torch.zeros(4, 2, dtype=torch.float32 if step == 0 else torch.long)
+
+    for backend in ["reference"] + STEP_BACKENDS:
+        with pytest.raises(ValueError, match="V >= max"):
+            sf.constrained_beam_search(narrow_later, trie, batch_size=2, beam_width=2,
+                                       backend=backend)
+        with pytest.raises(TypeError, match="log_probs"):
+            sf.constrained_beam_search(ints_later, trie, batch_size=2, beam_width=2,
+                                       backend=backend)
+
+
+def test_beam_search_scans_every_step_when_checks_are_on():
+    trie = build(torch.tensor([[0, 1], [1, 1]]))
+
+    def nan_later(step, tokens, parents):
+        return torch.full((4, 2), torch.nan if step == 1 else 0.0)
+
+    with pytest.raises(ValueError, match="log_probs contains NaN"):
+        sf.constrained_beam_search(nan_later, trie, batch_size=2, beam_width=2)
+
+
+def corrupt(tmp_path, trie, index, edit):
+    tensors = [t.clone() for t in trie._tensors()]
+    edit(tensors[index])
+    path = tmp_path / f"corrupt{index}.pt"
+    torch.save({"format": ops._FORMAT, "tensors": tensors, "num_items": trie.num_items,
+                "vocab_sizes": list(trie.vocab_sizes), "collisions": [],
+                "max_children": 0}, path)
+    return path
+
+
+@pytest.mark.parametrize("index,edit,message", [
+    (0, lambda t: t.__setitem__(2, 10**6), "child_offsets"),
+    (0, lambda t: t.__setitem__(-1, 0), "child_offsets"),
+    (1, lambda t: t.__setitem__(0, -3), "child codes"),
+    (1, lambda t: t.__setitem__(-1, 10**6), "child codes"),
+    (2, lambda t: t.__setitem__(0, 10**9), "terminal"),
+    (3, lambda t: t.__setitem__(1, 5), "level_starts"),
+])
+def test_load_rejects_corrupt_layouts(tmp_path, index, edit, message):
+    trie = build(torch.tensor([[0, 1, 2], [1, 1, 0], [1, 2, 2]]))
+    with pytest.raises(ValueError, match=message):
+        sf.SemanticIDTrie.load(corrupt(tmp_path, trie, index, edit))
+    # An intact file with a wrong max_children loads with the true one.
+    back = sf.SemanticIDTrie.load(corrupt(tmp_path, trie, 0, lambda t: None))
+    assert back.max_children == trie.max_children
+
+
 # ---- GPU: every backend against the reference on CUDA tensors ---------------------------------
 
 @pytest.mark.gpu
@@ -623,6 +756,56 @@ def test_trie_members_and_beam_search_on_cuda():
             step_fn, trie, batch_size=2, beam_width=16, backend=backend)])
     for run in runs[1:]:
         assert all(torch.equal(a, c) for a, c in zip(run, runs[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_cuda_hostile_states_and_nan_match_the_cpu_rules(unchecked, backend):
+    g = torch.Generator().manual_seed(4)
+    trie = random_trie(g, 30, 3, 6, True)
+    other = random_trie(g, 3000, 4, 64, True)
+    states = hostile_states(trie, other)
+    b, w = 3, states.shape[0] // 3
+    lp = torch.randn(b * w, trie.max_vocab, generator=g).log_softmax(-1)
+    scores = torch.randn(b, w, generator=g)
+    want = sf.constrained_beam_step(lp, scores, states, trie, 5, backend="cpu")
+    got = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
+                                   backend=backend)
+    assert all(torch.equal(a.cpu(), c) for a, c in zip(got, want))
+    lp[0, :2], lp[4, 1], scores[1, 1] = torch.nan, -torch.nan, torch.inf
+    want = sf.constrained_beam_step(lp, scores, states, trie, 5, backend="cpu")
+    got = sf.constrained_beam_step(lp.cuda(), scores.cuda(), states.cuda(), trie.to("cuda"), 5,
+                                   backend=backend)
+    torch.testing.assert_close(got[0].cpu(), want[0], equal_nan=True, rtol=0, atol=0)
+    assert all(torch.equal(a.cpu(), c) for a, c in zip(got[1:], want[1:]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_cuda_steps_never_sync_with_the_host(unchecked, backend):
+    g = torch.Generator().manual_seed(6)
+    trie = random_trie(g, 2000, 4, 32, True).to("cuda")
+    states = random_states(trie.to("cpu"), 40, g).cuda()
+    codes = torch.randint(0, 32, (40, 3), generator=g).cuda()
+    lp = torch.randn(40, 40, generator=g).log_softmax(-1).cuda()
+    scores = torch.zeros(4, 10, device="cuda")
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def step_fn(step, tokens, parents):
+        return torch.randn(40, 40, device="cuda", generator=cuda_gen).log_softmax(-1)
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sf.constrained_beam_step(lp, scores, states, trie, 10, backend=backend)
+        sf.constrained_beam_search(step_fn, trie, batch_size=4, beam_width=10, backend=backend)
+        trie.walk(codes)
+        trie.advance(states, codes[:, 0])
+        trie.valid_next(states)
+        trie.state_level(states)
+        trie.terminal_item(states)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_beam_step_op_passes_opcheck_and_compiles():

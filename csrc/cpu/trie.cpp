@@ -242,7 +242,7 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
           const int64_t lo = child_offsets[st], hi = child_offsets[st + 1];
           for (int64_t e = lo; e < hi; ++e, ++rank) {
             const int64_t c = child_codes[e];
-            if (c >= v) continue;
+            if (uint64_t(c) >= uint64_t(v)) continue;  // beyond V, or a corrupt negative code
             const float score = sigma + lp[c];
             if (score < threshold_score) continue;  // cannot beat the worst kept candidate
             offer(score, rank, j, c, e + 1);

@@ -168,9 +168,11 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
       if (beam.stop && offset == 0) {
         key = trie::candidate_key(sigma, r);
       } else {
+        // The offset lies inside the beam's edges by construction of `start`; the range test
+        // keeps the read in bounds even so, and codes outside [0, v) are no candidates.
         const int64_t edge = beam.first_edge + offset - (beam.stop ? 1 : 0);
-        const int64_t code = child_codes[edge];
-        if (code < v)
+        const int64_t code = edge < beam.first_edge + beam.n_edges ? child_codes[edge] : -1;
+        if (uint64_t(code) < uint64_t(v))
           key = trie::candidate_key(__fadd_rn(sigma, log_probs[(base + j) * v + code]), r);
       }
       if (key > threshold) keys[kStage + atomicAdd(&staged, 1)] = key;

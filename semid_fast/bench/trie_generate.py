@@ -1,6 +1,7 @@
-"""Benchmark cases of the ``trie`` family for constrained ``generate``: transformers beam search restricted to a
-catalog's semantic IDs by a Python-trie ``prefix_allowed_tokens_fn`` (what LC-Rec, LETTER and
-MiniOneRec users run today) against :class:`semid_fast.hf.SemanticIDLogitsProcessor`.
+"""Benchmark cases of the ``trie`` family for constrained ``generate``: transformers beam
+search restricted to a catalog's semantic IDs by a Python-trie ``prefix_allowed_tokens_fn``
+(what LC-Rec, LETTER and MiniOneRec users run today) against
+:class:`semid_fast.hf.SemanticIDLogitsProcessor`.
 
 Two ops, on one tiny randomly initialised T5 (no download) and a synthetic catalog of the
 size of the real ones (20,000 items, 4 levels of 256 codes, a skewed first level):
@@ -10,8 +11,10 @@ size of the real ones (20,000 items, 4 levels of 256 codes, a skewed first level
   decoding overhead.
 * ``constraint steps``: the constraint alone, replayed on the (input_ids, scores) of every
   step of one recorded beam search: transformers' ``PrefixConstrainedLogitsProcessor`` with
-  the Python trie against our processor (its default backend: the C++ kernel on CPU, and
-  its torch path, the one CUDA runs); the baseline of this op is the prefix function.
+  the Python trie against our processor (its default backend: the C++ kernel on CPU, the
+  CUDA kernel on a GPU; and its torch path); the baseline of this op is the prefix function.
+  Ours is given ``num_beams`` so that it checks for unsatisfiable batch items as
+  transformers' processor does: the same work.
   Divide by the steps in the note for the overhead per decoding step.
 
 The Python trie (:class:`PythonPrefixTrie`) is the peer, written here for the benchmark and
@@ -121,7 +124,7 @@ def cases(device: str, quick: bool = False) -> list[Case]:
         state.update(
             model=model, inputs=history.to(device), token_ids=token_ids,
             prefix_fn=peer.prefix_allowed_tokens_fn(start=1, dead_tokens=[PAD]),
-            processor=SemanticIDLogitsProcessor(trie, token_ids))
+            processor=SemanticIDLogitsProcessor(trie, token_ids, num_beams=beams))
         return state
 
     def generate(s, **constraint):
@@ -155,7 +158,7 @@ def cases(device: str, quick: bool = False) -> list[Case]:
                 run = s["processor"]
             elif kind == "ours (torch path)":
                 run = SemanticIDLogitsProcessor(s["processor"].trie, s["token_ids"],
-                                                backend="reference")
+                                                num_beams=beams, backend="reference")
             else:
                 run = PrefixConstrainedLogitsProcessor(s["prefix_fn"], beams)
 

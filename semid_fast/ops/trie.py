@@ -15,6 +15,7 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,9 +82,12 @@ class SemanticIDTrie:
     (S - 1,) int64 (``parent * max(vocab_sizes) + code`` of each edge, ascending: the
     lookup table of :meth:`advance`).
 
-    Build with :meth:`from_codes`; ``collisions`` lists the groups of items that share a
-    full ID (int64 tensors of item ids, ascending; groups ordered by their smallest item),
-    see :func:`dedup_suffix`.
+    Build with :meth:`from_codes` (or :meth:`load`); the constructor takes the arrays as
+    they are, unchecked, for those two and :meth:`to`. ``collisions`` lists the groups of
+    items that share a full ID (int64 tensors of item ids, ascending; groups ordered by their
+    smallest item), see :func:`dedup_suffix`. Sizes: ``num_states`` (S), ``num_items`` (N),
+    ``depth`` (L), ``vocab_sizes``, ``max_vocab`` (max(vocab_sizes)) and ``max_children`` (the
+    largest fan-out of a state).
     """
 
     def __init__(self, child_offsets, child_codes, terminal, level_starts, *, num_items: int,
@@ -219,6 +223,8 @@ class SemanticIDTrie:
         return sum(t.nbytes for t in (*self._tensors(), self.edge_keys))
 
     def save(self, path) -> None:
+        """Writes the trie (CSR tensors, sizes, collision groups) to ``path`` with
+        torch.save; read it back with :meth:`load`."""
         torch.save({"format": _FORMAT, "tensors": [t.cpu() for t in self._tensors()],
                     "num_items": self.num_items, "vocab_sizes": list(self.vocab_sizes),
                     "collisions": [g.cpu() for g in self.collisions],
@@ -226,12 +232,20 @@ class SemanticIDTrie:
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "SemanticIDTrie":
-        data = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        """A trie written by :meth:`save`, on ``map_location``. The file's layout is checked
+        (ValueError when it is not a valid trie), since the kernels index by it."""
+        try:
+            data = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise ValueError(f"{path} is not a saved SemanticIDTrie ({e})") from None
+        keys = ("tensors", "num_items", "vocab_sizes", "collisions")
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or \
+                any(k not in data for k in keys):
             raise ValueError(f"{path} is not a saved SemanticIDTrie ({_FORMAT})")
-        trie = cls(*data["tensors"], num_items=data["num_items"],
-                   vocab_sizes=data["vocab_sizes"], collisions=data["collisions"],
-                   max_children=data["max_children"])
+        tensors = _checked_layout(path, data["tensors"], data["num_items"], data["vocab_sizes"])
+        # max_children is recomputed, not trusted: the beam step's rank bound relies on it.
+        trie = cls(*tensors, num_items=data["num_items"], vocab_sizes=data["vocab_sizes"],
+                   collisions=data["collisions"])
         return trie.to(map_location)
 
     def __repr__(self) -> str:
@@ -267,6 +281,9 @@ class SemanticIDTrie:
         """(R, t) int64 codes (level j in column j), 0 <= t <= depth -> (R,) int64 states
         reached from the root; -1 where the prefix is not in the trie."""
         _checks.tensor(prefix_codes, "prefix_codes", 2, (torch.int32, torch.int64), "(R, t)")
+        if prefix_codes.device != self.device:
+            raise ValueError(f"prefix_codes is on {prefix_codes.device} but the trie is on "
+                             f"{self.device}")
         if prefix_codes.shape[1] > self.depth:
             raise ValueError(f"prefix_codes must have at most depth={self.depth} columns, "
                              f"got {prefix_codes.shape[1]}")
@@ -326,6 +343,46 @@ class SemanticIDTrie:
                 state = torch.where(j < lengths, self.advance(state, codes[:, j]), state)
             state = torch.where((lengths >= 1) & (lengths <= codes.shape[1]), state, -1)
         return self.terminal_item(state)
+
+
+def _checked_layout(path, tensors, num_items, vocab_sizes):
+    """The CSR tensors of a saved trie, after checking every invariant the kernels index by
+    (a corrupt or hand-made file must raise here, not read out of bounds in a step)."""
+    def bad(what):
+        return ValueError(f"{path}: not a valid SemanticIDTrie: {what}")
+
+    if not isinstance(tensors, (list, tuple)) or len(tensors) != 4 or \
+            not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in tensors):
+        raise bad("expected 4 one-dimensional tensors")
+    child_offsets, child_codes, terminal, level_starts = tensors
+    dtypes = (torch.int64, torch.int32, torch.int64, torch.int64)
+    if any(t.dtype != d for t, d in zip(tensors, dtypes)):
+        raise bad(f"dtypes must be {dtypes}, got {tuple(t.dtype for t in tensors)}")
+    vocab = [int(v) for v in vocab_sizes]
+    if not vocab or min(vocab) < 0 or max(vocab) > 2**31 or int(num_items) < 1:
+        raise bad(f"vocab_sizes {vocab} / num_items {num_items}")
+    s = terminal.shape[0]
+    if s < 2 or child_offsets.shape[0] != s + 1 or child_codes.shape[0] != s - 1 or \
+            level_starts.shape[0] != len(vocab) + 2:
+        raise bad("array sizes do not match: child_offsets (S+1,), child_codes (S-1,), "
+                  "terminal (S,), level_starts (L+2,)")
+    if child_offsets[0] != 0 or child_offsets[-1] != s - 1 or \
+            bool((child_offsets[1:] < child_offsets[:-1]).any()):
+        raise bad("child_offsets must rise from 0 to S - 1")
+    if level_starts[0] != 0 or level_starts[1] != 1 or level_starts[-1] != s or \
+            bool((level_starts[1:] < level_starts[:-1]).any()):
+        raise bad("level_starts must rise from 0, 1 to S")
+    # Edge e leads to state e + 1, which must be deeper than its parent (breadth-first).
+    parents = torch.repeat_interleave(torch.arange(s), child_offsets[1:] - child_offsets[:-1])
+    if bool((parents >= torch.arange(1, s)).any()):
+        raise bad("an edge leads to a state that is not after its parent")
+    level = torch.searchsorted(level_starts, torch.arange(1, s), right=True) - 2
+    if bool((child_codes < 0).any()) or \
+            bool((child_codes.long() >= torch.tensor(vocab)[level.clamp(0, len(vocab) - 1)]).any()):
+        raise bad("child codes outside [0, vocab_sizes[level])")
+    if bool(((terminal < -1) | (terminal >= int(num_items))).any()):
+        raise bad(f"terminal items outside [-1, {num_items})")
+    return tensors
 
 
 def _native_build(codes, lengths, vocab_sizes):
@@ -534,7 +591,9 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
     later step. The best ``beam_width`` candidates of the row win: higher score first, ties
     toward the smaller (parent, code), stop counting as code -1. Rows with fewer candidates
     are padded with score -inf, parent -1, token -1, state -1. Fixed shapes, no host sync
-    (with ``semid_fast.config.check_values`` off), CUDA-graph capturable.
+    (with ``semid_fast.config.check_values`` off), CUDA-graph capturable. With value checks
+    off nothing is read out of bounds: states outside the trie are empty slots, and NaN
+    scores rank above +inf, tied with each other (as ``torch.sort`` orders them).
 
     Args:
         log_probs: (B * W, V) float32/float16/bfloat16 log-probabilities of the next token;
@@ -569,7 +628,9 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
 
     An ID's score is the sum of the log-probs of its tokens as given (no renormalisation over
     the valid children, as transformers' beam search with a logits processor). Finished IDs
-    shorter than the depth keep their score (see :func:`constrained_beam_step`).
+    shorter than the depth keep their score (see :func:`constrained_beam_step`). Every step's
+    log-probs are checked like :func:`constrained_beam_step`'s (value scans, which sync with
+    the host, only while ``semid_fast.config.check_values`` is on).
 
     Returns:
         item_ids (batch_size, beam_width) int64, codes (batch_size, beam_width, depth) int64
@@ -596,8 +657,9 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
             raise ValueError(f"step_fn must return (batch_size * beam_width = {b * w}, V) "
                              f"log-probs at every step, "
                              f"got {getattr(log_probs, 'shape', log_probs)}")
-        if step == 0:  # validated once (value scans sync); later steps run without scans
-            _check_step(log_probs, scores, states, trie, w)
+        # Shapes, dtypes and devices every step (a tensor on another device would hand the
+        # kernel a foreign pointer); value scans (host syncs) only with config.check_values.
+        _check_step(log_probs, scores, states, trie, w)
         scores, parent, token, states = _beam_step_op(
             log_probs, scores, states.reshape(-1), trie.child_offsets, trie.child_codes,
             trie.terminal, trie.max_children, w, name)

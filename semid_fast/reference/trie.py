@@ -82,10 +82,11 @@ def beam_step(log_probs, beam_scores, states, child_offsets, child_codes, termin
     sigma = beam_scores.float().reshape(-1, 1)
     child_scores = sigma + log_probs.float().gather(1, codes.clamp(max=v - 1))
 
-    valid = torch.cat([stop[:, None], child], 1).reshape(b, -1)
-    scores = torch.cat([sigma, child_scores], 1).reshape(b, -1)
-    tokens = torch.cat([torch.full_like(st[:, None], -1), codes], 1).reshape(b, -1)
-    nexts = torch.cat([stop_state[:, None], edge + 1], 1).reshape(b, -1)
+    width = w_in * (1 + max_children)  # candidates per row (explicit: B may be 0)
+    valid = torch.cat([stop[:, None], child], 1).reshape(b, width)
+    scores = torch.cat([sigma, child_scores], 1).reshape(b, width)
+    tokens = torch.cat([torch.full_like(st[:, None], -1), codes], 1).reshape(b, width)
+    nexts = torch.cat([stop_state[:, None], edge + 1], 1).reshape(b, width)
     # Candidates are laid out in rank order (beam, then stop before codes ascending), so two
     # stable sorts give the ranking: score descending, then valid before invalid.
     order = torch.sort(torch.where(valid, scores, -torch.inf), dim=1, descending=True,

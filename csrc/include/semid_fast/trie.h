@@ -34,17 +34,18 @@
 namespace semid_fast {
 namespace trie {
 
-// Unsigned word with the order of the float score; -0.0 ties with +0.0; 0 is kept free for
-// "no candidate" (only one NaN pattern maps there, it moves to 1).
+// Unsigned word with the order of the float score; -0.0 ties with +0.0; every NaN (only
+// reachable with value checks off) ranks above +inf, all NaNs equal, as torch.sort orders
+// them (the reference); 0 is kept free for "no candidate".
 SEMID_FAST_HD uint32_t order_word(float score) {
+  if (score != score) return 0xFFFFFFFFu;
   union {
     float f;
     uint32_t u;
   } v{score};
   uint32_t bits = v.u == 0x80000000u ? 0u : v.u;
   const uint32_t ord = (bits & 0x80000000u) ? (bits ^ 0x7FFFFFFFu) : bits;
-  const uint32_t word = ord ^ 0x80000000u;
-  return word == 0u ? 1u : word;
+  return ord ^ 0x80000000u;  // >= 0x007FFFFF (-inf): never 0
 }
 
 SEMID_FAST_HD uint64_t candidate_key(float score, uint32_t rank) {
