@@ -1,0 +1,202 @@
+// CPU kernels of the gumbel family: Gumbel-softmax forward and backward and Gumbel-top-k in
+// one pass over memory per row, with the noise drawn from philox.h (never stored).
+//
+// Each thread takes whole rows. A row's noise is generated into a thread-local buffer in
+// batches of counter groups (independent Philox blocks and branch-free float64 logs, so the
+// loops vectorise), then combined with the row in cache. This file is compiled with
+// -ffp-contract=off (CMakeLists.txt): z = (x + scale * g) / tau must round like the
+// reference's three separate operations, or argmax and top-k indices could differ.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "semid_fast/gumbel.h"
+#include "semid_fast/philox.h"
+
+namespace semid_fast {
+namespace SEMID_FAST_ISA {
+namespace {
+
+constexpr int64_t kBatchGroups = 16;  // counter groups (of 4 elements) per Philox batch
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Noise words and/or Gumbel noise of elements [e0, e0 + n).
+void fill_noise(uint64_t seed, uint64_t offset, int64_t e0, int64_t n, uint32_t* bits,
+                float* noise) {
+  if (n <= 0) return;
+  const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+  const uint32_t o0 = uint32_t(offset), o1 = uint32_t(offset >> 32);
+  const int64_t first = e0 >> 2, last = (e0 + n - 1) >> 2;
+  alignas(32) uint32_t words[4 * kBatchGroups];
+  alignas(32) float values[4 * kBatchGroups];
+  for (int64_t g0 = first; g0 <= last; g0 += kBatchGroups) {
+    // Independent blocks, laid out element-major (word j of group i at 4 * i + j).
+    for (int64_t i = 0; i < kBatchGroups; ++i) {
+      const uint64_t group = uint64_t(g0 + i);
+      uint32_t c0 = uint32_t(group), c1 = uint32_t(group >> 32), c2 = o0, c3 = o1;
+      philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
+      words[4 * i] = c0;
+      words[4 * i + 1] = c1;
+      words[4 * i + 2] = c2;
+      words[4 * i + 3] = c3;
+    }
+    const int64_t lo = std::max<int64_t>(e0, 4 * g0);
+    const int64_t hi = std::min<int64_t>(e0 + n, 4 * (g0 + kBatchGroups));
+    const int64_t skip = lo - 4 * g0;
+    if (bits) std::copy(words + skip, words + skip + (hi - lo), bits + (lo - e0));
+    if (noise) {
+      for (int64_t j = 0; j < 4 * kBatchGroups; ++j) values[j] = philox::gumbel_of_bits(words[j]);
+      std::copy(values + skip, values + skip + (hi - lo), noise + (lo - e0));
+    }
+  }
+}
+
+// z = (x + scale * g) / tau into z; returns the first index of the largest z.
+int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float scale, float* z) {
+  for (int64_t j = 0; j < v; ++j) z[j] = (x[j] + scale * g[j]) / tau;
+  float best = z[0];
+  int64_t at = 0;
+  for (int64_t j = 1; j < v; ++j) {
+    if (z[j] > best) {
+      best = z[j];
+      at = j;
+    }
+  }
+  return at;
+}
+
+// e = exp(z - max) in place; returns 1 / sum(e).
+float exp_row(float* z, int64_t v, float max) {
+  float sum = 0.f;
+  for (int64_t j = 0; j < v; ++j) {
+    z[j] = std::exp(z[j] - max);
+    sum += z[j];
+  }
+  return 1.f / sum;
+}
+
+template <typename Body>
+void for_rows(int64_t rows, int64_t v, int n_threads, Body body) {
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, rows)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> a(static_cast<size_t>(v)), b(static_cast<size_t>(v));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) body(i, a.data(), b.data());
+  }
+}
+
+}  // namespace
+
+int gumbel_noise(uint64_t seed, uint64_t offset, int64_t start, int64_t n, uint32_t* bits,
+                 float* noise, int n_threads) {
+  if (n < 0 || start < 0) return 2;
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
+    fill_noise(seed, offset, start + lo, len, bits ? bits + lo : nullptr,
+               noise ? noise + lo : nullptr);
+  }
+  return 0;
+}
+
+int gumbel_softmax_fwd_f32(const float* x, int64_t rows, int64_t v, const float* tau,
+                           int64_t tau_stride, const float* scale, int64_t scale_stride,
+                           uint64_t seed, uint64_t offset, int hard, float* y, int64_t* argmax,
+                           int n_threads) {
+  if (rows < 0 || v <= 0 || !tau || !scale) return 2;
+  for_rows(rows, v, n_threads, [&](int64_t i, float* g, float*) {
+    const float* xi = x + i * v;
+    float* yi = y + i * v;
+    fill_noise(seed, offset, i * v, v, nullptr, g);
+    const int64_t at = perturb_row(xi, g, v, tau[i * tau_stride], scale[i * scale_stride], yi);
+    argmax[i] = at;
+    if (hard) {
+      std::fill(yi, yi + v, 0.f);
+      yi[at] = 1.f;
+      return;
+    }
+    const float inv = exp_row(yi, v, yi[at]);
+    for (int64_t j = 0; j < v; ++j) yi[j] *= inv;
+  });
+  return 0;
+}
+
+int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_t v,
+                           const float* tau, int64_t tau_stride, const float* scale,
+                           int64_t scale_stride, uint64_t seed, uint64_t offset, float* dx,
+                           float* row_gz, float* row_zz, int n_threads) {
+  if (rows < 0 || v <= 0 || !tau || !scale) return 2;
+  for_rows(rows, v, n_threads, [&](int64_t i, float* g, float* y) {
+    const float* xi = x + i * v;
+    const float* dyi = dy + i * v;
+    float* dxi = dx + i * v;
+    const float t = tau[i * tau_stride], s = scale[i * scale_stride];
+    fill_noise(seed, offset, i * v, v, nullptr, g);
+    const int64_t at = perturb_row(xi, g, v, t, s, y);
+    const float inv = exp_row(y, v, y[at]);
+    float dot = 0.f;
+    for (int64_t j = 0; j < v; ++j) {
+      y[j] *= inv;
+      dot += dyi[j] * y[j];
+    }
+    for (int64_t j = 0; j < v; ++j) dxi[j] = y[j] * (dyi[j] - dot) / t;
+    if (row_gz || row_zz) {
+      float gz = 0.f, zz = 0.f;
+      for (int64_t j = 0; j < v; ++j) {
+        const float dz = y[j] * (dyi[j] - dot);
+        gz += dz * g[j];
+        zz += dz * ((xi[j] + s * g[j]) / t);
+      }
+      if (row_gz) row_gz[i] = gz;
+      if (row_zz) row_zz[i] = zz;
+    }
+  });
+  return 0;
+}
+
+int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
+                    int64_t tau_stride, uint64_t seed, uint64_t offset, int64_t k,
+                    float* out_scores, int64_t* out_idx, int n_threads) {
+  if (rows < 0 || v <= 0 || k <= 0 || k > v || !tau) return 2;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, rows)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> scores(static_cast<size_t>(v));
+    std::vector<int64_t> order(k > 1 ? static_cast<size_t>(v) : 0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* xi = x + i * v;
+      float* si = scores.data();
+      const float t = tau[i * tau_stride];
+      fill_noise(seed, offset, i * v, v, nullptr, si);
+      for (int64_t j = 0; j < v; ++j) si[j] = xi[j] / t + si[j];
+      if (k == 1) {  // Gumbel-max: one scan
+        int64_t at = 0;
+        for (int64_t j = 1; j < v; ++j) at = si[j] > si[at] ? j : at;
+        out_scores[i] = si[at];
+        out_idx[i] = at;
+        continue;
+      }
+      std::iota(order.begin(), order.end(), int64_t(0));
+      const auto better = [si](int64_t a, int64_t b) {
+        return si[a] > si[b] || (si[a] == si[b] && a < b);
+      };
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+      for (int64_t r = 0; r < k; ++r) {
+        out_idx[i * k + r] = order[r];
+        out_scores[i * k + r] = si[order[r]];
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace SEMID_FAST_ISA
+}  // namespace semid_fast
