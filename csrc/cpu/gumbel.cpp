@@ -151,6 +151,7 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
       float gz = 0.f, zz = 0.f;
       for (int64_t j = 0; j < v; ++j) {
         const float dz = y[j] * (dyi[j] - dot);
+        if (dz == 0.f) continue;  // masked (-inf) entries: no 0 * inf
         gz += dz * g[j];
         zz += dz * ((xi[j] + s * g[j]) / t);
       }
