@@ -321,8 +321,8 @@ def test_quantize_matches_reference(backend, distance, hard, levels):
     (codes, *got), (want_codes, *want) = outs
     assert torch.equal(codes, want_codes)
     assert codes.shape == ((n, levels) if levels else (n,))
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, want):  # float32 sums of terms up to ~50: tolerance scaled to them
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
     if hard:  # the forward value is exactly the chosen codewords
         books = book if levels else book[None]
         chosen, residual = torch.zeros(n, d), x.clone()
@@ -359,18 +359,19 @@ def test_compiled_training_step_with_gumbel_quantize():
     book = torch.nn.Parameter(torch.randn(3, 16, 8))
     opt = torch.optim.SGD([*encoder.parameters(), book], lr=0.01)
 
-    def step(batch, seed):
+    def forward(batch, seed):  # the loss of a DIGER-style step; AOT autograd traces backward
         codes, quantized, soft = sf.gumbel_quantize(encoder(batch), book, tau=0.5, seed=seed)
-        loss = (quantized - encoder(batch)).pow(2).mean() + soft.mean()
-        loss.backward()
+        loss = (quantized - encoder(batch)).pow(2).mean() + soft.pow(2).mean()
         return loss, codes
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
     batch = torch.randn(10, 12)
     loss_c, codes_c = compiled(batch, 5)
+    loss_c.backward()
     grads_c = [p.grad.clone() for p in (encoder.weight, book)]
     opt.zero_grad()
-    loss_e, codes_e = step(batch, 5)
+    loss_e, codes_e = forward(batch, 5)
+    loss_e.backward()
     assert torch.equal(codes_c, codes_e)
     torch.testing.assert_close(loss_c, loss_e)
     for a, b in zip(grads_c, (encoder.weight.grad, book.grad)):
@@ -383,8 +384,8 @@ def test_gradcheck_reference_float64():
     scale = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda a, t, s: ref.gumbel_softmax(a, t, noise_scale=s, seed=1), (x, tau, scale))
-    assert torch.autograd.gradcheck(
-        lambda a, t, s: ref.gumbel_softmax(a, t, noise_scale=s, seed=1, hard=True), (x, tau, scale))
+    # hard=True is piecewise constant (numerical Jacobian 0): its straight-through gradient is
+    # the soft one by construction, checked against the kernels above.
     xq = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     book = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(

@@ -147,8 +147,7 @@ def _reference_backward(x, dy, tau, scale, seed, offset, need_sums):
     dz = y * (dy - (dy * y).sum(-1, keepdim=True))
     dx = dz / tau.to(dtype).reshape(-1, 1)
     if not need_sums:
-        empty = dx.new_empty(0)
-        return dx, empty, empty
+        return dx, dx.new_empty(0), dx.new_empty(0)
     g = ref.gumbel_noise(seed, offset, rows, vocab, x.device).to(dtype)
     return dx, (dz * g).sum(-1), (dz * z).sum(-1)
 
@@ -186,7 +185,7 @@ def _topk_op(x: torch.Tensor, k: int, tau: torch.Tensor, seed: torch.Tensor, off
     rows, vocab = x.shape
     if backend == "reference" or rows == 0:
         values, indices = ref.gumbel_topk(x, k, tau=tau, seed=int(seed), offset=offset)
-        return values, indices
+        return values.contiguous(), indices.contiguous()
     values = torch.empty((rows, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((rows, k), dtype=torch.long, device=x.device)
     if backend == "cpu":
