@@ -26,6 +26,7 @@ from pathlib import Path
 FAMILIES = {
     "quantize": "semid_fast.bench.quantize",
     "longid": "semid_fast.bench.longid",
+    "gumbel": "semid_fast.bench.gumbel",
 }
 
 # Seconds of timed calls to aim for per row (at least 3 calls, at most harness.MAX_REPS;
