@@ -4,11 +4,13 @@
 // Each thread takes whole rows. A row's noise is generated into a thread-local buffer in
 // batches of counter groups (independent Philox blocks and branch-free float64 logs, so the
 // loops vectorise), then combined with the row in cache. This file is compiled with
-// -ffp-contract=off (CMakeLists.txt): z = (x + scale * g) / tau must round like the
-// reference's three separate operations, or argmax and top-k indices could differ.
+// -ffp-contract=off (CMakeLists.txt): the noise and z = (x + scale * g) / tau must round
+// like the reference's separate operations, or noise, argmax and top-k indices could differ;
+// and with -fno-trapping-math, so that loops with float selects vectorise.
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -21,7 +23,7 @@ namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-constexpr int64_t kBatchGroups = 16;  // counter groups (of 4 elements) per Philox batch
+constexpr int64_t kBatchGroups = 32;  // counter groups (of 4 elements) per Philox batch
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Noise words and/or Gumbel noise of elements [e0, e0 + n).
@@ -31,36 +33,60 @@ void fill_noise(uint64_t seed, uint64_t offset, int64_t e0, int64_t n, uint32_t*
   const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
   const uint32_t o0 = uint32_t(offset), o1 = uint32_t(offset >> 32);
   const int64_t first = e0 >> 2, last = (e0 + n - 1) >> 2;
+  alignas(32) uint32_t lanes[4][kBatchGroups];
   alignas(32) uint32_t words[4 * kBatchGroups];
-  alignas(32) float values[4 * kBatchGroups];
   for (int64_t g0 = first; g0 <= last; g0 += kBatchGroups) {
-    // Independent blocks, laid out element-major (word j of group i at 4 * i + j).
+    // Independent blocks, word-major so that the rounds vectorise across groups.
     for (int64_t i = 0; i < kBatchGroups; ++i) {
       const uint64_t group = uint64_t(g0 + i);
       uint32_t c0 = uint32_t(group), c1 = uint32_t(group >> 32), c2 = o0, c3 = o1;
       philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
-      words[4 * i] = c0;
-      words[4 * i + 1] = c1;
-      words[4 * i + 2] = c2;
-      words[4 * i + 3] = c3;
+      lanes[0][i] = c0;
+      lanes[1][i] = c1;
+      lanes[2][i] = c2;
+      lanes[3][i] = c3;
     }
+    for (int64_t i = 0; i < kBatchGroups; ++i)
+      for (int j = 0; j < 4; ++j) words[4 * i + j] = lanes[j][i];  // element order
     const int64_t lo = std::max<int64_t>(e0, 4 * g0);
     const int64_t hi = std::min<int64_t>(e0 + n, 4 * (g0 + kBatchGroups));
-    const int64_t skip = lo - 4 * g0;
-    if (bits) std::copy(words + skip, words + skip + (hi - lo), bits + (lo - e0));
+    const uint32_t* src = words + (lo - 4 * g0);
+    if (bits) std::copy(src, src + (hi - lo), bits + (lo - e0));
     if (noise) {
-      for (int64_t j = 0; j < 4 * kBatchGroups; ++j) values[j] = philox::gumbel_of_bits(words[j]);
-      std::copy(values + skip, values + skip + (hi - lo), noise + (lo - e0));
+      float* dst = noise + (lo - e0);
+      for (int64_t j = 0; j < hi - lo; ++j) dst[j] = philox::gumbel_of_bits(src[j]);
     }
   }
 }
 
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
+
 // z = (x + scale * g) / tau into z; returns the first index of the largest z.
 int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float scale, float* z) {
   for (int64_t j = 0; j < v; ++j) z[j] = (x[j] + scale * g[j]) / tau;
-  float best = z[0];
+  int64_t j = 0;
+  float best = kNegInf;
   int64_t at = 0;
-  for (int64_t j = 1; j < v; ++j) {
+  if (v >= 8 && v <= INT32_MAX) {  // 8 lanes, each keeping its first maximum
+    v8f lane_best = kNegInf - v8f{};
+    v8i lane_at = v8i{}, index = v8i{0, 1, 2, 3, 4, 5, 6, 7};
+    for (; j + 8 <= v; j += 8) {
+      const v8f zz = *reinterpret_cast<const v8f_unaligned*>(z + j);
+      const v8i gt = zz > lane_best;
+      lane_best = gt ? zz : lane_best;
+      lane_at = gt ? index : lane_at;
+      index += 8;
+    }
+    for (int l = 0; l < 8; ++l) {
+      if (lane_best[l] > best || (lane_best[l] == best && lane_best[l] > kNegInf && lane_at[l] < at)) {
+        best = lane_best[l];
+        at = lane_at[l];
+      }
+    }
+  }
+  for (; j < v; ++j) {
     if (z[j] > best) {
       best = z[j];
       at = j;
@@ -69,14 +95,44 @@ int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float 
   return at;
 }
 
+// exp(x) for x <= 0 (exp(-inf) = 0) without a library call, so that the loops vectorise:
+// exp(x) = 2^n exp(r), r = x - n ln 2 (ln 2 split in two), exp(r) by Cephes expf's
+// polynomial; within about 2 ulp. Results below 2^-126 are flushed to 0.
+inline float exp_nonpositive(float x) {
+  const float clamped = x < -87.f ? -87.f : x;
+  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  const int32_t ni = int32_t(n);
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = (p * r) * r + r + 1.f;
+  const float two_n = philox::float_of(uint32_t(ni + 127) << 23);
+  return x < -87.f ? 0.f : e * two_n;
+}
+
+// sum of a[j] * b[j] (b == nullptr: of a[j]) in 8 lanes (float sums do not vectorise
+// otherwise without -ffast-math).
+float lane_sum(const float* a, const float* b, int64_t v) {
+  v8f acc = v8f{};
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) {
+    const v8f va = *reinterpret_cast<const v8f_unaligned*>(a + j);
+    acc += b ? va * *reinterpret_cast<const v8f_unaligned*>(b + j) : va;
+  }
+  float sum = 0.f;
+  for (int l = 0; l < 8; ++l) sum += acc[l];
+  for (; j < v; ++j) sum += b ? a[j] * b[j] : a[j];
+  return sum;
+}
+
 // e = exp(z - max) in place; returns 1 / sum(e).
 float exp_row(float* z, int64_t v, float max) {
-  float sum = 0.f;
-  for (int64_t j = 0; j < v; ++j) {
-    z[j] = std::exp(z[j] - max);
-    sum += z[j];
-  }
-  return 1.f / sum;
+  for (int64_t j = 0; j < v; ++j) z[j] = exp_nonpositive(z[j] - max);
+  return 1.f / lane_sum(z, nullptr, v);
 }
 
 template <typename Body>
@@ -141,20 +197,15 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     fill_noise(seed, offset, i * v, v, nullptr, g);
     const int64_t at = perturb_row(xi, g, v, t, s, y);
     const float inv = exp_row(y, v, y[at]);
-    float dot = 0.f;
-    for (int64_t j = 0; j < v; ++j) {
-      y[j] *= inv;
-      dot += dyi[j] * y[j];
-    }
-    for (int64_t j = 0; j < v; ++j) dxi[j] = y[j] * (dyi[j] - dot) / t;
+    for (int64_t j = 0; j < v; ++j) y[j] *= inv;
+    const float dot = lane_sum(dyi, y, v);
+    for (int64_t j = 0; j < v; ++j) y[j] = y[j] * (dyi[j] - dot);  // y holds dz from here
+    for (int64_t j = 0; j < v; ++j) dxi[j] = y[j] / t;
     if (row_gz || row_zz) {
-      float gz = 0.f, zz = 0.f;
-      for (int64_t j = 0; j < v; ++j) {
-        const float dz = y[j] * (dyi[j] - dot);
-        if (dz == 0.f) continue;  // masked (-inf) entries: no 0 * inf
-        gz += dz * g[j];
-        zz += dz * ((xi[j] + s * g[j]) / t);
-      }
+      const float gz = lane_sum(y, g, v);
+      // z again, 0 where dz == 0 (masked -inf entries: no 0 * inf); g is free to hold it.
+      for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : (xi[j] + s * g[j]) / t;
+      const float zz = lane_sum(y, g, v);
       if (row_gz) row_gz[i] = gz;
       if (row_zz) row_zz[i] = zz;
     }

@@ -2,9 +2,9 @@
 
 Noise is counter-based (DESIGN.md decision 7): element e of the row-major (rows, vocab)
 layout, after moving ``dim`` last, draws Philox4x32-10 keyed by (seed, offset, e) as stated
-in ``csrc/include/semid_fast/philox.h``. Every backend draws the same 32-bit words; the float32
-noise is -log(-log(u)) evaluated in float64 and rounded once, so it agrees across backends
-except for about one element in 10^9. The backward pass recomputes the noise from the seed:
+in ``csrc/include/semid_fast/philox.h``. Every backend draws the same 32-bit words and turns
+them into float32 noise -log(-log(u)) with the same sequence of single IEEE operations, so
+the noise agrees bit for bit across backends. The backward pass recomputes the noise from the seed:
 nothing but the inputs is saved.
 
 Each public function checks its arguments, picks a backend (decision 4) and calls

@@ -4,7 +4,8 @@ Noise stream (csrc/include/semid_fast/philox.h states it for every backend): ele
 the row-major (rows, vocab) layout (after moving ``dim`` last) takes word ``e & 3`` of
 Philox4x32-10 on the counter (group lo, group hi, offset lo, offset hi), group = e >> 2,
 with key (seed lo, seed hi) -- the function ``triton.language.philox``. Then
-u = (r + 0.5) * 2^-32 and g = -log(-log(u)) in float64, rounded once to float32.
+u = (2 (r >> 9) + 1) * 2^-24 and g = -log(-log(u)) with a float32 log made of single
+IEEE operations in a fixed order (:func:`log_positive`), so every backend gets the same bits.
 
 Philox runs here on int64 tensors holding 32-bit values (products split into 16-bit halves so
 that nothing overflows), written for clarity, not speed.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["philox_bits", "gumbel_noise", "gumbel_softmax", "gumbel_topk", "quantize_logits",
+__all__ = ["philox_bits", "log_positive", "gumbel_noise", "gumbel_softmax", "gumbel_topk", "quantize_logits",
            "gumbel_quantize"]
 
 _MASK32 = 0xFFFFFFFF
@@ -50,12 +51,40 @@ def philox_bits(seed: int, offset: int, start: int, n: int,
     return words[skip:skip + n]
 
 
+# Cephes logf's minimax coefficients of log(1 + f) (see philox.h for the exact recipe).
+_LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+             1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+             3.3333331174e-1)
+
+
+def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A float32 constant as a 0-dim tensor: arithmetic with it rounds once, in float32."""
+    return torch.tensor(value, dtype=torch.float32, device=like.device)
+
+
+def log_positive(x: torch.Tensor) -> torch.Tensor:
+    """The float32 log of philox.h, op by op (each torch op rounds once; no FMA)."""
+    bits = x.view(torch.int32)
+    k = (bits - 0x3F3504F3) >> 23  # int32 wraparound like the kernels' uint32 arithmetic
+    m = (bits - k * 8388608).view(torch.float32)
+    f = m - 1.0
+    z = f * f
+    p = torch.full_like(f, _LOG_POLY[0])
+    for c in _LOG_POLY[1:]:
+        p = p * f + _f32(c, f)
+    kf = k.float()
+    y = (p * f) * z
+    y = y + kf * _f32(-2.12194440e-4, f)
+    y = y + -(z * 0.5)
+    return (f + y) + kf * _f32(0.693359375, f)
+
+
 def gumbel_noise(seed: int, offset: int, rows: int, vocab: int,
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """(rows, vocab) float32 Gumbel(0, 1) noise of the stream keyed by (seed, offset)."""
     bits = philox_bits(seed, offset, 0, rows * vocab, device)
-    u = (bits.double() + 0.5) * 2.0 ** -32
-    return (-torch.log(-torch.log(u))).float().reshape(rows, vocab)
+    u = ((bits >> 9) * 2 + 1).float() * _f32(2.0 ** -24, bits.new_empty(0, dtype=torch.float32))
+    return (-log_positive(-log_positive(u))).reshape(rows, vocab)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:

@@ -2,7 +2,8 @@
 
 Noise: ``triton.language.philox`` is the Philox4x32-10 of csrc/include/semid_fast/philox.h, so
 element e draws word e & 3 of ``philox(seed, group lo, group hi, offset lo, offset hi)``,
-group = e >> 2; u = (r + 0.5) * 2^-32 and g = -log(-log(u)) in float64, rounded to float32.
+group = e >> 2; u = (2 (r >> 9) + 1) * 2^-24 and g = -log(-log(u)) with philox.h's float32
+log made of single operations (bit for bit the CPU's, CUDA's and the reference's noise).
 Each element computes its group's block and keeps one word (4x the Philox arithmetic, but
 no cross-lane shuffles and any row start).
 
@@ -40,9 +41,33 @@ def _bits(seed, off_lo, off_hi, e):
 
 
 @triton.jit
+def _log_positive(x):
+    """The float32 log of philox.h, op by op (launched without FMA contraction)."""
+    bits = x.to(tl.int32, bitcast=True)
+    k = (bits - 0x3F3504F3) >> 23
+    m = (bits - k * 8388608).to(tl.float32, bitcast=True)
+    f = m - 1.0
+    z = f * f
+    p = f * 7.0376836292e-2 - 1.1514610310e-1
+    p = p * f + 1.1676998740e-1
+    p = p * f - 1.2420140846e-1
+    p = p * f + 1.4249322787e-1
+    p = p * f - 1.6668057665e-1
+    p = p * f + 2.0000714765e-1
+    p = p * f - 2.4999993993e-1
+    p = p * f + 3.3333331174e-1
+    kf = k.to(tl.float32)
+    y = (p * f) * z
+    y = y + kf * -2.12194440e-4
+    y = y - z * 0.5
+    return (f + y) + kf * 0.693359375
+
+
+@triton.jit
 def _gumbel(seed, off_lo, off_hi, e):
-    u = (_bits(seed, off_lo, off_hi, e).to(tl.float64) + 0.5) * 2.3283064365386962890625e-10
-    return (-tl.log(-tl.log(u))).to(tl.float32)
+    r = _bits(seed, off_lo, off_hi, e)
+    u = ((r >> 9) * 2 + 1).to(tl.int32).to(tl.float32) * 5.9604644775390625e-08
+    return -_log_positive(-_log_positive(u))
 
 
 @triton.jit

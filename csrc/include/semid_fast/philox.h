@@ -6,10 +6,12 @@
 //  * Element e (its position in the row-major (rows, vocab) layout) belongs to the counter
 //    group e >> 2 and takes output word e & 3 of the block with counter
 //    (group & 0xffffffff, group >> 32, offset & 0xffffffff, offset >> 32).
-//  * u = (r + 0.5) * 2^-32 in (0, 1), g = -log(-log(u)) evaluated in float64 and rounded
-//    once to float32. Any two float64 logs accurate to about an ulp then give the same
-//    float32 except when the double rounding straddles a float32 boundary, which happens
-//    for about one element in 10^9.
+//  * u = (2 (r >> 9) + 1) * 2^-24 (exact in float32) and g = -log(-log(u)) with the log of
+//    log_positive below: float32 +, - and * only, each rounded once in a fixed order. Every
+//    IEEE backend computes the same bits, so the noise agrees bit for bit everywhere (the
+//    reference spells the same operations out in torch). The price: u takes 2^23 values,
+//    so |g| < 17 (the Gumbel mass beyond is about 1e-7), and the log is within ~1 ulp, not
+//    correctly rounded -- immaterial for sampling.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -59,54 +61,77 @@ SEMID_FAST_HD void group_bits(uint64_t seed, uint64_t offset, uint64_t group, ui
   out[3] = c3;
 }
 
-SEMID_FAST_HD uint64_t bits_of(double x) {
+SEMID_FAST_HD uint32_t bits_of(float x) {
 #ifdef __CUDA_ARCH__
-  return uint64_t(__double_as_longlong(x));
+  return uint32_t(__float_as_int(x));
 #else
-  uint64_t b;
+  uint32_t b;
   std::memcpy(&b, &x, sizeof b);
   return b;
 #endif
 }
 
-SEMID_FAST_HD double double_of(uint64_t b) {
+SEMID_FAST_HD float float_of(uint32_t b) {
 #ifdef __CUDA_ARCH__
-  return __longlong_as_double(static_cast<long long>(b));
+  return __int_as_float(int(b));
 #else
-  double x;
+  float x;
   std::memcpy(&x, &b, sizeof x);
   return x;
 #endif
 }
 
-// Natural log of a positive normal double, within about one ulp, without branches (so that
-// CPU loops vectorise). x = 2^k * m with m in [sqrt(1/2), sqrt(2)); log(m) = log(1 + f) from
-// s = f / (2 + f) and the minimax polynomial of fdlibm's __ieee754_log (its Lg1..Lg7).
-SEMID_FAST_HD double log_positive(double x) {
-  const uint64_t bits = bits_of(x);
-  const uint64_t shifted = bits - 0x3FE6A09E667F3BCDull;  // bits of sqrt(1/2)
-  const int32_t k = int32_t(uint32_t(shifted >> 32)) >> 20;
-  const double m = double_of(bits - (uint64_t(int64_t(k)) << 52));
-  const double f = m - 1.0;
-  const double s = f / (2.0 + f);
-  const double z = s * s;
-  const double r =
-      z * (6.666666666666735130e-01 +
-           z * (3.999999999940941908e-01 +
-                z * (2.857142874366239149e-01 +
-                     z * (2.222219843214978396e-01 +
-                          z * (1.818357216161805012e-01 +
-                               z * (1.531383769920937332e-01 + z * 1.479819860511658591e-01))))));
-  const double half_f2 = 0.5 * f * f;
-  const double dk = double(k);
-  return dk * 6.93147180369123816490e-01 -
-         ((half_f2 - (s * (half_f2 + r) + dk * 1.90821492927058770002e-10)) - f);
+// Single IEEE float operations, never contracted into an FMA (host code: this header is
+// compiled with -ffp-contract=off, see CMakeLists.txt; device code: the _rn intrinsics).
+SEMID_FAST_HD float mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+SEMID_FAST_HD float add(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
 }
 
-// g = -log(-log(u)), u = (r + 0.5) / 2^32: never infinite (|g| < 23).
+// Natural log of a positive normal float from +, - and * alone, in a fixed order, so that
+// every IEEE backend (and torch, op by op) gets the same bits. x = 2^k * m with m in
+// [sqrt(1/2), sqrt(2)); log(m) = log(1 + f) by the minimax polynomial of Cephes' logf
+// (within about 1 ulp); k * ln 2 is added as 0.693359375 k (exact) - 2.12194440e-4 k.
+SEMID_FAST_HD float log_positive(float x) {
+  const uint32_t bits = bits_of(x);
+  const int32_t k = int32_t(bits - 0x3F3504F3u) >> 23;  // 0x3F3504F3: sqrt(1/2)
+  const float m = float_of(uint32_t(int32_t(bits) - k * 8388608));
+  const float f = add(m, -1.f);
+  const float z = mul(f, f);
+  float p = 7.0376836292e-2f;
+  p = add(mul(p, f), -1.1514610310e-1f);
+  p = add(mul(p, f), 1.1676998740e-1f);
+  p = add(mul(p, f), -1.2420140846e-1f);
+  p = add(mul(p, f), 1.4249322787e-1f);
+  p = add(mul(p, f), -1.6668057665e-1f);
+  p = add(mul(p, f), 2.0000714765e-1f);
+  p = add(mul(p, f), -2.4999993993e-1f);
+  p = add(mul(p, f), 3.3333331174e-1f);
+  const float kf = float(k);
+  float y = mul(mul(p, f), z);
+  y = add(y, mul(kf, -2.12194440e-4f));
+  y = add(y, -mul(0.5f, z));
+  return add(add(f, y), mul(kf, 0.693359375f));
+}
+
+// u = (2 (r >> 9) + 1) / 2^24: exact in float32, in [2^-24, 1 - 2^-24], symmetric.
+SEMID_FAST_HD float uniform_of_bits(uint32_t r) {
+  return mul(float(int32_t((r >> 9) * 2u + 1u)), 5.9604644775390625e-08f);
+}
+
+// g = -log(-log(u)), |g| < 17.
 SEMID_FAST_HD float gumbel_of_bits(uint32_t r) {
-  const double u = (double(r) + 0.5) * 2.3283064365386962890625e-10;
-  return float(-log_positive(-log_positive(u)));
+  return -log_positive(-log_positive(uniform_of_bits(r)));
 }
 
 }  // namespace philox
