@@ -249,11 +249,12 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     const float t = tau[i * tau_stride], s = scale[i * scale_stride];
     fill_noise(seed, offset, i * v, v, nullptr, g);
     const int64_t at = perturb_row(xi, g, v, t, s, y);
-    const float inv = exp_row(y, v, y[at]);
-    for (int64_t j = 0; j < v; ++j) y[j] *= inv;
-    const float dot = lane_sum(dyi, y, v);
-    for (int64_t j = 0; j < v; ++j) y[j] = y[j] * (dyi[j] - dot);  // y holds dz from here
-    for (int64_t j = 0; j < v; ++j) dxi[j] = y[j] / t;
+    const float inv = exp_row(y, v, y[at]);  // y holds exp(z - max)
+    const float dot = lane_sum(dyi, y, v) * inv;
+    for (int64_t j = 0; j < v; ++j) {  // y holds dz from here
+      y[j] = (y[j] * inv) * (dyi[j] - dot);
+      dxi[j] = y[j] / t;
+    }
     if (row_gz || row_zz) {
       const float gz = lane_sum(y, g, v);
       // z again, 0 where dz == 0 (masked -inf entries: no 0 * inf); g is free to hold it.
