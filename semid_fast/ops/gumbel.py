@@ -295,6 +295,13 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_s
     Returns:
         A tensor of the logits' shape and dtype (computed in float32). The noise is never
         stored: the backward pass draws it again from the seed.
+
+    Agreement across backends: the noise and the perturbed logits z are bit for bit the
+    same, so hard one-hots (the first argmax of z) are identical; soft outputs and gradients
+    agree to float32 rounding (a few ulps; different exp and summation orders). The native
+    backends return an exact one-hot for hard=True, the reference ``y_hard - y_soft + y_soft``
+    (one-hot to within an ulp). Masked (-inf) entries contribute nothing to the gradient of a
+    tensor ``tau`` in the native backends, where the reference's autograd gives NaN (0 * inf).
     """
     y, _ = _softmax_call("gumbel_softmax", logits, tau, hard, noise_scale, dim, seed, offset,
                          backend)
