@@ -2,7 +2,7 @@
 // one pass over memory per row, with the noise drawn from philox.h (never stored).
 //
 // Each thread takes whole rows. A row's noise is generated into a thread-local buffer in
-// batches of counter groups (independent Philox blocks and branch-free float64 logs, so the
+// batches of counter groups (8 Philox blocks per AVX2 register, branch-free float32 logs, so the
 // loops vectorise), then combined with the row in cache. This file is compiled with
 // -ffp-contract=off (CMakeLists.txt): the noise and z = (x + scale * g) / tau must round
 // like the reference's separate operations, or noise, argmax and top-k indices could differ;
