@@ -1,18 +1,13 @@
 """semid_fast: fast kernels for semantic-ID generative recommendation.
 
-<<<<<<< HEAD
 Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step),
-``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding) and
-``trie`` (semantic-ID tries on the device, constrained beam step and beam search).
+``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding),
+``trie`` (semantic-ID tries on the device, constrained beam step and beam search) and
+``gumbel`` (counter-based Gumbel-softmax, Gumbel-top-k sampling, DIGER's Gumbel quantization).
 ``sid_files`` reads the semantic-ID files of LC-Rec/LETTER/MiniOneRec and MVIGER;
 ``semid_fast.hf`` (needs transformers, imported on demand) has
 ``SemanticIDLogitsProcessor``, the drop-in for ``generate(prefix_allowed_tokens_fn=...)``;
 ``schedules`` holds the temperature/noise decays of differentiable semantic-ID training.
-=======
-Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step) and
-``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding) and
-``gumbel`` (counter-based Gumbel-softmax, Gumbel-top-k sampling, DIGER's Gumbel quantization).
->>>>>>> gumbel
 Every op takes ``backend="auto"`` (or "reference", "cpu", "cuda", "triton").
 """
 

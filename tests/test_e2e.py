@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from semid_fast.bench import main as bench_main
-from semid_fast.bench.e2e import SYSTEMS, acerec, common, rpg, tiger
+from semid_fast.bench.e2e import SYSTEMS, acerec, common, diger, rpg, tiger, varlen
 
 
 def _has(module):
@@ -32,14 +32,29 @@ TINY = {
     "tiger": tiger.Settings(n_items=300, hidden=(64,), latent=8, k=16, steps=4, batch=64,
                             reps=1, decode_users=3, decode_beam=4, history_items=2, t5_dim=16,
                             reps_decode=1),
+    "diger": diger.Settings(n_items=300, hidden=(32,), latent=8, k=16, steps=4, batch=64,
+                            eval_every=2, reps=1),
+    "varlen": varlen.Settings(n_items=300, hidden=(32,), latent=8, max_len=3, k=16, steps=4,
+                              batch=64, decode_users=3, decode_beam=4, history_items=2,
+                              t5_dim=16, reps_decode=1),
 }
-MODULES = {"rpg": rpg, "acerec": acerec, "tiger": tiger}
+MODULES = {"rpg": rpg, "acerec": acerec, "tiger": tiger, "diger": diger, "varlen": varlen}
 EXPECTED_CHECKS = {
     "rpg": ["pq_encode reconstruction", "graph_decode equals the reference",
             "exhaustive holistic_topk equals the reference", "overlap"],
     "acerec": ["equals the reference, real", "equals the reference, tiled"],
     "tiger": ["loss at step 0", "step-0 codes of semid_fast are nearest", "mean loss of the last",
               "dedup_suffix gives every item a unique ID", "the trie maps every item's ID"],
+    "diger": ["step-0 codes of gumbel_quantize", "step-0 loss equal to the reference",
+              "every run's loss stays finite"],
+    "varlen": ["the training loss stays finite", "dedup_suffix with lengths gives every item",
+               "the trie maps every item's ID"],
+}
+DECODING_CHECKS = {  # with transformers installed
+    "tiger": ["SemanticIDLogitsProcessor equals prefix_allowed_tokens_fn",
+              "every generated ID is an item of the catalog"],
+    "varlen": ["SemanticIDLogitsProcessor (eos) equals the Python trie's",
+               "every generated ID ends with eos and is an item of the catalog"],
 }
 
 
@@ -47,9 +62,8 @@ def _assert_checks(system, report):
     failed = {k: v for k, v in report.checks.items() if not v["ok"]}
     assert not failed, failed
     expected_checks = list(EXPECTED_CHECKS[system])
-    if system == "tiger" and _has("transformers"):
-        expected_checks += ["SemanticIDLogitsProcessor equals prefix_allowed_tokens_fn",
-                            "every generated ID is an item of the catalog"]
+    if _has("transformers"):
+        expected_checks += DECODING_CHECKS.get(system, [])
     for expected in expected_checks:
         assert any(expected in name for name in report.checks), (expected, list(report.checks))
 
@@ -65,6 +79,25 @@ def _assert_metrics(system, report, settings):
         assert m["reconstruction_mse"]["semid_fast"] <= m["reconstruction_mse"]["faiss"] * (1 + 1e-4) + 1e-6
     elif system == "acerec":
         assert m["timings"]["tiled"]["n_items"] == settings.tiled_items
+    elif system == "diger":
+        ours, reference = m["step0_loss"]
+        assert ours == pytest.approx(reference, rel=1e-5)
+        assert m["eval_steps"][0] == 0 and m["eval_steps"][-1] == settings.steps - 1
+        for name in ("ste", *diger.SCHEDULES):
+            assert len(m["loss_curves"][name]) == settings.steps
+            assert len(m["usage_over_training"][name]) == len(m["eval_steps"])
+            assert all(1 <= u <= settings.k for u in m["final"][name]["used"])
+            assert all(1 <= p <= settings.k + 1e-6 for p in m["final"][name]["perplexity"])
+        assert set(m["quantizer_fwd_bwd_s"]) == set(diger.TIMED)
+    elif system == "varlen":
+        assert sum(m["length_counts"]) == settings.n_items
+        assert 1 <= m["mean_length"] <= settings.max_len
+        assert m["mean_length_with_suffix"] == pytest.approx(m["mean_length"] + 1)
+        assert m["unique_items"] <= m["distinct_truncated"] <= settings.n_items
+        if _has("transformers"):
+            decoded = m["decoding"]["decoded_items"]
+            assert decoded.shape == (settings.decode_users, settings.decode_beam)
+            assert bool(((decoded >= 0) & (decoded < settings.n_items)).all())
     else:
         ours, reference = m["step0_loss"]
         assert ours == pytest.approx(reference, rel=1e-6)
@@ -122,7 +155,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
         bench_main(["bench", "--e2e", "--data", str(tmp_path / "missing")])
     with pytest.raises(SystemExit):
         bench_main(["bench", "--systems", "rpg"])  # --systems without --e2e
-    assert set(SYSTEMS) == {"tiger", "rpg", "acerec"}
+    assert set(SYSTEMS) == {"tiger", "rpg", "acerec", "diger", "varlen"}
 
 
 def test_find_data_order(tmp_path, monkeypatch):
@@ -200,3 +233,44 @@ def test_greedy_nearest_accepts_rq_codes_and_rejects_a_wrong_one():
     wrong = codes.clone()
     wrong[0, 0] = worst[0]
     assert not tiger.greedy_nearest(z, codebooks, wrong)
+
+
+def test_varlen_keep_is_the_length_survival_function():
+    """keep[:, t] = P(length > t): 1 at t = 0, non-increasing, and its row sum is the
+    expected length sum_l l * p(length = l) of the length head."""
+    torch.manual_seed(0)
+    model = varlen.VarLenEncoder(12, (16,), 6, 4, 8)
+    model.init_codebook(torch.randn(40, 12), torch.Generator().manual_seed(0))
+    x = torch.randn(9, 12)
+    _, keep, codes, lengths = model(x, tau=0.5, noise_scale=1.0, logit_scale=1.0, seed=1,
+                                    offset=0)
+    p_length = torch.softmax(model.length_head(model.encoder(x)), 1)
+    assert torch.equal(keep[:, 0], torch.ones(9))
+    assert bool((keep[:, 1:] <= keep[:, :-1] + 1e-6).all())
+    expected = (p_length * torch.arange(1, 5)).sum(1)
+    torch.testing.assert_close(keep.sum(1), expected)
+    assert codes.shape == (9, 4) and int(codes.max()) < 8
+    assert torch.equal(lengths, p_length.argmax(1) + 1)
+
+
+def test_diger_gumbel_levels_agree_with_the_reference_backend():
+    """The per-level loop gives the codes and gradients of the reference backend (same seed,
+    per-level noise scales), and a zero noise scale gives the nearest codewords."""
+    from semid_fast.reference import quantize as ref_quantize
+
+    g = torch.Generator().manual_seed(5)
+    z, books = torch.randn(30, 6, generator=g), torch.randn(3, 10, 6, generator=g)
+    grads, codes = {}, {}
+    for backend in ("reference", "cpu"):
+        zz, bb = z.clone().requires_grad_(), books.clone().requires_grad_()
+        codes[backend], q = diger.gumbel_levels(
+            zz, bb, tau=0.7, noise_scales=[1.0, torch.full((30,), 0.5), 0.0],
+            logit_scale=2.0, seed=11, offset=4, backend=backend)
+        (q * torch.linspace(-1, 1, 6)).sum().backward()
+        grads[backend] = (zz.grad, bb.grad)
+    assert torch.equal(codes["cpu"], codes["reference"])
+    for ours, ref in zip(grads["cpu"], grads["reference"]):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    noiseless, _ = diger.gumbel_levels(z, books, tau=1.0, noise_scales=[0.0] * 3,
+                                       logit_scale=1.0, seed=0, offset=0, backend="cpu")
+    assert torch.equal(noiseless, ref_quantize.rq_encode(z, books))

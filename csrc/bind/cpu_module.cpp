@@ -84,7 +84,6 @@ PYBIND11_MODULE(_C, m) {
                           c, ptr<const uint8_t>(item_mask), mask_stride, divisor, topk,
                           ptr<float>(out_scores), ptr<int64_t>(out_ids), n_threads);
         });
-<<<<<<< HEAD
   m.def("trie_sort",
         [](std::uintptr_t codes, std::uintptr_t lengths, int64_t n, int64_t l,
            std::uintptr_t vocab, std::uintptr_t order, std::uintptr_t sorted_codes,
@@ -132,7 +131,7 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const int64_t>(terminal), num_states,
                           ptr<const int64_t>(level_tokens), k, eos, num_beams,
                           ptr<const float>(scores), vocab, ptr<float>(out), n_threads);
-=======
+        });
 
   m.def("gumbel_noise",
         [](uint64_t seed, uint64_t offset, int64_t start, int64_t n, std::uintptr_t bits,
@@ -166,6 +165,5 @@ PYBIND11_MODULE(_C, m) {
           SEMID_FAST_CALL(gumbel_topk_f32, ptr<const float>(x), rows, v, ptr<const float>(tau),
                           tau_stride, seed, offset, k, ptr<float>(out_scores),
                           ptr<int64_t>(out_idx), n_threads);
->>>>>>> gumbel
         });
 }

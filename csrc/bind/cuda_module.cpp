@@ -83,7 +83,6 @@ PYBIND11_MODULE(_C_cuda, m) {
               ptr<const int64_t>(candidates), c, ptr<const uint8_t>(item_mask), mask_stride,
               divisor, ptr<int64_t>(keys), stream_of(stream)));
         });
-<<<<<<< HEAD
   m.def("trie_beam_step",
         [](std::uintptr_t log_probs, std::uintptr_t beam_scores, std::uintptr_t states, int64_t b,
            int64_t w_in, int64_t v, std::uintptr_t child_offsets, std::uintptr_t child_codes,
@@ -110,7 +109,7 @@ PYBIND11_MODULE(_C_cuda, m) {
               ptr<const int32_t>(child_codes), ptr<const int64_t>(terminal), num_states,
               ptr<const int64_t>(level_tokens), k, eos, num_beams, ptr<const float>(scores),
               vocab, ptr<float>(out), stream_of(stream)));
-=======
+        });
 
   m.def("gumbel_softmax_fwd",
         [](std::uintptr_t x, int dtype, int64_t rows, int64_t v, std::uintptr_t tau,
@@ -133,6 +132,5 @@ PYBIND11_MODULE(_C_cuda, m) {
                                              ptr<const float>(scale), scale_stride, seed, offset,
                                              ptr<float>(dx), ptr<float>(row_gz),
                                              ptr<float>(row_zz), stream_of(stream)));
->>>>>>> gumbel
         });
 }

@@ -10,6 +10,8 @@ SYSTEMS = {
     "tiger": "semid_fast.bench.e2e.tiger",
     "rpg": "semid_fast.bench.e2e.rpg",
     "acerec": "semid_fast.bench.e2e.acerec",
+    "diger": "semid_fast.bench.e2e.diger",
+    "varlen": "semid_fast.bench.e2e.varlen",
 }
 
 __all__ = ["SYSTEMS"]
