@@ -1,8 +1,9 @@
 """semid_fast: fast kernels for semantic-ID generative recommendation.
 
 Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step),
-``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding) and
-``trie`` (semantic-ID tries on the device, constrained beam step and beam search).
+``gumbel`` (counter-based Gumbel-softmax, Gumbel-top-k sampling, DIGER's Gumbel quantization),
+``trie`` (semantic-ID tries on the device, constrained beam step and beam search) and
+``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding).
 ``sid_files`` reads the semantic-ID files of LC-Rec/LETTER/MiniOneRec and MVIGER;
 ``semid_fast.hf`` (needs transformers, imported on demand) has
 ``SemanticIDLogitsProcessor``, the drop-in for ``generate(prefix_allowed_tokens_fn=...)``;
@@ -13,6 +14,7 @@ Every op takes ``backend="auto"`` (or "reference", "cpu", "cuda", "triton").
 from . import interop, schedules, sid_files
 from ._backends import available_backends
 from ._checks import config
+from .ops.gumbel import gumbel_noise, gumbel_quantize, gumbel_softmax, gumbel_topk
 from .ops.longid import ItemGraph, graph_decode, holistic_topk
 from .ops.quantize import pq_decode, pq_encode, rq_decode, rq_encode, rq_quantize
 from .ops.trie import (SemanticIDTrie, constrained_beam_search, constrained_beam_step,
@@ -29,6 +31,10 @@ __all__ = [
     "constrained_beam_step",
     "dedup_suffix",
     "graph_decode",
+    "gumbel_noise",
+    "gumbel_quantize",
+    "gumbel_softmax",
+    "gumbel_topk",
     "holistic_topk",
     "interop",
     "sid_files",

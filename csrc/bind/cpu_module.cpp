@@ -1,6 +1,7 @@
 // pybind11 module _C: argument passing only. Pointers arrive as integers from data_ptr().
 #include <pybind11/pybind11.h>
 
+#include "semid_fast/gumbel.h"
 #include "semid_fast/longid.h"
 #include "semid_fast/quantize.h"
 #include "semid_fast/trie.h"
@@ -130,5 +131,38 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const int64_t>(terminal), num_states,
                           ptr<const int64_t>(level_tokens), k, eos, num_beams,
                           ptr<const float>(scores), vocab, ptr<float>(out), n_threads);
+        });
+  m.def("gumbel_noise",
+        [](uint64_t seed, uint64_t offset, int64_t start, int64_t n, std::uintptr_t bits,
+           std::uintptr_t noise, int n_threads) {
+          SEMID_FAST_CALL(gumbel_noise, seed, offset, start, n, ptr<uint32_t>(bits),
+                          ptr<float>(noise), n_threads);
+        });
+  m.def("gumbel_softmax_fwd_f32",
+        [](std::uintptr_t x, int64_t rows, int64_t v, std::uintptr_t tau, int64_t tau_stride,
+           std::uintptr_t scale, int64_t scale_stride, uint64_t seed, uint64_t offset, int hard,
+           std::uintptr_t y, std::uintptr_t argmax, int n_threads) {
+          SEMID_FAST_CALL(gumbel_softmax_fwd_f32, ptr<const float>(x), rows, v,
+                          ptr<const float>(tau), tau_stride, ptr<const float>(scale),
+                          scale_stride, seed, offset, hard, ptr<float>(y), ptr<int64_t>(argmax),
+                          n_threads);
+        });
+  m.def("gumbel_softmax_bwd_f32",
+        [](std::uintptr_t x, std::uintptr_t dy, int64_t rows, int64_t v, std::uintptr_t tau,
+           int64_t tau_stride, std::uintptr_t scale, int64_t scale_stride, uint64_t seed,
+           uint64_t offset, std::uintptr_t dx, std::uintptr_t row_gz, std::uintptr_t row_zz,
+           int n_threads) {
+          SEMID_FAST_CALL(gumbel_softmax_bwd_f32, ptr<const float>(x), ptr<const float>(dy), rows,
+                          v, ptr<const float>(tau), tau_stride, ptr<const float>(scale),
+                          scale_stride, seed, offset, ptr<float>(dx), ptr<float>(row_gz),
+                          ptr<float>(row_zz), n_threads);
+        });
+  m.def("gumbel_topk_f32",
+        [](std::uintptr_t x, int64_t rows, int64_t v, std::uintptr_t tau, int64_t tau_stride,
+           uint64_t seed, uint64_t offset, int64_t k, std::uintptr_t out_scores,
+           std::uintptr_t out_idx, int n_threads) {
+          SEMID_FAST_CALL(gumbel_topk_f32, ptr<const float>(x), rows, v, ptr<const float>(tau),
+                          tau_stride, seed, offset, k, ptr<float>(out_scores),
+                          ptr<int64_t>(out_idx), n_threads);
         });
 }

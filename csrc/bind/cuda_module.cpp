@@ -2,6 +2,7 @@
 // Imports on a machine without a GPU (or driver) and then reports no device.
 #include <pybind11/pybind11.h>
 
+#include "semid_fast/cuda_gumbel.h"
 #include "semid_fast/cuda_longid.h"
 #include "semid_fast/cuda_quantize.h"
 #include "semid_fast/cuda_trie.h"
@@ -108,5 +109,27 @@ PYBIND11_MODULE(_C_cuda, m) {
               ptr<const int32_t>(child_codes), ptr<const int64_t>(terminal), num_states,
               ptr<const int64_t>(level_tokens), k, eos, num_beams, ptr<const float>(scores),
               vocab, ptr<float>(out), stream_of(stream)));
+        });
+  m.def("gumbel_softmax_fwd",
+        [](std::uintptr_t x, int dtype, int64_t rows, int64_t v, std::uintptr_t tau,
+           int64_t tau_stride, std::uintptr_t scale, int64_t scale_stride, uint64_t seed,
+           uint64_t offset, int hard, std::uintptr_t y, std::uintptr_t argmax,
+           std::uintptr_t stream) {
+          return int(sfc::gumbel_softmax_fwd(ptr<const void>(x), dtype, rows, v,
+                                             ptr<const float>(tau), tau_stride,
+                                             ptr<const float>(scale), scale_stride, seed, offset,
+                                             hard, ptr<void>(y), ptr<int64_t>(argmax),
+                                             stream_of(stream)));
+        });
+  m.def("gumbel_softmax_bwd",
+        [](std::uintptr_t x, std::uintptr_t dy, int dtype, int64_t rows, int64_t v,
+           std::uintptr_t tau, int64_t tau_stride, std::uintptr_t scale, int64_t scale_stride,
+           uint64_t seed, uint64_t offset, std::uintptr_t dx, std::uintptr_t row_gz,
+           std::uintptr_t row_zz, std::uintptr_t stream) {
+          return int(sfc::gumbel_softmax_bwd(ptr<const void>(x), ptr<const void>(dy), dtype, rows,
+                                             v, ptr<const float>(tau), tau_stride,
+                                             ptr<const float>(scale), scale_stride, seed, offset,
+                                             ptr<float>(dx), ptr<float>(row_gz),
+                                             ptr<float>(row_zz), stream_of(stream)));
         });
 }

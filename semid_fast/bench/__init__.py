@@ -32,6 +32,7 @@ from pathlib import Path
 FAMILIES = {
     "quantize": "semid_fast.bench.quantize",
     "longid": "semid_fast.bench.longid",
+    "gumbel": "semid_fast.bench.gumbel",
     "trie": "semid_fast.bench.trie",
 }
 

@@ -1,0 +1,10 @@
+"""pytest-benchmark timings of the gumbel family: the very cases of `semid-fast bench`
+(``semid_fast.bench.gumbel``), timed by pytest-benchmark's clock."""
+
+from semid_fast.bench import harness
+
+FAMILY = "gumbel"
+
+
+def test_gumbel(benchmark, case, target_s):
+    harness.pytest_benchmark_case(benchmark, case, target_s)

@@ -1,0 +1,308 @@
+// CPU kernels of the gumbel family: Gumbel-softmax forward and backward and Gumbel-top-k in
+// one pass over memory per row, with the noise drawn from philox.h (never stored).
+//
+// Each thread takes whole rows. A row's noise is generated into a thread-local buffer in
+// batches of counter groups (8 Philox blocks per AVX2 register, branch-free float32 logs, so the
+// loops vectorise), then combined with the row in cache. This file is compiled with
+// -ffp-contract=off (CMakeLists.txt): the noise and z = (x + scale * g) / tau must round
+// like the reference's separate operations, or noise, argmax and top-k indices could differ;
+// and with -fno-trapping-math, so that loops with float selects vectorise.
+#include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "semid_fast/gumbel.h"
+#include "semid_fast/philox.h"
+
+namespace semid_fast {
+namespace SEMID_FAST_ISA {
+namespace {
+
+constexpr int64_t kBatchGroups = 32;  // counter groups (of 4 elements) per Philox batch
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+#if defined(__AVX2__)
+// high and low 32 bits of the 8 products a * b (unsigned 32 x 32 -> 64 bits per lane).
+inline void mul_wide(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+// philox4x32_10 of the 8 groups g0 .. g0 + 7 at once (the compiler's own vectorisation of
+// the scalar rounds spends most of its time shuffling); lanes[j][i] = word j of group i.
+inline void philox_8_groups(uint64_t g0, uint32_t o0, uint32_t o1, uint32_t k0, uint32_t k1,
+                            uint32_t* w0, uint32_t* w1, uint32_t* w2, uint32_t* w3) {
+  alignas(32) uint32_t lo[8], hi[8];
+  for (int i = 0; i < 8; ++i) {
+    lo[i] = uint32_t(g0 + uint64_t(i));
+    hi[i] = uint32_t((g0 + uint64_t(i)) >> 32);
+  }
+  __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+  __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+  __m256i c2 = _mm256_set1_epi32(int(o0)), c3 = _mm256_set1_epi32(int(o1));
+  __m256i key0 = _mm256_set1_epi32(int(k0)), key1 = _mm256_set1_epi32(int(k1));
+  const __m256i round_a = _mm256_set1_epi32(int(philox::kRoundA));
+  const __m256i round_b = _mm256_set1_epi32(int(philox::kRoundB));
+  const __m256i bump_a = _mm256_set1_epi32(int(philox::kKeyA));
+  const __m256i bump_b = _mm256_set1_epi32(int(philox::kKeyB));
+  for (int round = 0; round < 10; ++round) {
+    __m256i hi_b, lo_b, hi_a, lo_a;
+    mul_wide(c2, round_b, hi_b, lo_b);
+    mul_wide(c0, round_a, hi_a, lo_a);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), key0);
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), key1);
+    c1 = lo_b;
+    c3 = lo_a;
+    key0 = _mm256_add_epi32(key0, bump_a);
+    key1 = _mm256_add_epi32(key1, bump_b);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0), c0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1), c1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w2), c2);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w3), c3);
+}
+#endif
+
+// Noise words and/or Gumbel noise of elements [e0, e0 + n).
+void fill_noise(uint64_t seed, uint64_t offset, int64_t e0, int64_t n, uint32_t* bits,
+                float* noise) {
+  if (n <= 0) return;
+  const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+  const uint32_t o0 = uint32_t(offset), o1 = uint32_t(offset >> 32);
+  const int64_t first = e0 >> 2, last = (e0 + n - 1) >> 2;
+  alignas(32) uint32_t lanes[4][kBatchGroups];
+  alignas(32) uint32_t words[4 * kBatchGroups];
+  for (int64_t g0 = first; g0 <= last; g0 += kBatchGroups) {
+    // Independent blocks, word-major so that the rounds vectorise across groups.
+#if defined(__AVX2__)
+    for (int64_t i = 0; i < kBatchGroups; i += 8)
+      philox_8_groups(uint64_t(g0 + i), o0, o1, k0, k1, lanes[0] + i, lanes[1] + i,
+                      lanes[2] + i, lanes[3] + i);
+#else
+    for (int64_t i = 0; i < kBatchGroups; ++i) {
+      const uint64_t group = uint64_t(g0 + i);
+      uint32_t c0 = uint32_t(group), c1 = uint32_t(group >> 32), c2 = o0, c3 = o1;
+      philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
+      lanes[0][i] = c0;
+      lanes[1][i] = c1;
+      lanes[2][i] = c2;
+      lanes[3][i] = c3;
+    }
+#endif
+    for (int64_t i = 0; i < kBatchGroups; ++i)
+      for (int j = 0; j < 4; ++j) words[4 * i + j] = lanes[j][i];  // element order
+    const int64_t lo = std::max<int64_t>(e0, 4 * g0);
+    const int64_t hi = std::min<int64_t>(e0 + n, 4 * (g0 + kBatchGroups));
+    const uint32_t* src = words + (lo - 4 * g0);
+    if (bits) std::copy(src, src + (hi - lo), bits + (lo - e0));
+    if (noise) {
+      float* dst = noise + (lo - e0);
+      for (int64_t j = 0; j < hi - lo; ++j) dst[j] = philox::gumbel_of_bits(src[j]);
+    }
+  }
+}
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
+
+// z = (x + scale * g) / tau into z; returns the first index of the largest z.
+int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float scale, float* z) {
+  for (int64_t j = 0; j < v; ++j) z[j] = (x[j] + scale * g[j]) / tau;
+  int64_t j = 0;
+  float best = kNegInf;
+  int64_t at = 0;
+  if (v >= 8 && v <= INT32_MAX) {  // 8 lanes, each keeping its first maximum
+    v8f lane_best = kNegInf - v8f{};
+    v8i lane_at = v8i{}, index = v8i{0, 1, 2, 3, 4, 5, 6, 7};
+    for (; j + 8 <= v; j += 8) {
+      const v8f zz = *reinterpret_cast<const v8f_unaligned*>(z + j);
+      const v8i gt = zz > lane_best;
+      lane_best = gt ? zz : lane_best;
+      lane_at = gt ? index : lane_at;
+      index += 8;
+    }
+    for (int l = 0; l < 8; ++l) {
+      if (lane_best[l] > best || (lane_best[l] == best && lane_best[l] > kNegInf && lane_at[l] < at)) {
+        best = lane_best[l];
+        at = lane_at[l];
+      }
+    }
+  }
+  for (; j < v; ++j) {
+    if (z[j] > best) {
+      best = z[j];
+      at = j;
+    }
+  }
+  return at;
+}
+
+// exp(x) for x <= 0 (exp(-inf) = 0) without a library call, so that the loops vectorise:
+// exp(x) = 2^n exp(r), r = x - n ln 2 (ln 2 split in two), exp(r) by Cephes expf's
+// polynomial; within about 2 ulp. Results below 2^-126 are flushed to 0.
+inline float exp_nonpositive(float x) {
+  const float clamped = x < -87.f ? -87.f : x;
+  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  const int32_t ni = int32_t(n);
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = (p * r) * r + r + 1.f;
+  const float two_n = philox::float_of(uint32_t(ni + 127) << 23);
+  return x < -87.f ? 0.f : e * two_n;
+}
+
+// sum of a[j] * b[j] (b == nullptr: of a[j]) in 8 lanes (float sums do not vectorise
+// otherwise without -ffast-math).
+float lane_sum(const float* a, const float* b, int64_t v) {
+  v8f acc = v8f{};
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) {
+    const v8f va = *reinterpret_cast<const v8f_unaligned*>(a + j);
+    acc += b ? va * *reinterpret_cast<const v8f_unaligned*>(b + j) : va;
+  }
+  float sum = 0.f;
+  for (int l = 0; l < 8; ++l) sum += acc[l];
+  for (; j < v; ++j) sum += b ? a[j] * b[j] : a[j];
+  return sum;
+}
+
+// e = exp(z - max) in place; returns 1 / sum(e).
+float exp_row(float* z, int64_t v, float max) {
+  for (int64_t j = 0; j < v; ++j) z[j] = exp_nonpositive(z[j] - max);
+  return 1.f / lane_sum(z, nullptr, v);
+}
+
+template <typename Body>
+void for_rows(int64_t rows, int64_t v, int n_threads, Body body) {
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, rows)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> a(static_cast<size_t>(v)), b(static_cast<size_t>(v));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) body(i, a.data(), b.data());
+  }
+}
+
+}  // namespace
+
+int gumbel_noise(uint64_t seed, uint64_t offset, int64_t start, int64_t n, uint32_t* bits,
+                 float* noise, int n_threads) {
+  if (n < 0 || start < 0) return 2;
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
+    fill_noise(seed, offset, start + lo, len, bits ? bits + lo : nullptr,
+               noise ? noise + lo : nullptr);
+  }
+  return 0;
+}
+
+int gumbel_softmax_fwd_f32(const float* x, int64_t rows, int64_t v, const float* tau,
+                           int64_t tau_stride, const float* scale, int64_t scale_stride,
+                           uint64_t seed, uint64_t offset, int hard, float* y, int64_t* argmax,
+                           int n_threads) {
+  if (rows < 0 || v <= 0 || !tau || !scale) return 2;
+  for_rows(rows, v, n_threads, [&](int64_t i, float* g, float*) {
+    const float* xi = x + i * v;
+    float* yi = y + i * v;
+    fill_noise(seed, offset, i * v, v, nullptr, g);
+    const int64_t at = perturb_row(xi, g, v, tau[i * tau_stride], scale[i * scale_stride], yi);
+    argmax[i] = at;
+    if (hard) {
+      std::fill(yi, yi + v, 0.f);
+      yi[at] = 1.f;
+      return;
+    }
+    const float inv = exp_row(yi, v, yi[at]);
+    for (int64_t j = 0; j < v; ++j) yi[j] *= inv;
+  });
+  return 0;
+}
+
+int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_t v,
+                           const float* tau, int64_t tau_stride, const float* scale,
+                           int64_t scale_stride, uint64_t seed, uint64_t offset, float* dx,
+                           float* row_gz, float* row_zz, int n_threads) {
+  if (rows < 0 || v <= 0 || !tau || !scale) return 2;
+  for_rows(rows, v, n_threads, [&](int64_t i, float* g, float* y) {
+    const float* xi = x + i * v;
+    const float* dyi = dy + i * v;
+    float* dxi = dx + i * v;
+    const float t = tau[i * tau_stride], s = scale[i * scale_stride];
+    fill_noise(seed, offset, i * v, v, nullptr, g);
+    const int64_t at = perturb_row(xi, g, v, t, s, y);
+    const float inv = exp_row(y, v, y[at]);  // y holds exp(z - max)
+    const float dot = lane_sum(dyi, y, v) * inv;
+    for (int64_t j = 0; j < v; ++j) {  // y holds dz from here
+      y[j] = (y[j] * inv) * (dyi[j] - dot);
+      dxi[j] = y[j] / t;
+    }
+    if (row_gz || row_zz) {
+      const float gz = lane_sum(y, g, v);
+      // z again, 0 where dz == 0 (masked -inf entries: no 0 * inf); g is free to hold it.
+      for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : (xi[j] + s * g[j]) / t;
+      const float zz = lane_sum(y, g, v);
+      if (row_gz) row_gz[i] = gz;
+      if (row_zz) row_zz[i] = zz;
+    }
+  });
+  return 0;
+}
+
+int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
+                    int64_t tau_stride, uint64_t seed, uint64_t offset, int64_t k,
+                    float* out_scores, int64_t* out_idx, int n_threads) {
+  if (rows < 0 || v <= 0 || k <= 0 || k > v || !tau) return 2;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, rows)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> scores(static_cast<size_t>(v));
+    std::vector<int64_t> order(k > 1 ? static_cast<size_t>(v) : 0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* xi = x + i * v;
+      float* si = scores.data();
+      const float t = tau[i * tau_stride];
+      fill_noise(seed, offset, i * v, v, nullptr, si);
+      for (int64_t j = 0; j < v; ++j) si[j] = xi[j] / t + si[j];
+      if (k == 1) {  // Gumbel-max: one scan
+        int64_t at = 0;
+        for (int64_t j = 1; j < v; ++j) at = si[j] > si[at] ? j : at;
+        out_scores[i] = si[at];
+        out_idx[i] = at;
+        continue;
+      }
+      std::iota(order.begin(), order.end(), int64_t(0));
+      const auto better = [si](int64_t a, int64_t b) {
+        return si[a] > si[b] || (si[a] == si[b] && a < b);
+      };
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+      for (int64_t r = 0; r < k; ++r) {
+        out_idx[i * k + r] = order[r];
+        out_scores[i * k + r] = si[order[r]];
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace SEMID_FAST_ISA
+}  // namespace semid_fast

@@ -1,0 +1,206 @@
+"""Pure-PyTorch oracle of the gumbel family, drawing the very noise the kernels draw.
+
+Noise stream (csrc/include/semid_fast/philox.h states it for every backend): element e of
+the row-major (rows, vocab) layout (after moving ``dim`` last) takes word ``e & 3`` of
+Philox4x32-10 on the counter (group lo, group hi, offset lo, offset hi), group = e >> 2,
+with key (seed lo, seed hi) -- the function ``triton.language.philox``. Then
+u = (2 (r >> 9) + 1) * 2^-24 and g = -log(-log(u)) with a float32 log made of single
+IEEE operations in a fixed order (:func:`log_positive`), so every backend gets the same bits.
+
+Philox runs here on int64 tensors holding 32-bit values (products split into 16-bit halves so
+that nothing overflows), written for clarity, not speed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["philox_bits", "log_positive", "gumbel_noise", "gumbel_softmax", "gumbel_topk", "quantize_logits",
+           "gumbel_quantize"]
+
+_MASK32 = 0xFFFFFFFF
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+
+
+def _mul32(a: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of the 64-bit product of the constant a and c (< 2^32)."""
+    low_part = a * (c & 0xFFFF)  # < 2^48
+    high_part = a * (c >> 16)  # < 2^48
+    high = (high_part + (low_part >> 16)) >> 16
+    low = (low_part + ((high_part & 0xFFFF) << 16)) & _MASK32
+    return high, low
+
+
+def philox_bits(seed: int, offset: int, start: int, n: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 32-bit noise words of elements [start, start + n) as int64 values in [0, 2^32)."""
+    first, last = start >> 2, (start + n + 3) >> 2
+    group = torch.arange(first, max(last, first), dtype=torch.int64, device=device)
+    c0, c1 = group & _MASK32, group >> 32
+    c2 = torch.full_like(group, offset & _MASK32)
+    c3 = torch.full_like(group, offset >> 32)
+    k0, k1 = seed & _MASK32, seed >> 32
+    for _ in range(10):
+        hi0, lo0 = _mul32(_ROUND_B, c2)
+        hi2, lo2 = _mul32(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi0 ^ c1 ^ k0, lo0, hi2 ^ c3 ^ k1, lo2
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+    words = torch.stack([c0, c1, c2, c3], dim=1).reshape(-1)  # element order
+    skip = start - 4 * first
+    return words[skip:skip + n]
+
+
+# Cephes logf's minimax coefficients of log(1 + f) (see philox.h for the exact recipe).
+_LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+             1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+             3.3333331174e-1)
+
+
+def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A float32 constant as a 0-dim tensor: arithmetic with it rounds once, in float32."""
+    return torch.tensor(value, dtype=torch.float32, device=like.device)
+
+
+def log_positive(x: torch.Tensor) -> torch.Tensor:
+    """The float32 log of philox.h, op by op (each torch op rounds once; no FMA)."""
+    bits = x.view(torch.int32)
+    k = (bits - 0x3F3504F3) >> 23  # int32 wraparound like the kernels' uint32 arithmetic
+    m = (bits - k * 8388608).view(torch.float32)
+    f = m - 1.0
+    z = f * f
+    p = torch.full_like(f, _LOG_POLY[0])
+    for c in _LOG_POLY[1:]:
+        p = p * f + _f32(c, f)
+    kf = k.float()
+    y = (p * f) * z
+    y = y + kf * _f32(-2.12194440e-4, f)
+    y = y + -(z * 0.5)
+    return (f + y) + kf * _f32(0.693359375, f)
+
+
+def gumbel_noise(seed: int, offset: int, rows: int, vocab: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """(rows, vocab) float32 Gumbel(0, 1) noise of the stream keyed by (seed, offset)."""
+    bits = philox_bits(seed, offset, 0, rows * vocab, device)
+    u = ((bits >> 9) * 2 + 1).float() * _f32(2.0 ** -24, bits.new_empty(0, dtype=torch.float32))
+    return (-log_positive(-log_positive(u))).reshape(rows, vocab)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _rows(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """logits with `dim` moved last, as (rows, vocab)."""
+    moved = logits.movedim(dim, -1)
+    return moved.reshape(-1, moved.shape[-1])
+
+
+def _per_row(value, rows: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """A float or a tensor of 1 or `rows` values as a (rows, 1) tensor (autograd kept).
+
+    Always a tensor, never a Python scalar: torch may turn a division by a scalar into a
+    multiplication by its reciprocal, which rounds differently from the kernels.
+    """
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor(float(value), device=device)
+    return value.to(dtype).reshape(-1, 1).expand(rows, 1)
+
+
+def _perturb(x: torch.Tensor, tau, noise_scale, seed: int, offset: int) -> torch.Tensor:
+    """z = (x + noise_scale * g) / tau for x (rows, vocab), each operation rounded once."""
+    dtype = _compute_dtype(x)
+    rows, vocab = x.shape
+    g = gumbel_noise(seed, offset, rows, vocab, x.device).to(dtype)
+    scale = _per_row(noise_scale, rows, dtype, x.device)
+    temperature = _per_row(tau, rows, dtype, x.device)
+    return (x.to(dtype) + scale * g) / temperature
+
+
+def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_scale=1.0,
+                   dim: int = -1, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """softmax((logits + noise_scale * g) / tau) along `dim`, g from the stream above.
+
+    ``tau`` / ``noise_scale``: floats, one-value tensors or tensors of one value per row
+    (any shape holding rows = logits.numel() / vocab values, in row order). hard=True gives
+    ``y_hard - y_soft.detach() + y_soft`` (the straight-through estimator of
+    torch.nn.functional.gumbel_softmax) with y_hard the one-hot of the first argmax of z.
+    Computed in float32 (float64 for float64 logits); returned in the logits' dtype.
+    """
+    z = _perturb(_rows(logits, dim), tau, noise_scale, seed, offset)
+    y = z.softmax(-1)
+    if hard:
+        y_hard = torch.zeros_like(y).scatter_(-1, z.argmax(-1, keepdim=True), 1.0)
+        y = y_hard - y.detach() + y
+    moved_shape = logits.movedim(dim, -1).shape
+    return y.to(logits.dtype).reshape(moved_shape).movedim(-1, dim)
+
+
+def gumbel_topk(logits: torch.Tensor, k: int, *, tau=1.0, seed: int = 0,
+                offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-top-k over the last dim: the k largest ``logits / tau + g`` per row.
+
+    Returns (scores (..., k) float32, indices (..., k) int64), best first, ties toward the
+    smaller index (a stable sort). A sample of k distinct indices without replacement from
+    softmax(logits / tau) (Kool et al., 2019); k=1 is Gumbel-max sampling.
+    """
+    x = logits.reshape(-1, logits.shape[-1]).float()
+    rows, vocab = x.shape
+    g = gumbel_noise(seed, offset, rows, vocab, logits.device)
+    scores = x / _per_row(tau, rows, torch.float32, logits.device) + g
+    values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    out_shape = (*logits.shape[:-1], k)
+    return values[:, :k].reshape(out_shape), order[:, :k].reshape(out_shape)
+
+
+def quantize_logits(x: torch.Tensor, codebook: torch.Tensor, distance: str = "l2",
+                    logit_scale: float = 1.0) -> torch.Tensor:
+    """(N, K) logits of x (N, D) against codebook (K, D): ``-||x - c||^2`` (expanded as
+    ``2 x.c - |x|^2 - |c|^2``) or the cosine similarity, times ``logit_scale``."""
+    if distance == "l2":
+        logits = 2.0 * (x @ codebook.T) - (x * x).sum(-1, keepdim=True) - (codebook * codebook).sum(-1)
+    else:
+        logits = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(
+            codebook, dim=-1).T
+    return logits * logit_scale
+
+
+def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: bool = True,
+                    noise_scale=1.0, distance: str = "l2", logit_scale: float = 1.0,
+                    seed: int = 0, offset: int = 0):
+    """DIGER's differentiable semantic-ID step, one level (codebook (K, D)) or a residual
+    stack (codebook (L, K, D), level l drawing its noise at offset + l).
+
+    Per level: logits = quantize_logits(residual, codebook); soft = the Gumbel-softmax of
+    the logits over codewords; codes = the first argmax of the perturbed logits; the
+    indicator straight-through ``y = onehot(codes) - soft.detach() + soft`` (soft itself
+    when hard=False) and quantized = y @ codebook: the forward value is the chosen
+    codeword, the backward pass is that of the soft assignment, reaching x and every
+    codeword. The next level quantizes residual - quantized.
+
+    Returns codes (N,) / (N, L) int64, quantized (N, D) in x's dtype (summed over levels)
+    and soft (N, K) / (N, L, K) in x's dtype.
+    """
+    stack = codebook.dim() == 3
+    books = codebook if stack else codebook.unsqueeze(0)
+    dtype = _compute_dtype(x)
+    residual = x.to(dtype)
+    quantized = torch.zeros_like(residual)
+    codes, softs = [], []
+    for level in range(books.shape[0]):
+        book = books[level].to(dtype)
+        logits = quantize_logits(residual, book, distance, logit_scale)
+        z = _perturb(logits, tau, noise_scale, seed, offset + level)
+        soft = z.softmax(-1)
+        code = z.argmax(-1)
+        y = torch.zeros_like(soft).scatter_(-1, code[:, None], 1.0) - soft.detach() + soft \
+            if hard else soft
+        level_q = y @ book
+        quantized = quantized + level_q
+        residual = residual - level_q
+        codes.append(code)
+        softs.append(soft)
+    if not stack:
+        return codes[0], quantized.to(x.dtype), softs[0].to(x.dtype)
+    return torch.stack(codes, 1), quantized.to(x.dtype), torch.stack(softs, 1).to(x.dtype)

@@ -1,0 +1,532 @@
+"""The gumbel family: the Philox stream and the noise bit for bit across backends, every
+backend against the reference (forward, backward, every parameter form), sampling
+statistics, torch.library / torch.compile integration, determinism and bad input."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import semid_fast as sf
+from semid_fast.ops import gumbel as ops
+from semid_fast.reference import gumbel as ref
+
+CPU_BACKENDS = [b for b in ("cpu", "triton") if b in sf.available_backends("cpu")]
+GPU_BACKENDS = ["cuda", "triton"]
+
+
+def small_for_triton(backend, work):
+    """The Triton interpreter runs about 10 ms per program: keep its cases small."""
+    if backend == "triton" and work > 50_000:
+        pytest.skip("kept small under the Triton interpreter")
+
+
+@pytest.fixture(params=["fits", "streams"])
+def triton_path(request, monkeypatch):
+    """Runs a Triton case with rows held in registers, then streamed in 64-wide blocks."""
+    if request.param == "streams":
+        from semid_fast.triton import gumbel as tg
+
+        monkeypatch.setattr(tg, "FIT_LIMIT", 64)
+        monkeypatch.setattr(tg, "CHUNK", 64)
+    return request.param
+
+
+def _bits(backend, seed, offset, start, n):
+    if backend == "cpu":
+        out = torch.empty(n, dtype=torch.int32)
+        sf._native.cpu().gumbel_noise(seed, offset, start, n, out.data_ptr(), 0, 1)
+        return out.long() & 0xFFFFFFFF
+    from semid_fast.triton import gumbel as tg
+
+    out = torch.empty(start + n, dtype=torch.int32)
+    tg.noise(seed, offset, None, out)
+    return out[start:].long() & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise stream
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reference_philox_is_philox4x32_10():
+    # Random123's known-answer vector for counter 0 and key 0.
+    words = ref.philox_bits(0, 0, 0, 4).tolist()
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("seed,offset,start,n", [
+    (0, 0, 0, 64), (1, 0, 3, 37), (2**40 + 12345, 7, 1, 1000), (2**63 - 1, 2**33 + 1, 5, 300),
+    (99, 2**63 - 1, 0, 9)])
+def test_philox_words_equal_the_reference(backend, seed, offset, start, n):
+    assert torch.equal(_bits(backend, seed, offset, start, n), ref.philox_bits(seed, offset, start, n))
+
+
+def test_cpu_words_far_into_the_stream():
+    start = 2**35 + 3  # counter groups beyond 32 bits
+    assert torch.equal(_bits("cpu", 5, 1, start, 50), ref.philox_bits(5, 1, start, 50))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_noise_floats_equal_the_reference_bit_for_bit(backend):
+    n = 1_000_000 if backend == "cpu" else 20_000
+    got = sf.gumbel_noise((n,), seed=1234, offset=5, backend=backend)
+    want = ref.gumbel_noise(1234, 5, 1, n)[0]
+    assert torch.equal(got, want)
+    # And it is Gumbel(0, 1): mean = Euler's gamma, variance = pi^2 / 6.
+    assert abs(want.double().mean().item() - 0.5772157) < 0.01
+    assert abs(want.double().var().item() - math.pi**2 / 6) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# gumbel_softmax against the reference
+# ---------------------------------------------------------------------------------------------
+
+# Ragged rows, a row of one entry, and rows on both sides of the Triton fit limit when the
+# `triton_path` fixture streams (64).
+SHAPES = [(1, 1), (3, 7), (4, 64), (5, 65), (17, 256), (2, 1000)]
+
+
+def _param(kind, rows, low, generator):
+    if kind == "float":
+        return 0.5 + low
+    if kind == "scalar":
+        return torch.tensor(0.5 + low)
+    return torch.rand(rows, generator=generator) + low
+
+
+def _assert_softmax_close(got, want, hard):
+    if hard:  # the reference's y_hard - y_soft + y_soft is one-hot up to rounding
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+        assert set(got.unique().tolist()) <= {0.0, 1.0}
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("rows,vocab", SHAPES)
+@pytest.mark.parametrize("hard", [False, True])
+def test_softmax_forward_matches_reference(backend, rows, vocab, hard, triton_path):
+    if backend != "triton" and triton_path == "streams":
+        pytest.skip("the streaming path is Triton's")
+    small_for_triton(backend, rows * vocab)
+    g = torch.Generator().manual_seed(rows * 31 + vocab)
+    x = torch.randn(rows, vocab, generator=g) * 3
+    for kind in ("float", "scalar", "row"):
+        tau = _param(kind, rows, 0.1, g)
+        scale = _param(kind, rows, 0.0, g)
+        got = sf.gumbel_softmax(x, tau, hard=hard, noise_scale=scale, seed=rows + 7, offset=3,
+                                backend=backend)
+        want = ref.gumbel_softmax(x, tau, hard=hard, noise_scale=scale, seed=rows + 7, offset=3)
+        _assert_softmax_close(got, want, hard)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("rows,vocab", [(3, 7), (5, 65), (4, 150)])
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("kind", ["float", "scalar", "row"])
+def test_softmax_backward_matches_reference(backend, rows, vocab, hard, kind, triton_path):
+    if backend != "triton" and triton_path == "streams":
+        pytest.skip("the streaming path is Triton's")
+    g = torch.Generator().manual_seed(vocab + rows)
+    x = torch.randn(rows, vocab, generator=g)
+    weight = torch.randn(rows, vocab, generator=g)
+    tau = _param(kind, rows, 0.2, g)
+    scale = _param(kind, rows, 0.1, g)
+    grads = []
+    for fn in (lambda *a, **k: sf.gumbel_softmax(*a, backend=backend, **k), ref.gumbel_softmax):
+        leaves = [x.clone().requires_grad_()]
+        params = []
+        for p in (tau, scale):
+            if isinstance(p, torch.Tensor):
+                p = p.clone().requires_grad_()
+                leaves.append(p)
+            params.append(p)
+        y = fn(leaves[0], params[0], hard=hard, noise_scale=params[1], seed=11, offset=2)
+        (y * weight).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_tensor_parameters_without_grad_and_noise_off_rows(backend):
+    x = torch.randn(6, 40)
+    scale = torch.tensor([0.0, 1.0, 0.0, 2.0, 1.0, 0.0])  # DIGER: noise on some rows only
+    xr = x.clone().requires_grad_()
+    y = sf.gumbel_softmax(xr, torch.tensor(0.7), noise_scale=scale, seed=3, backend=backend)
+    _assert_softmax_close(y.detach(), ref.gumbel_softmax(x, 0.7, noise_scale=scale, seed=3), False)
+    torch.testing.assert_close(y[scale == 0].detach(), (x[scale == 0] / 0.7).softmax(-1))
+    y.sum().backward()  # parameters that need no grad are simply skipped
+    assert xr.grad is not None
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dim_not_last_and_non_contiguous_draw_the_same_noise(backend):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 9, 6, generator=g)
+    tau = torch.rand(4, 6, generator=g) + 0.5  # one per row of the dim=1 layout
+    got = sf.gumbel_softmax(x, tau, dim=1, seed=5, backend=backend)
+    want = ref.gumbel_softmax(x, tau, dim=1, seed=5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    moved = sf.gumbel_softmax(x.movedim(1, -1).contiguous(), tau, seed=5, backend=backend)
+    assert torch.equal(got.movedim(1, -1), moved)
+    # A transposed (non-contiguous) view: same logical layout, same sample.
+    xt = torch.randn(30, 20, generator=g).T
+    assert not xt.is_contiguous()
+    assert torch.equal(sf.gumbel_softmax(xt, seed=9, hard=True, backend=backend),
+                       sf.gumbel_softmax(xt.contiguous(), seed=9, hard=True, backend=backend))
+    _assert_softmax_close(sf.gumbel_softmax(xt, seed=9, backend=backend),
+                          ref.gumbel_softmax(xt, seed=9), False)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_against_the_float32_reference(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("no bfloat16 in the Triton interpreter")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 100, generator=g).to(dtype)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    got = sf.gumbel_softmax(x, 0.5, seed=4, backend=backend)
+    assert got.dtype == dtype
+    want = ref.gumbel_softmax(x.float(), 0.5, seed=4)
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    xr = x.clone().requires_grad_()
+    sf.gumbel_softmax(xr, 0.5, seed=4, backend=backend).float().pow(2).sum().backward()
+    xf = x.float().requires_grad_()
+    ref.gumbel_softmax(xf, 0.5, seed=4).pow(2).sum().backward()
+    assert xr.grad.dtype == dtype
+    torch.testing.assert_close(xr.grad.float(), xf.grad, rtol=5 * tol, atol=5 * tol)
+
+
+def test_float64_logits_run_in_float32_on_cpu_and_float64_on_the_reference():
+    x = torch.randn(5, 30, dtype=torch.float64)
+    got = sf.gumbel_softmax(x, seed=2, backend="cpu")
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref.gumbel_softmax(x, seed=2), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# gumbel_topk against the reference
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("rows,vocab,k", [(1, 1, 1), (3, 7, 7), (5, 100, 1), (4, 300, 10),
+                                          (2, 2500, 40), (6, 64, 3)])
+def test_topk_matches_reference_exactly(backend, rows, vocab, k):
+    small_for_triton(backend, rows * vocab * max(k, 8) // 8)
+    g = torch.Generator().manual_seed(vocab)
+    x = torch.randn(rows, vocab, generator=g) * 2
+    for tau in (1.0, torch.rand(rows, generator=g) + 0.3):
+        got = sf.gumbel_topk(x, k, tau=tau, seed=vocab, offset=1, backend=backend)
+        want = ref.gumbel_topk(x, k, tau=tau, seed=vocab, offset=1)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+        assert all(len(set(r)) == k for r in got[1].tolist())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_topk_batch_dims_and_masked_tail(backend):
+    x = torch.randn(2, 3, 50)
+    x[..., 10:] = -torch.inf
+    scores, idx = sf.gumbel_topk(x, 12, seed=0, backend=backend)
+    assert idx.shape == (2, 3, 12)
+    want = ref.gumbel_topk(x, 12, seed=0)
+    assert torch.equal(idx, want[1]) and torch.equal(scores, want[0])
+    assert (idx[..., :10] < 10).all()  # the finite entries come first
+    assert torch.isinf(scores[..., 10:]).all() and (idx[..., 10:] == torch.arange(10, 12)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling statistics (fixed seeds: deterministic)
+# ---------------------------------------------------------------------------------------------
+
+
+def _chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_hard_samples_follow_softmax_of_logits_over_noise_scale_whatever_tau():
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0, -0.5])
+    draws = 100_000
+    x = logits.expand(draws, -1)
+    # Chi-square critical value for 5 degrees of freedom at p = 1e-4 is 25.7.
+    for tau in (0.1, 1.0, 5.0):
+        y = sf.gumbel_softmax(x, tau, hard=True, noise_scale=2.0, seed=42, backend="cpu")
+        counts = y.sum(0).double()
+        assert _chi2(counts, (logits / 2.0).softmax(0).double()) < 25.7
+        # A sampler that ignored noise_scale (softmax(logits)) fails the same test.
+        assert _chi2(counts, logits.softmax(0).double()) > 1000
+
+
+def test_topk_inclusion_follows_sampling_without_replacement():
+    logits = torch.tensor([1.0, 0.2, -0.5, 0.8, -1.5])
+    tau = 0.5
+    p = (logits.double() / tau).softmax(0)
+    # Exact probability of every unordered pair {i, j} drawn without replacement.
+    pairs = list(itertools.combinations(range(5), 2))
+    exact = torch.tensor([p[i] * p[j] / (1 - p[i]) + p[j] * p[i] / (1 - p[j]) for i, j in pairs])
+    draws = 100_000
+    _, idx = sf.gumbel_topk(logits.expand(draws, -1), 2, tau=tau, seed=7, backend="cpu")
+    lo, hi = idx.min(1).values, idx.max(1).values
+    counts = torch.tensor([float(((lo == i) & (hi == j)).sum()) for i, j in pairs]).double()
+    assert abs(exact.sum().item() - 1) < 1e-12
+    assert _chi2(counts, exact) < 33.7  # 9 degrees of freedom, p = 1e-4
+    # Ignoring tau (sampling from softmax(logits)) fails.
+    q = logits.double().softmax(0)
+    wrong = torch.tensor([q[i] * q[j] / (1 - q[i]) + q[j] * q[i] / (1 - q[j]) for i, j in pairs])
+    assert _chi2(counts, wrong) > 1000
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_masked_logits_are_never_sampled(backend):
+    rows = 20_000 if backend == "cpu" else 64
+    x = torch.randn(rows, 8)
+    x[:, [1, 4, 6]] = -torch.inf
+    y = sf.gumbel_softmax(x, hard=True, noise_scale=5.0, seed=1, backend=backend)
+    assert y[:, [1, 4, 6]].sum() == 0 and (y.sum(1) == 1).all()
+    soft = sf.gumbel_softmax(x, seed=1, backend=backend)
+    assert (soft[:, [1, 4, 6]] == 0).all()
+    _, idx = sf.gumbel_topk(x, 5, tau=3.0, seed=2, backend=backend)
+    assert not torch.isin(idx, torch.tensor([1, 4, 6])).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# gumbel_quantize
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+@pytest.mark.parametrize("hard", [True, False])
+@pytest.mark.parametrize("levels", [None, 3])
+def test_quantize_matches_reference(backend, distance, hard, levels):
+    g = torch.Generator().manual_seed(5)
+    n, k, d = 33, 20, 8
+    x = torch.randn(n, d, generator=g)
+    book = torch.randn(*((levels,) if levels else ()), k, d, generator=g)
+    outs = []
+    for fn in (lambda *a, **kw: sf.gumbel_quantize(*a, backend=backend, **kw), ref.gumbel_quantize):
+        xr, br = x.clone().requires_grad_(), book.clone().requires_grad_()
+        scale = torch.full((n,), 0.5).requires_grad_()
+        codes, quantized, soft = fn(xr, br, tau=0.7, hard=hard, noise_scale=scale,
+                                    distance=distance, logit_scale=4.0, seed=3, offset=1)
+        (quantized.pow(2).sum() + soft.pow(2).sum()).backward()
+        outs.append((codes, quantized, soft, xr.grad, br.grad, scale.grad))
+    (codes, *got), (want_codes, *want) = outs
+    assert torch.equal(codes, want_codes)
+    assert codes.shape == ((n, levels) if levels else (n,))
+    for a, b in zip(got, want):  # float32 sums of terms up to ~50: tolerance scaled to them
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    if hard:  # the forward value is exactly the chosen codewords
+        books = book if levels else book[None]
+        chosen, residual = torch.zeros(n, d), x.clone()
+        for lv in range(books.shape[0]):
+            cl = codes[:, lv] if levels else codes
+            chosen += books[lv][cl]
+            residual -= books[lv][cl]
+        torch.testing.assert_close(got[0], chosen, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library, torch.compile, gradcheck
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_opcheck(backend):
+    x = torch.randn(4, 9, requires_grad=True)
+    tau = torch.full((4,), 0.8, requires_grad=True)
+    scale = torch.ones(1, requires_grad=True)
+    seed = torch.tensor([3])
+    for hard in (False, True):
+        torch.library.opcheck(ops._softmax_op, (x, tau, scale, seed, 2, hard, backend))
+    dy = torch.randn(4, 9)
+    for sums in (False, True):
+        torch.library.opcheck(ops._softmax_backward_op,
+                              (x.detach(), dy, tau.detach(), scale.detach(), seed, 2, sums, backend))
+    torch.library.opcheck(ops._topk_op, (x.detach(), 3, tau.detach(), seed, 0, backend))
+
+
+def test_compiled_training_step_with_gumbel_quantize():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(12, 8)
+    book = torch.nn.Parameter(torch.randn(3, 16, 8))
+    opt = torch.optim.SGD([*encoder.parameters(), book], lr=0.01)
+
+    def forward(batch, seed):  # the loss of a DIGER-style step; AOT autograd traces backward
+        codes, quantized, soft = sf.gumbel_quantize(encoder(batch), book, tau=0.5, seed=seed)
+        loss = (quantized - encoder(batch)).pow(2).mean() + soft.pow(2).mean()
+        return loss, codes
+
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    batch = torch.randn(10, 12)
+    loss_c, codes_c = compiled(batch, 5)
+    loss_c.backward()
+    grads_c = [p.grad.clone() for p in (encoder.weight, book)]
+    opt.zero_grad()
+    loss_e, codes_e = forward(batch, 5)
+    loss_e.backward()
+    assert torch.equal(codes_c, codes_e)
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(grads_c, (encoder.weight.grad, book.grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_reference_float64():
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor([0.7, 1.2, 0.9], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, t, s: ref.gumbel_softmax(a, t, noise_scale=s, seed=1), (x, tau, scale))
+    # hard=True is piecewise constant (numerical Jacobian 0): its straight-through gradient is
+    # the soft one by construction, checked against the kernels above.
+    xq = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    book = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, c: ref.gumbel_quantize(a, c, hard=False, seed=2)[1:], (xq, book))
+
+
+def test_cpu_backward_passes_gradcheck_in_float64_through_float32_kernels():
+    # The kernels compute in float32: a loose gradcheck still catches a wrong formula.
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, s: sf.gumbel_softmax(a, 1.3, noise_scale=s, seed=4, backend="cpu"), (x, scale),
+        eps=1e-3, atol=2e-3, rtol=2e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_same_seed_same_sample_and_manual_seed_reproduces(backend):
+    x = torch.randn(5, 40)
+    a = sf.gumbel_softmax(x, seed=123, backend=backend)
+    assert torch.equal(a, sf.gumbel_softmax(x, seed=123, backend=backend))
+    assert not torch.equal(a, sf.gumbel_softmax(x, seed=124, backend=backend))
+    assert not torch.equal(a, sf.gumbel_softmax(x, seed=123, offset=1, backend=backend))
+    torch.manual_seed(77)
+    b = sf.gumbel_softmax(x, backend=backend)
+    c = sf.gumbel_topk(x, 3, backend=backend)
+    torch.manual_seed(77)
+    assert torch.equal(b, sf.gumbel_softmax(x, backend=backend))
+    assert torch.equal(c[1], sf.gumbel_topk(x, 3, backend=backend)[1])
+    assert not torch.equal(b, sf.gumbel_softmax(x, backend=backend))  # the generator moved on
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_clear_errors():
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="tau"):
+        sf.gumbel_softmax(x, 0.0)
+    with pytest.raises(ValueError, match="tau"):
+        sf.gumbel_softmax(x, torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="noise_scale"):
+        sf.gumbel_softmax(x, noise_scale=-1.0)
+    with pytest.raises(ValueError, match="one value per row"):
+        sf.gumbel_softmax(x, torch.ones(5))
+    with pytest.raises(ValueError, match="one value per row"):
+        sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 3), noise_scale=torch.ones(2, 2))
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sf.gumbel_softmax(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        sf.gumbel_topk(bad, 2)
+    with pytest.raises(ValueError, match="larger than the vocabulary"):
+        sf.gumbel_topk(x, 7)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        sf.gumbel_topk(x, 0)
+    with pytest.raises(ValueError, match="empty"):
+        sf.gumbel_softmax(torch.randn(3, 0))
+    with pytest.raises(ValueError, match="empty"):
+        sf.gumbel_topk(torch.randn(3, 0), 1)
+    with pytest.raises(ValueError, match="dim"):
+        sf.gumbel_softmax(x, dim=2)
+    with pytest.raises(ValueError, match="seed"):
+        sf.gumbel_softmax(x, seed=-1)
+    with pytest.raises(TypeError, match="logits"):
+        sf.gumbel_softmax([1.0, 2.0])
+    with pytest.raises(ValueError, match="distance"):
+        sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 3), distance="dot")
+    with pytest.raises(ValueError, match="codebook"):
+        sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="backend"):
+        sf.gumbel_softmax(x, backend="tpu")
+    # Empty batches are fine.
+    assert sf.gumbel_softmax(torch.randn(0, 5), seed=1).shape == (0, 5)
+    assert sf.gumbel_topk(torch.randn(0, 5), 2, seed=1)[1].shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: every GPU backend against the reference on CUDA tensors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("rows,vocab", [(1, 1), (5, 7), (64, 256), (3, 5000), (4, 12289),
+                                        (2, 40000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_softmax_matches_reference(backend, rows, vocab, dtype):
+    g = torch.Generator().manual_seed(vocab)
+    x = (torch.randn(rows, vocab, generator=g) * 3).to(dtype).cuda()
+    tau = (torch.rand(rows, generator=g) + 0.2).cuda()
+    scale = (torch.rand(rows, generator=g) + 0.1).cuda()
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    for hard in (False, True):
+        got = sf.gumbel_softmax(x, tau, hard=hard, noise_scale=scale, seed=9, offset=4,
+                                backend=backend)
+        want = ref.gumbel_softmax(x.float(), tau, hard=hard, noise_scale=scale, seed=9, offset=4)
+        if dtype == torch.float32:
+            _assert_softmax_close(got, want, hard)
+        else:
+            torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    leaves = [x.clone().requires_grad_(), tau.clone().requires_grad_(),
+              scale.clone().requires_grad_()]
+    ref_leaves = [x.float().clone().requires_grad_(), tau.clone().requires_grad_(),
+                  scale.clone().requires_grad_()]
+    weight = torch.randn(rows, vocab, generator=g).cuda()
+    (sf.gumbel_softmax(leaves[0], leaves[1], noise_scale=leaves[2], seed=9, backend=backend)
+     .float() * weight).sum().backward()
+    (ref.gumbel_softmax(ref_leaves[0], ref_leaves[1], noise_scale=ref_leaves[2], seed=9)
+     * weight).sum().backward()
+    for a, b in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad.float(), b.grad, rtol=max(1e-4, 10 * tol),
+                                   atol=max(1e-5, 10 * tol))
+
+
+@pytest.mark.gpu
+def test_gpu_noise_and_topk_match_reference():
+    n = 1_000_000
+    got = sf.gumbel_noise((n,), seed=77, offset=2, device="cuda", backend="triton")
+    assert torch.equal(got.cpu(), ref.gumbel_noise(77, 2, 1, n)[0])
+    for rows, vocab, k in [(3, 7, 7), (64, 32768, 50), (8, 1000, 1)]:
+        x = torch.randn(rows, vocab, device="cuda")
+        got = sf.gumbel_topk(x, k, tau=0.8, seed=5, backend="triton")
+        want = ref.gumbel_topk(x, k, tau=0.8, seed=5)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_quantize_and_argmax_match_reference(backend):
+    x = torch.randn(500, 32, device="cuda")
+    book = torch.randn(2, 256, 32, device="cuda")
+    codes, quantized, soft = sf.gumbel_quantize(x, book, tau=0.5, seed=1, backend=backend)
+    want = ref.gumbel_quantize(x, book, tau=0.5, seed=1)
+    assert torch.equal(codes, want[0])
+    torch.testing.assert_close(quantized, want[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(soft, want[2], rtol=1e-4, atol=1e-6)
