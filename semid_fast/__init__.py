@@ -1,9 +1,9 @@
 """semid_fast: fast kernels for semantic-ID generative recommendation.
 
 Families: ``quantize`` (RQ/PQ/OPQ encode, decode, fused RQ-VAE quantization step),
-``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding),
+``gumbel`` (counter-based Gumbel-softmax, Gumbel-top-k sampling, DIGER's Gumbel quantization),
 ``trie`` (semantic-ID tries on the device, constrained beam step and beam search) and
-``gumbel`` (counter-based Gumbel-softmax, Gumbel-top-k sampling, DIGER's Gumbel quantization).
+``longid`` (holistic scoring with fused top-k, item graphs, graph-constrained decoding).
 ``sid_files`` reads the semantic-ID files of LC-Rec/LETTER/MiniOneRec and MVIGER;
 ``semid_fast.hf`` (needs transformers, imported on demand) has
 ``SemanticIDLogitsProcessor``, the drop-in for ``generate(prefix_allowed_tokens_fn=...)``;

@@ -132,7 +132,6 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const int64_t>(level_tokens), k, eos, num_beams,
                           ptr<const float>(scores), vocab, ptr<float>(out), n_threads);
         });
-
   m.def("gumbel_noise",
         [](uint64_t seed, uint64_t offset, int64_t start, int64_t n, std::uintptr_t bits,
            std::uintptr_t noise, int n_threads) {

@@ -110,7 +110,6 @@ PYBIND11_MODULE(_C_cuda, m) {
               ptr<const int64_t>(level_tokens), k, eos, num_beams, ptr<const float>(scores),
               vocab, ptr<float>(out), stream_of(stream)));
         });
-
   m.def("gumbel_softmax_fwd",
         [](std::uintptr_t x, int dtype, int64_t rows, int64_t v, std::uintptr_t tau,
            int64_t tau_stride, std::uintptr_t scale, int64_t scale_stride, uint64_t seed,

@@ -32,8 +32,8 @@ from pathlib import Path
 FAMILIES = {
     "quantize": "semid_fast.bench.quantize",
     "longid": "semid_fast.bench.longid",
-    "trie": "semid_fast.bench.trie",
     "gumbel": "semid_fast.bench.gumbel",
+    "trie": "semid_fast.bench.trie",
 }
 
 # Seconds of timed calls to aim for per row (at least 3 calls, at most harness.MAX_REPS;
