@@ -84,7 +84,8 @@ class VarLenEncoder(torch.nn.Module):
     def init_codebook(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """K random encoded items as codewords."""
         z = self.encoder(x)
-        self.codebook.copy_(z[torch.randperm(z.shape[0], generator=generator)[:self.codebook.shape[0]]])
+        picks = torch.randperm(z.shape[0], generator=generator)[:self.codebook.shape[0]]
+        self.codebook.copy_(z[picks])
 
     def forward(self, x: torch.Tensor, *, tau: float, noise_scale: float, logit_scale: float,
                 seed: int, offset: int, backend: str = "auto"):
@@ -185,6 +186,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
         left.set_xlabel("step")
         left.set_ylabel("expected ID length (length head)")
         right.bar(range(1, s.max_len + 1), length_counts, color="tab:blue")
+        right.set_xticks(list(range(1, s.max_len + 1)))
         right.set_xlabel("predicted ID length (codes, before the suffix)")
         right.set_ylabel("items")
 
