@@ -77,8 +77,8 @@ class Settings:
     @classmethod
     def sized(cls, quick: bool, seed: int = 0) -> "Settings":
         if quick:
-            return cls(n_items=3000, steps=20, batch=128, k=64, eval_every=5, reps=3,
-                       seed=seed)
+            return cls(n_items=2000, hidden=(128,), steps=12, batch=64, k=32, eval_every=4,
+                       reps=3, seed=seed)
         return cls(seed=seed)
 
 
@@ -285,11 +285,13 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
 
     report.say(f"\n{s.steps} steps, batch {s.batch}, latent {s.latent}, {s.levels} levels x "
                f"{s.k} codes; catalog codes after training (used / perplexity per level):")
+    # colliding items: items minus distinct full IDs (what a collision suffix must fix)
     report.table(["run", *(f"level {lv}" for lv in range(s.levels)), "colliding items",
-                  "median step"],
+                  "loss (last 10%)", "median step"],
                  [[name, *(f"{final[name]['used'][lv]} / {final[name]['perplexity'][lv]:.1f}"
                            for lv in range(s.levels)),
-                   final[name]["colliding_items"], fmt_time(step_s[name])]
+                   final[name]["colliding_items"], f"{final[name]['tail_loss']:.4f}",
+                   fmt_time(step_s[name])]
                   for name in ("ste", *SCHEDULES)])
     report.say(f"learnable sigma: {s.sigma_start} -> {report.metrics['sigma_final']:.3f}")
     report.say(f"\nstep time of the exp_tau model (gumbel_quantize backend: {resolved}):")

@@ -63,8 +63,8 @@ class Settings:
     @classmethod
     def sized(cls, quick: bool, seed: int = 0) -> "Settings":
         if quick:
-            return cls(n_items=3000, steps=30, batch=128, decode_users=8, reps_decode=1,
-                       seed=seed)
+            return cls(n_items=2000, steps=20, batch=128, decode_users=4, decode_beam=5,
+                       reps_decode=1, seed=seed)
         return cls(seed=seed)
 
 
