@@ -139,20 +139,23 @@ class Run:
         self.tau = schedules.ExponentialDecay(
             s.tau_start, math.log(s.tau_start / s.tau_end) / max(1, s.steps - 1), s.tau_end)
         self.noise = schedules.CosineDecay(1.0, 0.0, max(1, s.steps - 1))
-        self.losses, self.times, self.usage, self.extra = [], [], [], []
+        self.losses, self.times, self.usage = [], [], []  # losses: the task loss
 
     def loss(self, step: int, rows: torch.Tensor, x: torch.Tensor, last_codes: torch.Tensor):
-        """(loss, codes) of one training step on items ``rows``."""
+        """(objective, task loss, codes) of one training step on items ``rows``; the
+        objective differs from the task loss only for the learnable sigma (its weighting)."""
         s, model = self.s, self.model
         batch = x[rows]
         z = model.encoder(batch)
         if self.name == "ste":
             codes, quantized, rq_loss = sf.rq_quantize(z, model.codebooks, beta=s.beta)
-            return F.mse_loss(model.decoder(quantized), batch) + rq_loss, codes
+            loss = F.mse_loss(model.decoder(quantized), batch) + rq_loss
+            return loss, loss, codes
         if self.name == "torch_gumbel_softmax":
             codes, quantized = torch_gumbel_levels(z, model.codebooks, self.tau(step),
                                                    self.logit_scale)
-            return vq_loss(model, batch, z, quantized, s.beta), codes
+            loss = vq_loss(model, batch, z, quantized, s.beta)
+            return loss, loss, codes
         tau, scales = 1.0, [1.0] * s.levels
         backend = "reference" if self.name == "reference" else "auto"
         if self.name in ("exp_tau", "reference"):
@@ -168,14 +171,14 @@ class Run:
                                          offset=step * s.levels, backend=backend)
         loss = vq_loss(model, batch, z, quantized, s.beta)
         if self.sigma is not None:
-            loss = schedules.learnable_sigma_loss(loss, self.sigma)
-        return loss, codes
+            return schedules.learnable_sigma_loss(loss, self.sigma), loss, codes
+        return loss, loss, codes
 
     def step(self, step: int, rows, x, last_codes, device: str) -> torch.Tensor:
         started = time.perf_counter()
-        loss, codes = self.loss(step, rows, x, last_codes)
+        objective, loss, codes = self.loss(step, rows, x, last_codes)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         self.optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -223,8 +226,8 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     rows0 = torch.randint(0, s.n_items, (s.batch,), generator=torch.Generator().manual_seed(
         s.seed + 1)).to(device)
     with torch.no_grad():
-        loss_ours, codes_ours = runs["exp_tau"].loss(0, rows0, x, last_codes["exp_tau"])
-        loss_ref, codes_ref = runs["reference"].loss(0, rows0, x, last_codes["reference"])
+        _, loss_ours, codes_ours = runs["exp_tau"].loss(0, rows0, x, last_codes["exp_tau"])
+        _, loss_ref, codes_ref = runs["reference"].loss(0, rows0, x, last_codes["reference"])
     report.check(f"step-0 codes of gumbel_quantize ({resolved}) equal the reference backend's",
                  torch.equal(codes_ours.cpu(), codes_ref.cpu()),
                  f"{s.batch} rows x {s.levels} levels")
