@@ -291,8 +291,13 @@ int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
         continue;
       }
       std::iota(order.begin(), order.end(), int64_t(0));
+      // A strict total order even on unchecked NaN scores (ranked first, as torch.topk
+      // does): std::partial_sort needs one.
       const auto better = [si](int64_t a, int64_t b) {
-        return si[a] > si[b] || (si[a] == si[b] && a < b);
+        const bool nan_a = std::isnan(si[a]), nan_b = std::isnan(si[b]);
+        if (nan_a != nan_b) return nan_a;
+        if (!nan_a && si[a] != si[b]) return si[a] > si[b];
+        return a < b;
       };
       std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
       for (int64_t r = 0; r < k; ++r) {

@@ -105,6 +105,7 @@ def _softmax_fwd_kernel(x_ptr, y_ptr, argmax_ptr, tau_ptr, tau_stride, scale_ptr
         z = _perturb(x_ptr, base, lanes, vocab, tau, scale, seed, off_lo, off_hi)
         best = tl.max(z, 0)
         at = tl.min(tl.where(z == best, lanes, BLOCK), 0)
+        at = tl.where(at < vocab, at, 0)  # a NaN row (unchecked input) matches nothing
         tl.store(argmax_ptr + row, at.to(tl.int64))
         if HARD:
             y = tl.where(lanes == at, 1.0, 0.0)
@@ -128,6 +129,7 @@ def _softmax_fwd_kernel(x_ptr, y_ptr, argmax_ptr, tau_ptr, tau_stride, scale_ptr
             lane_max = new_max
         best = tl.max(lane_max, 0)
         at = tl.min(tl.where(lane_max == best, lane_at, vocab), 0)
+        at = tl.where(at < vocab, at, 0)  # a NaN row (unchecked input) matches nothing
         tl.store(argmax_ptr + row, at)
         total = tl.sum(lane_sum * tl.exp(lane_max - best), 0)
         for start in range(0, vocab, BLOCK):
