@@ -182,6 +182,40 @@ float lane_sum(const float* a, const float* b, int64_t v) {
   return sum;
 }
 
+// The largest z of the row, in 8 lanes (-inf for a row of -inf).
+float row_max(const float* z, int64_t v) {
+  v8f lane_best = kNegInf - v8f{};
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) {
+    const v8f zz = *reinterpret_cast<const v8f_unaligned*>(z + j);
+    lane_best = zz > lane_best ? zz : lane_best;
+  }
+  float best = kNegInf;
+  for (int l = 0; l < 8; ++l) best = lane_best[l] > best ? lane_best[l] : best;
+  for (; j < v; ++j) best = z[j] > best ? z[j] : best;
+  return best;
+}
+
+// sum of e[j] and of e[j] * dy[j] in one pass (8 lanes each).
+void sum_and_dot(const float* e, const float* dy, int64_t v, float& sum, float& dot) {
+  v8f acc_sum = v8f{}, acc_dot = v8f{};
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) {
+    const v8f ve = *reinterpret_cast<const v8f_unaligned*>(e + j);
+    acc_sum += ve;
+    acc_dot += ve * *reinterpret_cast<const v8f_unaligned*>(dy + j);
+  }
+  sum = dot = 0.f;
+  for (int l = 0; l < 8; ++l) {
+    sum += acc_sum[l];
+    dot += acc_dot[l];
+  }
+  for (; j < v; ++j) {
+    sum += e[j];
+    dot += e[j] * dy[j];
+  }
+}
+
 // e = exp(z - max) in place; returns 1 / sum(e).
 float exp_row(float* z, int64_t v, float max) {
   for (int64_t j = 0; j < v; ++j) z[j] = exp_nonpositive(z[j] - max);
@@ -248,9 +282,15 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     float* dxi = dx + i * v;
     const float t = tau[i * tau_stride], s = scale[i * scale_stride];
     fill_noise(seed, offset, i * v, v, nullptr, g);
-    const int64_t at = perturb_row(xi, g, v, t, s, y);
-    const float inv = exp_row(y, v, y[at]);  // y holds exp(z - max)
-    const float dot = lane_sum(dyi, y, v) * inv;
+    // Three passes over the row in cache: z and its max; exp(z - max); sum(e) and sum(dy * e)
+    // together. (The argmax is not needed here.)
+    for (int64_t j = 0; j < v; ++j) y[j] = (xi[j] + s * g[j]) / t;
+    const float max = row_max(y, v);
+    for (int64_t j = 0; j < v; ++j) y[j] = exp_nonpositive(y[j] - max);  // y holds e
+    float total, dot;
+    sum_and_dot(y, dyi, v, total, dot);
+    const float inv = 1.f / total;
+    dot *= inv;
     for (int64_t j = 0; j < v; ++j) {  // y holds dz from here
       y[j] = (y[j] * inv) * (dyi[j] - dot);
       dxi[j] = y[j] / t;
