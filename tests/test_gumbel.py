@@ -371,6 +371,19 @@ def test_compiled_training_step_with_gumbel_quantize():
         torch.testing.assert_close(a, b)
 
 
+def test_compiled_seedless_call_draws_from_torch_generator_like_eager():
+    # seed=None: the seed is drawn by torch.randint inside the graph (no host read, no graph
+    # break), so compiled and eager calls after the same manual_seed agree.
+    compiled = torch.compile(lambda t: sf.gumbel_softmax(t, 0.5, backend="cpu"), fullgraph=True,
+                             backend="aot_eager")
+    x = torch.randn(4, 10)
+    torch.manual_seed(1)
+    a, b = compiled(x), compiled(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, sf.gumbel_softmax(x, 0.5, backend="cpu"))
+    assert not torch.equal(a, b)  # the generator moved on between calls
+
+
 def test_gradcheck_reference_float64():
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor([0.7, 1.2, 0.9], dtype=torch.float64, requires_grad=True)
@@ -463,6 +476,49 @@ def test_bad_input_gets_clear_errors():
     assert sf.gumbel_topk(torch.randn(0, 5), 2, seed=1)[1].shape == (0, 2)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_unchecked_inputs_never_reach_a_kernel_with_a_wrong_length(backend):
+    # With value scans off, the shape checks still run: the kernels read tau[row] and
+    # noise_scale[row] for every row, so a wrong length must fail before any kernel.
+    x = torch.randn(4, 6)
+    sf.config.check_values = False
+    try:
+        with pytest.raises(ValueError, match="tau"):
+            sf.gumbel_softmax(x, torch.ones(3), backend=backend)
+        with pytest.raises(ValueError, match="noise_scale"):
+            sf.gumbel_softmax(x, noise_scale=torch.ones(8), backend=backend)
+        with pytest.raises(ValueError, match="tau"):
+            sf.gumbel_topk(x, 2, tau=torch.ones(2), backend=backend)
+        # The custom ops themselves (reachable as torch.ops.semid_fast.*) check lengths too.
+        seed = torch.tensor([1])
+        with pytest.raises(ValueError, match="tau"):
+            ops._softmax_op(x, torch.ones(2), torch.ones(1), seed, 0, False, backend)
+        with pytest.raises(ValueError, match="noise_scale"):
+            ops._softmax_backward_op(x, x, torch.ones(1), torch.ones(9), seed, 0, True, backend)
+        with pytest.raises(ValueError, match="k="):
+            ops._topk_op(x, 7, torch.ones(1), seed, 0, backend)
+        # NaN rows (unchecked) still give an argmax inside the row.
+        bad = torch.full((3, 70), float("nan"))
+        _, argmax = ops._softmax_op(bad, torch.ones(1), torch.ones(1), seed, 0, True, backend)
+        assert ((argmax >= 0) & (argmax < 70)).all()
+        _, idx = sf.gumbel_topk(bad, 3, seed=1, backend=backend)
+        assert torch.equal(idx, torch.arange(3).expand(3, 3))  # all NaN: ties, smaller first
+    finally:
+        sf.config.check_values = True
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_per_row_parameters_are_read_by_row(backend):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 12, generator=g)
+    both = torch.rand(5, 2, generator=g) + 0.3
+    tau, scale = both[:, 0], both[:, 1]  # stride 2: not the layout the kernels read
+    assert not tau.is_contiguous()
+    got = sf.gumbel_softmax(x, tau, noise_scale=scale, seed=8, backend=backend)
+    want = ref.gumbel_softmax(x, tau.contiguous(), noise_scale=scale.contiguous(), seed=8)
+    _assert_softmax_close(got, want, False)
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: every GPU backend against the reference on CUDA tensors
 # ---------------------------------------------------------------------------------------------
@@ -470,8 +526,10 @@ def test_bad_input_gets_clear_errors():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("rows,vocab", [(1, 1), (5, 7), (64, 256), (3, 5000), (4, 12289),
-                                        (2, 40000)])
+# Both sides of the CUDA kernels' shared-memory row cache: 11776 floats forward, 5888 z and g
+# pairs backward with tau / noise_scale gradients (46 KB).
+@pytest.mark.parametrize("rows,vocab", [(1, 1), (5, 7), (64, 256), (3, 5888), (3, 5889),
+                                        (4, 11776), (4, 11777), (2, 40000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_softmax_matches_reference(backend, rows, vocab, dtype):
     g = torch.Generator().manual_seed(vocab)

@@ -212,6 +212,8 @@ def _topk_kernel(x_ptr, tau_ptr, tau_stride, vocab, seed, off_lo, off_hi, per_ch
     valid = cols < vocab
     x = tl.load(x_ptr + row * vocab + cols, mask=valid, other=0.0)
     scores = tl.math.div_rn(x, tau) + _gumbel(seed, off_lo, off_hi, row * vocab + cols)
+    # Unchecked NaN ranks first (as in torch.topk, reported as +inf): every pick stays in the row.
+    scores = tl.where(scores != scores, float("inf"), scores)
     taken = ~valid
     out = (row * n_chunks + chunk) * per_chunk
     for r in range(per_chunk):
