@@ -70,7 +70,7 @@ def test_cpu_words_far_into_the_stream():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_noise_floats_equal_the_reference_bit_for_bit(backend):
-    n = 1_000_000 if backend == "cpu" else 20_000
+    n = 262_144 if backend == "cpu" else 20_000  # the moment checks below hold at >= 3.5 sd
     got = sf.gumbel_noise((n,), seed=1234, offset=5, backend=backend)
     want = ref.gumbel_noise(1234, 5, 1, n)[0]
     assert torch.equal(got, want)

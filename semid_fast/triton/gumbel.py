@@ -226,6 +226,15 @@ def _topk_kernel(x_ptr, tau_ptr, tau_stride, vocab, seed, off_lo, off_hi, per_ch
         taken = taken | (cols == at)
 
 
+_MAX_GRID_X = 2**31 - 1  # CUDA's grid limits: rows go on x, top-k chunks on y
+_MAX_GRID_Y = 65535
+
+
+def _check_rows(rows: int) -> None:
+    if rows > _MAX_GRID_X:
+        raise ValueError(f"triton gumbel kernels take at most {_MAX_GRID_X} rows, got {rows}")
+
+
 def _offset_words(offset: int) -> tuple[int, int]:
     return offset & 0xFFFFFFFF, offset >> 32
 
@@ -253,6 +262,7 @@ def noise(seed: int, offset: int, out: torch.Tensor | None, bits: torch.Tensor |
 def softmax_forward(x, tau, scale, seed, offset, hard, y, argmax) -> None:
     """x, y (rows, vocab) contiguous; tau, scale float32 (1,) or (rows,); argmax (rows,)."""
     rows, vocab = x.shape
+    _check_rows(rows)
     fits = vocab <= FIT_LIMIT
     block = triton.next_power_of_2(vocab) if fits else CHUNK
     lo, hi = _offset_words(offset)
@@ -265,6 +275,7 @@ def softmax_forward(x, tau, scale, seed, offset, hard, y, argmax) -> None:
 def softmax_backward(x, dy, tau, scale, seed, offset, dx, gz, zz) -> None:
     """dx float32 (rows, vocab); gz, zz float32 (rows,) or None (not wanted)."""
     rows, vocab = x.shape
+    _check_rows(rows)
     fits = vocab <= FIT_LIMIT
     block = triton.next_power_of_2(vocab) if fits else CHUNK
     lo, hi = _offset_words(offset)
@@ -281,6 +292,10 @@ def topk(x, k, tau, seed, offset):
     rows, vocab = x.shape
     block = min(TOPK_CHUNK, triton.next_power_of_2(vocab))
     n_chunks = triton.cdiv(vocab, block)
+    _check_rows(rows)
+    if n_chunks > _MAX_GRID_Y:
+        raise ValueError(f"triton gumbel_topk takes at most {_MAX_GRID_Y * TOPK_CHUNK} columns, "
+                         f"got {vocab}")
     per_chunk = min(k, block)
     scores = torch.empty((rows, n_chunks * per_chunk), dtype=torch.float32, device=x.device)
     indices = torch.empty((rows, n_chunks * per_chunk), dtype=torch.long, device=x.device)
