@@ -118,7 +118,7 @@ typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
 // z = (x + scale * g) / tau into z; returns the first index of the largest z.
 int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float scale, float* z) {
-  for (int64_t j = 0; j < v; ++j) z[j] = (x[j] + scale * g[j]) / tau;
+  for (int64_t j = 0; j < v; ++j) z[j] = philox::perturb(x[j], scale, g[j], tau);
   int64_t j = 0;
   float best = kNegInf;
   int64_t at = 0;
@@ -284,7 +284,7 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     fill_noise(seed, offset, i * v, v, nullptr, g);
     // Three passes over the row in cache: z and its max; exp(z - max); sum(e) and sum(dy * e)
     // together. (The argmax is not needed here.)
-    for (int64_t j = 0; j < v; ++j) y[j] = (xi[j] + s * g[j]) / t;
+    for (int64_t j = 0; j < v; ++j) y[j] = philox::perturb(xi[j], s, g[j], t);
     const float max = row_max(y, v);
     for (int64_t j = 0; j < v; ++j) y[j] = exp_nonpositive(y[j] - max);  // y holds e
     float total, dot;
@@ -298,7 +298,7 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     if (row_gz || row_zz) {
       const float gz = lane_sum(y, g, v);
       // z again, 0 where dz == 0 (masked -inf entries: no 0 * inf); g is free to hold it.
-      for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : (xi[j] + s * g[j]) / t;
+      for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : philox::perturb(xi[j], s, g[j], t);
       const float zz = lane_sum(y, g, v);
       if (row_gz) row_gz[i] = gz;
       if (row_zz) row_zz[i] = zz;

@@ -10,8 +10,8 @@
 // sum of exp(z - max), sum of dy * exp(z - max)) over its elements; one block reduction
 // merges them. When the row's z (and g for the backward's parameter sums) fit in 48 KB of
 // shared memory they are kept there, so the row is read once and written once; longer rows
-// draw the noise again in the output pass instead. z = (x + scale * g) / tau uses
-// __fmul_rn / __fadd_rn / __fdiv_rn: rounded like the reference, never contracted to an FMA.
+// draw the noise again in the output pass instead. z = philox::perturb (__fmul_rn /
+// __fadd_rn / __fdiv_rn on the device): rounded like the reference, never contracted to an FMA.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -151,7 +151,7 @@ __device__ __forceinline__ void for_row_elements(const T* __restrict__ xr, int64
       const int64_t j = group * 4 + lane - base;
       if (j < 0 || j >= v) continue;
       const float g = philox::gumbel_of_bits(words[lane]);
-      const float z = __fdiv_rn(__fadd_rn(to_float(xr[j]), __fmul_rn(scale, g)), tau);
+      const float z = philox::perturb(to_float(xr[j]), scale, g, tau);
       f(j, g, z);
     }
   }
