@@ -118,7 +118,7 @@ typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
 // z = (x + scale * g) / tau into z; returns the first index of the largest z.
 int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float scale, float* z) {
-  for (int64_t j = 0; j < v; ++j) z[j] = (x[j] + scale * g[j]) / tau;
+  for (int64_t j = 0; j < v; ++j) z[j] = philox::perturb(x[j], scale, g[j], tau);
   int64_t j = 0;
   float best = kNegInf;
   int64_t at = 0;
@@ -180,6 +180,40 @@ float lane_sum(const float* a, const float* b, int64_t v) {
   for (int l = 0; l < 8; ++l) sum += acc[l];
   for (; j < v; ++j) sum += b ? a[j] * b[j] : a[j];
   return sum;
+}
+
+// The largest z of the row, in 8 lanes (-inf for a row of -inf).
+float row_max(const float* z, int64_t v) {
+  v8f lane_best = kNegInf - v8f{};
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) {
+    const v8f zz = *reinterpret_cast<const v8f_unaligned*>(z + j);
+    lane_best = zz > lane_best ? zz : lane_best;
+  }
+  float best = kNegInf;
+  for (int l = 0; l < 8; ++l) best = lane_best[l] > best ? lane_best[l] : best;
+  for (; j < v; ++j) best = z[j] > best ? z[j] : best;
+  return best;
+}
+
+// sum of e[j] and of e[j] * dy[j] in one pass (8 lanes each).
+void sum_and_dot(const float* e, const float* dy, int64_t v, float& sum, float& dot) {
+  v8f acc_sum = v8f{}, acc_dot = v8f{};
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) {
+    const v8f ve = *reinterpret_cast<const v8f_unaligned*>(e + j);
+    acc_sum += ve;
+    acc_dot += ve * *reinterpret_cast<const v8f_unaligned*>(dy + j);
+  }
+  sum = dot = 0.f;
+  for (int l = 0; l < 8; ++l) {
+    sum += acc_sum[l];
+    dot += acc_dot[l];
+  }
+  for (; j < v; ++j) {
+    sum += e[j];
+    dot += e[j] * dy[j];
+  }
 }
 
 // e = exp(z - max) in place; returns 1 / sum(e).
@@ -248,9 +282,15 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     float* dxi = dx + i * v;
     const float t = tau[i * tau_stride], s = scale[i * scale_stride];
     fill_noise(seed, offset, i * v, v, nullptr, g);
-    const int64_t at = perturb_row(xi, g, v, t, s, y);
-    const float inv = exp_row(y, v, y[at]);  // y holds exp(z - max)
-    const float dot = lane_sum(dyi, y, v) * inv;
+    // Three passes over the row in cache: z and its max; exp(z - max); sum(e) and sum(dy * e)
+    // together. (The argmax is not needed here.)
+    for (int64_t j = 0; j < v; ++j) y[j] = philox::perturb(xi[j], s, g[j], t);
+    const float max = row_max(y, v);
+    for (int64_t j = 0; j < v; ++j) y[j] = exp_nonpositive(y[j] - max);  // y holds e
+    float total, dot;
+    sum_and_dot(y, dyi, v, total, dot);
+    const float inv = 1.f / total;
+    dot *= inv;
     for (int64_t j = 0; j < v; ++j) {  // y holds dz from here
       y[j] = (y[j] * inv) * (dyi[j] - dot);
       dxi[j] = y[j] / t;
@@ -258,7 +298,7 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     if (row_gz || row_zz) {
       const float gz = lane_sum(y, g, v);
       // z again, 0 where dz == 0 (masked -inf entries: no 0 * inf); g is free to hold it.
-      for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : (xi[j] + s * g[j]) / t;
+      for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : philox::perturb(xi[j], s, g[j], t);
       const float zz = lane_sum(y, g, v);
       if (row_gz) row_gz[i] = gz;
       if (row_zz) row_zz[i] = zz;
@@ -291,8 +331,13 @@ int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
         continue;
       }
       std::iota(order.begin(), order.end(), int64_t(0));
+      // A strict total order even on unchecked NaN scores (ranked first, as torch.topk
+      // does): std::partial_sort needs one.
       const auto better = [si](int64_t a, int64_t b) {
-        return si[a] > si[b] || (si[a] == si[b] && a < b);
+        const bool nan_a = std::isnan(si[a]), nan_b = std::isnan(si[b]);
+        if (nan_a != nan_b) return nan_a;
+        if (!nan_a && si[a] != si[b]) return si[a] > si[b];
+        return a < b;
       };
       std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
       for (int64_t r = 0; r < k; ++r) {

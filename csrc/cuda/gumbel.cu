@@ -10,8 +10,8 @@
 // sum of exp(z - max), sum of dy * exp(z - max)) over its elements; one block reduction
 // merges them. When the row's z (and g for the backward's parameter sums) fit in 48 KB of
 // shared memory they are kept there, so the row is read once and written once; longer rows
-// draw the noise again in the output pass instead. z = (x + scale * g) / tau uses
-// __fmul_rn / __fadd_rn / __fdiv_rn: rounded like the reference, never contracted to an FMA.
+// draw the noise again in the output pass instead. z = philox::perturb (__fmul_rn /
+// __fadd_rn / __fdiv_rn on the device): rounded like the reference, never contracted to an FMA.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -30,7 +30,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
-constexpr int64_t kCacheBytes = 48 * 1024;
+// Dynamic shared memory for the row cache: the 48 KB that a launch gets without opting in,
+// less room for the reductions' static shared memory (about 260 bytes).
+constexpr int64_t kCacheBytes = 46 * 1024;
 constexpr int64_t kNoIndex = INT64_MAX;
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
@@ -61,7 +63,10 @@ struct Stats {
 __device__ __forceinline__ Stats empty_stats() { return Stats{neg_inf(), kNoIndex, 0.f, 0.f}; }
 
 // Adds element j (indices arrive in increasing order per thread: strict > keeps the first).
+// The first element always sets `at`, so that a row of NaN (unchecked input) still yields an
+// index inside the row.
 __device__ __forceinline__ void push(Stats& a, float z, int64_t j, float dy) {
+  if (a.at == kNoIndex) a.at = j;
   if (z > a.m) {
     const float r = a.m == neg_inf() ? 0.f : expf(a.m - z);
     a.sum = a.sum * r + 1.f;
@@ -72,13 +77,13 @@ __device__ __forceinline__ void push(Stats& a, float z, int64_t j, float dy) {
     const float e = expf(z - a.m);
     a.sum += e;
     a.dot += dy * e;
-  } else if (a.at == kNoIndex) {
-    a.at = j;  // an all -inf row still has a first argmax
   }
 }
 
 __device__ __forceinline__ Stats merge(const Stats& a, const Stats& b) {
-  const bool b_wins = b.m > a.m || (b.m == a.m && b.at < a.at);
+  // A side without elements never wins (also when the other's max is NaN).
+  const bool b_wins = b.at != kNoIndex &&
+                      (a.at == kNoIndex || b.m > a.m || (b.m == a.m && b.at < a.at));
   Stats out;
   out.m = b_wins ? b.m : a.m;
   out.at = b_wins ? b.at : a.at;
@@ -146,7 +151,7 @@ __device__ __forceinline__ void for_row_elements(const T* __restrict__ xr, int64
       const int64_t j = group * 4 + lane - base;
       if (j < 0 || j >= v) continue;
       const float g = philox::gumbel_of_bits(words[lane]);
-      const float z = __fdiv_rn(__fadd_rn(to_float(xr[j]), __fmul_rn(scale, g)), tau);
+      const float z = philox::perturb(to_float(xr[j]), scale, g, tau);
       f(j, g, z);
     }
   }

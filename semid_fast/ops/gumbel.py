@@ -31,7 +31,12 @@ def _triton():
     return tg
 
 
-def _stride(param: torch.Tensor) -> int:
+def _stride(param: torch.Tensor, rows: int, name: str) -> int:
+    """0 for one value, 1 for one per row. The kernels read param[i * stride] for every row,
+    so the length is checked here, whatever ``check_values`` says (a shape check, no sync)."""
+    if param.dtype != torch.float32 or not param.is_contiguous() or param.numel() not in (1, rows):
+        raise ValueError(f"{name} must be a contiguous float32 tensor of 1 or {rows} values, "
+                         f"got {param.dtype} {tuple(param.shape)}")
     return 0 if param.numel() == 1 else 1
 
 
@@ -43,14 +48,16 @@ def _stride(param: torch.Tensor) -> int:
 def _forward(backend, x, tau, scale, seed, offset, hard):
     """y (rows, vocab) in x's dtype (one-hot when hard) and argmax (rows,) int64."""
     rows, vocab = x.shape
+    tau_stride, scale_stride = _stride(tau, rows, "tau"), _stride(scale, rows, "noise_scale")
+    x = x.contiguous()
     argmax = torch.empty(rows, dtype=torch.long, device=x.device)
     if backend == "cpu":
-        x32 = x.float().contiguous()
+        x32 = x.float()
         y = torch.empty_like(x32)
         if rows:
             status = _native.cpu().gumbel_softmax_fwd_f32(
-                x32.data_ptr(), rows, vocab, tau.data_ptr(), _stride(tau), scale.data_ptr(),
-                _stride(scale), seed, offset, int(hard), y.data_ptr(), argmax.data_ptr(),
+                x32.data_ptr(), rows, vocab, tau.data_ptr(), tau_stride, scale.data_ptr(),
+                scale_stride, seed, offset, int(hard), y.data_ptr(), argmax.data_ptr(),
                 _native.n_threads())
             _native.check_cpu_status(status, "gumbel_softmax")
         return y.to(x.dtype), argmax
@@ -59,9 +66,9 @@ def _forward(backend, x, tau, scale, seed, offset, hard):
         return y, argmax
     if backend == "cuda":
         _native.call_cuda("gumbel_softmax", _native._C_cuda.gumbel_softmax_fwd, x.data_ptr(),
-                          _native.DTYPE_CODES[x.dtype], rows, vocab, tau.data_ptr(),
-                          _stride(tau), scale.data_ptr(), _stride(scale), seed, offset,
-                          int(hard), y.data_ptr(), argmax.data_ptr(), device=x.device)
+                          _native.DTYPE_CODES[x.dtype], rows, vocab, tau.data_ptr(), tau_stride,
+                          scale.data_ptr(), scale_stride, seed, offset, int(hard), y.data_ptr(),
+                          argmax.data_ptr(), device=x.device)
     else:
         _triton().softmax_forward(x, tau, scale, seed, offset, hard, y, argmax)
     return y, argmax
@@ -71,6 +78,11 @@ def _backward(backend, x, dy, tau, scale, seed, offset, need_sums):
     """dx (rows, vocab) float32 and, when need_sums, the per-row sums sum(dz * g) and
     sum(dz * z) (float32 (rows,)) that the gradients of noise_scale and tau need."""
     rows, vocab = x.shape
+    tau_stride, scale_stride = _stride(tau, rows, "tau"), _stride(scale, rows, "noise_scale")
+    if dy.shape != x.shape:
+        raise ValueError(f"gumbel_softmax backward: dy {tuple(dy.shape)} must have x's shape "
+                         f"{tuple(x.shape)}")
+    x = x.contiguous()
     dx = torch.empty((rows, vocab), dtype=torch.float32, device=x.device)
     gz = torch.empty(rows if need_sums else 0, dtype=torch.float32, device=x.device)
     zz = torch.empty_like(gz)
@@ -79,17 +91,17 @@ def _backward(backend, x, dy, tau, scale, seed, offset, need_sums):
     gz_ptr = gz.data_ptr() if need_sums else 0
     zz_ptr = zz.data_ptr() if need_sums else 0
     if backend == "cpu":
-        x32, dy32 = x.float().contiguous(), dy.float().contiguous()
+        x32, dy32 = x.float(), dy.float().contiguous()
         status = _native.cpu().gumbel_softmax_bwd_f32(
-            x32.data_ptr(), dy32.data_ptr(), rows, vocab, tau.data_ptr(), _stride(tau),
-            scale.data_ptr(), _stride(scale), seed, offset, dx.data_ptr(), gz_ptr, zz_ptr,
+            x32.data_ptr(), dy32.data_ptr(), rows, vocab, tau.data_ptr(), tau_stride,
+            scale.data_ptr(), scale_stride, seed, offset, dx.data_ptr(), gz_ptr, zz_ptr,
             _native.n_threads())
         _native.check_cpu_status(status, "gumbel_softmax backward")
     elif backend == "cuda":
         dy = dy.to(x.dtype).contiguous()
         _native.call_cuda("gumbel_softmax backward", _native._C_cuda.gumbel_softmax_bwd,
                           x.data_ptr(), dy.data_ptr(), _native.DTYPE_CODES[x.dtype], rows, vocab,
-                          tau.data_ptr(), _stride(tau), scale.data_ptr(), _stride(scale), seed,
+                          tau.data_ptr(), tau_stride, scale.data_ptr(), scale_stride, seed,
                           offset, dx.data_ptr(), gz_ptr, zz_ptr, device=x.device)
     else:
         _triton().softmax_backward(x, dy.to(x.dtype).contiguous(), tau, scale, seed, offset, dx,
@@ -186,12 +198,15 @@ def _topk_op(x: torch.Tensor, k: int, tau: torch.Tensor, seed: torch.Tensor, off
     if backend == "reference" or rows == 0:
         values, indices = ref.gumbel_topk(x, k, tau=tau, seed=int(seed), offset=offset)
         return values.contiguous(), indices.contiguous()
+    if not 1 <= k <= vocab:
+        raise ValueError(f"gumbel_topk: k={k} must be in [1, {vocab}]")
+    tau_stride = _stride(tau, rows, "tau")
+    x = x.float().contiguous()
     values = torch.empty((rows, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((rows, k), dtype=torch.long, device=x.device)
     if backend == "cpu":
-        x32 = x.float().contiguous()
-        status = _native.cpu().gumbel_topk_f32(x32.data_ptr(), rows, vocab, tau.data_ptr(),
-                                               _stride(tau), int(seed), offset, k,
+        status = _native.cpu().gumbel_topk_f32(x.data_ptr(), rows, vocab, tau.data_ptr(),
+                                               tau_stride, int(seed), offset, k,
                                                values.data_ptr(), indices.data_ptr(),
                                                _native.n_threads())
         _native.check_cpu_status(status, "gumbel_topk")
@@ -248,7 +263,7 @@ def _param(op: str, value, name: str, rows: int, batch_shape, device, positive: 
             if bool(bad):
                 raise ValueError(f"{op}: {name} must be finite and "
                                  f"{'> 0' if positive else '>= 0'} everywhere")
-        return value.float().reshape(-1)
+        return value.float().reshape(-1).contiguous()  # the kernels read value[row]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{op}: {name} must be a float or a tensor, got {type(value).__name__}")
     value = float(value)

@@ -105,6 +105,7 @@ def _softmax_fwd_kernel(x_ptr, y_ptr, argmax_ptr, tau_ptr, tau_stride, scale_ptr
         z = _perturb(x_ptr, base, lanes, vocab, tau, scale, seed, off_lo, off_hi)
         best = tl.max(z, 0)
         at = tl.min(tl.where(z == best, lanes, BLOCK), 0)
+        at = tl.where(at < vocab, at, 0)  # a NaN row (unchecked input) matches nothing
         tl.store(argmax_ptr + row, at.to(tl.int64))
         if HARD:
             y = tl.where(lanes == at, 1.0, 0.0)
@@ -128,6 +129,7 @@ def _softmax_fwd_kernel(x_ptr, y_ptr, argmax_ptr, tau_ptr, tau_stride, scale_ptr
             lane_max = new_max
         best = tl.max(lane_max, 0)
         at = tl.min(tl.where(lane_max == best, lane_at, vocab), 0)
+        at = tl.where(at < vocab, at, 0)  # a NaN row (unchecked input) matches nothing
         tl.store(argmax_ptr + row, at)
         total = tl.sum(lane_sum * tl.exp(lane_max - best), 0)
         for start in range(0, vocab, BLOCK):
@@ -210,6 +212,8 @@ def _topk_kernel(x_ptr, tau_ptr, tau_stride, vocab, seed, off_lo, off_hi, per_ch
     valid = cols < vocab
     x = tl.load(x_ptr + row * vocab + cols, mask=valid, other=0.0)
     scores = tl.math.div_rn(x, tau) + _gumbel(seed, off_lo, off_hi, row * vocab + cols)
+    # Unchecked NaN ranks first (as in torch.topk, reported as +inf): every pick stays in the row.
+    scores = tl.where(scores != scores, float("inf"), scores)
     taken = ~valid
     out = (row * n_chunks + chunk) * per_chunk
     for r in range(per_chunk):
@@ -220,6 +224,15 @@ def _topk_kernel(x_ptr, tau_ptr, tau_stride, vocab, seed, off_lo, off_hi, per_ch
         tl.store(out_scores_ptr + out + r, tl.where(found, best, float("-inf")))
         tl.store(out_idx_ptr + out + r, tl.where(found, at, -1).to(tl.int64))
         taken = taken | (cols == at)
+
+
+_MAX_GRID_X = 2**31 - 1  # CUDA's grid limits: rows go on x, top-k chunks on y
+_MAX_GRID_Y = 65535
+
+
+def _check_rows(rows: int) -> None:
+    if rows > _MAX_GRID_X:
+        raise ValueError(f"triton gumbel kernels take at most {_MAX_GRID_X} rows, got {rows}")
 
 
 def _offset_words(offset: int) -> tuple[int, int]:
@@ -249,6 +262,7 @@ def noise(seed: int, offset: int, out: torch.Tensor | None, bits: torch.Tensor |
 def softmax_forward(x, tau, scale, seed, offset, hard, y, argmax) -> None:
     """x, y (rows, vocab) contiguous; tau, scale float32 (1,) or (rows,); argmax (rows,)."""
     rows, vocab = x.shape
+    _check_rows(rows)
     fits = vocab <= FIT_LIMIT
     block = triton.next_power_of_2(vocab) if fits else CHUNK
     lo, hi = _offset_words(offset)
@@ -261,6 +275,7 @@ def softmax_forward(x, tau, scale, seed, offset, hard, y, argmax) -> None:
 def softmax_backward(x, dy, tau, scale, seed, offset, dx, gz, zz) -> None:
     """dx float32 (rows, vocab); gz, zz float32 (rows,) or None (not wanted)."""
     rows, vocab = x.shape
+    _check_rows(rows)
     fits = vocab <= FIT_LIMIT
     block = triton.next_power_of_2(vocab) if fits else CHUNK
     lo, hi = _offset_words(offset)
@@ -277,6 +292,10 @@ def topk(x, k, tau, seed, offset):
     rows, vocab = x.shape
     block = min(TOPK_CHUNK, triton.next_power_of_2(vocab))
     n_chunks = triton.cdiv(vocab, block)
+    _check_rows(rows)
+    if n_chunks > _MAX_GRID_Y:
+        raise ValueError(f"triton gumbel_topk takes at most {_MAX_GRID_Y * TOPK_CHUNK} columns, "
+                         f"got {vocab}")
     per_chunk = min(k, block)
     scores = torch.empty((rows, n_chunks * per_chunk), dtype=torch.float32, device=x.device)
     indices = torch.empty((rows, n_chunks * per_chunk), dtype=torch.long, device=x.device)

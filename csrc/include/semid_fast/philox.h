@@ -98,6 +98,20 @@ SEMID_FAST_HD float add(float a, float b) {
 #endif
 }
 
+SEMID_FAST_HD float div(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// The perturbed logit z = (x + scale * g) / tau, each operation rounded once, as every
+// backend (and the reference) computes it: argmax and top-k indices agree exactly.
+SEMID_FAST_HD float perturb(float x, float scale, float g, float tau) {
+  return div(add(x, mul(scale, g)), tau);
+}
+
 // Natural log of a positive normal float from +, - and * alone, in a fixed order, so that
 // every IEEE backend (and torch, op by op) gets the same bits. x = 2^k * m with m in
 // [sqrt(1/2), sqrt(2)); log(m) = log(1 + f) by the minimax polynomial of Cephes' logf
