@@ -16,11 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define SEMID_FAST_HD __host__ __device__ __forceinline__
-#else
-#define SEMID_FAST_HD inline
-#endif
+#include "semid_fast/host_device.h"
 
 namespace semid_fast {
 namespace philox {

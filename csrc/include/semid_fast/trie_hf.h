@@ -19,7 +19,7 @@
 #pragma once
 #include <cstdint>
 
-#include "semid_fast/trie.h"  // SEMID_FAST_HD
+#include "semid_fast/host_device.h"
 
 namespace semid_fast {
 namespace trie_hf {
