@@ -14,10 +14,14 @@ from semid_fast.reference import longid as ref
 CPU_BACKENDS = [b for b in ("cpu", "triton") if b in sf.available_backends("cpu")]
 
 
-def small_for_triton(backend, work):
-    """The Triton interpreter runs ~10 ms per program step: keep its cases small."""
-    if backend == "triton" and work > 40_000:
-        pytest.skip("kept small under the Triton interpreter")
+def topk_cases(backends, shapes):
+    """(backend, dtype, b, m, k, n, topk) that exist: uint8 codes only for K <= 256, and the
+    Triton interpreter (~10 ms per program step) only on small cases (B * N * M <= 40,000)."""
+    return [(backend, dtype, *shape) for backend in backends for dtype in CODE_DTYPES
+            for shape in shapes
+            if not (dtype == torch.uint8 and shape[2] > 256)
+            and not (backend == "triton" and not torch.cuda.is_available()
+                     and shape[0] * shape[1] * shape[3] > 40_000)]
 CODE_DTYPES = [torch.uint8, torch.int16, torch.int32, torch.int64]
 
 
@@ -34,14 +38,9 @@ SHAPES = [(1, 8, 16, 37, 5), (3, 16, 256, 1000, 10), (9, 4, 7, 50, 60), (8, 64, 
           (2, 3, 300, 200, 7), (1, 32, 256, 1025, 1)]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", CODE_DTYPES)
-@pytest.mark.parametrize("b,m,k,n,topk", SHAPES)
+@pytest.mark.parametrize("backend,dtype,b,m,k,n,topk", topk_cases(CPU_BACKENDS, SHAPES))
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 def test_holistic_topk_equals_reference_exactly(backend, dtype, b, m, k, n, topk, reduce):
-    if dtype == torch.uint8 and k > 256:
-        pytest.skip("uint8 codes hold K <= 256")
-    small_for_triton(backend, b * n * m)
     scores, codes = make(b, m, k, n, dtype, seed=b * 7 + n)
     got = sf.holistic_topk(scores, codes, topk, reduce=reduce, backend=backend)
     want = ref.holistic_topk(scores, codes, topk, reduce)
@@ -272,15 +271,12 @@ def gpu_backend(backend):
         pytest.skip(f"backend {backend} is not available on CUDA in this build")
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("dtype", CODE_DTYPES)
-@pytest.mark.parametrize("b,m,k,n,topk", SHAPES + [(64, 64, 256, 100_003, 100),
-                                                   (3, 16, 256, 70_001, 4096)])
+@pytest.mark.parametrize("backend,dtype,b,m,k,n,topk", [
+    pytest.param(*case, marks=pytest.mark.gpu) for case in topk_cases(
+        ("cuda", "triton"), SHAPES + [(64, 64, 256, 100_003, 100), (3, 16, 256, 70_001, 4096)])])
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 def test_gpu_holistic_topk_equals_reference_exactly(backend, dtype, b, m, k, n, topk, reduce):
     gpu_backend(backend)
-    if dtype == torch.uint8 and k > 256:
-        pytest.skip("uint8 codes hold K <= 256")
     scores, codes = make(b, m, k, n, dtype, seed=b + n)
     got = sf.holistic_topk(scores.cuda(), codes.cuda(), topk, reduce=reduce, backend=backend)
     want = ref.holistic_topk(scores, codes, topk, reduce)
