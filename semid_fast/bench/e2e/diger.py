@@ -41,8 +41,8 @@ import semid_fast as sf
 from semid_fast import schedules
 from semid_fast.reference import quantize as ref_quantize
 
-from .common import DataSource, Report, code_usage, fmt_time, item_embeddings, median_time
-from .tiger import RQVAE
+from .common import DataSource, Report, code_usage, fmt_time, median_time
+from .tiger import RQVAE, standardised_items
 
 SYSTEM = "diger"
 TITLE = "DIGER: Gumbel-quantized RQ-VAE, noise schedules vs straight-through (code usage)"
@@ -198,10 +198,7 @@ class Run:
 def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = True) -> Report:
     s = settings
     report = Report(SYSTEM, TITLE, data, dataclasses.asdict(s), echo=echo)
-    emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
-    report.say(f"items: {emb.origin}")
-    x = emb.value
-    x = ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)  # as tiger.py, same reason
+    x = standardised_items(report, data, s, device)
     resolved = sf._backends.resolve("auto", x.device, "gumbel_quantize")
     torch.manual_seed(s.seed)
     model = RQVAE(s.dim, s.hidden, s.latent, s.levels, s.k).to(device)

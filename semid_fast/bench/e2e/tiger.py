@@ -113,16 +113,23 @@ def _mlp(widths: list[int]) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
+def standardised_items(report: Report, data: DataSource, s, device: str) -> torch.Tensor:
+    """Yelp's item embeddings (s.n_items x s.dim), standardised per dimension, on `device`.
+
+    Standardised so that reconstruction and RQ losses are of one scale: unit-norm 384-d
+    sentence embeddings otherwise give a reconstruction loss of ~1/384 that the commitment
+    term overwhelms, and the codebooks collapse. Shared by the tiger, diger and varlen runs.
+    """
+    emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
+    report.say(f"items: {emb.origin}")
+    x = emb.value
+    return ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)
+
+
 def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = True) -> Report:
     s = settings
     report = Report(SYSTEM, TITLE, data, dataclasses.asdict(s), echo=echo)
-    emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
-    report.say(f"items: {emb.origin}")
-    # Standardised per dimension, so that reconstruction and RQ losses are of one scale
-    # (unit-norm 384-d sentence embeddings otherwise give a reconstruction loss of ~1/384
-    # that the commitment term overwhelms, and the codebooks collapse).
-    x = emb.value
-    x = ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)
+    x = standardised_items(report, data, s, device)
     ours_backend = "auto"
     resolved = sf._backends.resolve("auto", x.device, "rq_quantize")
     torch.manual_seed(s.seed)

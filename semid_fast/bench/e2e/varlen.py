@@ -32,8 +32,8 @@ import torch.nn.functional as F
 import semid_fast as sf
 from semid_fast.reference import quantize as ref_quantize
 
-from .common import DataSource, Report, fmt_time, item_embeddings, median_time
-from .tiger import _mlp
+from .common import DataSource, Report, fmt_time, median_time
+from .tiger import _mlp, standardised_items
 
 SYSTEM = "varlen"
 TITLE = "Variable-length IDs: soft Gumbel encoder + length head, trie-constrained T5 (eos)"
@@ -109,10 +109,7 @@ class VarLenEncoder(torch.nn.Module):
 def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = True) -> Report:
     s = settings
     report = Report(SYSTEM, TITLE, data, dataclasses.asdict(s), echo=echo)
-    emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
-    report.say(f"items: {emb.origin}")
-    x = emb.value
-    x = ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)  # as tiger.py
+    x = standardised_items(report, data, s, device)
     torch.manual_seed(s.seed)
     model = VarLenEncoder(s.dim, s.hidden, s.latent, s.max_len, s.k).to(device)
     g = torch.Generator().manual_seed(s.seed)
