@@ -1,7 +1,11 @@
 """The build contains what `_build_info` claims, and nothing it denies."""
 
 import importlib
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -46,3 +50,23 @@ def test_available_backends_follow_the_device():
     )
     with pytest.raises(RuntimeError, match="cuda"):
         semid_fast.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), backend="cuda")
+
+
+def test_baseline_kernels_pass_the_cpu_tests():
+    """The kernels compiled without AVX2 (what a CPU without it runs) pass the cpu-backend
+    tests of every family, forced with SEMID_FAST_CPU_ISA=baseline in a child pytest."""
+    if "baseline" not in _build_info.CPU_ISAS or _native._C.isa() == "baseline":
+        pytest.skip("no second ISA in this build: the other tests already run the baseline")
+    tests = pathlib.Path(__file__).parent
+    files = [str(tests / f"test_{family}.py") for family in
+             ("quantize", "longid", "gumbel", "trie", "hf")]
+    env = dict(os.environ, SEMID_FAST_CPU_ISA="baseline")
+    probe = subprocess.run([sys.executable, "-c", "from semid_fast import _native; "
+                            "print(_native.cpu().isa())"], env=env, capture_output=True,
+                           text=True, check=True)
+    assert probe.stdout.strip() == "baseline"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-k", "cpu and not triton", *files], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout

@@ -1,6 +1,12 @@
 // pybind11 module _C: argument passing only. Pointers arrive as integers from data_ptr().
 #include <pybind11/pybind11.h>
 
+#include <cstdlib>
+#include <string>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "semid_fast/gumbel.h"
 #include "semid_fast/longid.h"
 #include "semid_fast/quantize.h"
@@ -11,9 +17,14 @@ namespace py = pybind11;
 
 namespace {
 
+// SEMID_FAST_CPU_ISA=baseline runs the baseline kernels on any CPU (so that tests cover them).
 bool use_avx2() {
 #if SEMID_FAST_HAS_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = [] {
+    const char* forced = std::getenv("SEMID_FAST_CPU_ISA");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           !(forced && std::string(forced) == "baseline");
+  }();
   return ok;
 #else
   return false;
@@ -46,6 +57,16 @@ T* ptr(std::uintptr_t p) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "semid_fast CPU kernels (raw pointers, no torch dependency)";
   m.def("isa", [] { return use_avx2() ? "avx2" : "baseline"; });
+  // Asks Linux to back the whole pages of [p, p + bytes) with transparent huge pages when
+  // first touched (what torch does for every allocation under THP_MEM_ALLOC_ENABLE=1):
+  // 2 MiB faults instead of 4 KiB ones. Advice only; failure (or another OS) changes nothing.
+  m.def("advise_huge_pages", [](std::uintptr_t p, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const std::uintptr_t page = 4096, lo = (p + page - 1) & ~(page - 1),
+                         hi = (p + bytes) & ~(page - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#endif
+  });
 
   m.def("rq_encode_f32",
         [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, int64_t levels,

@@ -1,9 +1,10 @@
 // CPU kernels of the gumbel family: Gumbel-softmax forward and backward and Gumbel-top-k in
 // one pass over memory per row, with the noise drawn from philox.h (never stored).
 //
-// Each thread takes whole rows. A row's noise is generated into a thread-local buffer in
-// batches of counter groups (8 Philox blocks per AVX2 register, branch-free float32 logs, so the
-// loops vectorise), then combined with the row in cache. This file is compiled with
+// Each thread takes whole rows. A row's noise is generated into a thread-local buffer 64
+// elements at a time (with AVX2: 16 Philox blocks in two registers per counter word, then the
+// two float32 logs on 8 vectors in lockstep), then combined with the row in cache. This file is
+// compiled with
 // -ffp-contract=off (CMakeLists.txt): the noise and z = (x + scale * g) / tau must round
 // like the reference's separate operations, or noise, argmax and top-k indices could differ;
 // and with -fno-trapping-math, so that loops with float selects vectorise.
@@ -26,7 +27,7 @@ namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-constexpr int64_t kBatchGroups = 32;  // counter groups (of 4 elements) per Philox batch
+constexpr int64_t kBlock = 64;  // elements per Philox batch: 16 counter groups of 4
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 #if defined(__AVX2__)
@@ -38,77 +39,150 @@ inline void mul_wide(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-// philox4x32_10 of the 8 groups g0 .. g0 + 7 at once (the compiler's own vectorisation of
-// the scalar rounds spends most of its time shuffling); lanes[j][i] = word j of group i.
-inline void philox_8_groups(uint64_t g0, uint32_t o0, uint32_t o1, uint32_t k0, uint32_t k1,
-                            uint32_t* w0, uint32_t* w1, uint32_t* w2, uint32_t* w3) {
-  alignas(32) uint32_t lo[8], hi[8];
-  for (int i = 0; i < 8; ++i) {
-    lo[i] = uint32_t(g0 + uint64_t(i));
-    hi[i] = uint32_t((g0 + uint64_t(i)) >> 32);
+// The Philox words of the 16 groups g0 .. g0 + 15 (64 elements), in element order (w[0]
+// holds elements 4 g0 .. 4 g0 + 7). The rounds run on 8 groups per register (word j of group
+// i in lane i of c[j]), two registers in lockstep so that one's multiplies hide the other's
+// latency; a 4 x 8 transpose in registers then puts each half in element order.
+inline void philox_16_groups(uint64_t seed, uint64_t offset, uint64_t g0, __m256i w[8]) {
+  alignas(32) uint32_t group_lo[16], group_hi[16];
+  for (int i = 0; i < 16; ++i) {
+    group_lo[i] = uint32_t(g0 + uint64_t(i));
+    group_hi[i] = uint32_t((g0 + uint64_t(i)) >> 32);
   }
-  __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-  __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-  __m256i c2 = _mm256_set1_epi32(int(o0)), c3 = _mm256_set1_epi32(int(o1));
-  __m256i key0 = _mm256_set1_epi32(int(k0)), key1 = _mm256_set1_epi32(int(k1));
+  __m256i c[2][4];
+  for (int h = 0; h < 2; ++h) {
+    c[h][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(group_lo + 8 * h));
+    c[h][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(group_hi + 8 * h));
+    c[h][2] = _mm256_set1_epi32(int(uint32_t(offset)));
+    c[h][3] = _mm256_set1_epi32(int(uint32_t(offset >> 32)));
+  }
+  __m256i key0 = _mm256_set1_epi32(int(uint32_t(seed)));
+  __m256i key1 = _mm256_set1_epi32(int(uint32_t(seed >> 32)));
   const __m256i round_a = _mm256_set1_epi32(int(philox::kRoundA));
   const __m256i round_b = _mm256_set1_epi32(int(philox::kRoundB));
-  const __m256i bump_a = _mm256_set1_epi32(int(philox::kKeyA));
-  const __m256i bump_b = _mm256_set1_epi32(int(philox::kKeyB));
   for (int round = 0; round < 10; ++round) {
-    __m256i hi_b, lo_b, hi_a, lo_a;
-    mul_wide(c2, round_b, hi_b, lo_b);
-    mul_wide(c0, round_a, hi_a, lo_a);
-    c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), key0);
-    c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), key1);
-    c1 = lo_b;
-    c3 = lo_a;
-    key0 = _mm256_add_epi32(key0, bump_a);
-    key1 = _mm256_add_epi32(key1, bump_b);
+    for (int h = 0; h < 2; ++h) {
+      __m256i hi_b, lo_b, hi_a, lo_a;
+      mul_wide(c[h][2], round_b, hi_b, lo_b);
+      mul_wide(c[h][0], round_a, hi_a, lo_a);
+      c[h][0] = _mm256_xor_si256(_mm256_xor_si256(hi_b, c[h][1]), key0);
+      c[h][2] = _mm256_xor_si256(_mm256_xor_si256(hi_a, c[h][3]), key1);
+      c[h][1] = lo_b;
+      c[h][3] = lo_a;
+    }
+    key0 = _mm256_add_epi32(key0, _mm256_set1_epi32(int(philox::kKeyA)));
+    key1 = _mm256_add_epi32(key1, _mm256_set1_epi32(int(philox::kKeyB)));
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0), c0);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1), c1);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w2), c2);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(w3), c3);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i w01_0145 = _mm256_unpacklo_epi32(c[h][0], c[h][1]);  // groups 0 1 | 4 5, words 0 1
+    const __m256i w01_2367 = _mm256_unpackhi_epi32(c[h][0], c[h][1]);  // groups 2 3 | 6 7, words 0 1
+    const __m256i w23_0145 = _mm256_unpacklo_epi32(c[h][2], c[h][3]);
+    const __m256i w23_2367 = _mm256_unpackhi_epi32(c[h][2], c[h][3]);
+    const __m256i g04 = _mm256_unpacklo_epi64(w01_0145, w23_0145);  // group 0 | group 4
+    const __m256i g15 = _mm256_unpackhi_epi64(w01_0145, w23_0145);
+    const __m256i g26 = _mm256_unpacklo_epi64(w01_2367, w23_2367);
+    const __m256i g37 = _mm256_unpackhi_epi64(w01_2367, w23_2367);
+    __m256i* out = w + 4 * h;
+    out[0] = _mm256_permute2x128_si256(g04, g15, 0x20);
+    out[1] = _mm256_permute2x128_si256(g26, g37, 0x20);
+    out[2] = _mm256_permute2x128_si256(g04, g15, 0x31);
+    out[3] = _mm256_permute2x128_si256(g26, g37, 0x31);
+  }
+}
+
+// k and f = m - 1 of philox::log_positive (x = 2^k m, m in [sqrt(1/2), sqrt(2))).
+inline __m256 log_split(__m256 x, __m256i& k) {
+  const __m256i bits = _mm256_castps_si256(x);
+  k = _mm256_srai_epi32(_mm256_sub_epi32(bits, _mm256_set1_epi32(0x3F3504F3)), 23);
+  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32(k, 23)));
+  return _mm256_add_ps(m, _mm256_set1_ps(-1.f));
+}
+
+// philox::log_positive on N x 8 lanes in place: the same operations in the same order
+// (separate multiply and add intrinsics are never fused), so the same bits. The N vectors go
+// through the polynomial in lockstep, or each would wait on every multiply's and add's
+// latency; f and k are recomputed for the tail rather than held in registers.
+template <int N>
+inline void log_positive_nx8(__m256 x[N]) {
+  static constexpr float kPoly[9] = {7.0376836292e-2f,  -1.1514610310e-1f, 1.1676998740e-1f,
+                                     -1.2420140846e-1f, 1.4249322787e-1f,  -1.6668057665e-1f,
+                                     2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
+  __m256 f[N], p[N];
+  for (int v = 0; v < N; ++v) {
+    __m256i k;
+    f[v] = log_split(x[v], k);
+    p[v] = _mm256_set1_ps(kPoly[0]);
+  }
+#pragma GCC unroll 8
+  for (int c = 1; c < 9; ++c)
+    for (int v = 0; v < N; ++v)
+      p[v] = _mm256_add_ps(_mm256_mul_ps(p[v], f[v]), _mm256_set1_ps(kPoly[c]));
+  for (int v = 0; v < N; ++v) {
+    __m256i k;
+    const __m256 fv = log_split(x[v], k);
+    const __m256 z = _mm256_mul_ps(fv, fv);
+    const __m256 kf = _mm256_cvtepi32_ps(k);
+    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p[v], fv), z);
+    y = _mm256_add_ps(y, _mm256_mul_ps(kf, _mm256_set1_ps(-2.12194440e-4f)));
+    y = _mm256_sub_ps(y, _mm256_mul_ps(_mm256_set1_ps(0.5f), z));  // y + -(z / 2)
+    x[v] = _mm256_add_ps(_mm256_add_ps(fv, y), _mm256_mul_ps(kf, _mm256_set1_ps(0.693359375f)));
+  }
+}
+
+// Words (bits) or noise of the 64 elements of groups g0 .. g0 + 15, in element order; the noise
+// is philox::gumbel_of_bits, lane by lane.
+inline void noise_block(uint64_t seed, uint64_t offset, uint64_t g0, uint32_t* bits,
+                        float* noise) {
+  __m256i w[8];
+  philox_16_groups(seed, offset, g0, w);
+  if (bits)
+    for (int v = 0; v < 8; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + 8 * v), w[v]);
+  if (!noise) return;
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 g[8];
+  for (int v = 0; v < 8; ++v) {  // u = (2 (r >> 9) + 1) 2^-24
+    const __m256i odd = _mm256_or_si256(_mm256_slli_epi32(_mm256_srli_epi32(w[v], 9), 1),
+                                        _mm256_set1_epi32(1));
+    g[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(5.9604644775390625e-08f));
+  }
+  log_positive_nx8<8>(g);
+  for (int v = 0; v < 8; ++v) g[v] = _mm256_xor_ps(g[v], sign);
+  log_positive_nx8<8>(g);
+  for (int v = 0; v < 8; ++v) _mm256_storeu_ps(noise + 8 * v, _mm256_xor_ps(g[v], sign));
+}
+#else
+inline void noise_block(uint64_t seed, uint64_t offset, uint64_t g0, uint32_t* bits,
+                        float* noise) {
+  for (int i = 0; i < kBlock / 4; ++i) {
+    uint32_t words[4];
+    philox::group_bits(seed, offset, g0 + uint64_t(i), words);
+    for (int j = 0; j < 4; ++j) {
+      if (bits) bits[4 * i + j] = words[j];
+      if (noise) noise[4 * i + j] = philox::gumbel_of_bits(words[j]);
+    }
+  }
 }
 #endif
 
-// Noise words and/or Gumbel noise of elements [e0, e0 + n).
+// Noise words and/or Gumbel noise of elements [e0, e0 + n): whole blocks straight into the
+// outputs, the partial blocks at either end through a small buffer.
 void fill_noise(uint64_t seed, uint64_t offset, int64_t e0, int64_t n, uint32_t* bits,
                 float* noise) {
   if (n <= 0) return;
-  const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  const uint32_t o0 = uint32_t(offset), o1 = uint32_t(offset >> 32);
-  const int64_t first = e0 >> 2, last = (e0 + n - 1) >> 2;
-  alignas(32) uint32_t lanes[4][kBatchGroups];
-  alignas(32) uint32_t words[4 * kBatchGroups];
-  for (int64_t g0 = first; g0 <= last; g0 += kBatchGroups) {
-    // Independent blocks, word-major so that the rounds vectorise across groups.
-#if defined(__AVX2__)
-    for (int64_t i = 0; i < kBatchGroups; i += 8)
-      philox_8_groups(uint64_t(g0 + i), o0, o1, k0, k1, lanes[0] + i, lanes[1] + i,
-                      lanes[2] + i, lanes[3] + i);
-#else
-    for (int64_t i = 0; i < kBatchGroups; ++i) {
-      const uint64_t group = uint64_t(g0 + i);
-      uint32_t c0 = uint32_t(group), c1 = uint32_t(group >> 32), c2 = o0, c3 = o1;
-      philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
-      lanes[0][i] = c0;
-      lanes[1][i] = c1;
-      lanes[2][i] = c2;
-      lanes[3][i] = c3;
+  const int64_t end = e0 + n;
+  alignas(32) uint32_t part_bits[kBlock];
+  alignas(32) float part_noise[kBlock];
+  for (int64_t b = e0 & ~(kBlock - 1); b < end; b += kBlock) {
+    const int64_t lo = std::max(e0, b), hi = std::min(end, b + kBlock);
+    const uint64_t g0 = uint64_t(b) >> 2;
+    if (hi - lo == kBlock) {
+      noise_block(seed, offset, g0, bits ? bits + (b - e0) : nullptr,
+                  noise ? noise + (b - e0) : nullptr);
+      continue;
     }
-#endif
-    for (int64_t i = 0; i < kBatchGroups; ++i)
-      for (int j = 0; j < 4; ++j) words[4 * i + j] = lanes[j][i];  // element order
-    const int64_t lo = std::max<int64_t>(e0, 4 * g0);
-    const int64_t hi = std::min<int64_t>(e0 + n, 4 * (g0 + kBatchGroups));
-    const uint32_t* src = words + (lo - 4 * g0);
-    if (bits) std::copy(src, src + (hi - lo), bits + (lo - e0));
-    if (noise) {
-      float* dst = noise + (lo - e0);
-      for (int64_t j = 0; j < hi - lo; ++j) dst[j] = philox::gumbel_of_bits(src[j]);
-    }
+    noise_block(seed, offset, g0, bits ? part_bits : nullptr, noise ? part_noise : nullptr);
+    if (bits) std::copy(part_bits + (lo - b), part_bits + (hi - b), bits + (lo - e0));
+    if (noise) std::copy(part_noise + (lo - b), part_noise + (hi - b), noise + (lo - e0));
   }
 }
 

@@ -53,7 +53,7 @@ def _forward(backend, x, tau, scale, seed, offset, hard):
     argmax = torch.empty(rows, dtype=torch.long, device=x.device)
     if backend == "cpu":
         x32 = x.float()
-        y = torch.empty_like(x32)
+        y = _native.empty_output(x32.shape)
         if rows:
             status = _native.cpu().gumbel_softmax_fwd_f32(
                 x32.data_ptr(), rows, vocab, tau.data_ptr(), tau_stride, scale.data_ptr(),
@@ -83,7 +83,8 @@ def _backward(backend, x, dy, tau, scale, seed, offset, need_sums):
         raise ValueError(f"gumbel_softmax backward: dy {tuple(dy.shape)} must have x's shape "
                          f"{tuple(x.shape)}")
     x = x.contiguous()
-    dx = torch.empty((rows, vocab), dtype=torch.float32, device=x.device)
+    dx = (_native.empty_output((rows, vocab)) if backend == "cpu" else
+          torch.empty((rows, vocab), dtype=torch.float32, device=x.device))
     gz = torch.empty(rows if need_sums else 0, dtype=torch.float32, device=x.device)
     zz = torch.empty_like(gz)
     if rows == 0:
