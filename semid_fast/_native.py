@@ -40,13 +40,13 @@ def cpu():
 _HUGE_PAGE_BYTES = 4 << 20  # at least one whole 2 MiB huge page inside
 
 
-def empty_output(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """torch.empty on the CPU for a kernel's output. A large one is advised for transparent
-    huge pages before the kernel first touches it: with 4 KiB pages, faulting in a fresh
-    64 MiB output costs about as much as the noise kernel that fills it."""
-    out = torch.empty(shape, dtype=dtype)
+def empty_output(shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """torch.empty for a kernel's output. A large CPU one is advised for transparent huge pages
+    before the kernel first touches it (numpy does the same for its large arrays): with 4 KiB
+    pages, faulting in a fresh 64 MiB output costs about as much as a kernel that fills it."""
+    out = torch.empty(shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()
-    if nbytes >= _HUGE_PAGE_BYTES:
+    if out.device.type == "cpu" and nbytes >= _HUGE_PAGE_BYTES:
         cpu().advise_huge_pages(out.data_ptr(), nbytes)
     return out
 

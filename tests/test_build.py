@@ -70,3 +70,29 @@ def test_baseline_kernels_pass_the_cpu_tests():
                          text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's")
+def test_large_cpu_outputs_are_advised_for_huge_pages():
+    """empty_output marks a large CPU output MADV_HUGEPAGE ('hg' in /proc/self/smaps), leaves a
+    small one alone, and returns an ordinary tensor of the asked shape and dtype."""
+    def flags_of(t):
+        address, flags, inside = t.data_ptr() + t.numel() * t.element_size() // 2, None, False
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(part, 16) for part in head.split("-"))
+                    inside = lo <= address < hi
+                elif inside and head == "VmFlags:":
+                    flags = line.split()[1:]
+        return flags
+
+    large = _native.empty_output((3, 1 << 20), torch.float32)
+    small = _native.empty_output((1000,), torch.float16)
+    assert large.shape == (3, 1 << 20) and large.dtype == torch.float32 and large.is_contiguous()
+    assert small.shape == (1000,) and small.dtype == torch.float16
+    assert "hg" in flags_of(large)
+    assert "hg" not in (flags_of(small) or [])
+    large.fill_(2.0)
+    assert float(large.sum()) == 2.0 * 3 * (1 << 20)

@@ -61,7 +61,7 @@ def _forward(backend, x, tau, scale, seed, offset, hard):
                 _native.n_threads())
             _native.check_cpu_status(status, "gumbel_softmax")
         return y.to(x.dtype), argmax
-    y = torch.empty_like(x)
+    y = _native.empty_output(x.shape, x.dtype, x.device)
     if rows == 0:
         return y, argmax
     if backend == "cuda":
@@ -83,8 +83,7 @@ def _backward(backend, x, dy, tau, scale, seed, offset, need_sums):
         raise ValueError(f"gumbel_softmax backward: dy {tuple(dy.shape)} must have x's shape "
                          f"{tuple(x.shape)}")
     x = x.contiguous()
-    dx = (_native.empty_output((rows, vocab)) if backend == "cpu" else
-          torch.empty((rows, vocab), dtype=torch.float32, device=x.device))
+    dx = _native.empty_output((rows, vocab), device=x.device)
     gz = torch.empty(rows if need_sums else 0, dtype=torch.float32, device=x.device)
     zz = torch.empty_like(gz)
     if rows == 0:
@@ -477,7 +476,7 @@ def gumbel_noise(shape, *, seed: int, offset: int = 0, device=None,
     name = _backends.resolve(backend, dev, "gumbel_noise", supported=("reference", "cpu", "triton"))
     if name == "reference":
         return ref.gumbel_noise(int(seed_t), offset, 1, n, dev).reshape(shape)
-    out = torch.empty(n, dtype=torch.float32, device=dev)
+    out = _native.empty_output(n, device=dev)
     if name == "cpu":
         _native.cpu().gumbel_noise(int(seed_t), offset, 0, n, 0, out.data_ptr(),
                                    _native.n_threads())

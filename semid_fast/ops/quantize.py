@@ -40,7 +40,7 @@ def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: 
     n, d = x.shape
     levels = codebooks.shape[0]
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
-    quantized = x.new_empty((n, d), dtype=torch.float32) if with_details else None
+    quantized = _native.empty_output((n, d), device=x.device) if with_details else None
     errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
     if backend == "cpu":
         x32 = x.float().contiguous()
@@ -67,7 +67,7 @@ def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product:
     out_dim = groups * width if product else width
     if backend == "reference":
         return ref.pq_decode(codes, codebooks) if product else ref.rq_decode(codes, codebooks)
-    out = codebooks.new_empty((n, out_dim))
+    out = _native.empty_output((n, out_dim), codebooks.dtype, codebooks.device)
     if backend == "cpu":
         fn = _native.cpu().pq_decode_f32 if product else _native.cpu().rq_decode_f32
         status = fn(codes.data_ptr(), n, groups, codebooks.data_ptr(), k, width, out.data_ptr(),
