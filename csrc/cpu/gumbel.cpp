@@ -190,17 +190,20 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
-// z = (x + scale * g) / tau into z; returns the first index of the largest z.
-int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float scale, float* z) {
-  for (int64_t j = 0; j < v; ++j) z[j] = philox::perturb(x[j], scale, g[j], tau);
+// z = (x + scale * g) / tau into z, and the first index of the largest z, in one pass (8
+// lanes, each keeping its first maximum; rows too long for int32 lanes take a scalar scan).
+int64_t perturb_argmax(const float* x, const float* g, int64_t v, float tau, float scale,
+                       float* z) {
   int64_t j = 0;
   float best = kNegInf;
   int64_t at = 0;
-  if (v >= 8 && v <= INT32_MAX) {  // 8 lanes, each keeping its first maximum
+  if (v >= 8 && v <= INT32_MAX) {
     v8f lane_best = kNegInf - v8f{};
     v8i lane_at = v8i{}, index = v8i{0, 1, 2, 3, 4, 5, 6, 7};
-    for (; j + 8 <= v; j += 8) {
-      const v8f zz = *reinterpret_cast<const v8f_unaligned*>(z + j);
+    for (; j + 8 <= v; j += 8) {  // philox::perturb lane by lane: one rounding per operation
+      const v8f zz = (*reinterpret_cast<const v8f_unaligned*>(x + j) +
+                      scale * *reinterpret_cast<const v8f_unaligned*>(g + j)) / tau;
+      *reinterpret_cast<v8f_unaligned*>(z + j) = zz;
       const v8i gt = zz > lane_best;
       lane_best = gt ? zz : lane_best;
       lane_at = gt ? index : lane_at;
@@ -214,6 +217,7 @@ int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float 
     }
   }
   for (; j < v; ++j) {
+    z[j] = philox::perturb(x[j], scale, g[j], tau);
     if (z[j] > best) {
       best = z[j];
       at = j;
@@ -222,78 +226,74 @@ int64_t perturb_row(const float* x, const float* g, int64_t v, float tau, float 
   return at;
 }
 
-// exp(x) for x <= 0 (exp(-inf) = 0) without a library call, so that the loops vectorise:
-// exp(x) = 2^n exp(r), r = x - n ln 2 (ln 2 split in two), exp(r) by Cephes expf's
-// polynomial; within about 2 ulp. Results below 2^-126 are flushed to 0.
-inline float exp_nonpositive(float x) {
-  const float clamped = x < -87.f ? -87.f : x;
-  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
-  const int32_t ni = int32_t(n);
-  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = (p * r) * r + r + 1.f;
-  const float two_n = philox::float_of(uint32_t(ni + 127) << 23);
-  return x < -87.f ? 0.f : e * two_n;
+// exp(x) on 4 x 8 lanes in place for x <= 0 (exp(-inf) = 0): exp(x) = 2^n exp(r),
+// n = floor(x / ln 2 + 1/2), r = x - n ln 2 (ln 2 split in two), exp(r) by Cephes expf's
+// polynomial; within about 2 ulp; results below 2^-126 are flushed to 0. The four vectors go
+// through each step together, or every step would wait on the one before.
+inline void exp_nonpositive_4x8(v8f x[4]) {
+  v8f r[4], n[4], p[4];
+  for (int k = 0; k < 4; ++k) {
+    const v8f clamped = x[k] < -87.f ? -87.f - v8f{} : x[k];
+    const v8f half_up = clamped * 1.44269504088896341f + 0.5f;
+    const v8f truncated = __builtin_convertvector(__builtin_convertvector(half_up, v8i), v8f);
+    n[k] = truncated > half_up ? truncated - 1.f : truncated;  // floor (|n| <= 126)
+    r[k] = (clamped - n[k] * 0.693359375f) + n[k] * 2.12194440e-4f;
+    p[k] = 1.9875691500e-4f - v8f{};
+  }
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
+                        5.0000001201e-1f})
+    for (int k = 0; k < 4; ++k) p[k] = p[k] * r[k] + c;
+  for (int k = 0; k < 4; ++k) {
+    const v8f e = (p[k] * r[k]) * r[k] + r[k] + 1.f;
+    const v8f two_n = (v8f)((__builtin_convertvector(n[k], v8i) + 127) << 23);
+    x[k] = x[k] < -87.f ? v8f{} : e * two_n;
+  }
 }
 
-// sum of a[j] * b[j] (b == nullptr: of a[j]) in 8 lanes (float sums do not vectorise
-// otherwise without -ffast-math).
-float lane_sum(const float* a, const float* b, int64_t v) {
+// sum of a[j] * b[j] in 8 lanes (float sums do not vectorise otherwise without -ffast-math).
+float lane_dot(const float* a, const float* b, int64_t v) {
   v8f acc = v8f{};
   int64_t j = 0;
-  for (; j + 8 <= v; j += 8) {
-    const v8f va = *reinterpret_cast<const v8f_unaligned*>(a + j);
-    acc += b ? va * *reinterpret_cast<const v8f_unaligned*>(b + j) : va;
-  }
+  for (; j + 8 <= v; j += 8)
+    acc += *reinterpret_cast<const v8f_unaligned*>(a + j) *
+           *reinterpret_cast<const v8f_unaligned*>(b + j);
   float sum = 0.f;
   for (int l = 0; l < 8; ++l) sum += acc[l];
-  for (; j < v; ++j) sum += b ? a[j] * b[j] : a[j];
+  for (; j < v; ++j) sum += a[j] * b[j];
   return sum;
 }
 
-// The largest z of the row, in 8 lanes (-inf for a row of -inf).
-float row_max(const float* z, int64_t v) {
-  v8f lane_best = kNegInf - v8f{};
-  int64_t j = 0;
-  for (; j + 8 <= v; j += 8) {
-    const v8f zz = *reinterpret_cast<const v8f_unaligned*>(z + j);
-    lane_best = zz > lane_best ? zz : lane_best;
-  }
-  float best = kNegInf;
-  for (int l = 0; l < 8; ++l) best = lane_best[l] > best ? lane_best[l] : best;
-  for (; j < v; ++j) best = z[j] > best ? z[j] : best;
-  return best;
-}
-
-// sum of e[j] and of e[j] * dy[j] in one pass (8 lanes each).
-void sum_and_dot(const float* e, const float* dy, int64_t v, float& sum, float& dot) {
+// e = exp(z - max) in place, with sum(e) and (dy != nullptr) sum(e * dy) in the same pass,
+// 32 elements at a time; the last partial block is padded with -inf (e = 0 there).
+void exp_sum_dot(float* z, const float* dy, int64_t v, float max, float& sum, float& dot) {
   v8f acc_sum = v8f{}, acc_dot = v8f{};
-  int64_t j = 0;
-  for (; j + 8 <= v; j += 8) {
-    const v8f ve = *reinterpret_cast<const v8f_unaligned*>(e + j);
-    acc_sum += ve;
-    acc_dot += ve * *reinterpret_cast<const v8f_unaligned*>(dy + j);
+  for (int64_t j = 0; j < v; j += 32) {
+    const int64_t n = std::min<int64_t>(32, v - j);
+    alignas(32) float zz[32], dd[32];
+    const float* zs = z + j;
+    const float* ds = dy ? dy + j : nullptr;
+    if (n < 32) {
+      std::fill(std::copy(z + j, z + j + n, zz), zz + 32, kNegInf);
+      if (dy) std::fill(std::copy(dy + j, dy + j + n, dd), dd + 32, 0.f);
+      zs = zz;
+      ds = dy ? dd : nullptr;
+    }
+    v8f e[4];
+    for (int k = 0; k < 4; ++k) e[k] = *reinterpret_cast<const v8f_unaligned*>(zs + 8 * k) - max;
+    exp_nonpositive_4x8(e);
+    for (int k = 0; k < 4; ++k) {
+      acc_sum += e[k];
+      if (ds) acc_dot += e[k] * *reinterpret_cast<const v8f_unaligned*>(ds + 8 * k);
+      if (n == 32) *reinterpret_cast<v8f_unaligned*>(z + j + 8 * k) = e[k];
+      else std::copy(&e[k][0], &e[k][0] + 8, zz + 8 * k);
+    }
+    if (n < 32) std::copy(zz, zz + n, z + j);
   }
   sum = dot = 0.f;
   for (int l = 0; l < 8; ++l) {
     sum += acc_sum[l];
     dot += acc_dot[l];
   }
-  for (; j < v; ++j) {
-    sum += e[j];
-    dot += e[j] * dy[j];
-  }
-}
-
-// e = exp(z - max) in place; returns 1 / sum(e).
-float exp_row(float* z, int64_t v, float max) {
-  for (int64_t j = 0; j < v; ++j) z[j] = exp_nonpositive(z[j] - max);
-  return 1.f / lane_sum(z, nullptr, v);
 }
 
 template <typename Body>
@@ -332,14 +332,16 @@ int gumbel_softmax_fwd_f32(const float* x, int64_t rows, int64_t v, const float*
     const float* xi = x + i * v;
     float* yi = y + i * v;
     fill_noise(seed, offset, i * v, v, nullptr, g);
-    const int64_t at = perturb_row(xi, g, v, tau[i * tau_stride], scale[i * scale_stride], yi);
+    const int64_t at = perturb_argmax(xi, g, v, tau[i * tau_stride], scale[i * scale_stride], yi);
     argmax[i] = at;
     if (hard) {
       std::fill(yi, yi + v, 0.f);
       yi[at] = 1.f;
       return;
     }
-    const float inv = exp_row(yi, v, yi[at]);
+    float total, unused;
+    exp_sum_dot(yi, nullptr, v, yi[at], total, unused);
+    const float inv = 1.f / total;
     for (int64_t j = 0; j < v; ++j) yi[j] *= inv;
   });
   return 0;
@@ -356,24 +358,22 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     float* dxi = dx + i * v;
     const float t = tau[i * tau_stride], s = scale[i * scale_stride];
     fill_noise(seed, offset, i * v, v, nullptr, g);
-    // Three passes over the row in cache: z and its max; exp(z - max); sum(e) and sum(dy * e)
-    // together. (The argmax is not needed here.)
-    for (int64_t j = 0; j < v; ++j) y[j] = philox::perturb(xi[j], s, g[j], t);
-    const float max = row_max(y, v);
-    for (int64_t j = 0; j < v; ++j) y[j] = exp_nonpositive(y[j] - max);  // y holds e
+    // Three passes over the row in cache: z and its max; e = exp(z - max) with sum(e) and
+    // sum(dy * e); dz and dx.
+    const int64_t at = perturb_argmax(xi, g, v, t, s, y);
     float total, dot;
-    sum_and_dot(y, dyi, v, total, dot);
-    const float inv = 1.f / total;
+    exp_sum_dot(y, dyi, v, y[at], total, dot);  // y holds e
+    const float inv = 1.f / total, inv_t = 1.f / t;
     dot *= inv;
     for (int64_t j = 0; j < v; ++j) {  // y holds dz from here
       y[j] = (y[j] * inv) * (dyi[j] - dot);
-      dxi[j] = y[j] / t;
+      dxi[j] = y[j] * inv_t;
     }
     if (row_gz || row_zz) {
-      const float gz = lane_sum(y, g, v);
+      const float gz = lane_dot(y, g, v);
       // z again, 0 where dz == 0 (masked -inf entries: no 0 * inf); g is free to hold it.
       for (int64_t j = 0; j < v; ++j) g[j] = y[j] == 0.f ? 0.f : philox::perturb(xi[j], s, g[j], t);
-      const float zz = lane_sum(y, g, v);
+      const float zz = lane_dot(y, g, v);
       if (row_gz) row_gz[i] = gz;
       if (row_zz) row_zz[i] = zz;
     }
