@@ -60,14 +60,16 @@ def test_baseline_kernels_pass_the_cpu_tests():
     tests = pathlib.Path(__file__).parent
     files = [str(tests / f"test_{family}.py") for family in
              ("quantize", "longid", "gumbel", "trie", "hf")]
+    # Run from tests/: from the repository root, `python -c`/`-m` would put the source tree,
+    # not the installed package, first on sys.path.
     env = dict(os.environ, SEMID_FAST_CPU_ISA="baseline")
     probe = subprocess.run([sys.executable, "-c", "from semid_fast import _native; "
                             "print(_native.cpu().isa())"], env=env, capture_output=True,
-                           text=True, check=True)
-    assert probe.stdout.strip() == "baseline"
+                           text=True, cwd=tests)
+    assert probe.returncode == 0 and probe.stdout.strip() == "baseline", probe.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-k", "cpu and not triton", *files], env=env, capture_output=True,
-                         text=True)
+                         text=True, cwd=tests)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
 

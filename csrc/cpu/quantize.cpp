@@ -316,60 +316,87 @@ int rq_encode_greedy(const float* x, int64_t n, int64_t d, const float* codebook
 }
 
 // Beam search: per row, the `beam_width` partial encodings of smallest total squared error.
+// Rows go in groups whose beams are scored together (slot r * beams + b holds beam b of row r;
+// every row has the same number of beams at a level), so each codebook panel is read once per
+// group rather than once per row.
 int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
                    int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
                    float* quantized, float* errors, int n_threads) {
   std::vector<Panels> panels;
   panels.reserve(levels);
   for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
-  const int64_t beam_rows = (beam_width + TR - 1) / TR * TR;
   const int64_t kp = panels.empty() ? 0 : panels[0].n_panels * TC;
+  // About 64 beams per group, and the candidate scores within ~4 MB.
+  const int64_t group = std::max<int64_t>(
+      1, std::min<int64_t>(64 / beam_width, (int64_t(1) << 20) / (beam_width * kp)));
+  const int64_t slot_rows = (group * beam_width + TR - 1) / TR * TR;
+  const int64_t n_groups = (n + group - 1) / group;
 
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<float> res(beam_rows * d), next(beam_rows * d), cand(beam_rows * kp);
-    std::vector<float> err(beam_width), next_err(beam_width);
-    std::vector<float> errs_hist(beam_width * levels), next_errs_hist(beam_width * levels);
-    std::vector<int32_t> hist(beam_width * levels), next_hist(beam_width * levels);
-    std::vector<int64_t> order(beam_width * k);
+    std::vector<float> res(slot_rows * d), next(slot_rows * d), cand(slot_rows * kp);
+    std::vector<float> err(slot_rows), next_err(slot_rows);
+    std::vector<float> errs_hist(slot_rows * levels), next_errs_hist(slot_rows * levels);
+    std::vector<int32_t> hist(slot_rows * levels), next_hist(slot_rows * levels);
+    std::vector<int64_t> order(beam_width);
+    std::vector<float> kept_value(beam_width);
     v8f acc[TR][2];
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t i = 0; i < n; ++i) {
-      std::fill(res.begin(), res.end(), 0.0f);
-      std::memcpy(res.data(), x + i * d, sizeof(float) * d);
-      err[0] = squared_norm(res.data(), d);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < n_groups; ++g) {
+      const int64_t row0 = g * group, rows = std::min(group, n - row0);
+      std::fill(res.begin(), res.end(), 0.0f);  // slots past the last row stay finite
+      std::memcpy(res.data(), x + row0 * d, sizeof(float) * rows * d);
+      for (int64_t r = 0; r < rows; ++r) err[r] = squared_norm(res.data() + r * d, d);
       int64_t beams = 1;
       for (int64_t l = 0; l < levels; ++l) {
         const Panels& cb = panels[l];
-        const int64_t tiles = (beams + TR - 1) / TR;
+        const int64_t slots = rows * beams, tiles = (slots + TR - 1) / TR;
         for (int64_t p = 0; p < cb.n_panels; ++p)
           for (int64_t t = 0; t < tiles; ++t) {
             score_tile<0>(res.data() + t * TR * d, d, cb.panel(p), d, cb.bias.data() + p * TC,
                           acc);
             // ||r - c||^2 = ||r||^2 - 2 (r.c - ||c||^2 / 2)
-            for (int r = 0; r < TR && t * TR + r < beams; ++r)
-              for (int c = 0; c < TC; ++c)
-                cand[(t * TR + r) * kp + p * TC + c] = err[t * TR + r] - 2.0f * acc[r][c / 8][c % 8];
+            for (int r = 0; r < TR && t * TR + r < slots; ++r) {
+              float* out = cand.data() + (t * TR + r) * kp + p * TC;
+              const v8f e = splat(err[t * TR + r]);
+              *reinterpret_cast<v8f_unaligned*>(out) = e - 2.0f * acc[r][0];
+              *reinterpret_cast<v8f_unaligned*>(out + 8) = e - 2.0f * acc[r][1];
+            }
           }
-        // Candidates are (beam, code) pairs ordered by error, then by beam, then by code.
-        const int64_t total = beams * k, keep = std::min<int64_t>(beam_width, total);
-        order.resize(total);
-        for (int64_t b = 0; b < beams; ++b)
-          for (int64_t c = 0; c < k; ++c) order[b * k + c] = b * kp + c;
-        auto less = [&](int64_t a, int64_t b) { return cand[a] < cand[b] || (cand[a] == cand[b] && a < b); };
-        std::partial_sort(order.begin(), order.begin() + keep, order.end(), less);
+        const int64_t keep = std::min<int64_t>(beam_width, beams * k);
         const float* cbl = codebooks + l * k * d;
-        for (int64_t j = 0; j < keep; ++j) {
-          const int64_t parent = order[j] / kp, code = order[j] % kp;
-          const float* src = res.data() + parent * d;
-          const float* c = cbl + code * d;
-          float* dst = next.data() + j * d;
-          for (int64_t e = 0; e < d; ++e) dst[e] = src[e] - c[e];
-          next_err[j] = cand[order[j]];
-          std::copy_n(hist.begin() + parent * levels, l, next_hist.begin() + j * levels);
-          std::copy_n(errs_hist.begin() + parent * levels, l, next_errs_hist.begin() + j * levels);
-          next_hist[j * levels + l] = int32_t(code);
-          next_errs_hist[j * levels + l] = squared_norm(dst, d);
+        for (int64_t r = 0; r < rows; ++r) {
+          // Row r's `keep` best (beam, code) pairs, ordered by error, then beam, then code:
+          // a sorted insertion list, scanned in (beam, code) order so that ties keep the
+          // earlier pair; most candidates lose to the worst kept one at the first compare.
+          const float* row_cand = cand.data() + r * beams * kp;
+          int64_t kept = 0;
+          for (int64_t b = 0; b < beams; ++b)
+            for (int64_t c = 0; c < k; ++c) {
+              const float value = row_cand[b * kp + c];
+              if (kept == keep && !(value < kept_value[keep - 1])) continue;
+              int64_t at = kept < keep ? kept++ : keep - 1;
+              for (; at > 0 && value < kept_value[at - 1]; --at) {
+                kept_value[at] = kept_value[at - 1];
+                order[at] = order[at - 1];
+              }
+              kept_value[at] = value;
+              order[at] = b * kp + c;
+            }
+          for (int64_t j = 0; j < keep; ++j) {
+            const int64_t parent = r * beams + order[j] / kp, code = order[j] % kp;
+            const int64_t slot = r * keep + j;
+            const float* src = res.data() + parent * d;
+            const float* c = cbl + code * d;
+            float* dst = next.data() + slot * d;
+            for (int64_t e = 0; e < d; ++e) dst[e] = src[e] - c[e];
+            next_err[slot] = kept_value[j];
+            std::copy_n(hist.begin() + parent * levels, l, next_hist.begin() + slot * levels);
+            std::copy_n(errs_hist.begin() + parent * levels, l,
+                        next_errs_hist.begin() + slot * levels);
+            next_hist[slot * levels + l] = int32_t(code);
+            next_errs_hist[slot * levels + l] = squared_norm(dst, d);
+          }
         }
         std::swap(res, next);
         std::swap(err, next_err);
@@ -377,12 +404,15 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
         std::swap(errs_hist, next_errs_hist);
         beams = keep;
       }
-      for (int64_t l = 0; l < levels; ++l) {
-        codes[i * levels + l] = hist[l];
-        if (errors) errors[i * levels + l] = errs_hist[l];
+      for (int64_t r = 0; r < rows; ++r) {  // the best beam of row r is its first slot
+        const int64_t i = row0 + r, best = r * beams;
+        for (int64_t l = 0; l < levels; ++l) {
+          codes[i * levels + l] = hist[best * levels + l];
+          if (errors) errors[i * levels + l] = errs_hist[best * levels + l];
+        }
+        if (quantized)
+          for (int64_t e = 0; e < d; ++e) quantized[i * d + e] = x[i * d + e] - res[best * d + e];
       }
-      if (quantized)
-        for (int64_t e = 0; e < d; ++e) quantized[i * d + e] = x[i * d + e] - res[e];
     }
   }
   return kOk;
