@@ -43,10 +43,12 @@ _HUGE_PAGE_BYTES = 4 << 20  # at least one whole 2 MiB huge page inside
 def empty_output(shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """torch.empty for a kernel's output. A large CPU one is advised for transparent huge pages
     before the kernel first touches it (numpy does the same for its large arrays): with 4 KiB
-    pages, faulting in a fresh 64 MiB output costs about as much as a kernel that fills it."""
+    pages, faulting in a fresh 64 MiB output costs about as much as a kernel that fills it.
+    The advice belongs to the pages, not the tensor: where the allocator later reuses them
+    (glibc's heap, once its mmap threshold has grown), other allocations get huge pages too."""
     out = torch.empty(shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()
-    if out.device.type == "cpu" and nbytes >= _HUGE_PAGE_BYTES:
+    if out.device.type == "cpu" and nbytes >= _HUGE_PAGE_BYTES and _C is not None:
         cpu().advise_huge_pages(out.data_ptr(), nbytes)
     return out
 

@@ -74,10 +74,11 @@ def test_baseline_kernels_pass_the_cpu_tests():
     assert " passed" in run.stdout
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's")
+@pytest.mark.skipif(not pathlib.Path("/sys/kernel/mm/transparent_hugepage").exists(),
+                    reason="no transparent huge pages (not Linux, or compiled out)")
 def test_large_cpu_outputs_are_advised_for_huge_pages():
-    """empty_output marks a large CPU output MADV_HUGEPAGE ('hg' in /proc/self/smaps), leaves a
-    small one alone, and returns an ordinary tensor of the asked shape and dtype."""
+    """empty_output marks a large CPU output MADV_HUGEPAGE ('hg' in /proc/self/smaps) and
+    returns an ordinary tensor of the asked shape and dtype, small or large."""
     def flags_of(t):
         address, flags, inside = t.data_ptr() + t.numel() * t.element_size() // 2, None, False
         with open("/proc/self/smaps") as smaps:
@@ -94,7 +95,6 @@ def test_large_cpu_outputs_are_advised_for_huge_pages():
     small = _native.empty_output((1000,), torch.float16)
     assert large.shape == (3, 1 << 20) and large.dtype == torch.float32 and large.is_contiguous()
     assert small.shape == (1000,) and small.dtype == torch.float16
-    assert "hg" in flags_of(large)
-    assert "hg" not in (flags_of(small) or [])
+    assert "hg" in (flags_of(large) or [])
     large.fill_(2.0)
     assert float(large.sum()) == 2.0 * 3 * (1 << 20)

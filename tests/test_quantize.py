@@ -110,6 +110,17 @@ def test_rq_encode_beam_matches_reference(device, backend, beam_width, n, d, k, 
     assert (codes == expected).float().mean() >= 0.95
 
 
+def test_beam_wider_than_every_encoding_equals_the_exhaustive_beam():
+    """B > K^L keeps every encoding, as B = K^L does (cpu and reference)."""
+    x, codebooks = make_inputs(40, 6, 3, 3, "cpu", seed=5)
+    for backend in ("cpu", "reference"):
+        exhaustive = sf.rq_encode(x, codebooks, beam_width=27, backend=backend)
+        assert torch.equal(sf.rq_encode(x, codebooks, beam_width=1000, backend=backend), exhaustive)
+    best = (x - ref.rq_decode(exhaustive, codebooks)).pow(2).sum(1)
+    greedy = (x - ref.rq_decode(sf.rq_encode(x, codebooks), codebooks)).pow(2).sum(1)
+    assert (best <= greedy + 1e-5).all()
+
+
 def test_beam_search_beats_greedy_on_average():
     x, codebooks = make_inputs(300, 16, 32, 4, "cpu", seed=3)
     err = {b: (x - sf.rq_decode(sf.rq_encode(x, codebooks, beam_width=b, backend="cpu"),
@@ -322,6 +333,7 @@ def test_torch_compile_fullgraph_rqvae_step_matches_eager():
     (lambda: sf.rq_encode(torch.randn(3, 4), torch.full((1, 2, 4), float("inf"))), ValueError, "codebooks contains NaN"),
     (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), beam_width=0), ValueError, "beam_width"),
     (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), beam_width=2.0), TypeError, "beam_width"),
+    (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(2, 65536, 4), beam_width=1025), ValueError, "candidate scores"),
     (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 300, 4), code_dtype=torch.uint8), ValueError, "cannot hold"),
     (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4), code_dtype=torch.float32), TypeError, "code_dtype"),
     (lambda: sf.rq_encode(torch.randn(3, 4), torch.randn(1, 2, 4, device="meta")), ValueError, "one device"),

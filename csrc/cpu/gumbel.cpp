@@ -98,8 +98,9 @@ inline __m256 log_split(__m256 x, __m256i& k) {
   return _mm256_add_ps(m, _mm256_set1_ps(-1.f));
 }
 
-// philox::log_positive on N x 8 lanes in place: the same operations in the same order
-// (separate multiply and add intrinsics are never fused), so the same bits. The N vectors go
+// philox::log_positive on N x 8 lanes in place: the same operations in the same order, so the
+// same bits -- as long as this file is compiled with -ffp-contract=off (GCC treats these
+// intrinsics as plain vector arithmetic and would fuse them into FMAs). The N vectors go
 // through the polynomial in lockstep, or each would wait on every multiply's and add's
 // latency; f and k are recomputed for the tail rather than held in registers.
 template <int N>
@@ -311,7 +312,7 @@ void for_rows(int64_t rows, int64_t v, int n_threads, Body body) {
 
 int gumbel_noise(uint64_t seed, uint64_t offset, int64_t start, int64_t n, uint32_t* bits,
                  float* noise, int n_threads) {
-  if (n < 0 || start < 0) return 2;
+  if (n < 0 || start < 0 || n > INT64_MAX - 64 - start) return 2;  // element indices fit
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
@@ -363,11 +364,11 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
     const int64_t at = perturb_argmax(xi, g, v, t, s, y);
     float total, dot;
     exp_sum_dot(y, dyi, v, y[at], total, dot);  // y holds e
-    const float inv = 1.f / total, inv_t = 1.f / t;
+    const float inv = 1.f / total;
     dot *= inv;
     for (int64_t j = 0; j < v; ++j) {  // y holds dz from here
       y[j] = (y[j] * inv) * (dyi[j] - dot);
-      dxi[j] = y[j] * inv_t;
+      dxi[j] = y[j] / t;
     }
     if (row_gz || row_zz) {
       const float gz = lane_dot(y, g, v);

@@ -426,6 +426,7 @@ int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
   if (n < 0 || d <= 0 || levels <= 0 || k <= 0 || k > (int64_t(1) << 24) || beam_width <= 0)
     return kBadArgument;
   if (n == 0) return kOk;
+  if (beam_width > (int64_t(1) << 26) / k) return kBadArgument;  // candidate scores of a row
   if (beam_width == 1)
     return rq_encode_greedy(x, n, d, codebooks, levels, k, codes, quantized, errors, n_threads);
   return rq_encode_beam(x, n, d, codebooks, levels, k, beam_width, codes, quantized, errors,

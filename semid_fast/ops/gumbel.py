@@ -53,7 +53,7 @@ def _forward(backend, x, tau, scale, seed, offset, hard):
     argmax = torch.empty(rows, dtype=torch.long, device=x.device)
     if backend == "cpu":
         x32 = x.float()
-        y = _native.empty_output(x32.shape)
+        y = _native.empty_output(x32.shape, device=x32.device)
         if rows:
             status = _native.cpu().gumbel_softmax_fwd_f32(
                 x32.data_ptr(), rows, vocab, tau.data_ptr(), tau_stride, scale.data_ptr(),

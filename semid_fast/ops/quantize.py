@@ -16,6 +16,7 @@ from ..reference import quantize as ref
 __all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode"]
 
 MAX_K = 65536
+_MAX_BEAM_CANDIDATES = 1 << 26  # beam_width * K: the candidate scores of one row (256 MB)
 
 # ---------------------------------------------------------------------------------------------
 # Backend kernels. Each writes into outputs allocated here, on contiguous float32 codebooks.
@@ -283,7 +284,12 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
     """
     device = _check_x_codebooks("rq_encode", x, codebooks)
     _checks.positive_int(beam_width, "beam_width")
-    _checks.code_dtype(code_dtype, codebooks.shape[1])
+    levels, k = codebooks.shape[0], codebooks.shape[1]
+    beam_width = min(beam_width, k ** levels)  # no more beams than encodings exist
+    if beam_width * k > _MAX_BEAM_CANDIDATES:
+        raise ValueError(f"rq_encode: beam_width * K = {beam_width * k} candidate scores per row; "
+                         f"at most {_MAX_BEAM_CANDIDATES} are supported")
+    _checks.code_dtype(code_dtype, k)
     supported = _backends.BACKENDS if beam_width == 1 else ("reference", "cpu", "triton")
     name = _backends.resolve(backend, device, "rq_encode", gpu_order=("cuda", "triton"),
                              supported=supported)
