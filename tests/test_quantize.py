@@ -263,6 +263,24 @@ def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("use", ["loss", "quantized"])
+def test_rq_quantize_backward_of_one_output_equals_the_reference(backend, use):
+    x, codebooks = make_inputs(300, 24, 16, 3, "cpu", seed=9)
+    grads = []
+    for fn in (lambda *a: sf.rq_quantize(*a, beta=0.4, backend=backend),
+               lambda *a: ref.rq_quantize(*a, beta=0.4)):
+        xi, cb = x.clone().requires_grad_(), codebooks.clone().requires_grad_()
+        _, quantized, loss = fn(xi, cb)
+        (loss * 3.0 if use == "loss" else quantized.square().sum()).backward()
+        grads.append((xi.grad, cb.grad))
+    for got, want in zip(*grads):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_rq_quantize_keeps_half_dtype():
     x, codebooks = make_inputs(16, 8, 4, 2, "cpu", seed=4, dtype=torch.bfloat16)
     codes, quantized, loss = sf.rq_quantize(x.requires_grad_(), codebooks, backend="cpu")
@@ -287,6 +305,11 @@ def test_opcheck_every_registered_op(backend):
                                            .contiguous().requires_grad_(), True, backend))
     torch.library.opcheck(ops._rq_quantize_op,
                           (x.requires_grad_(), codebooks.detach().requires_grad_(), 0.25, backend))
+    upstream, weight = torch.randn_like(x), torch.tensor(1.5)
+    torch.library.opcheck(ops._rq_quantize_backward_op,
+                          (x.detach(), codebooks.detach(), codes, upstream, weight, 0.25))
+    torch.library.opcheck(ops._rq_quantize_backward_op,
+                          (x.detach(), codebooks.detach(), codes, None, weight, 0.25))
 
 
 def test_torch_compile_fullgraph_rqvae_step_matches_eager():

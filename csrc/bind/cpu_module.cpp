@@ -88,6 +88,16 @@ PYBIND11_MODULE(_C, m) {
           SEMID_FAST_CALL(rq_decode_f32, ptr<const int64_t>(codes), n, levels,
                           ptr<const float>(codebooks), k, d, ptr<float>(out), n_threads);
         });
+  m.def("rq_quantize_bwd_f32",
+        [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, int64_t levels,
+           int64_t k, std::uintptr_t codes, std::uintptr_t grad_quantized, float x_scale,
+           float codebook_scale, std::uintptr_t grad_x, std::uintptr_t grad_codebooks,
+           int n_threads) {
+          SEMID_FAST_CALL(rq_quantize_bwd_f32, ptr<const float>(x), n, d,
+                          ptr<const float>(codebooks), levels, k, ptr<const int64_t>(codes),
+                          ptr<const float>(grad_quantized), x_scale, codebook_scale,
+                          ptr<float>(grad_x), ptr<float>(grad_codebooks), n_threads);
+        });
   m.def("pq_decode_f32",
         [](std::uintptr_t codes, int64_t n, int64_t msub, std::uintptr_t codebooks, int64_t k,
            int64_t dsub, std::uintptr_t out, int n_threads) {

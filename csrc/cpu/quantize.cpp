@@ -466,6 +466,51 @@ int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
   return kOk;
 }
 
+int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codebooks,
+                        int64_t levels, int64_t k, const int64_t* codes,
+                        const float* grad_quantized, float x_scale, float codebook_scale,
+                        float* grad_x, float* grad_codebooks, int n_threads) {
+  if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
+  for (int64_t e = 0; e < n * levels; ++e)
+    if (codes[e] < 0 || codes[e] >= k) return kCodeOutOfRange;
+  // Each thread sums its rows into its own codebook gradient; as many threads as keep those
+  // copies within 256 MB.
+  const int64_t book = levels * k * d;
+  const int threads = int(std::max<int64_t>(
+      1, std::min<int64_t>({n_threads, std::max<int64_t>(n, 1), (int64_t(64) << 20) / book})));
+  std::vector<float> partial(threads * book, 0.0f);
+#pragma omp parallel num_threads(threads)
+  {
+    float* mine = partial.data() + omp_get_thread_num() * book;
+    std::vector<float> residual(d);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy(x + i * d, x + (i + 1) * d, residual.begin());
+      for (int64_t l = 0; l < levels; ++l) {
+        const int64_t c = codes[i * levels + l];
+        const float* e = codebooks + (l * k + c) * d;
+        float* g = mine + (l * k + c) * d;
+        for (int64_t j = 0; j < d; ++j) {
+          residual[j] -= e[j];  // r_{l+1}
+          g[j] += residual[j];
+        }
+        if (l == 0) {
+          float* gx = grad_x + i * d;
+          const float* gq = grad_quantized ? grad_quantized + i * d : nullptr;
+          for (int64_t j = 0; j < d; ++j) gx[j] = -x_scale * residual[j] + (gq ? gq[j] : 0.0f);
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < book; ++j) {
+      float sum = 0.0f;
+      for (int t = 0; t < threads; ++t) sum += partial[t * book + j];
+      grad_codebooks[j] = -codebook_scale * sum;
+    }
+  }
+  return kOk;
+}
+
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
   if (n < 0 || levels <= 0 || k <= 0 || d <= 0) return kBadArgument;

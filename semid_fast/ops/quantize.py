@@ -181,18 +181,49 @@ def _(x, codebooks, beta, backend):
     return torch.empty_like(x), x.new_empty((), dtype=torch.float32), codes
 
 
+@torch.library.custom_op("semid_fast::rq_quantize_backward", mutates_args=())
+def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
+                             grad_quantized: torch.Tensor | None, grad_loss: torch.Tensor,
+                             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cpu kernel of rq_quantize's backward: float32 (grad_x, grad_codebooks)."""
+    scale = 2.0 / max(x.numel(), 1)
+    weight = float(grad_loss)  # a CPU scalar: no device sync
+    x32, books = x.float().contiguous(), codebooks.float().contiguous()
+    codes = codes.long().contiguous()
+    upstream = None if grad_quantized is None else grad_quantized.float().contiguous()
+    grad_x = _native.empty_output(x.shape)
+    grad_codebooks = torch.empty(codebooks.shape, dtype=torch.float32)
+    status = _native.cpu().rq_quantize_bwd_f32(
+        x32.data_ptr(), x.shape[0], x.shape[1], books.data_ptr(), codebooks.shape[0],
+        codebooks.shape[1], codes.data_ptr(), _ptr(upstream), -beta * scale * weight,
+        scale * weight, grad_x.data_ptr(), grad_codebooks.data_ptr(), _native.n_threads())
+    _native.check_cpu_status(status, "rq_quantize backward")
+    return grad_x, grad_codebooks
+
+
+@_rq_quantize_backward_op.register_fake
+def _(x, codebooks, codes, grad_quantized, grad_loss, beta):
+    return (x.new_empty(x.shape, dtype=torch.float32),
+            codebooks.new_empty(codebooks.shape, dtype=torch.float32))
+
+
 def _quantize_setup(ctx, inputs, output):
     x, codebooks, beta, _ = inputs
     codes = output[2]
     ctx.mark_non_differentiable(codes)
     ctx.save_for_backward(x, codebooks, codes)
-    ctx.beta = beta
+    ctx.beta, ctx.backend = beta, inputs[3]
 
 
 def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
     """Gradients of the reference's loss, recomputing residuals from the saved codes."""
     x, codebooks, codes = ctx.saved_tensors
     scale = 2.0 / max(x.numel(), 1)
+    if ctx.backend == "cpu":  # one pass, no (N, D) temporaries
+        weight = torch.zeros(()) if grad_loss is None else grad_loss
+        grad_x, grad_codebooks = _rq_quantize_backward_op(x, codebooks, codes, grad_quantized,
+                                                          weight, ctx.beta)
+        return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None
     residual = x.float()
     grad_codebooks = torch.zeros_like(codebooks, dtype=torch.float32)
     grad_x = None

@@ -7,6 +7,12 @@
 //   codes      (n, levels|m)       int64
 //   quantized  (n, d)              float32, optional (nullptr): sum of the chosen codewords
 //   errors     (n, levels)         float32, optional (nullptr): ||residual after level l||^2
+//
+// rq_quantize backward, from the codes of the forward: with r_0 = x, e_l = codebooks[l][code_l]
+// and r_{l+1} = r_l - e_l (so e_l - r_l = -r_{l+1}),
+//   grad_x = x_scale * (e_0 - r_0) + grad_quantized (nullptr: 0)                  (n, d)
+//   grad_codebooks[l][c] = codebook_scale * sum of (e_l - r_l) over rows with code_l = c
+// Returns kCodeOutOfRange (outputs unwritten) when a code is outside [0, k).
 #pragma once
 #include <cstdint>
 
@@ -29,6 +35,10 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
                     int64_t k, int64_t* codes, int n_threads);                               \
   int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,  \
                     int64_t k, int64_t d, float* out, int n_threads);                        \
+  int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codebooks,       \
+                          int64_t levels, int64_t k, const int64_t* codes,                    \
+                          const float* grad_quantized, float x_scale, float codebook_scale,   \
+                          float* grad_x, float* grad_codebooks, int n_threads);               \
   int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks,       \
                     int64_t k, int64_t dsub, float* out, int n_threads);                     \
   }
