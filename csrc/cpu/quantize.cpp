@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "semid_fast/quantize.h"
@@ -222,9 +223,10 @@ int64_t load_rows(const float* x, int64_t rows, int64_t d, float* buf) {
 
 // PQ sub-vectors of 1-8 dims: eight rows ride in the vector lanes and the codewords stream
 // past one at a time, each costing DS multiply-adds and a compare-and-select per row group.
-// The running argmax stays in registers; GROUPS independent row groups hide the latency of
-// the compare-select chain. Strict '>' keeps the smaller code on a tie.
-template <int DS, int GROUPS>
+// The running argmax stays in registers; GROUPS independent row groups times CODES codewords
+// scored side by side hide the latency of the multiply-add and compare-select chains. Strict
+// '>' and codes compared in order keep the smaller code on a tie.
+template <int DS, int GROUPS, int CODES>
 void nearest_codes_lanes(const float* rows, int64_t count, int64_t ld, const float* codebook,
                          const Panels& cb, int32_t* out) {
   for (int64_t r0 = 0; r0 < count; r0 += 8 * GROUPS) {
@@ -238,21 +240,28 @@ void nearest_codes_lanes(const float* rows, int64_t count, int64_t ld, const flo
       best[g] = splat(-std::numeric_limits<float>::infinity());
       index[g] = v8i{};
     }
-    for (int64_t c = 0; c < cb.k; ++c) {
-      const float* w = codebook + c * DS;
-      const v8i code = splat_i(int32_t(c));
-      v8f score[GROUPS];
-      for (int g = 0; g < GROUPS; ++g) score[g] = splat(cb.bias[c]);
-      for (int j = 0; j < DS; ++j) {
-        const v8f wj = splat(w[j]);
-        for (int g = 0; g < GROUPS; ++g) score[g] += xt[g][j] * wj;
+    const auto score_codes = [&](int64_t c0, auto n_codes) {
+      constexpr int U = decltype(n_codes)::value;
+      v8f score[U][GROUPS];
+      for (int u = 0; u < U; ++u)
+        for (int g = 0; g < GROUPS; ++g) score[u][g] = splat(cb.bias[c0 + u]);
+      for (int j = 0; j < DS; ++j)
+        for (int u = 0; u < U; ++u) {
+          const v8f wj = splat(codebook[(c0 + u) * DS + j]);
+          for (int g = 0; g < GROUPS; ++g) score[u][g] += xt[g][j] * wj;
+        }
+      for (int u = 0; u < U; ++u) {
+        const v8i code = splat_i(int32_t(c0 + u));
+        for (int g = 0; g < GROUPS; ++g) {
+          const v8i better = score[u][g] > best[g];
+          best[g] = better ? score[u][g] : best[g];
+          index[g] = better ? code : index[g];
+        }
       }
-      for (int g = 0; g < GROUPS; ++g) {
-        const v8i better = score[g] > best[g];
-        best[g] = better ? score[g] : best[g];
-        index[g] = better ? code : index[g];
-      }
-    }
+    };
+    int64_t c = 0;
+    for (; c + CODES <= cb.k; c += CODES) score_codes(c, std::integral_constant<int, CODES>{});
+    for (; c < cb.k; ++c) score_codes(c, std::integral_constant<int, 1>{});
     for (int g = 0; g < GROUPS; ++g)
       for (int l = 0; l < 8; ++l) out[r0 + 8 * g + l] = index[g][l];
   }
@@ -263,10 +272,10 @@ void nearest_codes_lanes(const float* rows, int64_t count, int64_t ld, const flo
 void nearest_codes_pq(const float* rows, int64_t count, int64_t ld, const float* codebook,
                       const Panels& cb, int32_t* out) {
   switch (cb.d) {
-    case 1: return nearest_codes_lanes<1, 2>(rows, count, ld, codebook, cb, out);
-    case 2: return nearest_codes_lanes<2, 2>(rows, count, ld, codebook, cb, out);
-    case 4: return nearest_codes_lanes<4, 2>(rows, count, ld, codebook, cb, out);
-    case 8: return nearest_codes_lanes<8, 1>(rows, count, ld, codebook, cb, out);
+    case 1: return nearest_codes_lanes<1, 2, 2>(rows, count, ld, codebook, cb, out);
+    case 2: return nearest_codes_lanes<2, 2, 2>(rows, count, ld, codebook, cb, out);
+    case 4: return nearest_codes_lanes<4, 2, 1>(rows, count, ld, codebook, cb, out);
+    case 8: return nearest_codes_lanes<8, 1, 4>(rows, count, ld, codebook, cb, out);
     default: return nearest_codes(rows, count, ld, cb, out);
   }
 }
