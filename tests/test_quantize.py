@@ -135,10 +135,12 @@ def test_beam_search_is_not_in_the_cuda_kernel():
 
 
 @pytest.mark.parametrize("device,backend", pairs())
-# Sub-vectors of 1, 4 and 8 dims take the CPU lane kernel; 3, 16 and 96 the panel kernel.
+# Sub-vectors of 1, 2, 4 and 8 dims take the CPU lane kernel (K=37 and K=9: a codebook that
+# is not a whole number of the 4 or 2 codewords it scores side by side); 3, 16 and 96 the
+# panel kernel.
 @pytest.mark.parametrize("n,d,k,m", [(37, 32, 256, 4), (130, 64, 16, 16), (1, 7, 2, 7),
                                      (49, 64, 256, 8), (61, 384, 256, 4), (61, 12, 16, 4),
-                                     (50, 64, 32, 4)])
+                                     (50, 64, 32, 4), (45, 64, 37, 8), (33, 16, 9, 8)])
 def test_pq_encode_picks_the_nearest_codeword_per_subspace(device, backend, n, d, k, m):
     skip_unavailable(device, backend)
     g = torch.Generator().manual_seed(d + m)

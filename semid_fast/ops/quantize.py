@@ -191,8 +191,8 @@ def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: to
     x32, books = x.float().contiguous(), codebooks.float().contiguous()
     codes = codes.long().contiguous()
     upstream = None if grad_quantized is None else grad_quantized.float().contiguous()
-    grad_x = _native.empty_output(x.shape)
-    grad_codebooks = torch.empty(codebooks.shape, dtype=torch.float32)
+    grad_x = _native.empty_output(x.shape, device=x.device)
+    grad_codebooks = torch.empty(codebooks.shape, dtype=torch.float32, device=x.device)
     status = _native.cpu().rq_quantize_bwd_f32(
         x32.data_ptr(), x.shape[0], x.shape[1], books.data_ptr(), codebooks.shape[0],
         codebooks.shape[1], codes.data_ptr(), _ptr(upstream), -beta * scale * weight,
