@@ -303,3 +303,19 @@ def test_gpu_masks_candidates_and_graph_decode(backend):
     assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
     gpu_graph = sf.ItemGraph.build(codes.cuda(), n_edges=10, backend=backend)
     assert torch.equal(gpu_graph.neighbors.cpu(), graph.neighbors)
+
+
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton is not installed")
+@pytest.mark.parametrize("with_candidates", [False, True])
+def test_triton_launches_per_slice_of_queries_past_the_grid_limit(monkeypatch, with_candidates):
+    # Grid y (queries) is capped at 65,535 on CUDA; shrink the cap to run the slicing here.
+    from semid_fast.triton import longid as triton_longid
+
+    monkeypatch.setattr(triton_longid, "_MAX_GRID_Y", 2)
+    scores, codes = make(5, 4, 16, 60, torch.int32, seed=8)
+    g = torch.Generator().manual_seed(9)
+    mask = torch.rand(5, 60, generator=g) < 0.3
+    cand = torch.randint(-1, 60, (5, 20), generator=g) if with_candidates else None
+    got = sf.holistic_topk(scores, codes, 7, item_mask=mask, candidates=cand, backend="triton")
+    want = ref.holistic_topk(scores, codes, 7, item_mask=mask, candidates=cand)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -26,6 +26,11 @@ FIT_LIMIT = 8192  # rows up to this length stay in registers
 CHUNK = 2048  # block width of the streaming path
 TOPK_CHUNK = 1024  # columns per program of gumbel_topk
 
+# Triton turns an int argument equal to 1 into a constexpr (and tracks divisibility by 16):
+# the seed and offset words would then fail to compile at 1 (`.to()` on a constexpr) and
+# recompile per value class. They are plain runtime values.
+_random_jit = triton.jit(do_not_specialize=["seed", "off_lo", "off_hi"])
+
 
 @triton.jit
 def _bits(seed, off_lo, off_hi, e):
@@ -70,7 +75,7 @@ def _gumbel(seed, off_lo, off_hi, e):
     return -_log_positive(-_log_positive(u))
 
 
-@triton.jit
+@_random_jit
 def _noise_kernel(bits_ptr, noise_ptr, n, seed, off_lo, off_hi, WRITE_BITS: tl.constexpr,
                   BLOCK: tl.constexpr):
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -92,7 +97,7 @@ def _perturb(x_ptr, base, cols, vocab, tau, scale, seed, off_lo, off_hi):
     return tl.where(mask, z, float("-inf"))
 
 
-@triton.jit
+@_random_jit
 def _softmax_fwd_kernel(x_ptr, y_ptr, argmax_ptr, tau_ptr, tau_stride, scale_ptr, scale_stride,
                         vocab, seed, off_lo, off_hi, HARD: tl.constexpr, FITS: tl.constexpr,
                         BLOCK: tl.constexpr):
@@ -142,7 +147,7 @@ def _softmax_fwd_kernel(x_ptr, y_ptr, argmax_ptr, tau_ptr, tau_stride, scale_ptr
             tl.store(y_ptr + base + cols, y.to(y_ptr.dtype.element_ty), mask=cols < vocab)
 
 
-@triton.jit
+@_random_jit
 def _softmax_bwd_kernel(x_ptr, dy_ptr, dx_ptr, gz_ptr, zz_ptr, tau_ptr, tau_stride, scale_ptr,
                         scale_stride, vocab, seed, off_lo, off_hi, SUMS: tl.constexpr,
                         FITS: tl.constexpr, BLOCK: tl.constexpr):
@@ -200,7 +205,7 @@ def _softmax_bwd_kernel(x_ptr, dy_ptr, dx_ptr, gz_ptr, zz_ptr, tau_ptr, tau_stri
             tl.store(zz_ptr + row, tl.sum(acc_zz, 0))
 
 
-@triton.jit
+@_random_jit
 def _topk_kernel(x_ptr, tau_ptr, tau_stride, vocab, seed, off_lo, off_hi, per_chunk, n_chunks,
                  out_scores_ptr, out_idx_ptr, BLOCK: tl.constexpr):
     """The best `per_chunk` perturbed scores x / tau + g of one BLOCK-wide chunk of one row,

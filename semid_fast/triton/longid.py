@@ -85,6 +85,7 @@ _SELECT_MAX_K = 64
 _WORKSPACE_BYTES = 64 << 20
 _MIN_CHUNK = 1 << 16
 _MAX_ITEMS = _keys.MAX_ITEMS
+_MAX_GRID_Y = 65535  # CUDA's limit on grid y, the query axis of both kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +315,13 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
     dev = token_scores.device
     if n > _MAX_ITEMS:
         raise ValueError(f"holistic_topk (triton): at most 2**32 items, got N={n}")
+    if b > _MAX_GRID_Y:  # one launch per slice of queries
+        parts = [holistic_topk(
+            token_scores[i:i + _MAX_GRID_Y], codes, k, mean,
+            None if candidates is None else candidates[i:i + _MAX_GRID_Y],
+            item_mask if item_mask is None or item_mask.dim() == 1
+            else item_mask[i:i + _MAX_GRID_Y]) for i in range(0, b, _MAX_GRID_Y)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     no_items = n == 0 or (candidates is not None and candidates.shape[1] == 0)
     if b == 0 or no_items:
         return (torch.full((b, k), -torch.inf, device=dev),
