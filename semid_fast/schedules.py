@@ -199,8 +199,9 @@ class FrequencyNoise(torch.nn.Module):
         """
         _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES + (torch.float64,), "(N, D)")
         if not isinstance(codebook, torch.Tensor) or codebook.dim() not in (2, 3):
-            raise ValueError("codebook must be a (K, D) or (L, K, D) tensor, got "
-                             f"{tuple(codebook.shape) if isinstance(codebook, torch.Tensor) else type(codebook).__name__}")
+            got = (tuple(codebook.shape) if isinstance(codebook, torch.Tensor)
+                   else type(codebook).__name__)
+            raise ValueError(f"codebook must be a (K, D) or (L, K, D) tensor, got {got}")
         book = codebook[0] if codebook.dim() == 3 else codebook
         if book.shape != (self.num_codes, x.shape[1]):
             raise ValueError(f"codebook {tuple(codebook.shape)} must hold K={self.num_codes} "
@@ -327,7 +328,7 @@ def sigma_noise_scale(sigma: torch.Tensor) -> torch.Tensor:
         A tensor of sigma's shape and dtype, >= 0.
     """
     if not isinstance(sigma, torch.Tensor) or not sigma.is_floating_point():
-        raise TypeError("sigma must be a floating-point tensor, got "
-                        f"{sigma.dtype if isinstance(sigma, torch.Tensor) else type(sigma).__name__}")
+        got = sigma.dtype if isinstance(sigma, torch.Tensor) else type(sigma).__name__
+        raise TypeError(f"sigma must be a floating-point tensor, got {got}")
     scale = sigma.abs().clamp(min=1e-5, max=100.0)
     return torch.where(scale < 1e-4, torch.zeros_like(scale), scale)

@@ -366,7 +366,8 @@ def test_quantize_learned_logit_scale(backend, form, levels, distance, hard):
             "per row": torch.rand(n, generator=g) * 3 + 0.2}[form]
     if distance == "cosine":
         base = base * 8
-    weight_q, weight_s = torch.randn(n, d, generator=g), torch.randn(n, *book.shape[:-1], generator=g)
+    weight_q = torch.randn(n, d, generator=g)
+    weight_s = torch.randn(n, *book.shape[:-1], generator=g)
     runs = {}
     for name in (backend, "reference", "plain"):
         dtype = torch.float64 if name == "plain" else torch.float32

@@ -8,8 +8,8 @@ import torch
 
 import semid_fast
 from semid_fast.reference import gumbel as ref
-from semid_fast.schedules import (CosineDecay, ExponentialDecay, FrequencyNoise, learnable_sigma_loss,
-                                  sigma_noise_scale)
+from semid_fast.schedules import (CosineDecay, ExponentialDecay, FrequencyNoise,
+                                  learnable_sigma_loss, sigma_noise_scale)
 
 STEPS = [0, 1, 2, 7, 50, 99, 100, 101, 1000, 10**6]
 
@@ -163,10 +163,12 @@ def test_frequency_noise_call_follows_diger_with_its_defaults(distance, stack):
         scales = noise(x, books if stack else books[0], distance=distance, scale=0.75)
         hot, _ = oracle.step(x.numpy(), books[0].numpy(), distance)
         assert scales.shape == (n,) and scales.dtype == torch.float32
-        np.testing.assert_array_equal(scales.numpy(), np.where(hot, 0.75, 0.0), err_msg=f"step {step}")
+        np.testing.assert_array_equal(scales.numpy(), np.where(hot, 0.75, 0.0),
+                                      err_msg=f"step {step}")
         np.testing.assert_allclose(noise.usage.numpy(), oracle.ema, rtol=1e-5, atol=1e-7)
-        differs[0] |= not np.array_equal(hot, ratio_one.step(x.numpy(), books[0].numpy(), distance)[0])
-        differs[1] |= not np.array_equal(hot, momentum_nine.step(x.numpy(), books[0].numpy(), distance)[0])
+        for i, other in enumerate((ratio_one, momentum_nine)):
+            other_hot, _ = other.step(x.numpy(), books[0].numpy(), distance)
+            differs[i] |= not np.array_equal(hot, other_hot)
         hot_seen += int(hot.sum())
     assert hot_seen > 0 and all(differs)  # the run tells ratio 1.5 from 1.0, 0.99 from 0.9
 
@@ -235,8 +237,8 @@ def test_frequency_noise_on_a_short_real_diger_run(shared_data):
     emb = np.load(shared_data / "amazon14_beauty" / "cf_emb64.npy")[1:-1].astype(np.float32)
     gen = torch.Generator().manual_seed(0)
     x_all = torch.from_numpy(emb)
-    books = torch.nn.Parameter(x_all[torch.randperm(len(emb), generator=gen)[:3 * 256]]
-                               .reshape(3, 256, -1).clone() * torch.tensor([1.0, 0.3, 0.1])[:, None, None])
+    rows = x_all[torch.randperm(len(emb), generator=gen)[:3 * 256]].reshape(3, 256, -1)
+    books = torch.nn.Parameter(rows * torch.tensor([1.0, 0.3, 0.1])[:, None, None])
     opt = torch.optim.Adam([books], lr=1e-3)
     noise, oracle = FrequencyNoise(256), DigerFrequencyOracle(256)
     hot_rows = 0
@@ -392,8 +394,8 @@ def test_sigma_noise_scale_matches_digers_clamp_values_and_gradients():
             assert sigma.grad.item() == (sigma_o.grad.item() if sigma_o.grad is not None else 0.0)
     # elementwise on a tensor of sigmas, one pass
     many = torch.tensor(SIGMAS, dtype=torch.float64)
-    assert torch.equal(sigma_noise_scale(many),
-                       torch.stack([_diger_noise(v, torch.ones((), dtype=torch.float64)) for v in many]))
+    one = torch.ones((), dtype=torch.float64)
+    assert torch.equal(sigma_noise_scale(many), torch.stack([_diger_noise(v, one) for v in many]))
     with pytest.raises(TypeError, match="sigma"):
         sigma_noise_scale(1.0)
     with pytest.raises(TypeError, match="sigma"):

@@ -177,10 +177,11 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
 
     Per level: logits = quantize_logits(residual, codebook, distance, logit_scale); soft =
     the Gumbel-softmax of the logits over codewords; codes = the first argmax of the
-    perturbed logits; the indicator straight-through ``y = onehot(codes) - soft.detach() + soft`` (soft itself
-    when hard=False) and quantized = y @ codebook: the forward value is the chosen
-    codeword, the backward pass is that of the soft assignment, reaching x and every
-    codeword. The next level quantizes residual - quantized.
+    perturbed logits; the indicator straight-through
+    ``y = onehot(codes) - soft.detach() + soft`` (soft itself when hard=False) and
+    quantized = y @ codebook: the forward value is the chosen codeword, the backward pass is
+    that of the soft assignment, reaching x and every codeword. The next level quantizes
+    residual - quantized.
 
     Returns codes (N,) / (N, L) int64, quantized (N, D) in x's dtype (summed over levels)
     and soft (N, K) / (N, L, K) in x's dtype.
