@@ -10,7 +10,11 @@ module holds the decays as small objects:
   step only (``value = f(step)``), for a temperature or a global noise scale;
 - :class:`FrequencyNoise`: a per-sample noise scale from an exponential moving average of
   code usage (the frequency-based decay);
-- :func:`learnable_sigma_loss`: the uncertainty-weighted loss of the learnable-sigma decay.
+- :func:`learnable_sigma_loss` and :func:`sigma_noise_scale`: the uncertainty-weighted loss
+  of the learnable-sigma decay, and the clamp that turns the learned sigma into a noise scale.
+
+The defaults are those of DIGER's released code (github.com/junchen-fu/DIGER, ``vq.py`` and
+its ``run_FrqUD.sh`` / ``run_SDUD.sh``): usage ratio 1.5 and momentum 0.99, lambda 1.7.
 
 A schedule called with a Python ``int`` step returns a Python ``float``; called with a tensor
 step it returns a tensor on the step's device (so it can live inside a compiled step).
@@ -25,8 +29,10 @@ import math
 import torch
 
 from . import _checks
+from .reference.gumbel import quantize_logits
 
-__all__ = ["ExponentialDecay", "CosineDecay", "FrequencyNoise", "learnable_sigma_loss"]
+__all__ = ["ExponentialDecay", "CosineDecay", "FrequencyNoise", "learnable_sigma_loss",
+           "sigma_noise_scale"]
 
 
 def _real(value, name: str) -> float:
@@ -118,29 +124,44 @@ class FrequencyNoise(torch.nn.Module):
     """Frequency-based noise decay: Gumbel noise only where a code is over-used.
 
     DIGER's frequency-based uncertainty decay keeps exploring the codes that attract too many
-    items and lets the others settle. The rule implemented here:
+    items and lets the others settle. The rule, as DIGER's ``vq.py`` implements it
+    (``use_adaptive_selection``):
 
-    - ``usage`` (num_codes,) is an exponential moving average of each code's share of the
-      samples: after a batch whose code histogram is ``h`` (N samples),
-      ``usage <- momentum * usage + (1 - momentum) * h / N``; it starts uniform (1 / K).
-    - a sample whose code ``c`` has ``usage[c] > threshold / K`` is over-used and gets noise
-      scale ``scale``; every other sample gets 0.
+    - ``usage`` (K,) is an exponential moving average of each code's share of the samples:
+      after a batch whose code histogram is ``h`` (N samples),
+      ``usage <- momentum * usage + (1 - momentum) * h / N``; it starts uniform (1 / K)
+      (``VectorQuantizer``'s ``code_usage_ema`` and its update in ``VectorQuantizer.forward``);
+    - a sample whose code ``c`` has ``usage[c] > threshold / K`` is over-used ("hot") and gets
+      noise scale ``scale``; every other sample gets 0, i.e. its argmin code and the noiseless
+      softmax (``VectorQuantizer.get_sequence_level_decision``, ``hot_threshold_ratio``).
 
-    The paper describes the idea (noise for frequent codes, less noise as usage balances);
-    the moving average, its uniform start and the ``threshold / K`` test are this module's
-    concrete form of it. ``usage`` is a buffer, so ``state_dict()`` checkpoints it; the
-    module follows ``.to(device)``.
+    Two ways to drive it:
+
+    - calling the module, ``noise(x, codebook)``, is DIGER's order: the codes are the current
+      argmin codes of the first level (not the sampled ones), the decision reads the usage
+      before this batch, then the usage folds in those argmin codes (in training mode only).
+      DIGER decides once per sample on level 0 and applies the same decision to every level
+      (``ResidualVectorQuantizer.forward``), which one per-row ``noise_scale`` for a
+      ``gumbel_quantize`` stack gives;
+    - :meth:`noise_scale` and :meth:`update` take any codes, e.g. the previous step's sampled
+      codes, when the caller chooses which codes decide and which are counted.
+
+    ``usage`` is a buffer, so ``state_dict()`` checkpoints it; the module follows
+    ``.to(device)``.
 
     Args:
         num_codes: codebook size K (>= 1).
-        momentum: EMA decay in [0, 1) (0 = usage of the last batch only).
-        threshold: multiple of the uniform share 1/K above which a code is over-used (> 0).
-        scale: noise scale of an over-used sample (>= 0), e.g. multiplied by a decay.
+        momentum: EMA decay in [0, 1) (0 = usage of the last batch only); DIGER's
+            ``usage_momentum`` is 0.99.
+        threshold: multiple of the uniform share 1/K above which a code is over-used (> 0);
+            DIGER's ``hot_threshold_ratio`` is 1.5.
+        scale: noise scale of an over-used sample (>= 0), e.g. multiplied by a decay (DIGER's
+            frequency run uses plain Gumbel noise, 1.0).
     """
 
     usage: torch.Tensor
 
-    def __init__(self, num_codes: int, *, momentum: float = 0.99, threshold: float = 1.0,
+    def __init__(self, num_codes: int, *, momentum: float = 0.99, threshold: float = 1.5,
                  scale: float = 1.0, device=None):
         super().__init__()
         self.num_codes = _checks.positive_int(num_codes, "num_codes")
@@ -156,6 +177,54 @@ class FrequencyNoise(torch.nn.Module):
         self.register_buffer(
             "usage", torch.full((num_codes,), 1.0 / num_codes, dtype=torch.float32, device=device))
 
+    def forward(self, x: torch.Tensor, codebook: torch.Tensor, *, distance: str = "l2",
+                scale: float | torch.Tensor | None = None,
+                usage_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """DIGER's frequency rule for one training batch: per-sample noise scales (N,) float32.
+
+        Args:
+            x: (N, D) float embeddings (the input of the first level).
+            codebook: (K, D) first-level codewords, or the (L, K, D) stack (level 0 is used).
+            distance: "l2" or "cosine", as in :func:`semid_fast.gumbel_quantize`; the argmin
+                codes are the argmax of the same logits.
+            scale: as in :meth:`noise_scale`.
+            usage_codes: (N,) codes to fold into the usage instead of the argmin codes. DIGER
+                folds level 0's deterministic codes, which are the Sinkhorn codes when its
+                ``sk_epsilon`` > 0 (its released configs): pass those here.
+
+        Returns:
+            The noise scale of each row, from the usage before this batch. The usage is
+            updated afterwards when the module is in training mode (``.train()``, the
+            default), never in ``.eval()``.
+        """
+        _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES + (torch.float64,), "(N, D)")
+        if not isinstance(codebook, torch.Tensor) or codebook.dim() not in (2, 3):
+            got = (tuple(codebook.shape) if isinstance(codebook, torch.Tensor)
+                   else type(codebook).__name__)
+            raise ValueError(f"codebook must be a (K, D) or (L, K, D) tensor, got {got}")
+        book = codebook[0] if codebook.dim() == 3 else codebook
+        if book.shape != (self.num_codes, x.shape[1]):
+            raise ValueError(f"codebook {tuple(codebook.shape)} must hold K={self.num_codes} "
+                             f"codewords of x's width D={x.shape[1]}")
+        if not book.is_floating_point():
+            raise TypeError(f"codebook must be a floating-point tensor, got {book.dtype}")
+        if distance not in ("l2", "cosine"):
+            raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
+        if x.device != self.usage.device or book.device != self.usage.device:
+            raise ValueError(f"x on {x.device} and codebook on {book.device} must be on the "
+                             f"usage buffer's device {self.usage.device} (move the "
+                             f"FrequencyNoise with .to())")
+        if usage_codes is not None:
+            usage_codes = self._check_codes(usage_codes)
+        with torch.no_grad():
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            codes = quantize_logits(x.detach().to(dtype), book.detach().to(dtype),
+                                    distance).argmax(-1)
+        scales = self._scales(codes, scale)
+        if self.training:
+            self._fold(codes if usage_codes is None else usage_codes)
+        return scales
+
     def _check_codes(self, codes) -> torch.Tensor:
         _checks.tensor(codes, "codes", 1, _checks.INT_DTYPES, "(N,)")
         if codes.device != self.usage.device:
@@ -166,7 +235,9 @@ class FrequencyNoise(torch.nn.Module):
 
     def over_used(self, codes: torch.Tensor) -> torch.Tensor:
         """(N,) bool: True where ``usage[codes] > threshold / K``."""
-        codes = self._check_codes(codes)
+        return self._hot(self._check_codes(codes))
+
+    def _hot(self, codes: torch.Tensor) -> torch.Tensor:
         return self.usage[codes.long()] > self.threshold / self.num_codes
 
     def noise_scale(self, codes: torch.Tensor, scale: float | torch.Tensor | None = None):
@@ -177,17 +248,23 @@ class FrequencyNoise(torch.nn.Module):
             scale: noise scale of the over-used samples (default ``self.scale``): a float or
                 a 0-dim tensor (e.g. a step decay evaluated on the device).
         """
+        return self._scales(self._check_codes(codes), scale)
+
+    def _scales(self, codes: torch.Tensor, scale) -> torch.Tensor:
         value = self.scale if scale is None else scale
         if not isinstance(value, torch.Tensor):
             value = _real(value, "scale")
             if value < 0:
                 raise ValueError(f"scale must be >= 0, got {value}")
-        return self.over_used(codes).to(torch.float32) * value
+        return self._hot(codes).to(torch.float32) * value
 
     @torch.no_grad()
     def update(self, codes: torch.Tensor) -> None:
         """Folds one batch of codes (N,) into the usage EMA (no host sync: index_add_)."""
-        codes = self._check_codes(codes)
+        self._fold(self._check_codes(codes))
+
+    @torch.no_grad()
+    def _fold(self, codes: torch.Tensor) -> None:
         if codes.numel() == 0:
             return
         counts = torch.zeros_like(self.usage).index_add_(
@@ -199,19 +276,23 @@ class FrequencyNoise(torch.nn.Module):
                 f"threshold={self.threshold}, scale={self.scale}")
 
 
-def learnable_sigma_loss(loss: torch.Tensor, sigma: torch.Tensor, lam: float = 1e-3):
+def learnable_sigma_loss(loss: torch.Tensor, sigma: torch.Tensor, lam: float = 1.7):
     """Uncertainty-weighted loss of DIGER's learnable-sigma decay.
 
-    ``loss / (2 * (|sigma| + lam)^2) + log(|sigma| + lam)`` (the homoscedastic uncertainty
-    weighting of Kendall, Gal and Cipolla, CVPR 2018): a learnable ``sigma`` scales the
-    Gumbel noise, the first term rewards a larger sigma less as the task loss drops and the
-    log term stops sigma from growing without bound, so the noise decays as training
-    converges. ``lam`` > 0 keeps the denominator away from 0.
+    ``loss / (2 * s^2) + log(s)`` with ``s = max(|sigma| + lam, 1e-6)`` (the homoscedastic
+    uncertainty weighting of Kendall, Gal and Cipolla, CVPR 2018): a learnable ``sigma``
+    scales the Gumbel noise, the first term rewards a larger sigma less as the task loss
+    drops and the log term stops sigma from growing without bound; the minimum over sigma is
+    at ``|sigma| = sqrt(loss) - lam``, so the noise decays as the loss falls towards
+    ``lam^2``. This is DIGER's ``AutoSigmaSimple.compute_uncertainty_loss`` (its SDUD run,
+    ``use_simple_uncertainty_loss``) with its fixed lambda, ``sigma_lambda`` = 1.7 in the
+    released ``run_SDUD.sh``; DIGER passes the mean of its levels' sigmas and turns each
+    sigma into a noise scale with :func:`sigma_noise_scale`.
 
     Args:
         loss: task loss, a float tensor (any shape; usually 0-dim).
         sigma: learnable noise scale, a float tensor broadcastable with ``loss``.
-        lam: positive offset.
+        lam: positive offset (default DIGER's 1.7).
 
     Returns:
         Tensor of the broadcast shape of ``loss`` and ``sigma``, differentiable in both.
@@ -224,5 +305,30 @@ def learnable_sigma_loss(loss: torch.Tensor, sigma: torch.Tensor, lam: float = 1
     lam = _real(lam, "lam")
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
-    spread = sigma.abs() + lam
+    spread = (sigma.abs() + lam).clamp_min(1e-6)
     return loss / (2 * spread ** 2) + torch.log(spread)
+
+
+def sigma_noise_scale(sigma: torch.Tensor) -> torch.Tensor:
+    """The Gumbel noise scale DIGER draws from a learnable sigma: ``|sigma|`` clamped to
+    [1e-5, 100], and 0 (noise off) where that is below 1e-4.
+
+    DIGER's ``AutoSigmaSimple.forward`` (``s = sigma.abs().clamp(1e-5, 100)``, then zero noise
+    when ``s < 1e-4``); pass the result as ``noise_scale=`` of
+    :func:`semid_fast.gumbel_softmax` / :func:`semid_fast.gumbel_quantize`. Differentiable
+    where DIGER's is: the gradient is ``sign(sigma)`` for 1e-4 <= |sigma| <= 100 and 0 where
+    the clamp holds the value or the noise is off. Elementwise, without a host sync (DIGER's
+    sigma is one scalar per level and it tests it with ``.item()``). Its ``2 ** sigma``
+    variant (``AutoSigmaGumbel``) is ``sigma_noise_scale(2 ** sigma)``.
+
+    Args:
+        sigma: floating-point tensor of any shape (e.g. a 0-dim ``nn.Parameter``).
+
+    Returns:
+        A tensor of sigma's shape and dtype, >= 0.
+    """
+    if not isinstance(sigma, torch.Tensor) or not sigma.is_floating_point():
+        got = sigma.dtype if isinstance(sigma, torch.Tensor) else type(sigma).__name__
+        raise TypeError(f"sigma must be a floating-point tensor, got {got}")
+    scale = sigma.abs().clamp(min=1e-5, max=100.0)
+    return torch.where(scale < 1e-4, torch.zeros_like(scale), scale)

@@ -326,6 +326,82 @@ def test_quantize_matches_reference(backend, distance, hard, levels):
         torch.testing.assert_close(got[0], chosen, rtol=1e-6, atol=1e-6)
 
 
+def _plain_quantize(x, books, tau, noise_scale, logit_scale, distance, hard, seed, offset):
+    """gumbel_quantize as the formula, for torch autograd: per level l, logits = s * -||r - c||^2
+    (differences, not the expanded form) or s * cos(r, c); z = (logits + noise_scale * g_l) / tau
+    with g_l the stream at offset + l; y = softmax(z), plus onehot(argmax z) - y.detach() when
+    hard; the level adds y @ c and the next level sees r - y @ c."""
+    scale = logit_scale.reshape(-1, 1) if isinstance(logit_scale, torch.Tensor) else logit_scale
+    residual, quantized, codes, softs = x, torch.zeros_like(x), [], []
+    for level, book in enumerate(books):
+        if distance == "l2":
+            logits = -(residual[:, None, :] - book[None]).pow(2).sum(-1)
+        else:
+            logits = torch.nn.functional.cosine_similarity(residual[:, None, :], book[None], dim=-1)
+        g = ref.gumbel_noise(seed, offset + level, *logits.shape).to(x.dtype)
+        z = (scale * logits + noise_scale * g) / tau
+        soft = z.softmax(-1)
+        code = z.argmax(-1)
+        y = torch.nn.functional.one_hot(code, book.shape[0]).to(x.dtype) - soft.detach() + soft \
+            if hard else soft
+        quantized = quantized + y @ book
+        residual = residual - y @ book
+        codes.append(code)
+        softs.append(soft)
+    return torch.stack(codes, 1), quantized, torch.stack(softs, 1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
+@pytest.mark.parametrize("form", ["0-dim", "(1,)", "per row"])
+@pytest.mark.parametrize("levels,distance", [(None, "cosine"), (3, "l2")])
+@pytest.mark.parametrize("hard", [True, False])
+def test_quantize_learned_logit_scale(backend, form, levels, distance, hard):
+    # The variable-length semantic-ID paper learns the logit scale (exp of a parameter per
+    # step, on cosine logits): a tensor logit_scale gets its gradient on every backend.
+    g = torch.Generator().manual_seed(11)
+    n, k, d = (29 if backend != "triton" else 6), 17, 8
+    x = torch.randn(n, d, generator=g)
+    book = torch.randn(*((levels,) if levels else ()), k, d, generator=g)
+    base = {"0-dim": torch.tensor(1.7), "(1,)": torch.tensor([0.6]),
+            "per row": torch.rand(n, generator=g) * 3 + 0.2}[form]
+    if distance == "cosine":
+        base = base * 8
+    weight_q = torch.randn(n, d, generator=g)
+    weight_s = torch.randn(n, *book.shape[:-1], generator=g)
+    runs = {}
+    for name in (backend, "reference", "plain"):
+        dtype = torch.float64 if name == "plain" else torch.float32
+        xr, br, sr = (t.to(dtype, copy=True).requires_grad_() for t in (x, book, base))
+        if name == "plain":
+            codes, quantized, soft = _plain_quantize(xr, br if levels else br[None], 0.8, 0.5, sr,
+                                                     distance, hard, 7, 2)
+            if not levels:
+                codes, soft = codes[:, 0], soft[:, 0]
+        else:
+            codes, quantized, soft = sf.gumbel_quantize(xr, br, tau=0.8, noise_scale=0.5, hard=hard,
+                                                        distance=distance, logit_scale=sr, seed=7,
+                                                        offset=2, backend=name)
+        ((quantized * weight_q.to(dtype)).sum() + (soft * weight_s.to(dtype)).sum()).backward()
+        runs[name] = (codes, quantized, soft, xr.grad, br.grad, sr.grad)
+    got = runs[backend]
+    assert got[5].shape == base.shape and got[5].abs().sum() > 0
+    for want, rtol in ((runs["reference"], 1e-4), (runs["plain"], 1e-3)):
+        assert torch.equal(got[0], want[0])
+        for a, b in zip(got[1:], want[1:]):
+            b = b.float()
+            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * max(1.0, b.abs().max().item()))
+
+
+def test_reference_gradcheck_in_logit_scale():
+    xq = torch.randn(4, 3, dtype=torch.float64)
+    book = torch.randn(2, 6, 3, dtype=torch.float64)
+    for scale in (torch.tensor(1.3, dtype=torch.float64),
+                  torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64)):
+        assert torch.autograd.gradcheck(
+            lambda s: ref.gumbel_quantize(xq, book, hard=False, logit_scale=s, seed=2)[1:],
+            (scale.requires_grad_(),))
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.library, torch.compile, gradcheck
 # ---------------------------------------------------------------------------------------------
@@ -469,6 +545,11 @@ def test_bad_input_gets_clear_errors():
         sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 3), distance="dot")
     with pytest.raises(ValueError, match="codebook"):
         sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 4))
+    for scale, error in ((torch.ones(3), ValueError), (torch.ones(4, 1), ValueError),
+                         (torch.tensor(float("nan")), ValueError), (float("inf"), ValueError),
+                         (torch.tensor(2), TypeError), ("2", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="logit_scale"):
+            sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 3), logit_scale=scale)
     with pytest.raises(ValueError, match="backend"):
         sf.gumbel_softmax(x, backend="tpu")
     # Empty batches are fine.
@@ -581,3 +662,22 @@ def test_gpu_quantize_and_argmax_match_reference(backend):
     assert torch.equal(codes, want[0])
     torch.testing.assert_close(quantized, want[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(soft, want[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_quantize_learned_logit_scale_matches_reference(backend):
+    x = torch.randn(500, 32, device="cuda")
+    book = torch.randn(2, 256, 32, device="cuda")
+    weight = torch.randn(500, 32, device="cuda")
+    base = torch.rand(500, device="cuda") * 8 + 1
+    runs = []
+    for name in (backend, "reference"):
+        scale, br = base.clone().requires_grad_(), book.clone().requires_grad_()
+        codes, quantized, soft = sf.gumbel_quantize(x, br, tau=0.5, logit_scale=scale, seed=1,
+                                                    distance="cosine", backend=name)
+        ((quantized * weight).sum() + soft.pow(2).sum()).backward()
+        runs.append((codes, quantized, soft, br.grad, scale.grad))
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1:], runs[1][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))

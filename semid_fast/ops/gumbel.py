@@ -14,6 +14,8 @@ Each public function checks its arguments, picks a backend (decision 4) and call
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import _backends, _checks, _native
@@ -392,8 +394,29 @@ def gumbel_topk(logits: torch.Tensor, k: int, *, tau=1.0, seed: int | None = Non
     return values.reshape(out_shape), indices.reshape(out_shape)
 
 
+def _logit_scale(op: str, value, rows: int, device):
+    """A float, or a tensor that broadcasts over (rows, K) logits: 0-dim or (rows, 1)."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{op}: logit_scale must be a float or a floating-point tensor, "
+                            f"got {value.dtype}")
+        if value.numel() != 1 and value.shape != (rows,):
+            raise ValueError(f"{op}: logit_scale must be a float, a one-value tensor or one "
+                             f"value per row of x ({rows},), got {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{op}: logit_scale is on {value.device} but x on {device}")
+        _checks.finite(value, "logit_scale")
+        return value.reshape(()) if value.numel() == 1 else value.reshape(rows, 1)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: logit_scale must be a float or a tensor, "
+                        f"got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: logit_scale must be finite, got {value}")
+    return float(value)
+
+
 def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: bool = True,
-                    noise_scale=1.0, distance: str = "l2", logit_scale: float = 1.0,
+                    noise_scale=1.0, distance: str = "l2", logit_scale=1.0,
                     seed: int | None = None, offset: int = 0, backend: str = "auto"):
     """DIGER's differentiable semantic-ID step: Gumbel-softmax over codewords with the
     indicator straight-through, in one call (per level, or a residual stack of levels).
@@ -410,6 +433,11 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
         codebook: (K, D) codewords, or (L, K, D) for a residual stack (level l quantizes the
             residual left by levels < l and draws its noise at ``offset + l``).
         tau, noise_scale: as in :func:`gumbel_softmax` (one value per row of x allowed).
+        logit_scale: multiplies the logits of every level: a float, a one-value tensor or an
+            (N,) tensor (one value per row of x). A tensor that requires grad gets its
+            gradient on every backend (the logits are formed by torch ops before the Gumbel
+            kernels): the variable-length semantic-ID paper learns it per step, as
+            ``exp(log_scale[step])`` on cosine logits (its ``Encoder._get_logits``).
         seed, offset, backend: as in :func:`gumbel_softmax`.
 
     Returns:
@@ -428,15 +456,14 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
                          f"of x's width D={x.shape[1]}")
     if distance not in ("l2", "cosine"):
         raise ValueError(f"{op}: distance must be 'l2' or 'cosine', got {distance!r}")
-    if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
-        raise TypeError(f"{op}: logit_scale must be a float, got {type(logit_scale).__name__}")
     _checks.finite(x, "x")
     _checks.finite(codebook, "codebook")
+    logit_scale = _logit_scale(op, logit_scale, x.shape[0], x.device)
     name = _backends.resolve(backend, x.device, op)
     seed_t, offset = _seed(op, seed, offset)  # one seed for all levels: they differ by offset
     if name == "reference":
         return ref.gumbel_quantize(x, codebook, tau=tau, hard=hard, noise_scale=noise_scale,
-                                   distance=distance, logit_scale=float(logit_scale), seed=int(seed_t),
+                                   distance=distance, logit_scale=logit_scale, seed=int(seed_t),
                                    offset=offset)
     stack = codebook.dim() == 3
     books = codebook if stack else codebook.unsqueeze(0)
@@ -446,7 +473,7 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     codes, softs = [], []
     for level in range(books.shape[0]):
         book = books[level].to(dtype)
-        logits = ref.quantize_logits(residual, book, distance, float(logit_scale))
+        logits = ref.quantize_logits(residual, book, distance, logit_scale)
         soft, code = _softmax_call(op, logits, tau, False, noise_scale, -1, seed_t,
                                    offset + level, name, scan=False)
         soft = soft.to(dtype)

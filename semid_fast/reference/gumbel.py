@@ -155,9 +155,12 @@ def gumbel_topk(logits: torch.Tensor, k: int, *, tau=1.0, seed: int = 0,
 
 
 def quantize_logits(x: torch.Tensor, codebook: torch.Tensor, distance: str = "l2",
-                    logit_scale: float = 1.0) -> torch.Tensor:
+                    logit_scale=1.0) -> torch.Tensor:
     """(N, K) logits of x (N, D) against codebook (K, D): ``-||x - c||^2`` (expanded as
-    ``2 x.c - |x|^2 - |c|^2``) or the cosine similarity, times ``logit_scale``."""
+    ``2 x.c - |x|^2 - |c|^2``) or the cosine similarity, times ``logit_scale`` (a float,
+    a one-value tensor, or one value per row: (N,) or (N, 1); autograd kept)."""
+    if isinstance(logit_scale, torch.Tensor) and logit_scale.dim() == 1:
+        logit_scale = logit_scale.reshape(-1, 1)
     if distance == "l2":
         logits = 2.0 * (x @ codebook.T) - (x * x).sum(-1, keepdim=True) - (codebook * codebook).sum(-1)
     else:
@@ -167,17 +170,18 @@ def quantize_logits(x: torch.Tensor, codebook: torch.Tensor, distance: str = "l2
 
 
 def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: bool = True,
-                    noise_scale=1.0, distance: str = "l2", logit_scale: float = 1.0,
+                    noise_scale=1.0, distance: str = "l2", logit_scale=1.0,
                     seed: int = 0, offset: int = 0):
     """DIGER's differentiable semantic-ID step, one level (codebook (K, D)) or a residual
     stack (codebook (L, K, D), level l drawing its noise at offset + l).
 
-    Per level: logits = quantize_logits(residual, codebook); soft = the Gumbel-softmax of
-    the logits over codewords; codes = the first argmax of the perturbed logits; the
-    indicator straight-through ``y = onehot(codes) - soft.detach() + soft`` (soft itself
-    when hard=False) and quantized = y @ codebook: the forward value is the chosen
-    codeword, the backward pass is that of the soft assignment, reaching x and every
-    codeword. The next level quantizes residual - quantized.
+    Per level: logits = quantize_logits(residual, codebook, distance, logit_scale); soft =
+    the Gumbel-softmax of the logits over codewords; codes = the first argmax of the
+    perturbed logits; the indicator straight-through
+    ``y = onehot(codes) - soft.detach() + soft`` (soft itself when hard=False) and
+    quantized = y @ codebook: the forward value is the chosen codeword, the backward pass is
+    that of the soft assignment, reaching x and every codeword. The next level quantizes
+    residual - quantized.
 
     Returns codes (N,) / (N, L) int64, quantized (N, D) in x's dtype (summed over levels)
     and soft (N, K) / (N, L, K) in x's dtype.
