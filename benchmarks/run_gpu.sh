@@ -1,113 +1,132 @@
 #!/usr/bin/env bash
-# The one script for the lent GPU machine (DESIGN.md, "Testing without a GPU").
+# The one script for a lent GPU machine (DESIGN.md, "Testing without a GPU"): a first contact
+# that fits a fixed budget and brings back whatever it got to, even when a kernel faults or
+# the time runs out.
 #
-# Builds semid_fast with CUDA against the machine's own torch (no network: no downloads, no
-# build isolation), runs the GPU tests, then the whole test suite, then the benchmark suite
-# on the GPU, and leaves everything under $OUT (at most 7 files, one sub-folder):
-#   env.txt            date, commit, nvidia-smi, versions, build info, exit status of each step
-#   build.log          pip install output
-#   pytest_gpu.log     pytest -m gpu tests -x
-#   pytest_all.log     pytest tests
-#   bench.log          semid-fast bench --device cuda (the table)
-#   bench/semid_fast_bench.json, bench/semid_fast_bench.png
+#   OUT=DIR bash benchmarks/run_gpu.sh                   # build, GPU tests, quick bench (8 min)
+#   OUT=DIR PLAN=bench-full bash benchmarks/run_gpu.sh   # a second command: the full benchmark
 #
-# Usage: OUT=/some/dir bash benchmarks/run_gpu.sh
-#        STEPS="build bench" OUT=... bash benchmarks/run_gpu.sh   (a subset, to fit time limits)
-# A failing test step does not stop the later steps; a failing build does.
+# Every step runs under `timeout`, within a global deadline (DEADLINE_S, default 480 s from
+# the start); a step that would start with under 20 s left is recorded as skipped. As each
+# step ends, a line "step=NAME rc=N seconds=S" is appended to $OUT/steps.txt and its log is
+# packed into $OUT/logs.tgz, so a command killed at its limit still returns what finished.
+# What comes back (at most 8 files): env.txt, steps.txt, logs.tgz (build log, one pytest log
+# and junit XML per family, bench log), bench.json (the rows so far, one JSON line each,
+# written as each row is measured) and, when the bench finishes, semid_fast_bench.json/png.
+#
+# GPU tests: one pytest per family, all four at once (16 cores: Triton compiles in parallel
+# processes), without -x, CUDA_LAUNCH_BLOCKING=1 so a faulting kernel is blamed on its own
+# test, --junitxml and --durations. Set SKIP_BUILD=1 to use an installed semid_fast (the CPU
+# dry run of tests/test_build.py does).
 set -u
 export PYTHONUNBUFFERED=1
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/gpu_results}"
-STEPS="${STEPS:-build gpu-tests tests bench}"
-PY="${PYTHON:-python}"
+PLAN="${PLAN:-first-contact}"
+PY="${PYTHON:-python3}"
+DEADLINE_S="${DEADLINE_S:-480}"
+START=$(date +%s)
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+LOGS="$(mktemp -d)"  # logs live here and travel packed in $OUT/logs.tgz
 # Python runs from an empty folder: from the repository root, `import semid_fast` would pick
 # the source tree (which has no compiled _C) instead of the installed package.
 SCRATCH="$(mktemp -d)"
-trap 'rm -rf "$SCRATCH"' EXIT
+trap 'rm -rf "$SCRATCH" "$LOGS"' EXIT
 cd "$SCRATCH" || exit 1
+: > "$OUT/steps.txt"
 
-ENV_TXT="$OUT/env.txt"
-STATUS=()
+left() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
 
-want() { [[ " $STEPS " == *" $1 "* ]]; }
+pack() {  # steps run concurrently: each packs to its own name, then renames (atomic)
+  tar -czf "$OUT/logs.tgz.$BASHPID" -C "$LOGS" . && mv -f "$OUT/logs.tgz.$BASHPID" "$OUT/logs.tgz"
+}
+
+record() {  # name rc seconds
+  echo "step=$1 rc=$2 seconds=$3" >> "$OUT/steps.txt"
+  pack
+}
+
+step() {  # name budget_s command...: runs the command under timeout, logs to $LOGS/name.log
+  local name="$1" budget="$2"
+  shift 2
+  local remaining
+  remaining=$(left)
+  (( budget > remaining - 10 )) && budget=$(( remaining - 10 ))
+  if (( budget < 20 )); then
+    record "$name" skipped 0
+    return 1
+  fi
+  echo "== $name (at most ${budget} s): $*"
+  local t0=$SECONDS
+  timeout -k 10 "$budget" "$@" > "$LOGS/$name.log" 2>&1
+  local rc=$?
+  record "$name" "$rc" $(( SECONDS - t0 ))
+  tail -n 3 "$LOGS/$name.log"
+  return $rc
+}
 
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo 'unknown (no .git here)')"
-  echo "steps: $STEPS"
-  echo
-  nvidia-smi 2>&1 || echo "nvidia-smi failed"
-  echo
+  echo "plan: $PLAN, deadline ${DEADLINE_S} s"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 \
+    || echo "nvidia-smi failed"
   nvcc --version 2>&1 | tail -n 2 || echo "nvcc not found"
   "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch",
     torch.__version__, "| torch CUDA", torch.version.cuda, "| GPU",
     torch.cuda.get_device_name() if torch.cuda.is_available() else None)' 2>&1
   "$PY" -c 'import triton; print("triton", triton.__version__)' 2>&1 || true
-} > "$ENV_TXT"
+} > "$OUT/env.txt"
 
-if want build; then
-  echo "== build: pip install --no-build-isolation --no-deps $REPO (CUDA ON, sm_90)"
-  SEMID_FAST_CUDA=ON SEMID_FAST_CUDA_ARCHS=90 \
-    "$PY" -m pip install --no-build-isolation --no-deps "$REPO" 2>&1 | tee "$OUT/build.log"
-  rc=${PIPESTATUS[0]}
-  STATUS+=("build=$rc")
-  if [[ $rc -ne 0 ]]; then
-    echo "build failed (exit $rc); see $OUT/build.log" | tee -a "$ENV_TXT"
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  if ! step build 240 env SEMID_FAST_CUDA=ON SEMID_FAST_CUDA_ARCHS=90 \
+       CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+       "$PY" -m pip install --no-build-isolation --no-deps "$REPO"; then
+    echo "build failed; see build.log in $OUT/logs.tgz" | tee -a "$OUT/env.txt"
     exit 1
   fi
 fi
-
-echo "== build info"
-"$PY" - <<'EOF' 2>&1 | tee -a "$ENV_TXT"
+step build-info 60 "$PY" -c '
 import semid_fast
 from semid_fast import _native
 info = _native._build_info
 print("semid_fast", semid_fast.__version__, "from", semid_fast.__file__)
 print("build info:", {k: getattr(info, k) for k in dir(info) if k.isupper()} if info else None)
-print("cpu ISA:", _native._C.isa() if _native._C is not None else None,
-      "| CUDA devices seen by _C_cuda:", _native.cuda_device_count())
-print("available backends (cuda):", semid_fast.available_backends("cuda"))
-EOF
+print("CUDA devices seen by _C_cuda:", _native.cuda_device_count())
+print("available backends (cuda):", semid_fast.available_backends("cuda"))'
+cat "$LOGS/build-info.log" >> "$OUT/env.txt"
 
-run_tests() {  # name, log file, pytest arguments...
-  local name="$1" log="$2"
-  shift 2
-  echo "== $name: pytest $*"
-  "$PY" -m pytest "$@" -p no:cacheprovider 2>&1 | tee "$log"
-  STATUS+=("$name=${PIPESTATUS[0]}")
-}
-
-if want gpu-tests || want tests; then
-  if ! "$PY" -c 'import pytest' 2>/dev/null; then
-    echo "pytest is not installed: skipping the test steps" | tee -a "$ENV_TXT"
-  else
-    # Without hypothesis, modules that import it fail to collect; the others still run
-    # (and -x would stop at the first collection error, so it is dropped then).
-    FIRST_FAIL=(-x)
-    COLLECT=()
-    if ! "$PY" -c 'import hypothesis' 2>/dev/null; then
-      echo "hypothesis is not installed: test modules that need it will error at collection;" \
-           "running the others" | tee -a "$ENV_TXT"
-      FIRST_FAIL=()
-      COLLECT=(--continue-on-collection-errors)
-    fi
-    if want gpu-tests; then
-      run_tests gpu-tests "$OUT/pytest_gpu.log" -m gpu "$REPO/tests" \
-        ${FIRST_FAIL[@]+"${FIRST_FAIL[@]}"} ${COLLECT[@]+"${COLLECT[@]}"} -q
-    fi
-    if want tests; then
-      run_tests tests "$OUT/pytest_all.log" "$REPO/tests" ${COLLECT[@]+"${COLLECT[@]}"} -q
-    fi
-  fi
+if [[ "$PLAN" == first-contact ]]; then
+  # One pytest per family, concurrently; each under its own timeout.
+  families=(quantize gumbel "trie hf" longid)
+  budget=$(( $(left) - 150 ))  # keep about 2.5 minutes for the quick benchmark
+  (( budget > 240 )) && budget=240
+  pids=()
+  for family in "${families[@]}"; do
+    name="gpu-tests-${family%% *}"
+    files=()
+    for f in $family; do files+=("$REPO/tests/test_$f.py"); done
+    CUDA_LAUNCH_BLOCKING=1 step "$name" "$budget" "$PY" -m pytest -m gpu "${files[@]}" -q \
+      -p no:cacheprovider -rfE --durations=15 --continue-on-collection-errors \
+      --junitxml="$LOGS/$name.xml" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  step bench-quick $(( $(left) - 10 )) "$PY" -m semid_fast.bench --device cuda --quick \
+    --out "$LOGS/bench"
+elif [[ "$PLAN" == bench-full ]]; then
+  step bench-full $(( $(left) - 10 )) "$PY" -m semid_fast.bench --device cuda --out "$LOGS/bench"
+else
+  echo "unknown PLAN=$PLAN (first-contact or bench-full)" | tee -a "$OUT/env.txt"
+  exit 2
 fi
 
-if want bench; then
-  echo "== bench: semid-fast bench --device cuda"
-  "$PY" -m semid_fast.bench --device cuda --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
-  STATUS+=("bench=${PIPESTATUS[0]}")
-fi
-
-echo "exit status: ${STATUS[*]:-none}" | tee -a "$ENV_TXT"
+[[ -f "$LOGS/bench/semid_fast_bench_rows.jsonl" ]] \
+  && cp "$LOGS/bench/semid_fast_bench_rows.jsonl" "$OUT/bench.json"
+for f in semid_fast_bench.json semid_fast_bench.png; do
+  [[ -f "$LOGS/bench/$f" ]] && cp "$LOGS/bench/$f" "$OUT/$f"
+done
+pack
+echo "steps:"; cat "$OUT/steps.txt"

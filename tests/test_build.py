@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -98,3 +99,29 @@ def test_large_cpu_outputs_are_advised_for_huge_pages():
     assert "hg" in (flags_of(large) or [])
     large.fill_(2.0)
     assert float(large.sum()) == 2.0 * 3 * (1 << 20)
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None or shutil.which("bash") is None,
+                    reason="needs bash and coreutils' timeout")
+def test_run_gpu_script_dry_run_on_cpu(tmp_path):
+    """benchmarks/run_gpu.sh on this machine (installed package, no GPU): every step runs
+    under the deadline and leaves its status line and log; the GPU tests skip, and the GPU
+    benchmark fails for want of a device."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), SKIP_BUILD="1", PYTHON=sys.executable,
+               DEADLINE_S="300")
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run(["bash", str(repo / "benchmarks" / "run_gpu.sh")], env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    steps = dict(line.split()[0].split("=", 1)[1:] + [line.split()[1].split("=")[1]]
+                 for line in (out / "steps.txt").read_text().splitlines())
+    families = ("quantize", "gumbel", "trie", "longid")
+    assert set(steps) == {"build-info", "bench-quick"} | {f"gpu-tests-{f}" for f in families}
+    assert all(steps[f"gpu-tests-{f}"] == "0" for f in families), steps
+    assert steps["bench-quick"] not in ("0", "skipped"), steps  # no CUDA device here
+    with tarfile.open(out / "logs.tgz") as logs:
+        names = {pathlib.PurePath(n).name for n in logs.getnames()}
+    assert {f"gpu-tests-{f}.xml" for f in families} <= names and "bench-quick.log" in names
+    assert len([p for p in out.rglob("*") if p.is_file()]) <= 8  # what the device tool returns

@@ -11,7 +11,8 @@ Usage::
 Prints the device, versions and thread count, a progress bar, then one table (op, shape,
 backend or peer, median time, speed-up over the reference, throughput and, on GPUs, the
 share of the device's limit), and writes ``semid_fast_bench.json`` and
-``semid_fast_bench.png`` to ``--out`` (default ``bench_results/``).
+``semid_fast_bench.png`` to ``--out`` (default ``bench_results/``); each row also goes to
+``semid_fast_bench_rows.jsonl`` as soon as it is measured, so a run cut short keeps its rows.
 
 ``--e2e`` runs the end-to-end pipelines of the seed systems instead
 (:mod:`semid_fast.bench.e2e`): each prints its report and writes ``<system>.json`` and
@@ -163,7 +164,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.only:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
             cases = [c for c in cases if any(w in c.label for w in wanted)]
-        results = harness.run_cases(cases, TARGET_S[(device, args.quick)], args.repeat)
+        rows_path = args.out / "semid_fast_bench_rows.jsonl"
+        rows_path.unlink(missing_ok=True)
+        results = harness.run_cases(cases, TARGET_S[(device, args.quick)], args.repeat,
+                                    rows_path)
     finally:
         semid_fast.config.check_values = previous_checks
     wall = time.perf_counter() - started

@@ -331,16 +331,21 @@ def _progress(cases: list[Case]) -> Iterable[tuple[Case, Callable[[str], None]]]
             yield case, lambda msg: tqdm.write(msg, file=sys.stderr)
 
 
-def run_cases(cases: list[Case], target_s: float, repeat: int | None = None) -> list[Result]:
-    """Times every case (skipping those that cannot run here) and fills in the speed-ups."""
+def run_cases(cases: list[Case], target_s: float, repeat: int | None = None,
+              rows_path: Path | None = None) -> list[Result]:
+    """Times every case (skipping those that cannot run here) and fills in the speed-ups.
+
+    With ``rows_path``, each result is also appended there as one JSON line as soon as it is
+    measured (before speed-ups are known), so a run cut short still leaves its rows.
+    """
     results = []
     for case, write in _progress(cases):
         reason = case.skip_reason()
-        if reason is not None:
-            results.append(Result(case, "skipped", note=reason))
-            continue
         fn = None
         try:
+            if reason is not None:
+                results.append(Result(case, "skipped", note=reason))
+                continue
             fn, note = case.prepare()
             times, warm = measure(fn, case.device, target_s, repeat)
             results.append(Result(case, "ok", note=note, times_s=times, warmup=warm))
@@ -352,6 +357,9 @@ def run_cases(cases: list[Case], target_s: float, repeat: int | None = None) -> 
             gc.collect()
             if case.device == "cuda":
                 torch.cuda.empty_cache()
+            if rows_path is not None:
+                with open(rows_path, "a") as f:
+                    f.write(json.dumps(results[-1].to_json()) + "\n")
     _fill_comparisons(results)
     return results
 
