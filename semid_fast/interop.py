@@ -253,7 +253,8 @@ def from_faiss_index(index):
     Accepts ``faiss.IndexPQ`` (rotation None) and ``faiss.IndexPreTransform`` of one
     ``OPQMatrix`` over an ``IndexPQ`` (what ``faiss.index_factory(d, "OPQ16,PQ16")`` builds).
     For residual quantizers use :func:`codebooks_from_faiss_rq` (it accepts
-    ``IndexResidualQuantizer``).
+    ``IndexResidualQuantizer``); for ``IndexIVFPQ`` (RPG's ``OPQ32,IVF1,PQ32x8``), whose
+    codes also depend on a coarse centroid, use :func:`pq_from_faiss`.
     """
     faiss = _faiss()
     if not isinstance(index, faiss.Index):
@@ -350,16 +351,12 @@ def pq_from_faiss(index) -> dict:
             raise ValueError(f"index: the {type(transform).__name__} is not orthonormal; "
                              "pq_decode undoes the rotation as y @ R")
     center = None
-    if kind is faiss.IndexIVFPQ:
-        if inner.by_residual:
-            quantizer = inner.quantizer
-            if int(quantizer.ntotal) != 1:
-                raise ValueError(f"index: the coarse quantizer holds {quantizer.ntotal} "
-                                 "centroids, expected 1")
-            center = torch.from_numpy(np.array(quantizer.reconstruct(0), dtype=np.float32))
-            if center.shape != (int(inner.d),):
-                raise ValueError(f"index: the coarse centroid has shape {tuple(center.shape)}, "
-                                 f"expected ({inner.d},)")
+    if kind is faiss.IndexIVFPQ and inner.by_residual:
+        quantizer = inner.quantizer
+        if int(quantizer.ntotal) != 1:
+            raise ValueError(f"index: the coarse quantizer holds {quantizer.ntotal} "
+                             "centroids, expected 1")
+        center = torch.from_numpy(np.array(quantizer.reconstruct(0), dtype=np.float32))
     codebooks = codebooks_from_faiss_pq(inner.pq)
     return {"codebooks": codebooks, "rotation": rotation, "center": center}
 
