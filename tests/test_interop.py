@@ -665,6 +665,22 @@ def test_pq_from_faiss_gives_rpg_semantic_ids_on_beauty(backend, beauty_rpg_inde
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_pq_from_faiss_gives_rpg_semantic_ids_on_beauty(backend, beauty_rpg_index):
+    if backend not in semid_fast.available_backends("cuda"):
+        pytest.skip(f"backend {backend} is not available on CUDA in this build")
+    x, index = beauty_rpg_index
+    kw = interop.pq_from_faiss(index)
+    theirs = faiss_index_codes(index, x, 32, 8)
+    on_gpu = {key: None if value is None else value.cuda() for key, value in kw.items()}
+    ours = semid_fast.pq_encode(torch.from_numpy(x).cuda(), **on_gpu, backend=backend).cpu()
+    check_pq_codes(ours, theirs, torch.from_numpy(x), kw["codebooks"], kw["rotation"],
+                   f"Beauty RPG {backend}", kw["center"])
+    decoded = semid_fast.pq_decode(theirs.cuda(), **on_gpu, backend=backend).cpu().numpy()
+    np.testing.assert_allclose(decoded, index.sa_decode(index.sa_encode(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_faiss_owners_stay_alive_while_copied(monkeypatch):
     """An index passed as a temporary is the caller's only reference to its C++ object; the
     downcast views and sub-objects read from it do not own it, so it must outlive the copy."""
