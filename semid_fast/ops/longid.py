@@ -273,7 +273,8 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         init: the start, one of
 
             * None or ``"distinct"``: ``beam_width`` distinct random items per query, drawn
-              on the host with numpy's ``default_rng(seed)``;
+              on the host with numpy's ``default_rng(seed)`` (seed None: a seed drawn from
+              torch's CPU generator);
             * ``"rpg"``: uniform with replacement, as facebookresearch/RPG_KDD2025's
               ``graph_propagation`` draws it: ``torch.randint(0, N, (B, beam_width))`` on
               token_scores' device, from ``torch.Generator(device).manual_seed(seed)``, or
@@ -281,8 +282,8 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
               ``torch.randint(1, N + 1, ...)`` on 1-based ids; torch maps both ranges from
               the same random words, so after ``torch.manual_seed(s)`` RPG's start minus 1
               is exactly the start drawn here with ``seed=s`` (or with ``seed=None`` from the
-              same default-generator state). A repeated item counts once: its other beam
-              slots start empty;
+              same default-generator state). A repeated item is scored once (RPG's visited
+              set and candidate set count it once too);
             * a (B, beam_width) int32/int64 tensor of item ids.
         return_visited: also return how many distinct items each query scored over the
             whole walk (RPG's ``n_visited_items``: the start and every neighbour reached).
