@@ -14,6 +14,8 @@ Layouts (all float32, CPU for the faiss functions):
 * OPQ rotation R (D_out, D_in): faiss ``OPQMatrix.A`` read row-major. faiss applies it as
   ``y = A x`` per vector, i.e. ``Y = X @ R.T`` on rows, which is how ``pq_encode(rotation=R)``
   uses it.
+* PQ centre c (D,): the coarse centroid of an ``IndexIVFPQ`` with one list, subtracted after
+  the rotation (``pq_encode(center=c)``); :func:`pq_from_faiss` returns all three.
 
 faiss and vector_quantize_pytorch are optional and imported only inside these functions.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "rotation_from_faiss_opq",
     "rotation_to_faiss_opq",
     "from_faiss_index",
+    "pq_from_faiss",
     "codebooks_from_residual_vq",
 ]
 
@@ -116,23 +119,24 @@ def codebooks_from_faiss_rq(rq) -> torch.Tensor:
         ValueError: untrained, or levels with different nbits (not an (L, K, D) layout).
     """
     faiss = _faiss()
-    if isinstance(rq, faiss.IndexResidualQuantizer):
-        rq = rq.rq
-    if not isinstance(rq, faiss.ResidualQuantizer):
+    # `rq` (maybe the caller's only reference to an owning wrapper) stays bound until the
+    # numbers are copied: `quantizer` may be a non-owning view into it.
+    quantizer = rq.rq if isinstance(rq, faiss.IndexResidualQuantizer) else rq
+    if not isinstance(quantizer, faiss.ResidualQuantizer):
         hint = ""
-        if isinstance(rq, faiss.AdditiveQuantizer):
+        if isinstance(quantizer, faiss.AdditiveQuantizer):
             hint = (" (other additive quantizers, e.g. LocalSearchQuantizer, are encoded by "
                     "another search than greedy/beam residual encoding)")
         raise TypeError("rq must be a faiss.ResidualQuantizer or faiss.IndexResidualQuantizer, "
-                        f"got {type(rq).__name__}{hint}")
-    if not rq.is_trained:
+                        f"got {type(quantizer).__name__}{hint}")
+    if not quantizer.is_trained:
         raise ValueError("rq: the faiss ResidualQuantizer is not trained")
-    nbits = [int(b) for b in _vector(faiss, rq.nbits)]
+    nbits = [int(b) for b in _vector(faiss, quantizer.nbits)]
     if len(set(nbits)) != 1:
         raise ValueError(f"rq: levels have different nbits {nbits}; variable codebook sizes are "
                          "not supported by the (L, K, D) codebook layout")
-    levels, d, k = int(rq.M), int(rq.d), 1 << nbits[0]
-    flat = _vector(faiss, rq.codebooks)
+    levels, d, k = int(quantizer.M), int(quantizer.d), 1 << nbits[0]
+    flat = _vector(faiss, quantizer.codebooks)
     if flat.size != levels * k * d:
         raise ValueError(f"rq: codebooks hold {flat.size} floats, expected L*K*D = "
                          f"{levels}*{k}*{d}")
@@ -177,12 +181,12 @@ def codebooks_from_faiss_pq(pq) -> torch.Tensor:
     """PQ codebooks (M, K, D/M) float32 CPU of a trained ``faiss.ProductQuantizer``
     (or a ``faiss.IndexPQ``, whose ``.pq`` is used)."""
     faiss = _faiss()
-    if isinstance(pq, faiss.IndexPQ):
-        pq = pq.pq
-    if not isinstance(pq, faiss.ProductQuantizer):
-        raise TypeError(f"pq must be a faiss.ProductQuantizer or faiss.IndexPQ, got {type(pq).__name__}")
-    m, k, dsub = int(pq.M), int(pq.ksub), int(pq.dsub)
-    flat = _vector(faiss, pq.centroids)
+    quantizer = pq.pq if isinstance(pq, faiss.IndexPQ) else pq  # `pq` keeps the owner alive
+    if not isinstance(quantizer, faiss.ProductQuantizer):
+        raise TypeError("pq must be a faiss.ProductQuantizer or faiss.IndexPQ, got "
+                        f"{type(quantizer).__name__}")
+    m, k, dsub = int(quantizer.M), int(quantizer.ksub), int(quantizer.dsub)
+    flat = _vector(faiss, quantizer.centroids)
     # ProductQuantizer has no is_trained flag; its constructor allocates zero centroids
     if flat.size != m * k * dsub or not flat.any():
         raise ValueError(f"pq: the faiss ProductQuantizer is not trained ({flat.size} centroid "
@@ -207,16 +211,18 @@ def rotation_from_faiss_opq(opq) -> torch.Tensor:
     ``semid_fast.pq_encode(..., rotation=R)``, which needs a square R (D_out == D_in).
     """
     faiss = _faiss()
+    transform = opq  # `opq` keeps an owning wrapper alive; the downcast view does not own
     if isinstance(opq, faiss.VectorTransform) and not isinstance(opq, faiss.LinearTransform):
-        opq = faiss.downcast_VectorTransform(opq)
-    if not isinstance(opq, faiss.LinearTransform):
-        raise TypeError(f"opq must be a faiss.OPQMatrix (a LinearTransform), got {type(opq).__name__}")
-    if not opq.is_trained:
+        transform = faiss.downcast_VectorTransform(opq)
+    if not isinstance(transform, faiss.LinearTransform):
+        raise TypeError("opq must be a faiss.OPQMatrix (a LinearTransform), got "
+                        f"{type(transform).__name__}")
+    if not transform.is_trained:
         raise ValueError("opq: the faiss OPQMatrix is not trained")
-    d_out, d_in = int(opq.d_out), int(opq.d_in)
-    if opq.have_bias and np.any(_vector(faiss, opq.b) != 0):
+    d_out, d_in = int(transform.d_out), int(transform.d_in)
+    if transform.have_bias and np.any(_vector(faiss, transform.b) != 0):
         raise ValueError("opq: the transform has a bias; only a pure rotation is supported")
-    flat = _vector(faiss, opq.A)
+    flat = _vector(faiss, transform.A)
     if flat.size != d_out * d_in:
         raise ValueError(f"opq: A holds {flat.size} floats, expected d_out*d_in = {d_out}*{d_in}")
     return torch.from_numpy(flat.reshape(d_out, d_in).copy())
@@ -247,27 +253,112 @@ def from_faiss_index(index):
     Accepts ``faiss.IndexPQ`` (rotation None) and ``faiss.IndexPreTransform`` of one
     ``OPQMatrix`` over an ``IndexPQ`` (what ``faiss.index_factory(d, "OPQ16,PQ16")`` builds).
     For residual quantizers use :func:`codebooks_from_faiss_rq` (it accepts
-    ``IndexResidualQuantizer``).
+    ``IndexResidualQuantizer``); for ``IndexIVFPQ`` (RPG's ``OPQ32,IVF1,PQ32x8``), whose
+    codes also depend on a coarse centroid, use :func:`pq_from_faiss`.
     """
     faiss = _faiss()
     if not isinstance(index, faiss.Index):
         raise TypeError(f"index must be a faiss.Index, got {type(index).__name__}")
-    index = faiss.downcast_index(index)
-    rotation = None
-    if isinstance(index, faiss.IndexPreTransform):
-        if index.chain.size() != 1:
-            raise ValueError(f"index: expected one transform before the PQ, got {index.chain.size()}")
-        rotation = rotation_from_faiss_opq(faiss.downcast_VectorTransform(index.chain.at(0)))
-        if rotation.shape[0] != rotation.shape[1]:
-            raise ValueError(f"index: the transform maps {rotation.shape[1]} to {rotation.shape[0]} "
-                             "dims; only a square rotation is supported")
-        index = faiss.downcast_index(index.index)
-    if not isinstance(index, faiss.IndexPQ):
+    inner, transform = _unwrap_transform(faiss, index)
+    rotation = None if transform is None else _square_rotation(transform)
+    if not isinstance(inner, faiss.IndexPQ):
+        hint = " (an IndexIVFPQ: use pq_from_faiss)" if isinstance(inner, faiss.IndexIVFPQ) else ""
         raise TypeError(f"index: expected an IndexPQ (optionally under an OPQ IndexPreTransform), "
-                        f"got {type(index).__name__}")
-    if not index.is_trained:
+                        f"got {type(inner).__name__}{hint}")
+    if not inner.is_trained:
         raise ValueError("index: the faiss index is not trained")
-    return codebooks_from_faiss_pq(index.pq), rotation
+    return codebooks_from_faiss_pq(inner.pq), rotation
+
+
+def _unwrap_transform(faiss, index):
+    """(inner index, LinearTransform or None) of a faiss index, through one IndexPreTransform.
+
+    Both are non-owning views: the caller keeps ``index`` referenced while it reads them.
+    """
+    top = faiss.downcast_index(index)
+    if not isinstance(top, faiss.IndexPreTransform):
+        return top, None
+    if top.chain.size() != 1:
+        raise ValueError(f"index: expected one transform before the PQ, got {top.chain.size()}")
+    transform = faiss.downcast_VectorTransform(top.chain.at(0))
+    if not isinstance(transform, faiss.LinearTransform):
+        raise ValueError(f"index: the transform is a {type(transform).__name__}; only a "
+                         "rotation (OPQMatrix, RandomRotationMatrix) is supported")
+    return faiss.downcast_index(top.index), transform
+
+
+def _square_rotation(transform) -> torch.Tensor:
+    rotation = rotation_from_faiss_opq(transform)
+    if rotation.shape[0] != rotation.shape[1]:
+        raise ValueError(f"index: the transform maps {rotation.shape[1]} to {rotation.shape[0]} "
+                         "dims; only a square rotation is supported")
+    return rotation
+
+
+def pq_from_faiss(index) -> dict:
+    """``pq_encode`` / ``pq_decode`` keyword arguments that give a faiss PQ index's codes.
+
+    >>> kw = pq_from_faiss(index)  # RPG: faiss.index_factory(d, "OPQ32,IVF1,PQ32x8", ...)
+    >>> codes = semid_fast.pq_encode(x, **kw)          # faiss: index.sa_encode(x)
+    >>> x_hat = semid_fast.pq_decode(codes, **kw)      # faiss: index.sa_decode(...)
+
+    Accepts
+
+    * ``IndexPQ``: the codes of x;
+    * ``IndexIVFPQ`` with one list (``"IVF1,PQ..."``): with ``by_residual`` (faiss's default)
+      faiss encodes the residual to the single coarse centroid c, so ``center`` is c;
+      without it ``center`` is None;
+    * either under an ``IndexPreTransform`` of one square orthonormal ``LinearTransform``
+      without bias (``OPQMatrix``, ``RandomRotationMatrix``): ``rotation`` is its ``A``,
+      applied first (``x @ R.T``), before the centre is subtracted.
+
+    PQ codes are nearest codewords in L2 whatever the index's search metric (RPG's index uses
+    ``METRIC_INNER_PRODUCT``; its codes are L2 codes of the residual all the same).
+
+    Returns:
+        dict with ``codebooks`` (M, K, D/M) float32, ``rotation`` (D, D) float32 or None and
+        ``center`` (D,) float32 or None: CPU tensors copied out of the index (move them to
+        x's device before encoding on a GPU).
+
+    Raises:
+        TypeError: not a faiss index, or not one of the kinds above (e.g. IndexIVFPQR,
+            fast-scan or GPU indexes: convert with ``faiss.index_gpu_to_cpu`` first).
+        ValueError: untrained; an IndexIVFPQ with more than one list (each vector is then
+            encoded against its own list's centroid: there is no single ``center``); a
+            chain of several transforms, or a transform that is not a square orthonormal
+            rotation without bias.
+    """
+    faiss = _faiss()
+    if not isinstance(index, faiss.Index):
+        raise TypeError(f"index must be a faiss.Index, got {type(index).__name__}")
+    # `index` stays bound until return: the views below do not own their C++ objects, and
+    # the caller's argument may be the only reference to the owner.
+    inner, transform = _unwrap_transform(faiss, index)
+    kind = type(inner)
+    if kind not in (faiss.IndexPQ, faiss.IndexIVFPQ):
+        raise TypeError("index: expected an IndexPQ or an IndexIVFPQ with one list, optionally "
+                        f"under an OPQ IndexPreTransform, got {kind.__name__}")
+    if kind is faiss.IndexIVFPQ and int(inner.nlist) != 1:
+        raise ValueError(f"index: an IndexIVFPQ with nlist={inner.nlist}: each vector is "
+                         "encoded against its own list's centroid, so there is no single "
+                         "center; only nlist=1 (IVF1) is supported")
+    if not index.is_trained or not inner.is_trained:
+        raise ValueError("index: the faiss index is not trained")
+    rotation = None
+    if transform is not None:
+        rotation = _square_rotation(transform)
+        if not transform.is_orthonormal:
+            raise ValueError(f"index: the {type(transform).__name__} is not orthonormal; "
+                             "pq_decode undoes the rotation as y @ R")
+    center = None
+    if kind is faiss.IndexIVFPQ and inner.by_residual:
+        quantizer = inner.quantizer
+        if int(quantizer.ntotal) != 1:
+            raise ValueError(f"index: the coarse quantizer holds {quantizer.ntotal} "
+                             "centroids, expected 1")
+        center = torch.from_numpy(np.array(quantizer.reconstruct(0), dtype=np.float32))
+    codebooks = codebooks_from_faiss_pq(inner.pq)
+    return {"codebooks": codebooks, "rotation": rotation, "center": center}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +125,9 @@ def check_rq_codes(ours, theirs, x, codebooks, beam: int, what: str, max_tie: fl
         f"ours {ours[rows][bad][:3].tolist()} faiss {theirs[rows][bad][:3].tolist()}")
 
 
-def _pq_oracle64(x: torch.Tensor, codebooks: torch.Tensor, rotation=None):
+def _pq_oracle64(x: torch.Tensor, codebooks: torch.Tensor, rotation=None, center=None):
     """PQ codes in float64 and, per (row, sub-space), the relative best/second-best gap."""
-    x = x.double()
-    if rotation is not None:
-        x = x @ rotation.double().T
+    x = _pq_input64(x, rotation, center)
     cb = codebooks.double()
     m, k, dsub = cb.shape
     parts = x.reshape(x.shape[0], m, dsub).transpose(0, 1)  # (M, N, dsub)
@@ -140,13 +139,23 @@ def _pq_oracle64(x: torch.Tensor, codebooks: torch.Tensor, rotation=None):
     return idx[..., 0].T, (gap / scale).T
 
 
-def check_pq_codes(ours, theirs, x, codebooks, rotation, what: str):
-    """ours == faiss except on near-tie entries; >= 99.9% of codes identical."""
+def _pq_input64(x, rotation=None, center=None):
+    """What faiss cuts into sub-vectors, in float64: x @ R.T - c."""
+    x = x.double()
+    if rotation is not None:
+        x = x @ rotation.double().T
+    return x if center is None else x - center.double()
+
+
+def check_pq_codes(ours, theirs, x, codebooks, rotation, what: str, center=None):
+    """ours == faiss except on near-tie entries; >= 99.9% of codes identical.
+
+    Returns the number of codes that differ (each one a near-tie)."""
     differ = ours != theirs
     allowed = max(1, ours.numel() // 1000)
     assert int(differ.sum()) <= allowed, f"{what}: {int(differ.sum())}/{ours.numel()} codes differ from faiss"
     rows = _checked_rows(differ.any(1))
-    exact, rel_gap = _pq_oracle64(x[rows], codebooks, rotation)
+    exact, rel_gap = _pq_oracle64(x[rows], codebooks, rotation, center)
     tie = rel_gap <= TIE_REL
     sample = rows < ORACLE_ROWS
     assert tie[sample].float().mean() <= 0.05, f"{what}: {int(tie[sample].sum())} near-tie codes, no power"
@@ -155,11 +164,12 @@ def check_pq_codes(ours, theirs, x, codebooks, rotation, what: str):
     where = [(int(rows[i]), int(j)) for i, j in bad.nonzero()[:5]]
     assert not bad.any(), f"{what}: codes at (row, sub-space) {where} differ from faiss without a near-tie"
     if differ.any():  # and the total reconstruction error is faiss's (or better)
-        xr = x.double() if rotation is None else x.double() @ rotation.double().T
+        xr = _pq_input64(x, rotation, center)
         cb = codebooks.double()
         errors = [sum(float(((xr[:, j * cb.shape[2]:(j + 1) * cb.shape[2]] - cb[j][c[:, j]]) ** 2).sum())
                       for j in range(cb.shape[0])) for c in (ours, theirs)]
         assert errors[0] <= errors[1] * (1 + 1e-4), f"{what}: total error {errors} (ours, faiss)"
+    return int(differ.sum())
 
 
 def random_rq_codebooks(gen, levels, k, d):
@@ -524,6 +534,232 @@ def test_real_data_opq_pq_matches_faiss(backend, real_trained, seed):
     # and plain PQ on the already-rotated vectors
     ours_plain = semid_fast.pq_encode(torch.from_numpy(y), cb, backend=backend)
     check_pq_codes(ours_plain, theirs, torch.from_numpy(y), cb, None, f"{name} {backend} PQ seed={seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# pq_from_faiss: whole faiss PQ indexes, RPG's "OPQ32,IVF1,PQ32x8" among them
+# ---------------------------------------------------------------------------------------------
+
+# name: (OPQ in front, IVF1 coarse quantizer, by_residual, metric)
+INDEX_KINDS = {
+    "PQ": (False, False, True, faiss.METRIC_L2),
+    "IVF1,PQ": (False, True, True, faiss.METRIC_L2),
+    "OPQ,PQ": (True, False, True, faiss.METRIC_L2),
+    "OPQ,IVF1,PQ": (True, True, True, faiss.METRIC_INNER_PRODUCT),  # RPG's index
+    "OPQ,IVF1,PQ no residual": (True, True, False, faiss.METRIC_L2),
+}
+
+
+def train_faiss_index(x: np.ndarray, kind: str, m: int, nbits: int):
+    """A trained faiss index of one of INDEX_KINDS, built by index_factory as RPG does, with
+    small training budgets."""
+    opq, ivf, by_residual, metric = INDEX_KINDS[kind]
+    spec = (f"OPQ{m}," if opq else "") + ("IVF1," if ivf else "") + f"PQ{m}x{nbits}"
+    index = faiss.index_factory(x.shape[1], spec, metric)
+    inner = faiss.downcast_index(index.index) if opq else index
+    helper = None
+    if opq:
+        transform = faiss.downcast_VectorTransform(index.chain.at(0))
+        transform.niter, transform.niter_pq, transform.niter_pq_0 = 3, 2, 2
+        transform.pq = helper = faiss.ProductQuantizer(x.shape[1], m, 4)
+    inner.do_polysemous_training = False
+    inner.pq.cp.niter = 5
+    if ivf:
+        inner.by_residual = by_residual
+    with faiss_one_thread():
+        index.train(np.ascontiguousarray(x, dtype=np.float32))
+    if opq:
+        transform.pq = None
+    del helper
+    return index
+
+
+def faiss_index_codes(index, x: np.ndarray, m: int, nbits: int) -> torch.Tensor:
+    """(N, M) int64 codes of faiss's standalone encoder (no list-number bytes with one list)."""
+    packed = index.sa_encode(np.ascontiguousarray(x, dtype=np.float32))
+    assert packed.shape[1] == (m * nbits + 7) // 8
+    return torch.from_numpy(faiss.unpack_bitstrings(packed, m, nbits).astype(np.int64))
+
+
+def shifted(gen, n, d, offset):
+    """Clustered data away from the origin, so the coarse centroid matters."""
+    return clustered(gen, n, d) + offset
+
+
+@pytest.fixture(scope="module", params=sorted(INDEX_KINDS))
+def faiss_pq_index(request):
+    seed = secrets.randbelow(2**31)
+    gen = torch.Generator().manual_seed(seed)
+    d, m, nbits = 16, 8, 6
+    offset = 3.0 * torch.randn(d, generator=gen)
+    x = shifted(gen, 1500, d, offset).numpy()
+    return request.param, seed, offset, train_faiss_index(x, request.param, m, nbits), m, nbits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pq_from_faiss_gives_faiss_codes(backend, faiss_pq_index, seed):
+    kind, train_seed, offset, index, m, nbits = faiss_pq_index
+    opq, ivf, by_residual, _ = INDEX_KINDS[kind]
+    what = f"{kind} {backend} seeds={train_seed},{seed}"
+    kw = interop.pq_from_faiss(index)
+    assert set(kw) == {"codebooks", "rotation", "center"}
+    assert kw["codebooks"].shape == (m, 1 << nbits, 16 // m)
+    assert (kw["rotation"] is not None) == opq
+    assert (kw["center"] is not None) == (ivf and by_residual)
+    gen = torch.Generator().manual_seed(seed)
+    x = shifted(gen, _rows(backend, 2000), 16, offset)
+    theirs = faiss_index_codes(index, x.numpy(), m, nbits)
+    ours = semid_fast.pq_encode(x, **kw, backend=backend)
+    check_pq_codes(ours, theirs, x, kw["codebooks"], kw["rotation"], what, kw["center"])
+    if kw["center"] is not None:  # the centre decides codes: without it most rows differ
+        plain = semid_fast.pq_encode(x, kw["codebooks"], rotation=kw["rotation"], backend=backend)
+        assert (plain == theirs).all(1).float().mean() < 0.5, what
+    # decoding: faiss's sa_decode (codewords + centroid, then the reverse OPQ transform)
+    packed = index.sa_encode(x.numpy())
+    decoded = semid_fast.pq_decode(theirs, **kw, backend=backend).numpy()
+    if opq:  # faiss and torch multiply by R in different orders
+        np.testing.assert_allclose(decoded, index.sa_decode(packed), rtol=1e-5, atol=1e-5,
+                                   err_msg=what)
+    else:
+        np.testing.assert_array_equal(decoded, index.sa_decode(packed), err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def beauty_rpg_index():
+    """RPG's tokenizer index on the Beauty embeddings: OPQ32,IVF1,PQ32x8, inner product
+    (facebookresearch/RPG_KDD2025, RPGTokenizer._generate_semantic_id_opq), 2-dim sub-vectors
+    on these 64-dim embeddings; trained and filled with every item as RPG does."""
+    path = DATA / "amazon14_beauty" / "cf_emb64.npy"
+    if not path.exists():
+        pytest.skip(f"real data not found: {path} (../shared/data from the project root)")
+    x = np.ascontiguousarray(np.load(path).astype(np.float32)[1:-1])  # item i is row i + 1
+    index = train_faiss_index(x, "OPQ,IVF1,PQ", 32, 8)
+    index.add(x)
+    return x, index
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pq_from_faiss_gives_rpg_semantic_ids_on_beauty(backend, beauty_rpg_index, seed):
+    x, index = beauty_rpg_index
+    assert x.shape == (12101, 64)
+    # RPG reads the codes of every item from the single inverted list
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    stored = faiss.rev_swig_ptr(lists.get_codes(0), lists.list_size(0) * lists.code_size)
+    rpg_ids = torch.from_numpy(faiss.unpack_bitstrings(
+        stored.reshape(-1, lists.code_size), 32, 8).astype(np.int64))
+    kw = interop.pq_from_faiss(index)
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    rows = order[:_rows(backend, x.shape[0])] if backend != "cpu" else order
+    xt = torch.from_numpy(x)[rows]
+    theirs = rpg_ids[rows]
+    assert torch.equal(theirs, faiss_index_codes(index, xt.numpy(), 32, 8))
+    ours = semid_fast.pq_encode(xt, **kw, backend=backend)
+    differ = check_pq_codes(ours, theirs, xt, kw["codebooks"], kw["rotation"],
+                            f"Beauty RPG {backend} seed={seed}", kw["center"])
+    assert (ours == theirs).all(1).sum() >= rows.numel() - differ
+    plain = semid_fast.pq_encode(xt, kw["codebooks"], rotation=kw["rotation"], backend=backend)
+    assert (plain == theirs).all(1).float().mean() < 0.01  # without the centre: hardly a row
+    decoded = semid_fast.pq_decode(theirs, **kw, backend=backend).numpy()
+    np.testing.assert_allclose(decoded, index.sa_decode(index.sa_encode(xt.numpy())),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_pq_from_faiss_gives_rpg_semantic_ids_on_beauty(backend, beauty_rpg_index):
+    if backend not in semid_fast.available_backends("cuda"):
+        pytest.skip(f"backend {backend} is not available on CUDA in this build")
+    x, index = beauty_rpg_index
+    kw = interop.pq_from_faiss(index)
+    theirs = faiss_index_codes(index, x, 32, 8)
+    on_gpu = {key: None if value is None else value.cuda() for key, value in kw.items()}
+    ours = semid_fast.pq_encode(torch.from_numpy(x).cuda(), **on_gpu, backend=backend).cpu()
+    check_pq_codes(ours, theirs, torch.from_numpy(x), kw["codebooks"], kw["rotation"],
+                   f"Beauty RPG {backend}", kw["center"])
+    decoded = semid_fast.pq_decode(theirs.cuda(), **on_gpu, backend=backend).cpu().numpy()
+    np.testing.assert_allclose(decoded, index.sa_decode(index.sa_encode(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_faiss_owners_stay_alive_while_copied(monkeypatch):
+    """An index passed as a temporary is the caller's only reference to its C++ object; the
+    downcast views and sub-objects read from it do not own it, so it must outlive the copy."""
+    x = clustered(torch.Generator().manual_seed(0), 600, 16).numpy()
+    alive = {"owner": False}
+    copy = interop._vector
+
+    def checked_copy(faiss_module, vec):
+        assert alive["owner"], "the faiss owner was freed before its numbers were copied"
+        return copy(faiss_module, vec)
+
+    monkeypatch.setattr(interop, "_vector", checked_copy)
+
+    def index_pq():
+        index = faiss.IndexPQ(16, 4, 4)
+        with faiss_one_thread():
+            index.train(x)
+        return index
+
+    def index_rq():
+        index = faiss.IndexResidualQuantizer(16, 2, 4)
+        index.rq.train_type = faiss.ResidualQuantizer.Train_default
+        index.rq.max_beam_size = 1
+        with faiss_one_thread():
+            index.train(x)
+        return index
+
+    calls = [
+        (interop.pq_from_faiss, lambda: train_faiss_index(x, "OPQ,IVF1,PQ", 4, 4)),
+        (interop.pq_from_faiss, index_pq),
+        (interop.from_faiss_index, lambda: train_faiss_index(x, "OPQ,PQ", 4, 4)),
+        (interop.codebooks_from_faiss_pq, index_pq),
+        (interop.codebooks_from_faiss_rq, index_rq),
+    ]
+    for call, make in calls:
+        held = [make()]
+        alive["owner"] = True
+        weakref.finalize(held[0], alive.__setitem__, "owner", False)
+        call(held.pop())  # the argument is now the only reference
+        assert not alive["owner"], f"{call.__name__}: the owner outlived the call: no power"
+
+
+def test_pq_from_faiss_rejects_what_it_cannot_represent():
+    x = clustered(torch.Generator().manual_seed(1), 600, 16).numpy()
+    with pytest.raises(TypeError, match="faiss.Index"):
+        interop.pq_from_faiss(faiss.ProductQuantizer(16, 4, 4))
+    with pytest.raises(TypeError, match="IndexFlat"):
+        interop.pq_from_faiss(faiss.IndexFlatL2(16))
+    with pytest.raises(TypeError, match="IndexIVFFlat"):
+        interop.pq_from_faiss(faiss.index_factory(16, "IVF1,Flat"))
+    with pytest.raises(TypeError, match="IndexIVFPQR"):
+        interop.pq_from_faiss(faiss.index_factory(16, "IVF1,PQ4+8"))
+    with pytest.raises(ValueError, match="nlist=4"):
+        interop.pq_from_faiss(faiss.index_factory(16, "IVF4,PQ4x4"))
+    with pytest.raises(ValueError, match="not trained"):
+        interop.pq_from_faiss(faiss.index_factory(16, "OPQ4,IVF1,PQ4x4"))
+    with pytest.raises(ValueError, match="not trained"):
+        interop.pq_from_faiss(faiss.IndexPQ(16, 4, 4))
+    with pytest.raises(ValueError, match="one transform"):
+        interop.pq_from_faiss(faiss.index_factory(16, "RR16,OPQ4,IVF1,PQ4x4"))
+    with pytest.raises(ValueError, match="NormalizationTransform"):
+        interop.pq_from_faiss(faiss.index_factory(16, "L2norm,IVF1,PQ4x4"))
+    pca = faiss.index_factory(16, "PCA16,IVF1,PQ4x4")
+    faiss.downcast_index(pca.index).do_polysemous_training = False
+    with faiss_one_thread():
+        pca.train(x)
+    with pytest.raises(ValueError, match="bias"):
+        interop.pq_from_faiss(pca)
+    # a square linear map without bias that is not a rotation
+    skew = faiss.LinearTransform(16, 16, False)
+    faiss.copy_array_to_vector(np.random.default_rng(2).standard_normal(256).astype(np.float32),
+                               skew.A)
+    skew.is_trained = True
+    pq_index = faiss.IndexPQ(16, 4, 4)
+    with faiss_one_thread():
+        pq_index.train(x)
+    wrapped = faiss.IndexPreTransform(skew, pq_index)
+    with pytest.raises(ValueError, match="orthonormal"):
+        interop.pq_from_faiss(wrapped)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 faiss as an outside oracle, and bad input."""
 
 import json
+import secrets
 
 import numpy as np
 import pytest
@@ -181,20 +182,158 @@ def test_item_graph_save_load_and_self_edges(tmp_path):
     assert torch.equal(sf.ItemGraph.load(tmp_path / "g.pt").neighbors, graph.neighbors)
 
 
+GRAPH_CASES = [(5, 300, 6, 3, 4), (1, 50, 1, 1, 1), (3, 120, 10, 4, 10)]  # b, n, beam, steps, k
+
+
+def graph_cases():
+    """(backend, case): the Triton interpreter on the smallest case only."""
+    return [(backend, case) for backend in ["reference"] + CPU_BACKENDS for case in GRAPH_CASES
+            if backend != "triton" or torch.cuda.is_available() or case[1] <= 50]
+
+
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
-@pytest.mark.parametrize("b,n,beam,steps,topk", [(5, 300, 6, 3, 4), (1, 50, 1, 1, 1),
-                                                 (3, 120, 10, 4, 10)])
-def test_graph_decode_equals_reference_given_the_same_start(reduce, b, n, beam, steps, topk):
+@pytest.mark.parametrize("backend,case", graph_cases())
+@pytest.mark.parametrize("start", ["given", "rpg"])
+def test_graph_decode_equals_reference_given_the_same_start(reduce, backend, case, start):
+    b, n, beam, steps, topk = case
     g = torch.Generator().manual_seed(n + beam)
     codes = torch.randint(0, 16, (n, 4), generator=g)
     scores = torch.randn(b, 4, 16, generator=g).log_softmax(-1)
     graph = sf.ItemGraph.build(codes, n_edges=min(8, n - 1))
-    init = torch.stack([torch.randperm(n, generator=g)[:beam] for _ in range(b)])
-    got = sf.graph_decode(scores, codes, graph, beam_width=beam, steps=steps, k=topk,
-                          reduce=reduce, init=init, return_visited=True, backend="cpu")
-    want = ref.graph_decode(scores, codes, graph.neighbors, beam, steps, topk, reduce, init=init)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert ((got[2] >= beam) & (got[2] <= steps * beam * (1 + graph.n_edges))).all()
+    if start == "given":
+        init = torch.stack([torch.randperm(n, generator=g)[:beam] for _ in range(b)])
+        got = sf.graph_decode(scores, codes, graph, beam_width=beam, steps=steps, k=topk,
+                              reduce=reduce, init=init, return_visited=True, backend=backend)
+    else:
+        got = sf.graph_decode(scores, codes, graph, beam_width=beam, steps=steps, k=topk,
+                              reduce=reduce, init="rpg", seed=n, return_visited=True,
+                              backend=backend)
+        init = "rpg"
+    want = ref.graph_decode(scores, codes, graph.neighbors, beam, steps, topk, reduce, init=init,
+                            generator=torch.Generator().manual_seed(n), return_visited=True)
+    for got_part, want_part in zip(got, want):
+        assert torch.equal(got_part, want_part)
+    assert ((got[2] >= 1) & (got[2] <= min(n, steps * beam * (1 + graph.n_edges)))).all()
+
+
+def rpg_graph_propagation(token_scores, codes, adjacency, num_beams, steps, start):
+    """Oracle of RPG's decoding, written from the algorithm of facebookresearch/RPG_KDD2025,
+    genrec/models/RPG/model.py, RPG.graph_propagation (0-based ids here).
+
+    The visited set starts as the start nodes; each step takes the distinct neighbours of the
+    beam (neighbours only), adds them to the visited set, scores each as the mean over digits
+    of its token log-probabilities, and keeps the best num_beams as the next beam. Returns the
+    final beam (best first), its scores and the size of each visited set. torch.topk leaves
+    the order of equal scores open; this oracle breaks ties toward the smaller id.
+    """
+    beams, beam_scores, visited = [], [], []
+    for q in range(token_scores.shape[0]):
+        beam = start[q]
+        seen = set(beam.tolist())
+        scores = None
+        for _ in range(steps):
+            cand = torch.unique(adjacency[beam].reshape(-1))  # sorted ascending
+            seen.update(cand.tolist())
+            item_scores = token_scores[q].gather(1, codes[cand].long().T).mean(0)
+            order = torch.sort(item_scores, descending=True, stable=True).indices[:num_beams]
+            beam, scores = cand[order], item_scores[order]
+        beams.append(beam)
+        beam_scores.append(scores)
+        visited.append(len(seen))
+    return torch.stack(beam_scores), torch.stack(beams), torch.tensor(visited)
+
+
+def rpg_start(seed, b, n, num_beams):
+    """RPG's start after torch.manual_seed(seed): torch.randint(1, n_items, ...) on 1-based
+    ids (n_items = N + 1, id 0 is padding), shifted to 0-based."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return torch.randint(1, n + 1, (b, num_beams)) - 1
+
+
+def exact_log_probs(b, m, k, g):
+    """Log-probabilities on a 2**-10 grid: their sums are exact in float32 in any order, so
+    RPG's mean and the kernels' ordered sum agree bit for bit."""
+    return torch.round(torch.randn(b, m, k, generator=g).log_softmax(-1) * 1024) / 1024
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+@pytest.mark.parametrize("n,m,k,beam,edges,steps", [(40, 4, 8, 5, 3, 3), (300, 8, 16, 12, 6, 4)])
+def test_graph_decode_follows_rpg_graph_propagation(backend, n, m, k, beam, edges, steps):
+    if backend == "triton" and not torch.cuda.is_available() and n > 40:
+        pytest.skip("the Triton interpreter runs the small case only")
+    seed = secrets.randbelow(2**31)
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, k, (n, m), generator=g)
+    while torch.unique(codes, dim=0).shape[0] < n:  # distinct codes: every item is its own neighbour
+        codes = torch.randint(0, k, (n, m), generator=g)
+    graph = sf.ItemGraph.build(codes, n_edges=edges, token_embeddings=torch.randn(m, k, 5, generator=g))
+    assert (graph.neighbors == torch.arange(n)[:, None]).any(1).all()
+    scores = exact_log_probs(3, m, k, g)
+    got = sf.graph_decode(scores, codes, graph, beam_width=beam, steps=steps, k=beam,
+                          reduce="mean", init="rpg", seed=seed, return_visited=True,
+                          backend=backend)
+    want = rpg_graph_propagation(scores, codes, graph.neighbors, beam, steps,
+                                 rpg_start(seed, 3, n, beam))
+    for got_part, want_part, what in zip(got, want, ("scores", "ids", "visited")):
+        assert torch.equal(got_part, want_part), f"{what} seed={seed}"
+
+
+def test_graph_decode_follows_rpg_on_the_beauty_catalog(shared_data):
+    """RPG's settings (50 beams, 50 edges, 3 steps, mean) on the 12,101 Beauty items."""
+    index = json.loads((shared_data / "amazon14_beauty" / "sid.index.json").read_text())
+    codes = torch.tensor([[int(tok.split("_")[1].rstrip(">")) for tok in index[str(i)]]
+                          for i in range(len(index))], dtype=torch.uint8)
+    n, m = codes.shape
+    seed = secrets.randbelow(2**31)
+    g = torch.Generator().manual_seed(seed)
+    graph = sf.ItemGraph.build(codes, n_edges=50, token_embeddings=torch.randn(m, 256, 8, generator=g))
+    assert (graph.neighbors == torch.arange(n)[:, None]).any(1).all()  # RPG's self edges
+    scores = exact_log_probs(6, m, 256, g)
+    want = rpg_graph_propagation(scores, codes, graph.neighbors, 50, 3, rpg_start(seed, 6, n, 50))
+    for backend in ("reference", "cpu"):
+        got = sf.graph_decode(scores, codes, graph, beam_width=50, steps=3, k=50, reduce="mean",
+                              init="rpg", seed=seed, return_visited=True, backend=backend)
+        for got_part, want_part, what in zip(got, want, ("scores", "ids", "visited")):
+            assert torch.equal(got_part, want_part), f"{backend} {what} seed={seed}"
+
+
+def test_rpg_start_is_torch_randint_with_replacement():
+    """With only self edges one step scores exactly the start: its distinct items."""
+    n, b, beam = 40, 6, 30
+    scores, codes = make(b, 2, 8, n, torch.int64, seed=5)
+    alone = sf.ItemGraph(torch.arange(n)[:, None])
+    seed = secrets.randbelow(2**31)
+    draw = torch.randint(0, n, (b, beam), generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw, rpg_start(seed, b, n, beam))  # RPG's 1-based draw, shifted
+    _, ids, visited = sf.graph_decode(scores, codes, alone, beam_width=beam, steps=1, k=beam,
+                                      init="rpg", seed=seed, return_visited=True)
+    for row in range(b):
+        distinct = set(draw[row].tolist())
+        assert visited[row] == len(distinct) < beam  # with replacement: repeats at n=40
+        assert set(ids[row, :len(distinct)].tolist()) == distinct
+        assert (ids[row, len(distinct):] == -1).all()
+    # seed=None draws from torch's default generator, as RPG does
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unseeded = sf.graph_decode(scores, codes, alone, beam_width=beam, steps=1, k=beam,
+                                   init="rpg", return_visited=True)
+    assert torch.equal(unseeded[1], ids) and torch.equal(unseeded[2], visited)
+    # the default start: distinct items
+    _, ids, visited = sf.graph_decode(scores, codes, alone, beam_width=beam, steps=1, k=beam,
+                                      init="distinct", seed=seed, return_visited=True)
+    assert (visited == beam).all() and (ids >= 0).all()
+
+
+def test_visited_counts_distinct_items_over_the_whole_walk():
+    """A full graph reaches every item in one step; more steps add nothing."""
+    n = 64
+    scores, codes = make(3, 4, 32, n, torch.int64, seed=6)
+    full = sf.ItemGraph(torch.arange(n).expand(n, n).contiguous())
+    for steps in (1, 3):
+        *_, visited = sf.graph_decode(scores, codes, full, beam_width=5, steps=steps, k=5,
+                                      init="rpg", seed=1, return_visited=True)
+        assert (visited == n).all()
 
 
 def test_graph_decode_with_a_repeated_start_keeps_empty_slots_empty():
@@ -242,6 +381,8 @@ def test_opcheck_holistic_topk():
     (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(5, 2, dtype=torch.long)), beam_width=2, steps=0, k=1), ValueError, "steps"),
     (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(4, 2, dtype=torch.long)), beam_width=2, steps=1, k=1), ValueError, "graph has 4"),
     (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(5, 2, dtype=torch.long)), beam_width=2, steps=1, k=3), ValueError, "k must be <="),
+    (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(5, 2, dtype=torch.long)), beam_width=2, steps=1, k=1, init="uniform"), ValueError, "init must be"),
+    (lambda: sf.graph_decode(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), sf.ItemGraph(torch.zeros(5, 2, dtype=torch.long)), beam_width=2, steps=1, k=1, init="rpg", seed="1"), TypeError, "seed"),
 ])
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
@@ -303,6 +444,33 @@ def test_gpu_masks_candidates_and_graph_decode(backend):
     assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
     gpu_graph = sf.ItemGraph.build(codes.cuda(), n_edges=10, backend=backend)
     assert torch.equal(gpu_graph.neighbors.cpu(), graph.neighbors)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_graph_decode_rpg_start_and_visited(backend):
+    """On CUDA the start is drawn on the device: RPG's draw after torch.manual_seed, and the
+    walk equals the CPU reference from that start."""
+    gpu_backend(backend)
+    n, m, k, beam = 3000, 8, 32, 50
+    g = torch.Generator().manual_seed(31)
+    codes = torch.randint(0, k, (n, m), generator=g)
+    scores = exact_log_probs(6, m, k, g)
+    graph = sf.ItemGraph.build(codes, n_edges=20, token_embeddings=torch.randn(m, k, 5, generator=g))
+    seed = secrets.randbelow(2**31)
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+        torch.manual_seed(seed)
+        start = torch.randint(1, n + 1, (6, beam), device="cuda") - 1  # RPG's draw, 0-based
+    got = sf.graph_decode(scores.cuda(), codes.cuda(), graph.to("cuda"), beam_width=beam,
+                          steps=3, k=beam, reduce="mean", init="rpg", seed=seed,
+                          return_visited=True, backend=backend)
+    want = ref.graph_decode(scores, codes, graph.neighbors, beam, 3, beam, "mean",
+                            init=start.cpu(), return_visited=True)
+    for got_part, want_part in zip(got, want):
+        assert torch.equal(got_part.cpu(), want_part)
+    if (graph.neighbors == torch.arange(n)[:, None]).any(1).all():
+        oracle = rpg_graph_propagation(scores, codes, graph.neighbors, beam, 3, start.cpu())
+        for got_part, want_part in zip(got, oracle):
+            assert torch.equal(got_part.cpu(), want_part)
 
 
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton is not installed")

@@ -173,6 +173,47 @@ def test_pq_encode_and_decode_with_opq_rotation(device, backend):
     torch.testing.assert_close((x - out).norm(), rotated_error, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pq_center_is_subtracted_after_the_rotation_and_added_back(device, backend, rotate, dtype):
+    """faiss IndexIVFPQ with one list: codes of x @ R.T - c; decode adds c, then undoes R."""
+    skip_unavailable(device, backend)
+    g = torch.Generator().manual_seed(23 + rotate)
+    n, d, m, k = 53, 32, 16, 32  # 2-dim sub-vectors, as RPG's OPQ32 on 64 dims
+    center = 3.0 * torch.randn(d, generator=g)
+    rotation = torch.linalg.qr(torch.randn(d, d, generator=g))[0] if rotate else None
+    y = center + torch.randn(n, d, generator=g)  # data around the centre, in rotated space
+    x = y @ rotation if rotate else y
+    codebooks = torch.randn(m, k, d // m, generator=g)
+    x = x.to(device=device, dtype=dtype)
+    center, codebooks = center.to(device), codebooks.to(device)
+    rotation = None if rotation is None else rotation.to(device)
+    codes = sf.pq_encode(x, codebooks, rotation=rotation, center=center, backend=backend)
+    # the same codes as the plain encoder on the centred float32 rows, bit for bit
+    centred = (x.float() if rotation is None else x.float() @ rotation.T) - center
+    assert torch.equal(codes, sf.pq_encode(centred, codebooks, backend=backend))
+    assert (codes == ref.pq_encode(x, codebooks, rotation, center)).float().mean() >= 0.99
+    assert not torch.equal(codes, sf.pq_encode(x, codebooks, rotation=rotation, backend=backend))
+
+    books = codebooks.clone().requires_grad_()
+    shift = center.clone().requires_grad_()
+    turn = None if rotation is None else rotation.clone().requires_grad_()
+    out = sf.pq_decode(codes, books, rotation=turn, center=shift, backend=backend)
+    weights = torch.randn(out.shape, generator=g).to(device)
+    grads = torch.autograd.grad((out * weights).sum(), [t for t in (books, shift, turn) if t is not None])
+    books_r = codebooks.clone().requires_grad_()
+    shift_r = center.clone().requires_grad_()
+    turn_r = None if rotation is None else rotation.clone().requires_grad_()
+    want = ref.pq_decode(codes, books_r, turn_r, shift_r)
+    grads_r = torch.autograd.grad((want * weights).sum(), [t for t in (books_r, shift_r, turn_r) if t is not None])
+    torch.testing.assert_close(out, want)
+    for got_grad, want_grad in zip(grads, grads_r):
+        torch.testing.assert_close(got_grad, want_grad)
+    if rotation is None:  # the codewords plus the centre, rounded once
+        assert torch.equal(out.detach(), sf.pq_decode(codes, codebooks, backend=backend) + center)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("code_dtype", [torch.uint8, torch.int16, torch.int32])
 def test_narrow_code_dtypes(backend, code_dtype):
@@ -371,6 +412,10 @@ def test_torch_compile_fullgraph_rqvae_step_matches_eager():
     (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(3, 2, 2)), ValueError, "M \\* D/M"),
     (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(2, 2, 4), rotation=torch.randn(8, 4)), ValueError, "rotation"),
     (lambda: sf.pq_decode(torch.tensor([[0, 5]]), torch.randn(2, 2, 4)), ValueError, "codes must lie"),
+    (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(2, 2, 4), center=torch.randn(4)), ValueError, r"center must have shape \(8,\)"),
+    (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(2, 2, 4), center=torch.zeros(8, dtype=torch.long)), TypeError, "center"),
+    (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(2, 2, 4), center=torch.full((8,), float("nan"))), ValueError, "center contains NaN"),
+    (lambda: sf.pq_decode(torch.tensor([[0, 1]]), torch.randn(2, 2, 4), center=torch.randn(1, 8)), ValueError, "center"),
     (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), beta="0.25"), TypeError, "beta"),
 ])
 def test_bad_input_raises_clear_errors(call, error, match):

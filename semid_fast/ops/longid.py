@@ -254,19 +254,48 @@ class ItemGraph:
 
 def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGraph, *,
                  beam_width: int, steps: int, k: int, reduce: str = "sum",
-                 seed: int | None = None, init: torch.Tensor | None = None,
+                 seed: int | None = None, init: torch.Tensor | str | None = None,
                  return_visited: bool = False, backend: str = "auto"):
     """RPG's graph-constrained decoding for a batch of queries.
 
-    Start from ``beam_width`` items per query (``init`` (B, beam_width) ids, else distinct
-    random items drawn from ``seed``, or from torch's generator when no seed is given); then
-    ``steps`` times score the beam and all its neighbours (duplicates once) with the holistic
-    kernel and keep the best ``beam_width``. Every step has fixed shapes and no host sync.
+    Start from ``beam_width`` items per query; then ``steps`` times score the beam and all
+    its neighbours (duplicates once) with the holistic kernel and keep the best
+    ``beam_width``. Every step has fixed shapes and no host sync.
+
+    Args:
+        token_scores: (B, M, K) float per-position scores (RPG: log-probabilities, with
+            ``reduce="mean"``).
+        codes: (N, M) integer item codes.
+        graph: the catalog's :class:`ItemGraph`.
+        beam_width, steps, k: beam size, propagation steps, results returned (k <= beam_width).
+        reduce: "sum" or "mean" over the M positions.
+        seed: seeds the start draw (None: torch's generator / a fresh seed, see ``init``).
+        init: the start, one of
+
+            * None or ``"distinct"``: ``beam_width`` distinct random items per query, drawn
+              on the host with numpy's ``default_rng(seed)`` (seed None: a seed drawn from
+              torch's CPU generator);
+            * ``"rpg"``: uniform with replacement, as facebookresearch/RPG_KDD2025's
+              ``graph_propagation`` draws it: ``torch.randint(0, N, (B, beam_width))`` on
+              token_scores' device, from ``torch.Generator(device).manual_seed(seed)``, or
+              from torch's default generator of that device when ``seed`` is None. RPG calls
+              ``torch.randint(1, N + 1, ...)`` on 1-based ids; torch maps both ranges from
+              the same random words, so after ``torch.manual_seed(s)`` RPG's start minus 1
+              is exactly the start drawn here with ``seed=s`` (or with ``seed=None`` from the
+              same default-generator state). A repeated item is scored once (RPG's visited
+              set and candidate set count it once too);
+            * a (B, beam_width) int32/int64 tensor of item ids.
+        return_visited: also return how many distinct items each query scored over the
+            whole walk (RPG's ``n_visited_items``: the start and every neighbour reached).
 
     Returns:
         (scores (B, k) float32, item ids (B, k) int64) sorted like :func:`holistic_topk`, and
-        with ``return_visited`` also (B,) int64: distinct items scored per query, summed
-        over steps.
+        with ``return_visited`` also (B,) int64 visited counts.
+
+    RPG scores only the beam's neighbours and keeps its top-k with ``torch.topk``; this scores
+    the beam too (the same set whenever every item is among its own neighbours, as in RPG's
+    and :meth:`ItemGraph.build`'s graphs for items with distinct codes) and breaks ties
+    toward the smaller item id.
     """
     device = _check_scores_codes("graph_decode", token_scores, codes)
     if not isinstance(graph, ItemGraph):
@@ -281,12 +310,20 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         raise ValueError(f"beam_width must be <= N={n}, got {beam_width}")
     if k > beam_width:
         raise ValueError(f"k must be <= beam_width={beam_width}, got {k}")
-    if init is None:
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)))
-        rng = np.random.default_rng(seed)
-        init = torch.from_numpy(np.stack([rng.choice(n, beam_width, replace=False)
-                                          for _ in range(b)]).astype(np.int64))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if init is None or isinstance(init, str):
+        if init not in (None, "distinct", "rpg"):
+            raise ValueError(f"init must be 'distinct', 'rpg', None or a tensor, got {init!r}")
+        if init == "rpg":
+            gen = None if seed is None else torch.Generator(device).manual_seed(seed)
+            init = torch.randint(0, n, (b, beam_width), generator=gen, device=device)
+        else:
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,)))
+            rng = np.random.default_rng(seed)
+            init = torch.from_numpy(np.stack([rng.choice(n, beam_width, replace=False)
+                                              for _ in range(b)]).astype(np.int64))
     else:
         _checks.tensor(init, "init", 2, (torch.int32, torch.int64), "(B, beam_width)")
         if tuple(init.shape) != (b, beam_width):
@@ -298,7 +335,7 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
     beam = init.long().to(device)
     neighbors = graph.neighbors.to(device)
     _checks.codes_in_range(neighbors, n, "graph.neighbors")
-    visited = torch.zeros(b, dtype=torch.long, device=device)
+    scored = []
     scores = None
     # Inputs were checked once above; each step calls the op directly (no per-step scans,
     # so no host sync inside the loop).
@@ -307,9 +344,14 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         around = torch.where(beam[..., None] >= 0, neighbors[beam.clamp_min(0)], -1)
         candidates = torch.cat([beam, around.reshape(b, -1)], dim=1)
         if return_visited:
-            ordered = candidates.sort(dim=1).values
-            visited += 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(1)
+            scored.append(candidates)
         scores, beam = _holistic_topk_op(token_scores, codes, beam_width, reduce == "mean",
                                          candidates, None, name)
     out = (scores[:, :k], beam[:, :k])
-    return (*out, visited) if return_visited else out
+    if not return_visited:
+        return out
+    # Every item the walk scored is in some step's candidates (the start in the first).
+    ordered = torch.cat(scored, dim=1).sort(dim=1).values
+    first = ordered >= 0
+    first[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+    return (*out, first.sum(1))

@@ -292,6 +292,16 @@ def _check_rotation(op: str, rotation, dim: int, device):
     _checks.finite(rotation, "rotation")
 
 
+def _check_center(op: str, center, dim: int, device):
+    if center is None:
+        return
+    _checks.tensor(center, "center", 1, _checks.FLOAT_DTYPES, "(D,)")
+    if tuple(center.shape) != (dim,):
+        raise ValueError(f"{op}: center must have shape ({dim},), got {tuple(center.shape)}")
+    _checks.same_device(op, center=center, other=torch.empty(0, device=device))
+    _checks.finite(center, "center")
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     """Float32 contiguous; stays in the autograd graph of the caller's tensor."""
     return t.float().contiguous()
@@ -374,7 +384,8 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
 
 
 def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tensor | None = None,
-              code_dtype: torch.dtype = torch.int64, backend: str = "auto") -> torch.Tensor:
+              center: torch.Tensor | None = None, code_dtype: torch.dtype = torch.int64,
+              backend: str = "auto") -> torch.Tensor:
     """Product-quantization (optionally OPQ) codes of x.
 
     Args:
@@ -382,31 +393,48 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tenso
         codebooks: (M, K, D/M) float, one codebook per sub-space.
         rotation: optional (D, D) OPQ rotation R applied first as ``x @ R.T`` (faiss
             ``OPQMatrix.A``).
+        center: optional (D,) float vector subtracted after the rotation, before the split
+            into sub-spaces: the coarse centroid of a faiss ``IndexIVFPQ`` with one list
+            (``by_residual``), which RPG's ``OPQ32,IVF1,PQ32x8`` tokenizer encodes against.
+            :func:`semid_fast.interop.pq_from_faiss` returns ``codebooks``, ``rotation`` and
+            ``center`` of a faiss index.
         code_dtype: int64 (default), int32, int16 or uint8.
 
     Returns:
-        codes (N, M) of ``code_dtype``.
+        codes (N, M) of ``code_dtype``: the nearest (L2) codeword of each sub-vector of
+        ``x @ R.T - center`` in float32, ties toward the smaller code.
     """
     device = _check_x_codebooks("pq_encode", x, codebooks, sub_dims=True)
     _check_rotation("pq_encode", rotation, x.shape[1], device)
+    _check_center("pq_encode", center, x.shape[1], device)
     _checks.code_dtype(code_dtype, codebooks.shape[1])
     name = _backends.resolve(backend, device, "pq_encode")
     if rotation is not None:
         x = x.float() @ rotation.float().T
+        if center is not None:  # on the fresh product, rounded after it as faiss does
+            x.sub_(center.float())
+    elif center is not None:
+        x = x - center.float()  # float32 out, also for half x
     codes = _pq_encode_op(x.contiguous(), _f32(codebooks), name)
     return codes if code_dtype == torch.int64 else codes.to(code_dtype)
 
 
 def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *,
-              rotation: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """Reconstruction (N, D) from PQ codes (N, M), mapped back through ``rotation`` (``y @ R``).
+              rotation: torch.Tensor | None = None, center: torch.Tensor | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """Reconstruction (N, D) from PQ codes (N, M): the concatenated codewords, plus ``center``
+    (D,), then mapped back through ``rotation`` (``y @ R``), the order of faiss's
+    ``IndexIVFPQ.sa_decode`` under an OPQ ``IndexPreTransform``.
 
-    Differentiable with respect to ``codebooks`` (and ``rotation``).
+    Differentiable with respect to ``codebooks`` (and ``rotation``, ``center``).
     """
     device = _check_codes("pq_decode", codes, codebooks, sub_dims=True)
-    _check_rotation("pq_decode", rotation, codes.shape[1] * codebooks.shape[2], device)
+    dim = codes.shape[1] * codebooks.shape[2]
+    _check_rotation("pq_decode", rotation, dim, device)
+    _check_center("pq_decode", center, dim, device)
     name = _backends.resolve(backend, device, "pq_decode")
     out = _decode_op(codes.long().contiguous(), _f32(codebooks), True, name)
     out = out.to(codebooks.dtype)
+    if center is not None:
+        out = out + center.to(out.dtype)
     return out if rotation is None else out @ rotation.to(out.dtype)
-

@@ -110,26 +110,35 @@ def item_graph(codes: torch.Tensor, n_edges: int, token_embeddings=None) -> torc
 
 
 def graph_decode(token_scores, codes, neighbors, beam_width, steps, k, reduce="sum",
-                 init=None, generator=None):
+                 init=None, generator=None, return_visited=False):
     """RPG's graph-constrained decoding, one query at a time (a plain loop, for clarity).
 
-    Start from ``init`` (B, beam_width) item ids, or beam_width distinct random items drawn
-    with ``generator``; ``steps`` times, score the beam and all the beam's neighbours (no
-    duplicates) and keep the best beam_width. Returns the top k of the final beam.
+    Start from ``init``: a (B, beam_width) tensor of item ids; None or "distinct" for
+    beam_width distinct random items per query (``torch.randperm`` with ``generator``);
+    "rpg" for RPG's uniform draw with replacement, ``torch.randint(0, N, (B, beam_width),
+    generator=generator)``. ``steps`` times, score the beam and all the beam's neighbours
+    (no duplicates) and keep the best beam_width. Returns the top k of the final beam and,
+    with ``return_visited``, the number of distinct items scored per query over the walk.
     """
     b, n = token_scores.shape[0], codes.shape[0]
-    if init is None:
+    if init == "rpg":
+        init = torch.randint(0, n, (b, beam_width), generator=generator)
+    elif init is None or isinstance(init, str):
         init = torch.stack([torch.randperm(n, generator=generator)[:beam_width] for _ in range(b)])
-    scores_out, ids_out = [], []
+    scores_out, ids_out, visited = [], [], []
     for q in range(b):
-        beam = init[q].long()
+        beam = init[q].long().cpu()
         beam_scores = None
+        seen = set()
         for _ in range(steps):
             # Empty beam slots (-1, when the start repeats items) have no neighbours.
-            cand = torch.cat([beam, neighbors[beam[beam >= 0]].reshape(-1)])[None]
+            cand = torch.cat([beam, neighbors[beam[beam >= 0]].reshape(-1).cpu()])[None]
+            seen.update(i for i in cand[0].tolist() if i >= 0)
             beam_scores, beam_ids = holistic_topk(token_scores[q:q + 1], codes, beam_width,
                                                   reduce, candidates=cand)
             beam = beam_ids[0]
         scores_out.append(beam_scores[0, :k])
         ids_out.append(beam[:k])
-    return torch.stack(scores_out), torch.stack(ids_out)
+        visited.append(len(seen))
+    out = (torch.stack(scores_out), torch.stack(ids_out))
+    return (*out, torch.tensor(visited)) if return_visited else out

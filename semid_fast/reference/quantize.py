@@ -12,7 +12,9 @@ Conventions
   at every level, as faiss ``ResidualQuantizer.max_beam_size`` does.
 * Product quantization (PQ): the (optionally rotated) vector is cut into ``M`` sub-vectors of
   ``D / M`` dims, each quantized by its own codebook. An OPQ rotation ``R`` (D, D) is applied
-  as ``x @ R.T`` (faiss ``OPQMatrix.A``), and undone as ``y @ R`` (R is orthonormal).
+  as ``x @ R.T`` (faiss ``OPQMatrix.A``), and undone as ``y @ R`` (R is orthonormal). A centre
+  ``c`` (D,) is subtracted after the rotation and added back before it is undone, as faiss
+  ``IndexIVFPQ`` with one list (by_residual) does with its coarse centroid.
 """
 
 from __future__ import annotations
@@ -111,14 +113,18 @@ def _split(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None,
-              rows_per_chunk: int = 2048):
+              center: torch.Tensor | None = None, rows_per_chunk: int = 2048):
     """Product-quantization codes (N, M) int64 of x (N, D), codebooks (M, K, D/M).
 
-    Rows go in chunks so the (M, rows, K) distance block stays small.
+    ``center`` (D,) is subtracted after the rotation, before the split: faiss IndexIVFPQ with
+    one list encodes ``x @ R.T - c`` (the residual to its coarse centroid). Rows go in chunks
+    so the (M, rows, K) distance block stays small.
     """
     x = x.float()
     if rotation is not None:
         x = x @ rotation.float().T
+    if center is not None:
+        x = x - center.float()
     m = codebooks.shape[0]
     codebooks = codebooks.float()
     codes = []
@@ -131,10 +137,14 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor |
     return torch.cat(codes) if codes else x.new_zeros((0, m), dtype=torch.long)
 
 
-def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None):
-    """Reconstruction (N, D) from PQ codes (N, M), undoing the rotation if one is given."""
+def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, rotation: torch.Tensor | None = None,
+              center: torch.Tensor | None = None):
+    """Reconstruction (N, D) from PQ codes (N, M): ``center`` added back, then the rotation
+    undone, in that order (faiss IndexIVFPQ.sa_decode, then the OPQ reverse transform)."""
     parts = [codebooks[m][codes[:, m].long()] for m in range(codebooks.shape[0])]
     out = torch.cat(parts, dim=1)
+    if center is not None:
+        out = out + center.to(out.dtype)
     if rotation is not None:
         out = out @ rotation.to(out.dtype)
     return out
