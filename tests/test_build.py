@@ -3,6 +3,7 @@
 import importlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,53 @@ def test_cuda_is_built_where_nvcc_exists():
     if _build_info.CUDA_REQUESTED == "OFF" or shutil.which("nvcc") is None:
         pytest.skip("this build was configured without CUDA or nvcc is absent")
     assert _build_info.CUDA_BUILT
+
+
+# Kernels allowed a stack frame, with why. Every other kernel of _C_cuda must have none: a
+# frame there means registers spilled to local memory (or a local array), in a hot loop.
+CUDA_STACK_ALLOWED = {
+    # Two uint8-code instances: __launch_bounds__(512, 2) caps it at 64 registers (two
+    # 512-thread blocks per SM for the memory-bound scan), which leaves one 8-byte value
+    # on the stack; accepted until a GPU run shows whether it costs anything.
+    "block_topk_kernel<unsigned char": 8,
+}
+
+
+def _cuobjdump():
+    bundled = None
+    try:
+        import triton.backends.nvidia as nvidia  # triton ships cuobjdump beside its ptxas
+        bundled = pathlib.Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    except ImportError:
+        pass
+    if bundled is not None and os.access(bundled, os.X_OK):
+        return str(bundled)
+    return shutil.which("cuobjdump")
+
+
+def test_cuda_kernels_do_not_spill():
+    """Registers and stack of every kernel in _C_cuda (cuobjdump --dump-resource-usage)."""
+    if not _build_info.CUDA_BUILT:
+        pytest.skip("this build has no _C_cuda")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (neither triton's nor on the PATH)")
+    module = importlib.import_module("semid_fast._C_cuda")
+    text = subprocess.run([tool, "--dump-resource-usage", module.__file__], capture_output=True,
+                          text=True, check=True).stdout
+    usage = re.findall(r"Function (\S+):\s*REG:(\d+) STACK:(\d+)", text)
+    assert usage, f"no kernels found in {module.__file__}:\n{text[:2000]}"
+    demangle = shutil.which("c++filt")
+    names = [m[0] for m in usage]
+    if demangle:
+        names = subprocess.run([demangle], input="\n".join(names), capture_output=True,
+                               text=True).stdout.splitlines()
+    spilling = []
+    for name, (_, regs, stack) in zip(names, usage):
+        allowed = next((v for k, v in CUDA_STACK_ALLOWED.items() if k in name), 0)
+        if int(stack) > allowed:
+            spilling.append(f"{name[:160]}: {regs} registers, {stack} bytes of stack")
+    assert not spilling, "\n".join(spilling)
 
 
 def test_available_backends_follow_the_device():
