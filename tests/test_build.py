@@ -45,7 +45,7 @@ def test_cuda_is_built_where_nvcc_exists():
 
 
 # Kernels allowed a stack frame, with why. Every other kernel of _C_cuda must have none: a
-# frame there means registers spilled to local memory (or a local array), in a hot loop.
+# frame there usually means registers spilled to local memory.
 CUDA_STACK_ALLOWED = {
     # Two uint8-code instances: __launch_bounds__(512, 2) caps it at 64 registers (two
     # 512-thread blocks per SM for the memory-bound scan), which leaves one 8-byte value

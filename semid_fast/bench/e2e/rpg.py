@@ -5,9 +5,10 @@ gives each item M = 32 OPQ codes (K = 256), predicts the M codes of the next ite
 (one softmax per position), and decodes by walking a graph of similar items instead of
 scoring the catalog. This pipeline:
 
-1. trains OPQ (faiss, ``OPQ32,PQ32x8``) on real item embeddings (``amazon14_beauty/
-   cf_emb64.npy``) and encodes every item with :func:`semid_fast.pq_encode`, checking that
-   its reconstruction is as good as faiss's own encoding;
+1. trains RPG's tokenizer (faiss ``OPQ32,IVF1,PQ32x8``, inner product) on real item
+   embeddings (``amazon14_beauty/cf_emb64.npy``) and encodes every item with
+   :func:`semid_fast.pq_encode` given :func:`semid_fast.interop.pq_from_faiss` of that index
+   (rotation, IVF1 centroid, codebooks), reporting on how many rows the codes equal faiss's;
 2. scores users with a small randomly initialised parallel head (mean of the history's item
    embeddings -> MLP -> M x K log-probabilities) over the ``amazon14_beauty/inter.json``
    histories;
@@ -68,7 +69,10 @@ class Settings:
 
 
 def train_opq(x: torch.Tensor, m: int, k: int, iterations: int, seed: int):
-    """faiss OPQ + PQ trained on x: (codebooks (M, K, D/M), rotation (D, D), faiss index).
+    """RPG's tokenizer index, trained on x: faiss ``OPQ{m},IVF1,PQ{m}x8`` with the inner
+    product metric (RPG's ``_generate_semantic_id_opq``). Returns (``pq_encode`` keyword
+    arguments from :func:`semid_fast.interop.pq_from_faiss`: codebooks, rotation and the IVF1
+    centroid as ``center``; the faiss index).
 
     Shorter than faiss's defaults (``iterations`` alternations of rotation and PQ instead of
     50, on at most 4,096 rows; the final PQ with 15 k-means iterations) so that the default
@@ -76,20 +80,28 @@ def train_opq(x: torch.Tensor, m: int, k: int, iterations: int, seed: int):
     """
     faiss = require_faiss("rpg")
     nbits = k.bit_length() - 1
-    opq = faiss.OPQMatrix(x.shape[1], m)
+    index = faiss.index_factory(x.shape[1], f"OPQ{m},IVF1,PQ{m}x{nbits}",
+                                faiss.METRIC_INNER_PRODUCT)
+    opq = faiss.downcast_VectorTransform(index.chain.at(0))
     opq.niter, opq.niter_pq_0, opq.max_train_points = iterations, 10, 4096
     inner = faiss.ProductQuantizer(x.shape[1], m, nbits)
     inner.cp.min_points_per_centroid = 1  # small catalogs train without warnings
     inner.cp.seed = seed
     opq.pq = inner
-    pq = faiss.IndexPQ(x.shape[1], m, nbits)
-    pq.pq.cp.niter, pq.pq.cp.min_points_per_centroid, pq.pq.cp.seed = 15, 1, seed
-    index = faiss.IndexPreTransform(opq, pq)
+    ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index))
+    ivfpq.do_polysemous_training = False
+    ivfpq.pq.cp.niter, ivfpq.pq.cp.min_points_per_centroid, ivfpq.pq.cp.seed = 15, 1, seed
     with faiss_single_thread():
         index.train(x.numpy())
     opq.pq = None  # a raw pointer to `inner`, which dies with this function
-    codebooks, rotation = interop.from_faiss_index(index)
-    return codebooks, rotation, index
+    return interop.pq_from_faiss(index), index
+
+
+def faiss_codes(index, x: torch.Tensor, m: int, nbits: int) -> torch.Tensor:
+    """(N, M) codes of faiss's own encoder (with one inverted list, no list-number bytes)."""
+    faiss = require_faiss("rpg")
+    packed = index.sa_encode(x.numpy())
+    return torch.from_numpy(faiss.unpack_bitstrings(packed, m, nbits).astype(np.int64))
 
 
 class ParallelHead(torch.nn.Module):
@@ -118,24 +130,31 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     x = emb.value
     history, _ = users.value
 
-    # 1. OPQ codes.
+    # 1. OPQ codes: RPG's faiss index, encoded by pq_encode with the index's own arguments.
     started = time.perf_counter()
-    codebooks, rotation, index = train_opq(x, s.m, s.k, s.opq_iterations, s.seed)
+    tokenizer, index = train_opq(x, s.m, s.k, s.opq_iterations, s.seed)
     report.metrics["opq_train_s"] = time.perf_counter() - started
-    codes = sf.pq_encode(x.to(device), codebooks.to(device), rotation=rotation.to(device),
+    on_device = {name: None if t is None else t.to(device) for name, t in tokenizer.items()}
+    codebooks = on_device["codebooks"]
+    codes = sf.pq_encode(x.to(device), **on_device,
                          code_dtype=torch.uint8 if s.k <= 256 else torch.int16)
-    encode_s = median_time(lambda: sf.pq_encode(x.to(device), codebooks.to(device),
-                                                rotation=rotation.to(device)), s.reps, device)
-    ours_err = ((sf.pq_decode(codes, codebooks.to(device), rotation=rotation.to(device)).cpu()
-                 - x) ** 2).sum(1)
+    encode_s = median_time(lambda: sf.pq_encode(x.to(device), **on_device), s.reps, device)
+    theirs = faiss_codes(index, x, s.m, s.k.bit_length() - 1)
+    same_rows = int((codes.cpu().long() == theirs).all(1).sum())
+    ours_err = ((sf.pq_decode(codes, **on_device).cpu() - x) ** 2).sum(1)
     faiss_err = ((torch.from_numpy(index.sa_decode(index.sa_encode(x.numpy()))) - x) ** 2).sum(1)
     report.metrics["pq_encode_s"] = encode_s
+    report.metrics["codes_equal_to_faiss"] = {"rows": same_rows, "of": s.n_items}
     report.metrics["reconstruction_mse"] = {"semid_fast": float(ours_err.mean()),
                                             "faiss": float(faiss_err.mean())}
-    report.say(f"OPQ{s.m} x {s.k} trained by faiss in {fmt_time(report.metrics['opq_train_s'])}; "
-               f"pq_encode of {s.n_items} items in {fmt_time(encode_s)}; "
-               f"reconstruction MSE {float(ours_err.mean()):.5f} (faiss sa_encode "
-               f"{float(faiss_err.mean()):.5f})")
+    report.say(f"faiss OPQ{s.m},IVF1,PQ{s.m}x8 trained in "
+               f"{fmt_time(report.metrics['opq_train_s'])}; pq_encode(x, "
+               f"**interop.pq_from_faiss(index)) of {s.n_items} items in {fmt_time(encode_s)}: "
+               f"faiss's codes on {same_rows} of {s.n_items} rows; reconstruction MSE "
+               f"{float(ours_err.mean()):.5f} (faiss {float(faiss_err.mean()):.5f})")
+    # Rows may differ only where two codewords tie in float32 (none on Beauty in our runs).
+    report.check("pq_encode gives faiss's codes (RPG's tokenizer) on at least 99.9% of rows",
+                 same_rows >= 0.999 * s.n_items, f"{same_rows} of {s.n_items}")
     report.check("pq_encode reconstruction no worse than faiss's encoding (every item)",
                  bool((ours_err <= faiss_err * (1 + 1e-4) + 1e-6).all()),
                  f"worst excess {float((ours_err - faiss_err).max()):.2e}")
@@ -151,9 +170,10 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
         codes, n_edges=s.n_edges, token_embeddings=codebooks.to(device)))
     report.metrics["graph_build_s"] = build_s
     report.say(f"item graph: {s.n_items} items x {s.n_edges} edges built in {fmt_time(build_s)}")
-    rng = np.random.default_rng(s.seed)
-    init = torch.from_numpy(np.stack([rng.choice(s.n_items, s.beam_width, replace=False)
-                                      for _ in range(s.n_users)]))
+    # RPG's start: beam_width items per user, uniform with replacement (graph_decode's
+    # init="rpg"), drawn once here so that every decoder below starts from the same beams.
+    init = torch.randint(0, s.n_items, (s.n_users, s.beam_width),
+                         generator=torch.Generator().manual_seed(s.seed))
 
     def decode(rows, steps):
         return sf.graph_decode(token_scores[rows], codes, graph, beam_width=s.beam_width,
@@ -208,7 +228,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     report.metrics["overlap_at_k"] = overlap
     report.say(f"\ngraph decoding vs exhaustive top-{s.topk} ({s.n_users} users, catalog "
                f"{s.n_items}):")
-    report.table(["steps", "items scored/query (sum over steps)", "/ catalog size",
+    report.table(["steps", "distinct items visited/query", "/ catalog size",
                   f"overlap@{s.topk}", "latency/batch"],
                  [[p["steps"], f"{p['visited_mean']:.0f}", f"{100 * p['visited_share']:.1f}%",
                    f"{p['overlap']:.3f}", fmt_time(p["latency_s"])] for p in sweep])
@@ -228,7 +248,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
         for p in sweep:
             right.annotate(f"{p['steps']} steps", (p["visited_share"] * 100, p["overlap"]),
                            fontsize=7)
-        right.set_xlabel("items scored per query, summed over steps (% of catalog)")
+        right.set_xlabel("distinct items visited per query (% of catalog)")
         right.set_ylabel(f"overlap@{s.topk} with exhaustive")
         right.set_ylim(0, 1.05)
 
