@@ -1307,3 +1307,87 @@ def test_states_keyword_is_detected_from_the_signature():
     with pytest.raises(ValueError, match="at step 1"):
         sf.constrained_beam_search(lambda s, *a: torch.zeros(2 if s else 4, 2), trie,
                                    batch_size=2, beam_width=2)
+
+
+# ---- pool, renormalize and one-row step 0 on CUDA ------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,p,w,n,depth,k,ties", POOL_SHAPES + [
+    (3, 1024, 1024, 20000, 3, 256, True),  # the widest pool and beam the kernel sorts
+    (2, 1000, 5, 300, 3, 8, False),
+])
+def test_pool_update_cuda_equals_reference(b, p, w, n, depth, k, ties):
+    g = torch.Generator().manual_seed(b + p + w)
+    trie = random_trie(g, n, depth, k, True)
+    pool_scores, scores = torch.randn(b, p, generator=g), torch.randn(b, w, generator=g)
+    if ties:
+        pool_scores, scores = pool_scores.round(), scores.round()
+    pool_states = random_states(trie, b * p, g).reshape(b, p)
+    states = random_states(trie, b * w, g).reshape(b, w)
+    want = sf.constrained_pool_update(pool_scores, pool_states, scores, states, trie,
+                                      backend="reference")
+    gpu = trie.to("cuda")
+    args = [t.cuda() for t in (pool_scores, pool_states, scores, states)]
+    for backend in ("reference", "cuda"):
+        got = sf.constrained_pool_update(*args, gpu, backend=backend)
+        assert all(a.is_cuda and torch.equal(a.cpu(), c) for a, c in zip(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,w_in,w_out,v,n,depth,k,variable,ties", STEP_SHAPES)
+def test_renormalized_beam_step_cuda_equals_reference(b, w_in, w_out, v, n, depth, k,
+                                                      variable, ties):
+    g = torch.Generator().manual_seed(w_in + n + 3)
+    trie = random_trie(g, n, depth, k, variable)
+    logits = torch.randn(b * w_in, v, generator=g) * 4
+    if ties:
+        logits = logits.round()
+    scores = torch.randn(b, w_in, generator=g)
+    states = random_states(trie, b * w_in, g)
+    gpu = trie.to("cuda")
+    # The shift is computed on the device (its exp/log may differ from the CPU's in the
+    # last bit), so the CUDA kernel is checked against the reference on the same device.
+    args = (logits.cuda(), scores.cuda(), states.cuda(), gpu, w_out)
+    want = sf.constrained_beam_step(*args, renormalize=True, backend="reference")
+    got = sf.constrained_beam_step(*args, renormalize=True, backend="cuda")
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    cpu = sf.constrained_beam_step(logits, scores, states, trie, w_out, renormalize=True)
+    torch.testing.assert_close(got[0].cpu(), cpu[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("finished", ["keep", "pool"])
+def test_pool_renormalized_one_row_search_on_cuda(unchecked, finished):
+    g = torch.Generator().manual_seed(14)
+    trie = random_trie(g, 3000, 4, 32, True)
+    gpu = trie.to("cuda")
+    runs = []
+    for t, backend in ((trie, "cpu"), (gpu, "cuda"), (gpu, "reference")):
+        model = PrefixModel(2, 16, 32, seed=9)
+
+        def step_fn(step, tokens, parents, model=model, device=t.device):
+            to_cpu = (lambda x: None if x is None else x.cpu())
+            out = model(step, to_cpu(tokens), to_cpu(parents))
+            return (out[::16] if step == 0 else out).to(device)
+
+        runs.append([x.cpu() for x in sf.constrained_beam_search(
+            step_fn, t, batch_size=2, beam_width=16, finished=finished, renormalize=True,
+            backend=backend)])
+    for run in runs[1:]:
+        assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
+        torch.testing.assert_close(run[2], runs[0][2], atol=1e-5, rtol=0)
+    # No host sync per step in the pool and renormalized modes either.
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def device_step(step, tokens, parents, states):
+        rows = 4 if step == 0 else 40
+        return torch.randn(rows, 40, device="cuda", generator=cuda_gen)
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for backend in ("cuda", "reference"):
+            sf.constrained_beam_search(device_step, gpu, batch_size=4, beam_width=10,
+                                       finished=finished, renormalize=True, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
