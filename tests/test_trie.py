@@ -814,14 +814,14 @@ def test_beam_step_op_passes_opcheck_and_compiles():
     lp = torch.randn(12, 12, generator=g).log_softmax(-1)
     scores = torch.randn(3, 4, generator=g)
     states = random_states(trie, 12, g)
-    shift = torch.randn(12, generator=g)
     pool_scores = torch.randn(3, 6, generator=g)
     pool_states = random_states(trie, 18, g).reshape(3, 6)
     for backend in ["reference"] + STEP_BACKENDS:
-        for sh in (None, shift):
-            torch.library.opcheck(ops._beam_step_op, (lp, scores, states, sh, trie.child_offsets,
+        for renormalize in (False, True):
+            torch.library.opcheck(ops._beam_step_op, (lp, scores, states, trie.child_offsets,
                                                       trie.child_codes, trie.terminal,
-                                                      trie.max_children, 5, backend))
+                                                      trie.max_children, 5, renormalize,
+                                                      backend))
         torch.library.opcheck(ops._pool_update_op, (pool_scores, pool_states, scores,
                                                     states.reshape(3, 4), trie.terminal,
                                                     backend))
@@ -884,6 +884,10 @@ def test_pool_update_equals_reference_and_the_list_rule(backend, b, p, w, n, dep
         pool_scores, scores = pool_scores.round(), scores.round()
     pool_states = random_states(trie, b * p, g).reshape(b, p)
     states = random_states(trie, b * w, g).reshape(b, w)
+    # Foreign values (another trie's states) are empty entries, never read out of bounds.
+    pool_states[0, 0] = 10**9
+    if w:
+        states[-1, -1] = -(10**9)
     args = (pool_scores, pool_states, scores, states, trie)
     want = sf.constrained_pool_update(*args, backend="reference")
     got = sf.constrained_pool_update(*args, backend=backend)
@@ -893,7 +897,7 @@ def test_pool_update_equals_reference_and_the_list_rule(backend, b, p, w, n, dep
     assert torch.equal(want[2], torch.where(is_id, -1, states))
     for r in range(b):
         pool = [(float(s), ("pool", int(st))) for s, st in zip(pool_scores[r], pool_states[r])
-                if st >= 0 and trie.terminal[st] >= 0]
+                if 0 <= st < trie.num_states and trie.terminal[st] >= 0]
         done = [(float(s), ("beam", int(st))) for s, st, d in zip(scores[r], states[r], is_id[r])
                 if d]
         kept = python_pool_update(pool, done, p)
@@ -1138,10 +1142,22 @@ def test_renormalized_beam_step_equals_reference_exactly(backend, b, w_in, w_out
         logits[0, :] = -torch.inf  # a beam whose children are all impossible
     scores = torch.randn(b, w_in, generator=g)
     states = random_states(trie, b * w_in, g)
+    # The kernel given a shift: bit for bit the reference's.
+    csr = (trie.child_offsets, trie.child_codes, trie.terminal)
+    shift = ops.ref.children_logsumexp(logits, states, trie.child_offsets, trie.child_codes,
+                                       trie.max_children)
+    want = ops.ref.beam_step(logits, scores, states, *csr, trie.max_children, w_out, shift)
+    got = ops._cpu_beam_step(logits, scores, states, shift, *csr, trie.max_children, w_out)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    # The native shift: the torch one up to rounding.
+    native = ops._cpu_children_logsumexp(logits, states, trie.child_offsets, trie.child_codes)
+    torch.testing.assert_close(native, shift, atol=1e-6, rtol=1e-6)
     args = (logits, scores, states, trie, w_out)
     want = sf.constrained_beam_step(*args, renormalize=True, backend="reference")
     got = sf.constrained_beam_step(*args, renormalize=True, backend=backend)
-    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+    if not ties:  # no candidates within rounding of each other: the same winners
+        assert all(torch.equal(a, c) for a, c in zip(got[1:], want[1:]))
     # Each child's score is its log-softmax over the valid children of its beam.
     out_scores, parents, tokens, _ = want
     flat = torch.arange(b)[:, None] * w_in + parents.clamp(min=0)

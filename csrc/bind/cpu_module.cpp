@@ -150,6 +150,14 @@ PYBIND11_MODULE(_C, m) {
                           ptr<int64_t>(out_parents), ptr<int64_t>(out_tokens),
                           ptr<int64_t>(out_states), n_threads);
         });
+  m.def("trie_children_logsumexp",
+        [](std::uintptr_t log_probs, std::uintptr_t states, int64_t r, int64_t v,
+           std::uintptr_t child_offsets, std::uintptr_t child_codes, int64_t s,
+           std::uintptr_t out, int n_threads) {
+          SEMID_FAST_CALL(trie_children_logsumexp, ptr<const float>(log_probs),
+                          ptr<const int64_t>(states), r, v, ptr<const int64_t>(child_offsets),
+                          ptr<const int32_t>(child_codes), s, ptr<float>(out), n_threads);
+        });
   m.def("trie_pool_update",
         [](std::uintptr_t pool_scores, std::uintptr_t pool_states, std::uintptr_t scores,
            std::uintptr_t states, int64_t b, int64_t p, int64_t w, std::uintptr_t terminal,

@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -270,6 +271,41 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
         }
       }
     }
+  }
+  return kOk;
+}
+
+int trie_children_logsumexp(const float* log_probs, const int64_t* states, int64_t r,
+                            int64_t v, const int64_t* child_offsets, const int32_t* child_codes,
+                            int64_t s, float* out, int n_threads) {
+  if (r < 0 || v < 0 || s < 1 || n_threads < 1) return kBadArgument;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+  for (int64_t i = 0; i < r; ++i) {
+    const int64_t st = states[i];
+    float shift = 0.0f;
+    if (st >= 0 && st < s) {
+      const float* lp = log_probs + i * v;
+      const int64_t lo = child_offsets[st], hi = child_offsets[st + 1];
+      float top = -__builtin_inff();
+      bool nan = false;
+      for (int64_t e = lo; e < hi; ++e) {
+        const int64_t c = child_codes[e];
+        if (uint64_t(c) >= uint64_t(v)) continue;
+        nan |= lp[c] != lp[c];
+        top = std::max(top, lp[c]);
+      }
+      if (nan) {
+        shift = std::numeric_limits<float>::quiet_NaN();
+      } else if (top > -__builtin_inff() && top < __builtin_inff()) {
+        double sum = 0.0;
+        for (int64_t e = lo; e < hi; ++e) {
+          const int64_t c = child_codes[e];
+          if (uint64_t(c) < uint64_t(v)) sum += std::exp(double(lp[c]) - double(top));
+        }
+        shift = float(double(top) + std::log(sum));
+      }
+    }
+    out[i] = shift;
   }
   return kOk;
 }

@@ -537,25 +537,43 @@ def _cuda_beam_step(log_probs, beam_scores, states, shift, child_offsets, child_
     return out
 
 
+def _cpu_children_logsumexp(log_probs, states, child_offsets, child_codes):
+    r = states.shape[0]
+    threads = _native.n_threads() if r * log_probs.shape[1] >= _PARALLEL_MIN_WORK else 1
+    lp = log_probs.float().contiguous()
+    st = states.contiguous()
+    out = torch.empty(r, dtype=torch.float32)
+    status = _native.cpu().trie_children_logsumexp(
+        lp.data_ptr(), st.data_ptr(), r, lp.shape[1], child_offsets.data_ptr(),
+        child_codes.data_ptr(), child_offsets.shape[0] - 1, out.data_ptr(), max(1, threads))
+    _native.check_cpu_status(status, "constrained_beam_step")
+    return out
+
+
 @torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())
 def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
-                  shift: torch.Tensor | None, child_offsets: torch.Tensor,
-                  child_codes: torch.Tensor, terminal: torch.Tensor, max_children: int,
-                  beam_width: int,
+                  child_offsets: torch.Tensor, child_codes: torch.Tensor,
+                  terminal: torch.Tensor, max_children: int, beam_width: int, renormalize: bool,
                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # The renormalising shift (per beam, the log-sum-exp over its valid children) is an
+    # input of every kernel: native on the CPU, torch ops elsewhere.
+    trie_args = (child_offsets, child_codes, terminal)
     if backend == "cpu":
-        return _cpu_beam_step(log_probs, beam_scores, states, shift, child_offsets, child_codes,
-                              terminal, max_children, beam_width)
+        shift = (_cpu_children_logsumexp(log_probs, states, child_offsets, child_codes)
+                 if renormalize else None)
+        return _cpu_beam_step(log_probs, beam_scores, states, shift, *trie_args, max_children,
+                              beam_width)
+    shift = (ref.children_logsumexp(log_probs, states, child_offsets, child_codes, max_children)
+             if renormalize else None)
     if backend == "cuda":
-        return _cuda_beam_step(log_probs, beam_scores, states, shift, child_offsets,
-                               child_codes, terminal, beam_width)
-    return ref.beam_step(log_probs, beam_scores, states, child_offsets, child_codes, terminal,
-                         max_children, beam_width, shift)
+        return _cuda_beam_step(log_probs, beam_scores, states, shift, *trie_args, beam_width)
+    return ref.beam_step(log_probs, beam_scores, states, *trie_args, max_children, beam_width,
+                         shift)
 
 
 @_beam_step_op.register_fake
-def _(log_probs, beam_scores, states, shift, child_offsets, child_codes, terminal, max_children,
-      beam_width, backend):
+def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_children,
+      beam_width, renormalize, backend):
     b = beam_scores.shape[0]
     return (beam_scores.new_empty((b, beam_width), dtype=torch.float32),
             *(beam_scores.new_empty((b, beam_width), dtype=torch.long) for _ in range(3)))
@@ -669,16 +687,6 @@ def _check_step(log_probs, beam_scores, states, trie, beam_width):
     return device, states
 
 
-def _shift(log_probs, states, trie, renormalize):
-    """Per beam, the log-sum-exp of its valid children's log-probs (renormalize), else None."""
-    if not isinstance(renormalize, bool):
-        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
-    if not renormalize:
-        return None
-    return ref.children_logsumexp(log_probs, states, trie.child_offsets, trie.child_codes,
-                                  trie.max_children)
-
-
 def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
                           states: torch.Tensor, trie: SemanticIDTrie, beam_width: int, *,
                           renormalize: bool = False, backend: str = "auto"):
@@ -693,8 +701,9 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
     toward the smaller (parent, code), stop counting as code -1. Rows with fewer candidates
     are padded with score -inf, parent -1, token -1, state -1. With ``renormalize=True`` a
     child's log-prob is first log-softmaxed over the valid children of its beam (codes below
-    V; ``log_prob - logsumexp(log_probs[children])``, the same float32 shift on every
-    backend; a beam whose children are all -inf keeps -inf), as GRID scores (snap-research/
+    V; ``log_prob - logsumexp(log_probs[children])``, the shift computed natively on the
+    CPU backend and with torch ops on the others, so it may differ in the last bit; a beam
+    whose children are all -inf keeps -inf), as GRID scores (snap-research/
     GRID, ``_beam_search_one_step``: softmax after masking the invalid prefixes); the stop
     candidate keeps the beam's score. ``log_probs`` may then be raw logits. Fixed shapes, no
     host sync (with ``semid_fast.config.check_values`` off), CUDA-graph capturable. With
@@ -718,10 +727,11 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
         (B, beam_width) int64.
     """
     device, states = _check_step(log_probs, beam_scores, states, trie, beam_width)
-    shift = _shift(log_probs, states, trie, renormalize)
+    if not isinstance(renormalize, bool):
+        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
     name = _resolve(backend, device, "constrained_beam_step", beam_scores.shape[1], beam_width)
-    return _beam_step_op(log_probs, beam_scores, states, shift, trie.child_offsets,
-                         trie.child_codes, trie.terminal, trie.max_children, beam_width, name)
+    return _beam_step_op(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
+                         trie.terminal, trie.max_children, beam_width, renormalize, name)
 
 
 def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor,
@@ -900,10 +910,9 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         # Shapes, dtypes and devices every step (a tensor on another device would hand the
         # kernel a foreign pointer); value scans (host syncs) only with config.check_values.
         _check_step(log_probs, step_scores, step_states, trie, w)
-        shift = _shift(log_probs, step_states, trie, renormalize)
         scores, parent, token, states = _beam_step_op(
-            log_probs, step_scores, step_states, shift, trie.child_offsets, trie.child_codes,
-            trie.terminal, trie.max_children, w, name)
+            log_probs, step_scores, step_states, trie.child_offsets, trie.child_codes,
+            trie.terminal, trie.max_children, w, renormalize, name)
         if pool:
             pool_scores, pool_states, states = _pool_update_op(
                 pool_scores, pool_states, scores, states, trie.terminal, name)

@@ -125,8 +125,8 @@ def _ranked(valid, scores):
 
 def children_logsumexp(log_probs, states, child_offsets, child_codes, max_children: int):
     """(R,) float32 log-sum-exp of each live beam's log-probs over its children with a code
-    below V; 0 where there is none or all are -inf (so that a shift by it leaves -inf
-    scores -inf)."""
+    below V; 0 where there is none or the result is +-inf (so that a shift by it leaves -inf
+    scores -inf), NaN where a child's log-prob is NaN."""
     v = log_probs.shape[1]
     n_states = child_offsets.shape[0] - 1
     st = states.reshape(-1)

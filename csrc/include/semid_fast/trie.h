@@ -93,6 +93,13 @@ SEMID_FAST_HD bool is_id_state(int64_t st, const int64_t* terminal, int64_t s) {
                      const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,   \
                      int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,         \
                      int n_threads);                                                         \
+  /* The shift of a renormalised step: out (r,) float32, per beam the log-sum-exp of its    \
+     log-probs (r, v) over the children of its state with a code below v; 0 where the state \
+     is not a live state, has no such child, or the maximum is +-inf; NaN if one is NaN. */   \
+  int trie_children_logsumexp(const float* log_probs, const int64_t* states, int64_t r,      \
+                              int64_t v, const int64_t* child_offsets,                       \
+                              const int32_t* child_codes, int64_t s, float* out,             \
+                              int n_threads);                                                \
   /* Pool of finished IDs (see below): merges the completed beams of b rows into the pool.  \
      pool_scores / pool_states (b, p) in, out_pool_scores / out_pool_states (b, p) out,     \
      scores / states (b, w) the beams after a step, out_states (b, w) those states with the \
