@@ -836,7 +836,8 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
     empty slots point at their row's first beam). A ``step_fn`` that declares a ``states``
     parameter (detected once from its signature) is also given ``states=``: the
     (batch_size * beam_width,) int64 trie states of the beams whose log-probs it returns
-    (module docstring; -1 an empty slot), e.g. for :meth:`SemanticIDTrie.valid_next`.
+    (module docstring; -1 an empty slot; at step 0 the root in beam 0 and -1 elsewhere,
+    whichever shape step_fn returns), e.g. for :meth:`SemanticIDTrie.valid_next`.
     There are ``trie.depth`` steps.
 
     An ID's score is the sum of the log-probs of its tokens as given (no renormalisation over
