@@ -850,15 +850,16 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
 
     ``finished`` says what happens to an ID once it is complete (variable-length IDs):
 
-    - ``"keep"`` (default, the behaviour of earlier releases and of transformers' beam
-      search over a trie): the beam at the ID's end may stop (a finished hypothesis that
+    - ``"keep"`` (default, so that existing callers get the results of earlier releases):
+      the beam at the ID's end may stop (a finished hypothesis that
       keeps its slot and its score through the remaining steps, see
       :func:`constrained_beam_step`) or continue into longer IDs it prefixes.
     - ``"pool"``: the decoding of the variable-length semantic IDs paper
       (KhrylchenkoKirill/varlen_semantic_ids, ``BeamSearchVarLen`` constrained throughout):
       every ID that enters the beam at a step is recorded with its score into a per-row
-      pool and never expanded again (its slot is free at the next step, and an ID that is
-      a prefix of another hides the longer one, as there; see :func:`dedup_suffix`
+      pool and never expanded again (its slot is free at the next step: ``tokens`` still
+      reports the code it took, its state is -1; an ID that is a prefix of another hides
+      the longer one, as there; see :func:`dedup_suffix`
       ``scheme="separate"``); the result is the best ``beam_width`` of the pool (ties toward
       the earlier step, then the step's ranking; :func:`constrained_pool_update`).
       Differences from that code: an ID of length 1 is recorded at step 0 (the paper's loop
