@@ -599,6 +599,18 @@ def test_beam_step_hostile_states_are_empty_slots(unchecked, backend):
     want = sf.constrained_beam_step(lp, scores, torch.where(genuine, states, -1), trie, 5,
                                     backend=backend)
     assert all(torch.equal(a, c) for a, c in zip(got, want))
+    got = sf.constrained_beam_step(lp, scores, states, trie, 5, renormalize=True,
+                                   backend=backend)
+    want = sf.constrained_beam_step(lp, scores, torch.where(genuine, states, -1), trie, 5,
+                                    renormalize=True, backend=backend)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    # The pool update treats them as empty entries as well.
+    pool = sf.constrained_pool_update(scores, states.reshape(b, w), scores,
+                                      states.reshape(b, w), trie, backend=backend)
+    clean = torch.where(genuine, states, -1).reshape(b, w)
+    want = sf.constrained_pool_update(scores, clean, scores, clean, trie, backend=backend)
+    assert torch.equal(pool[0], want[0]) and torch.equal(pool[1], want[1])
+    assert torch.equal(torch.where(genuine.reshape(b, w), pool[2], -1), want[2])
 
 
 @pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
@@ -621,6 +633,14 @@ def test_beam_step_nan_and_inf_inputs_give_a_defined_result(unchecked, backend):
     out_scores, parents, tokens, nexts = got
     assert ((parents >= -1) & (parents < 4)).all() and ((tokens >= -1) & (tokens < 5)).all()
     assert ((nexts >= -trie.num_states) & (nexts < trie.num_states)).all()
+    # Renormalised: a NaN child makes its beam's shift NaN, +-inf maxima shift by 0, on the
+    # native shift as on torch's; the winners are the same.
+    got = sf.constrained_beam_step(lp, scores, states, trie, 7, renormalize=True,
+                                   backend=backend)
+    want = sf.constrained_beam_step(lp, scores, states, trie, 7, renormalize=True,
+                                    backend="reference")
+    torch.testing.assert_close(got[0], want[0], equal_nan=True, rtol=0, atol=1e-5)
+    assert all(torch.equal(a, c) for a, c in zip(got[1:], want[1:]))
 
 
 @pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
