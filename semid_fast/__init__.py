@@ -18,7 +18,7 @@ from .ops.gumbel import gumbel_noise, gumbel_quantize, gumbel_softmax, gumbel_to
 from .ops.longid import ItemGraph, graph_decode, holistic_topk
 from .ops.quantize import pq_decode, pq_encode, rq_decode, rq_encode, rq_quantize
 from .ops.trie import (SemanticIDTrie, constrained_beam_search, constrained_beam_step,
-                       dedup_suffix)
+                       constrained_pool_update, dedup_suffix)
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "config",
     "constrained_beam_search",
     "constrained_beam_step",
+    "constrained_pool_update",
     "dedup_suffix",
     "graph_decode",
     "gumbel_noise",

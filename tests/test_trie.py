@@ -599,6 +599,18 @@ def test_beam_step_hostile_states_are_empty_slots(unchecked, backend):
     want = sf.constrained_beam_step(lp, scores, torch.where(genuine, states, -1), trie, 5,
                                     backend=backend)
     assert all(torch.equal(a, c) for a, c in zip(got, want))
+    got = sf.constrained_beam_step(lp, scores, states, trie, 5, renormalize=True,
+                                   backend=backend)
+    want = sf.constrained_beam_step(lp, scores, torch.where(genuine, states, -1), trie, 5,
+                                    renormalize=True, backend=backend)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    # The pool update treats them as empty entries as well.
+    pool = sf.constrained_pool_update(scores, states.reshape(b, w), scores,
+                                      states.reshape(b, w), trie, backend=backend)
+    clean = torch.where(genuine, states, -1).reshape(b, w)
+    want = sf.constrained_pool_update(scores, clean, scores, clean, trie, backend=backend)
+    assert torch.equal(pool[0], want[0]) and torch.equal(pool[1], want[1])
+    assert torch.equal(torch.where(genuine.reshape(b, w), pool[2], -1), want[2])
 
 
 @pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
@@ -621,6 +633,14 @@ def test_beam_step_nan_and_inf_inputs_give_a_defined_result(unchecked, backend):
     out_scores, parents, tokens, nexts = got
     assert ((parents >= -1) & (parents < 4)).all() and ((tokens >= -1) & (tokens < 5)).all()
     assert ((nexts >= -trie.num_states) & (nexts < trie.num_states)).all()
+    # Renormalised: a NaN child makes its beam's shift NaN, +-inf maxima shift by 0, on the
+    # native shift as on torch's; the winners are the same.
+    got = sf.constrained_beam_step(lp, scores, states, trie, 7, renormalize=True,
+                                   backend=backend)
+    want = sf.constrained_beam_step(lp, scores, states, trie, 7, renormalize=True,
+                                    backend="reference")
+    torch.testing.assert_close(got[0], want[0], equal_nan=True, rtol=0, atol=1e-5)
+    assert all(torch.equal(a, c) for a, c in zip(got[1:], want[1:]))
 
 
 @pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
@@ -814,10 +834,17 @@ def test_beam_step_op_passes_opcheck_and_compiles():
     lp = torch.randn(12, 12, generator=g).log_softmax(-1)
     scores = torch.randn(3, 4, generator=g)
     states = random_states(trie, 12, g)
+    pool_scores = torch.randn(3, 6, generator=g)
+    pool_states = random_states(trie, 18, g).reshape(3, 6)
     for backend in ["reference"] + STEP_BACKENDS:
-        torch.library.opcheck(ops._beam_step_op, (lp, scores, states, trie.child_offsets,
-                                                  trie.child_codes, trie.terminal,
-                                                  trie.max_children, 5, backend))
+        for renormalize in (False, True):
+            torch.library.opcheck(ops._beam_step_op, (lp, scores, states, trie.child_offsets,
+                                                      trie.child_codes, trie.terminal,
+                                                      trie.max_children, 5, renormalize,
+                                                      backend))
+        torch.library.opcheck(ops._pool_update_op, (pool_scores, pool_states, scores,
+                                                    states.reshape(3, 4), trie.terminal,
+                                                    backend))
     want = sf.constrained_beam_step(lp, scores, states, trie, 5)
     compiled = torch.compile(lambda a, b, c: sf.constrained_beam_step(a, b, c, trie, 5),
                              fullgraph=True, backend="eager")
@@ -850,3 +877,553 @@ def test_beam_step_is_cuda_graph_capturable():
     again = sf.constrained_beam_step(lp, scores, states, trie, 10, backend="reference")
     assert all(torch.equal(a, c) for a, c in zip(out, again))
     assert not all(torch.equal(a, c) for a, c in zip(want, again))
+
+
+# ---- finished="pool": the varlen paper's decoding ----------------------------------------------
+
+def python_pool_update(pool, done, width):
+    """The pool update restated over lists: (score, position) pairs, best first; ties toward
+    the old pool, then the smaller beam index."""
+    merged = pool + done
+    order = sorted(range(len(merged)), key=lambda i: (-merged[i][0], i))
+    return [merged[i] for i in order[:width]]
+
+
+# (B, P, W, N, L, K, quantised scores: many ties)
+POOL_SHAPES = [(1, 1, 1, 5, 2, 3, False), (3, 4, 7, 60, 3, 5, True), (2, 9, 3, 300, 4, 6, False),
+               (5, 20, 20, 400, 3, 8, True), (4, 3, 0, 20, 2, 4, False)]
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("b,p,w,n,depth,k,ties", POOL_SHAPES)
+def test_pool_update_equals_reference_and_the_list_rule(backend, b, p, w, n, depth, k, ties):
+    g = torch.Generator().manual_seed(b * 100 + p * 10 + w)
+    trie = random_trie(g, n, depth, k, True)
+    pool_scores, scores = torch.randn(b, p, generator=g), torch.randn(b, w, generator=g)
+    if ties:
+        pool_scores, scores = pool_scores.round(), scores.round()
+    pool_states = random_states(trie, b * p, g).reshape(b, p)
+    states = random_states(trie, b * w, g).reshape(b, w)
+    # Foreign values (another trie's states) are empty entries, never read out of bounds.
+    pool_states[0, 0] = 10**9
+    if w:
+        states[-1, -1] = -(10**9)
+    args = (pool_scores, pool_states, scores, states, trie)
+    want = sf.constrained_pool_update(*args, backend="reference")
+    got = sf.constrained_pool_update(*args, backend=backend)
+    for a, c, shape in zip(got, want, [(b, p), (b, p), (b, w)]):
+        assert a.shape == shape and torch.equal(a, c)
+    is_id = (trie.terminal_item(states.reshape(-1)) >= 0).reshape(b, w) & (states >= 0)
+    assert torch.equal(want[2], torch.where(is_id, -1, states))
+    for r in range(b):
+        pool = [(float(s), ("pool", int(st))) for s, st in zip(pool_scores[r], pool_states[r])
+                if 0 <= st < trie.num_states and trie.terminal[st] >= 0]
+        done = [(float(s), ("beam", int(st))) for s, st, d in zip(scores[r], states[r], is_id[r])
+                if d]
+        kept = python_pool_update(pool, done, p)
+        assert want[0][r, :len(kept)].tolist() == [s for s, _ in kept]
+        assert want[1][r, :len(kept)].tolist() == [st for _, (_, st) in kept]
+        assert (want[1][r, len(kept):] == -1).all()
+        assert torch.isinf(want[0][r, len(kept):]).all()
+
+
+def varlen_paper_beam_search(model, ids, row, width, depth):
+    """Oracle of KhrylchenkoKirill/varlen_semantic_ids, lib/seqrec/beam_search.py,
+    BeamSearchVarLen._beam_search_with_cache with constrain_only_at_end=False, restated over
+    Python lists: each step expands every beam whose prefix is not an ID by its trie
+    children (an ID is never expanded, even when longer IDs continue it), keeps the best
+    `width` candidates (ties toward the smaller (beam, code), the flat top-k index), and
+    records every kept beam that is an ID into the row's pool with its score; the result is
+    the best `width` of the pool (ties toward the earlier record). One documented
+    difference: the paper starts recording at the second token, here IDs of length 1 are
+    recorded at the first step like any other."""
+    d = DictTrie(ids)
+    beams, pool = [(torch.zeros(()), ())], []
+    for _ in range(depth):
+        cands = []
+        for score, prefix in beams:
+            if prefix in d.item:
+                continue
+            lp = model.log_probs(row, prefix)
+            cands += [(score + lp[c], prefix + (c,)) for c in sorted(d.children[prefix])]
+        order = sorted(range(len(cands)), key=lambda i: (-float(cands[i][0]), i))
+        beams = [cands[i] for i in order[:width]]
+        pool += [(float(s), p) for s, p in beams if p in d.item]
+    pool = sorted(range(len(pool)), key=lambda i: (-pool[i][0], i))[:width], pool
+    return [(d.item[pool[1][i][1]], pool[1][i][0]) for i in pool[0]]
+
+
+def check_pool_search(items, out_codes, scores, want, ids, trie, row):
+    k = len(want)
+    assert items[row, :k].tolist() == [i for i, _ in want]
+    assert scores[row, :k].tolist() == [s for _, s in want]
+    assert (items[row, k:] == -1).all() and torch.isinf(scores[row, k:]).all()
+    assert (out_codes[row, k:] == -1).all()
+    for i, c in zip(items[row, :k].tolist(), out_codes[row, :k]):
+        assert tuple(x for x in c.tolist() if x >= 0) == ids[i]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(catalogs(max_items=12, max_depth=3, max_vocab=4), st.integers(1, 2), st.integers(1, 4),
+       st.sampled_from(["reference"] + STEP_BACKENDS))
+def test_pool_search_matches_the_paper_and_brute_force(catalog, batch, small_width, backend):
+    codes, lengths = catalog
+    trie = build(codes, lengths)
+    ids = ids_of(codes, lengths)
+    d = DictTrie(ids)
+    v = trie.max_vocab + 2
+    # Exhaustive: with a beam as wide as the trie, the pool holds every ID that has no
+    # proper prefix among the IDs (those are never expanded), each with its full score.
+    width = trie.num_states
+    model = PrefixModel(batch, width, v, seed=len(ids))
+    items, out_codes, scores = sf.constrained_beam_search(
+        model, trie, batch_size=batch, beam_width=width, finished="pool", backend=backend)
+    reachable = [(i, ident) for ident, i in d.item.items()
+                 if not any(ident[:m] in d.item for m in range(1, len(ident)))]
+    for row in range(batch):
+        want = sorted(((i, float(id_score(model, row, ident))) for i, ident in reachable),
+                      key=lambda x: -x[1])
+        got = sorted(zip(items[row, :len(want)].tolist(), scores[row, :len(want)].tolist()))
+        assert got == sorted(want)
+        assert (items[row, len(want):] == -1).all()
+        check_pool_search(items, out_codes, scores,
+                          varlen_paper_beam_search(model, ids, row, width, trie.depth),
+                          ids, trie, row)
+    # Pruning: a narrow beam, step by step as the paper's loop.
+    model = PrefixModel(batch, small_width, v, seed=len(ids) + 1)
+    items, out_codes, scores = sf.constrained_beam_search(
+        model, trie, batch_size=batch, beam_width=small_width, finished="pool", backend=backend)
+    for row in range(batch):
+        want = varlen_paper_beam_search(model, ids, row, small_width, trie.depth)
+        check_pool_search(items, out_codes, scores, want, ids, trie, row)
+
+
+def test_pool_search_backends_agree_and_differ_from_keep():
+    g = torch.Generator().manual_seed(12)
+    trie = random_trie(g, 2000, 4, 16, True)
+    runs = {}
+    for finished in ("keep", "pool"):
+        for backend in ["reference"] + STEP_BACKENDS:
+            model = PrefixModel(3, 12, 20, seed=4)
+            runs[finished, backend] = sf.constrained_beam_search(
+                model, trie, batch_size=3, beam_width=12, finished=finished, backend=backend)
+            assert all(torch.equal(a, c) for a, c in zip(runs[finished, backend],
+                                                         runs[finished, "reference"]))
+    keep, pool = runs["keep", "reference"], runs["pool", "reference"]
+    assert not torch.equal(keep[0], pool[0])  # a different algorithm on variable lengths
+    items, codes, _ = pool
+    lengths = (codes >= 0).sum(-1).reshape(-1)
+    assert torch.equal(trie.item_ids(codes.reshape(-1, 4).clamp(min=0), lengths),
+                       items.reshape(-1))
+
+
+def popularity_order(counts):
+    """Item ids by interaction count, descending, ties toward the larger item id (the
+    paper's sort in scripts/train_seqrec.py, append_unique_token)."""
+    return sorted(range(len(counts)), key=lambda i: (counts[i], i), reverse=True)
+
+
+def sports_varlen_ids(shared_data):
+    """amazon14_sports' 3 codes cut to the shortest prefix that no other item shares (the
+    full 3 codes for colliding items), then the paper's separate suffix by popularity in
+    sequences.txt: real variable-length IDs, none a prefix of another."""
+    rows = [r[:3] for r in load_leaf_index(shared_data / "amazon14_sports/sid_leaf.json")]
+    counts = [0] * len(rows)
+    for line in (shared_data / "amazon14_sports/sequences.txt").read_text().split("\n"):
+        for item in line.split()[1:]:
+            counts[int(item)] += 1
+    shared = Counter(tuple(r[:m]) for r in rows for m in range(1, 4))
+    lengths = torch.tensor([next((m for m in range(1, 4) if shared[tuple(r[:m])] == 1), 3)
+                            for r in rows])
+    return sf.dedup_suffix(torch.tensor(rows), lengths, scheme="separate",
+                           order=popularity_order(counts))
+
+
+def test_pool_search_on_real_variable_length_ids_matches_the_paper(shared_data):
+    codes, lengths = sports_varlen_ids(shared_data)
+    assert len(set(lengths.tolist())) > 1
+    trie = build(codes, lengths)
+    assert not trie.collisions
+    ids = ids_of(codes, lengths)
+    batch, width = 3, 20
+    for backend in ["reference"] + STEP_BACKENDS:
+        model = PrefixModel(batch, width, trie.max_vocab, seed=7)
+        items, out_codes, scores = sf.constrained_beam_search(
+            model, trie, batch_size=batch, beam_width=width, finished="pool", backend=backend)
+        for row in range(batch):
+            want = varlen_paper_beam_search(model, ids, row, width, trie.depth)
+            assert len(want) == width
+            check_pool_search(items, out_codes, scores, want, ids, trie, row)
+
+
+# ---- dedup_suffix(scheme="separate"): the paper's suffix ------------------------------------
+
+def paper_unique_token(ids, order):
+    """Oracle of KhrylchenkoKirill/varlen_semantic_ids, scripts/train_seqrec.py
+    (append_unique_token): items in popularity order count up within their group of equal
+    IDs, and the count plus (1 + the largest token of any ID) is appended."""
+    offset = 1 + max(c for ident in ids for c in ident)
+    seen, out = {}, [None] * len(ids)
+    for i in order:
+        out[i] = ids[i] + (offset + seen.get(ids[i], 0),)
+        seen[ids[i]] = seen.get(ids[i], 0) + 1
+    return out
+
+
+def prefixes_of_others(ids):
+    proper = {ident[:m] for ident in set(ids) for m in range(1, len(ident))}
+    return sum(ident in proper for ident in ids)
+
+
+@settings(max_examples=40, deadline=None)
+@given(catalogs(), st.integers(0, 2**31 - 1))
+def test_dedup_suffix_separate_matches_the_paper(catalog, seed):
+    codes, lengths = catalog
+    n = codes.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    ids = ids_of(codes, lengths)
+    new_codes, new_lengths = sf.dedup_suffix(codes, lengths, scheme="separate", order=order)
+    assert torch.equal(new_lengths, lengths + 1)
+    new_ids = ids_of(new_codes, new_lengths)
+    assert new_ids == paper_unique_token(ids, order.tolist())
+    assert len(set(new_ids)) == n and prefixes_of_others(new_ids) == 0
+    # order also drives the "same" scheme's numbering; None is item order.
+    same = ids_of(*sf.dedup_suffix(codes, lengths, order=order.numpy()))
+    offset = 1 + max(c for ident in ids for c in ident)
+    assert same == [i[:-1] + (i[-1] - offset,) for i in new_ids]
+    assert ids_of(*sf.dedup_suffix(codes, lengths, scheme="separate")) == \
+        paper_unique_token(ids, range(n))
+
+
+@pytest.mark.parametrize("name", ["amazon14_beauty", "yelp"])
+def test_dedup_suffix_separate_leaves_no_prefix_on_real_ids(shared_data, name):
+    rows = load_token_index(shared_data / name / "sid.index.json")
+    codes = torch.tensor(rows)
+    n = len(rows)
+    if name == "amazon14_beauty":  # popular items get shorter IDs, as in the varlen paper
+        counts = [0] * n
+        for seq in json.loads((shared_data / name / "inter.json").read_text()).values():
+            for item in seq:
+                counts[item] += 1
+        order = popularity_order(counts)
+        lengths = torch.full((n,), 4)
+        lengths[torch.tensor(order[:n // 5])] = 2
+        lengths[torch.tensor(order[n // 5:n // 2])] = 3
+    else:
+        order = list(range(n))
+        lengths = torch.tensor([2 + i % 3 for i in range(n)])
+    ids = ids_of(codes, lengths)
+    same = ids_of(*sf.dedup_suffix(codes, lengths, order=order))
+    separate = ids_of(*sf.dedup_suffix(codes, lengths, scheme="separate", order=order))
+    assert prefixes_of_others(same) > 0  # the same-space scheme leaves prefixes here
+    assert prefixes_of_others(separate) == 0 and len(set(separate)) == n
+    assert separate == paper_unique_token(ids, order)
+
+
+def test_bad_dedup_and_pool_input():
+    codes = torch.tensor([[0, 1], [0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="scheme must be"):
+        sf.dedup_suffix(codes, scheme="other")
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        sf.dedup_suffix(codes, order=[0, 0, 1])
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        sf.dedup_suffix(codes, order=[0, 1])
+    with pytest.raises(TypeError, match="order must hold integers"):
+        sf.dedup_suffix(codes, order=np.array([0.0, 1.0, 2.0]))
+    trie = build(codes)
+    with pytest.raises(ValueError, match="finished must be"):
+        sf.constrained_beam_search(lambda *a: None, trie, batch_size=1, beam_width=2,
+                                   finished="drop")
+    with pytest.raises(TypeError, match="renormalize must be a bool"):
+        sf.constrained_beam_search(lambda *a: None, trie, batch_size=1, beam_width=2,
+                                   renormalize=1)
+    ps, pst = torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="pool_states must have the shape"):
+        sf.constrained_pool_update(ps, pst[:, :2], ps, pst, trie)
+    with pytest.raises(ValueError, match="B=2 rows"):
+        sf.constrained_pool_update(ps, pst, ps[:1], pst[:1], trie)
+    with pytest.raises(TypeError, match="states must have dtype"):
+        sf.constrained_pool_update(ps, pst, ps, pst.int(), trie)
+    with pytest.raises(TypeError, match="SemanticIDTrie"):
+        sf.constrained_pool_update(ps, pst, ps, pst, "trie")
+
+
+# ---- renormalize=True, states=, step 0 of one row: GRID-style clients ---------------------------
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("b,w_in,w_out,v,n,depth,k,variable,ties", STEP_SHAPES)
+def test_renormalized_beam_step_equals_reference_exactly(backend, b, w_in, w_out, v, n, depth,
+                                                         k, variable, ties):
+    g = torch.Generator().manual_seed(b * 1000 + w_in * 10 + n + 1)
+    trie = random_trie(g, n, depth, k, variable)
+    logits = torch.randn(b * w_in, v, generator=g) * 4
+    if ties:
+        logits = logits.round()
+        logits[0, :] = -torch.inf  # a beam whose children are all impossible
+    scores = torch.randn(b, w_in, generator=g)
+    states = random_states(trie, b * w_in, g)
+    # The kernel given a shift: bit for bit the reference's.
+    csr = (trie.child_offsets, trie.child_codes, trie.terminal)
+    shift = ops.ref.children_logsumexp(logits, states, trie.child_offsets, trie.child_codes,
+                                       trie.max_children)
+    want = ops.ref.beam_step(logits, scores, states, *csr, trie.max_children, w_out, shift)
+    got = ops._cpu_beam_step(logits, scores, states, shift, *csr, trie.max_children, w_out)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    # The native shift: the torch one up to rounding.
+    native = ops._cpu_children_logsumexp(logits, states, trie.child_offsets, trie.child_codes)
+    torch.testing.assert_close(native, shift, atol=1e-6, rtol=1e-6)
+    args = (logits, scores, states, trie, w_out)
+    want = sf.constrained_beam_step(*args, renormalize=True, backend="reference")
+    got = sf.constrained_beam_step(*args, renormalize=True, backend=backend)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+    if not ties:  # no candidates within rounding of each other: the same winners
+        assert all(torch.equal(a, c) for a, c in zip(got[1:], want[1:]))
+    # Each child's score is its log-softmax over the valid children of its beam.
+    out_scores, parents, tokens, _ = want
+    flat = torch.arange(b)[:, None] * w_in + parents.clamp(min=0)
+    valid = trie.valid_next(states)[:, :v]
+    masked = torch.where(valid, logits[:, :valid.shape[1]], -torch.inf)
+    log_softmax = masked.log_softmax(1)
+    moved = tokens >= 0
+    expect = scores.reshape(-1)[flat] + log_softmax[flat, tokens.clamp(min=0)]
+    fin = moved & torch.isfinite(expect)
+    assert torch.allclose(out_scores[fin], expect[fin], atol=1e-5)
+    assert torch.isinf(out_scores[moved & ~torch.isfinite(expect)]).all()
+    assert not torch.isnan(out_scores).any()
+
+
+class GridModel:
+    """A GRID/TIGER-style client: raw logits per (batch row, prefix), one row per batch row
+    at step 0, and the trie states it is given checked against its own prefixes."""
+
+    def __init__(self, trie, batch, width, v, seed):
+        self.trie, self.batch, self.width, self.v, self.seed = trie, batch, width, v, seed
+        self.prefixes, self.calls = None, 0
+
+    def logits(self, row, prefix):
+        g = np.random.default_rng([self.seed, row, len(prefix), *prefix])
+        return torch.from_numpy(g.standard_normal(self.v) * 3).float()
+
+    def __call__(self, step, tokens, parents, *, states):
+        self.calls += 1
+        n = self.batch * self.width
+        assert states.shape == (n,) and states.dtype == torch.long
+        if step == 0:
+            assert tokens is None and parents is None
+            assert (states.reshape(self.batch, -1)[:, 0] == 0).all()
+            assert (states.reshape(self.batch, -1)[:, 1:] == -1).all()
+            self.prefixes = [()] * self.batch
+            rows = range(self.batch)
+        else:
+            self.prefixes = [self.prefixes[p] + ((t,) if t >= 0 else ())
+                             for p, t in zip(parents.tolist(), tokens.tolist())]
+            live = states >= 0
+            walked = torch.cat([self.trie.walk(torch.tensor([p], dtype=torch.long).reshape(1, -1))
+                                for p in self.prefixes])
+            assert torch.equal(walked[live], states[live])
+            rows = [i // self.width for i in range(n)]
+        return torch.stack([self.logits(r, p) for r, p in zip(rows, self.prefixes)])
+
+
+def grid_beam_search(model, ids, row, width, depth):
+    """Oracle of snap-research/GRID, src/models/modules/semantic_id/
+    tiger_generation_model.py, _beam_search_one_step with _check_valid_prefix, restated over
+    Python lists in float64 probabilities: step 0 masks the first codes that start no ID,
+    softmaxes and keeps the best `width`; each later step masks every code whose prefix
+    starts no ID, softmaxes each beam's row, multiplies by the beam's marginal probability
+    and keeps the best `width` over beams x codes (ties toward the smaller (beam, code))."""
+    d = DictTrie(ids)
+    beams = [(1.0, ())]
+    for _ in range(depth):
+        cands = []
+        for prob, prefix in beams:
+            kids = sorted(d.children[prefix])
+            if not kids:
+                continue
+            logits = model.logits(row, prefix).double()[kids]
+            cands += [(prob * float(q), prefix + (c,)) for q, c in zip(logits.softmax(0), kids)]
+        order = sorted(range(len(cands)), key=lambda i: (-cands[i][0], i))
+        beams = [cands[i] for i in order[:width]]
+    return [(d.item[p], prob) for prob, p in beams]
+
+
+def industrial_ids(shared_data):
+    rows = load_token_index(shared_data / "amazon18_industrial/sid.index.json")
+    return sf.dedup_suffix(torch.tensor(rows))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + STEP_BACKENDS)
+def test_renormalized_search_matches_grid(shared_data, backend):
+    codes, lengths = industrial_ids(shared_data)
+    trie = build(codes, lengths)
+    ids = ids_of(codes, lengths)
+    batch, width = 3, 10
+    model = GridModel(trie, batch, width, trie.max_vocab + 3, seed=5)
+    items, _, scores = sf.constrained_beam_search(model, trie, batch_size=batch,
+                                                  beam_width=width, renormalize=True,
+                                                  backend=backend)
+    assert model.calls == trie.depth
+    for row in range(batch):
+        want = grid_beam_search(model, ids, row, width, trie.depth)
+        assert items[row].tolist() == [i for i, _ in want]
+        assert np.allclose(scores[row].exp().numpy(), [p for _, p in want], rtol=1e-4)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(catalogs(max_items=12, max_depth=3, max_vocab=4), st.integers(1, 2), st.integers(1, 4),
+       st.sampled_from(["reference"] + STEP_BACKENDS))
+def test_renormalized_search_matches_grid_and_brute_force(catalog, batch, small_width, backend):
+    codes, lengths = catalog
+    codes = codes.clamp(min=0)
+    lengths = torch.full_like(lengths, codes.shape[1])  # GRID's IDs have one length
+    trie = build(codes, lengths)
+    ids = ids_of(codes, lengths)
+    for width in (trie.num_states, small_width):
+        model = GridModel(trie, batch, width, trie.max_vocab + 1, seed=len(ids) + width)
+        items, _, scores = sf.constrained_beam_search(model, trie, batch_size=batch,
+                                                      beam_width=width, renormalize=True,
+                                                      backend=backend)
+        for row in range(batch):
+            want = grid_beam_search(model, ids, row, width, trie.depth)
+            k = len(want)
+            if width == trie.num_states:  # exhaustive: every distinct ID, probabilities sum to 1
+                assert k == len(set(ids)) and abs(sum(p for _, p in want) - 1) < 1e-9
+            got = list(zip(items[row, :k].tolist(), scores[row, :k].exp().tolist()))
+            assert [i for i, _ in got] == [i for i, _ in want]
+            assert np.allclose([p for _, p in got], [p for _, p in want], rtol=1e-4)
+            assert (items[row, k:] == -1).all()
+
+
+@pytest.mark.parametrize("finished", ["keep", "pool"])
+def test_step0_one_row_per_batch_row_equals_the_expanded_rows(finished):
+    g = torch.Generator().manual_seed(13)
+    trie = random_trie(g, 500, 3, 12, True)
+    batch, width = 4, 6
+    for backend in ["reference"] + STEP_BACKENDS:
+        runs = []
+        for expand in (False, True):
+            model = PrefixModel(batch, width, 14, seed=2)
+            seen = []
+
+            def step_fn(step, tokens, parents, model=model, expand=expand, seen=seen):
+                out = model(step, tokens, parents)
+                if step == 0 and not expand:
+                    return out[::width]  # (batch_size, V): every row's root
+                if step == 1:
+                    seen.append(parents.clone())
+                return out
+
+            runs.append(sf.constrained_beam_search(step_fn, trie, batch_size=batch,
+                                                   beam_width=width, finished=finished,
+                                                   backend=backend))
+            if not expand:  # parents then index the rows step 0 returned
+                assert torch.equal(seen[0], torch.arange(batch).repeat_interleave(width))
+        assert all(torch.equal(a, c) for a, c in zip(*runs))
+
+
+def test_states_keyword_is_detected_from_the_signature():
+    trie = build(torch.tensor([[0, 1], [1, 1], [1, 0]]))
+    got = []
+
+    def positional(step, tokens, parents, states):
+        got.append(states.clone())
+        return torch.zeros(4, 2)
+
+    def with_kwargs(step, tokens, parents, **kw):
+        assert not kw  # only a declared `states` parameter receives them
+        return torch.zeros(4, 2)
+
+    sf.constrained_beam_search(positional, trie, batch_size=2, beam_width=2)
+    assert len(got) == 2 and got[0].tolist() == [0, -1, 0, -1]
+    assert (trie.state_level(got[1]) == 1).all()
+    sf.constrained_beam_search(with_kwargs, trie, batch_size=2, beam_width=2)
+    with pytest.raises(ValueError, match=r"or batch_size at step 0"):
+        sf.constrained_beam_search(lambda *a: torch.zeros(3, 2), trie, batch_size=2,
+                                   beam_width=2)
+    with pytest.raises(ValueError, match="at step 1"):
+        sf.constrained_beam_search(lambda s, *a: torch.zeros(2 if s else 4, 2), trie,
+                                   batch_size=2, beam_width=2)
+
+
+# ---- pool, renormalize and one-row step 0 on CUDA ------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,p,w,n,depth,k,ties", POOL_SHAPES + [
+    (3, 1024, 1024, 20000, 3, 256, True),  # the widest pool and beam the kernel sorts
+    (2, 1000, 5, 300, 3, 8, False),
+])
+def test_pool_update_cuda_equals_reference(b, p, w, n, depth, k, ties):
+    g = torch.Generator().manual_seed(b + p + w)
+    trie = random_trie(g, n, depth, k, True)
+    pool_scores, scores = torch.randn(b, p, generator=g), torch.randn(b, w, generator=g)
+    if ties:
+        pool_scores, scores = pool_scores.round(), scores.round()
+    pool_states = random_states(trie, b * p, g).reshape(b, p)
+    states = random_states(trie, b * w, g).reshape(b, w)
+    want = sf.constrained_pool_update(pool_scores, pool_states, scores, states, trie,
+                                      backend="reference")
+    gpu = trie.to("cuda")
+    args = [t.cuda() for t in (pool_scores, pool_states, scores, states)]
+    for backend in ("reference", "cuda"):
+        got = sf.constrained_pool_update(*args, gpu, backend=backend)
+        assert all(a.is_cuda and torch.equal(a.cpu(), c) for a, c in zip(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,w_in,w_out,v,n,depth,k,variable,ties", STEP_SHAPES)
+def test_renormalized_beam_step_cuda_equals_reference(b, w_in, w_out, v, n, depth, k,
+                                                      variable, ties):
+    g = torch.Generator().manual_seed(w_in + n + 3)
+    trie = random_trie(g, n, depth, k, variable)
+    logits = torch.randn(b * w_in, v, generator=g) * 4
+    if ties:
+        logits = logits.round()
+    scores = torch.randn(b, w_in, generator=g)
+    states = random_states(trie, b * w_in, g)
+    gpu = trie.to("cuda")
+    # The shift is computed on the device (its exp/log may differ from the CPU's in the
+    # last bit), so the CUDA kernel is checked against the reference on the same device.
+    args = (logits.cuda(), scores.cuda(), states.cuda(), gpu, w_out)
+    want = sf.constrained_beam_step(*args, renormalize=True, backend="reference")
+    got = sf.constrained_beam_step(*args, renormalize=True, backend="cuda")
+    assert all(torch.equal(a, c) for a, c in zip(got, want))
+    cpu = sf.constrained_beam_step(logits, scores, states, trie, w_out, renormalize=True)
+    torch.testing.assert_close(got[0].cpu(), cpu[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("finished", ["keep", "pool"])
+def test_pool_renormalized_one_row_search_on_cuda(unchecked, finished):
+    g = torch.Generator().manual_seed(14)
+    trie = random_trie(g, 3000, 4, 32, True)
+    gpu = trie.to("cuda")
+    runs = []
+    for t, backend in ((trie, "cpu"), (gpu, "cuda"), (gpu, "reference")):
+        model = PrefixModel(2, 16, 32, seed=9)
+
+        def step_fn(step, tokens, parents, model=model, device=t.device):
+            to_cpu = (lambda x: None if x is None else x.cpu())
+            out = model(step, to_cpu(tokens), to_cpu(parents))
+            return (out[::16] if step == 0 else out).to(device)
+
+        runs.append([x.cpu() for x in sf.constrained_beam_search(
+            step_fn, t, batch_size=2, beam_width=16, finished=finished, renormalize=True,
+            backend=backend)])
+    for run in runs[1:]:
+        assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
+        torch.testing.assert_close(run[2], runs[0][2], atol=1e-5, rtol=0)
+    # No host sync per step in the pool and renormalized modes either.
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def device_step(step, tokens, parents, states):
+        rows = 4 if step == 0 else 40
+        return torch.randn(rows, 40, device="cuda", generator=cuda_gen)
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for backend in ("cuda", "reference"):
+            sf.constrained_beam_search(device_step, gpu, batch_size=4, beam_width=10,
+                                       finished=finished, renormalize=True, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -137,16 +137,36 @@ PYBIND11_MODULE(_C, m) {
                           ptr<int64_t>(edge_keys), ptr<int64_t>(terminal));
         });
   m.def("trie_beam_step",
-        [](std::uintptr_t log_probs, std::uintptr_t beam_scores, std::uintptr_t states, int64_t b,
-           int64_t w_in, int64_t v, std::uintptr_t child_offsets, std::uintptr_t child_codes,
-           std::uintptr_t terminal, int64_t s, int64_t w_out, std::uintptr_t out_scores,
-           std::uintptr_t out_parents, std::uintptr_t out_tokens, std::uintptr_t out_states,
-           int n_threads) {
+        [](std::uintptr_t log_probs, std::uintptr_t beam_scores, std::uintptr_t states,
+           std::uintptr_t shift, int64_t b, int64_t w_in, int64_t v, std::uintptr_t child_offsets,
+           std::uintptr_t child_codes, std::uintptr_t terminal, int64_t s, int64_t w_out,
+           std::uintptr_t out_scores, std::uintptr_t out_parents, std::uintptr_t out_tokens,
+           std::uintptr_t out_states, int n_threads) {
           SEMID_FAST_CALL(trie_beam_step, ptr<const float>(log_probs),
-                          ptr<const float>(beam_scores), ptr<const int64_t>(states), b, w_in, v,
+                          ptr<const float>(beam_scores), ptr<const int64_t>(states),
+                          ptr<const float>(shift), b, w_in, v,
                           ptr<const int64_t>(child_offsets), ptr<const int32_t>(child_codes),
                           ptr<const int64_t>(terminal), s, w_out, ptr<float>(out_scores),
                           ptr<int64_t>(out_parents), ptr<int64_t>(out_tokens),
+                          ptr<int64_t>(out_states), n_threads);
+        });
+  m.def("trie_children_logsumexp",
+        [](std::uintptr_t log_probs, std::uintptr_t states, int64_t r, int64_t v,
+           std::uintptr_t child_offsets, std::uintptr_t child_codes, int64_t s,
+           std::uintptr_t out, int n_threads) {
+          SEMID_FAST_CALL(trie_children_logsumexp, ptr<const float>(log_probs),
+                          ptr<const int64_t>(states), r, v, ptr<const int64_t>(child_offsets),
+                          ptr<const int32_t>(child_codes), s, ptr<float>(out), n_threads);
+        });
+  m.def("trie_pool_update",
+        [](std::uintptr_t pool_scores, std::uintptr_t pool_states, std::uintptr_t scores,
+           std::uintptr_t states, int64_t b, int64_t p, int64_t w, std::uintptr_t terminal,
+           int64_t s, std::uintptr_t out_pool_scores, std::uintptr_t out_pool_states,
+           std::uintptr_t out_states, int n_threads) {
+          SEMID_FAST_CALL(trie_pool_update, ptr<const float>(pool_scores),
+                          ptr<const int64_t>(pool_states), ptr<const float>(scores),
+                          ptr<const int64_t>(states), b, p, w, ptr<const int64_t>(terminal), s,
+                          ptr<float>(out_pool_scores), ptr<int64_t>(out_pool_states),
                           ptr<int64_t>(out_states), n_threads);
         });
   m.def("sid_constrain_f32",

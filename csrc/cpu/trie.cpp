@@ -18,6 +18,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -202,10 +204,11 @@ int trie_fill(const int64_t* sorted_codes, const int64_t* sorted_lengths, int64_
 }
 
 int trie_beam_step(const float* log_probs, const float* beam_scores, const int64_t* states,
-                   int64_t b, int64_t w_in, int64_t v, const int64_t* child_offsets,
-                   const int32_t* child_codes, const int64_t* terminal, int64_t s,
-                   int64_t w_out, float* out_scores, int64_t* out_parents, int64_t* out_tokens,
-                   int64_t* out_states, int n_threads) {
+                   const float* shift, int64_t b, int64_t w_in, int64_t v,
+                   const int64_t* child_offsets, const int32_t* child_codes,
+                   const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,
+                   int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
+                   int n_threads) {
   if (b < 0 || w_in < 0 || v < 0 || s < 1 || w_out < 1 || n_threads < 1) return kBadArgument;
 #pragma omp parallel num_threads(n_threads)
   {
@@ -239,11 +242,12 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
         if (st >= 0 && st < s) {
           if (terminal[st] >= 0) offer(sigma, rank++, j, -1, ~st);
           const float* lp = log_probs + (r * w_in + j) * v;
+          const float sh = shift ? shift[r * w_in + j] : 0.0f;
           const int64_t lo = child_offsets[st], hi = child_offsets[st + 1];
           for (int64_t e = lo; e < hi; ++e, ++rank) {
             const int64_t c = child_codes[e];
             if (uint64_t(c) >= uint64_t(v)) continue;  // beyond V, or a corrupt negative code
-            const float score = sigma + lp[c];
+            const float score = sigma + (lp[c] - sh);
             if (score < threshold_score) continue;  // cannot beat the worst kept candidate
             offer(score, rank, j, c, e + 1);
           }
@@ -265,6 +269,79 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
           out_tokens[o] = -1;
           out_states[o] = -1;
         }
+      }
+    }
+  }
+  return kOk;
+}
+
+int trie_children_logsumexp(const float* log_probs, const int64_t* states, int64_t r,
+                            int64_t v, const int64_t* child_offsets, const int32_t* child_codes,
+                            int64_t s, float* out, int n_threads) {
+  if (r < 0 || v < 0 || s < 1 || n_threads < 1) return kBadArgument;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+  for (int64_t i = 0; i < r; ++i) {
+    const int64_t st = states[i];
+    float shift = 0.0f;
+    if (st >= 0 && st < s) {
+      const float* lp = log_probs + i * v;
+      const int64_t lo = child_offsets[st], hi = child_offsets[st + 1];
+      float top = -__builtin_inff();
+      bool nan = false;
+      for (int64_t e = lo; e < hi; ++e) {
+        const int64_t c = child_codes[e];
+        if (uint64_t(c) >= uint64_t(v)) continue;
+        nan |= lp[c] != lp[c];
+        top = std::max(top, lp[c]);
+      }
+      if (nan) {
+        shift = std::numeric_limits<float>::quiet_NaN();
+      } else if (top > -__builtin_inff() && top < __builtin_inff()) {
+        double sum = 0.0;
+        for (int64_t e = lo; e < hi; ++e) {
+          const int64_t c = child_codes[e];
+          if (uint64_t(c) < uint64_t(v)) sum += std::exp(double(lp[c]) - double(top));
+        }
+        shift = float(double(top) + std::log(sum));
+      }
+    }
+    out[i] = shift;
+  }
+  return kOk;
+}
+
+int trie_pool_update(const float* pool_scores, const int64_t* pool_states,
+                     const float* scores, const int64_t* states, int64_t b, int64_t p, int64_t w,
+                     const int64_t* terminal, int64_t s, float* out_pool_scores,
+                     int64_t* out_pool_states, int64_t* out_states, int n_threads) {
+  if (b < 0 || p < 1 || w < 0 || s < 1 || n_threads < 1 || p + w >= (int64_t(1) << 32))
+    return kBadArgument;
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<uint64_t> keys;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < b; ++r) {
+      keys.assign(p + w, 0);
+      for (int64_t i = 0; i < p; ++i)
+        if (trie::is_id_state(pool_states[r * p + i], terminal, s))
+          keys[i] = trie::candidate_key(pool_scores[r * p + i], uint32_t(i));
+      for (int64_t j = 0; j < w; ++j) {
+        const int64_t st = states[r * w + j];
+        const bool done = trie::is_id_state(st, terminal, s);
+        if (done) keys[p + j] = trie::candidate_key(scores[r * w + j], uint32_t(p + j));
+        out_states[r * w + j] = done ? -1 : st;
+      }
+      std::partial_sort(keys.begin(), keys.begin() + p, keys.end(), std::greater<uint64_t>());
+      for (int64_t k = 0; k < p; ++k) {
+        const int64_t o = r * p + k;
+        if (keys[k] == 0) {
+          out_pool_scores[o] = -__builtin_inff();
+          out_pool_states[o] = -1;
+          continue;
+        }
+        const int64_t i = trie::key_rank(keys[k]);
+        out_pool_scores[o] = i < p ? pool_scores[r * p + i] : scores[r * w + i - p];
+        out_pool_states[o] = i < p ? pool_states[r * p + i] : states[r * w + i - p];
       }
     }
   }

@@ -96,7 +96,7 @@ __device__ void bitonic_sort_desc(uint64_t* keys, int n) {
 
 __global__ void __launch_bounds__(kThreads) beam_step_kernel(
     const float* __restrict__ log_probs, const float* __restrict__ beam_scores,
-    const int64_t* __restrict__ states, int w_in, int64_t v,
+    const int64_t* __restrict__ states, const float* __restrict__ shift, int w_in, int64_t v,
     const int64_t* __restrict__ child_offsets, const int32_t* __restrict__ child_codes,
     const int64_t* __restrict__ terminal, int64_t s, int w_out, float* __restrict__ out_scores,
     int64_t* __restrict__ out_parents, int64_t* __restrict__ out_tokens,
@@ -172,8 +172,11 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
         // keeps the read in bounds even so, and codes outside [0, v) are no candidates.
         const int64_t edge = beam.first_edge + offset - (beam.stop ? 1 : 0);
         const int64_t code = edge < beam.first_edge + beam.n_edges ? child_codes[edge] : -1;
-        if (uint64_t(code) < uint64_t(v))
-          key = trie::candidate_key(__fadd_rn(sigma, log_probs[(base + j) * v + code]), r);
+        if (uint64_t(code) < uint64_t(v)) {
+          const float sh = shift ? shift[base + j] : 0.0f;
+          key = trie::candidate_key(
+              __fadd_rn(sigma, __fsub_rn(log_probs[(base + j) * v + code], sh)), r);
+        }
       }
       if (key > threshold) keys[kStage + atomicAdd(&staged, 1)] = key;
     }
@@ -209,7 +212,8 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
     } else {
       const int64_t edge = beam.first_edge + offset - (beam.stop ? 1 : 0);
       const int64_t code = child_codes[edge];
-      out_scores[o] = __fadd_rn(sigma, log_probs[(base + j) * v + code]);
+      const float sh = shift ? shift[base + j] : 0.0f;
+      out_scores[o] = __fadd_rn(sigma, __fsub_rn(log_probs[(base + j) * v + code], sh));
       out_tokens[o] = code;
       out_states[o] = edge + 1;
     }
@@ -219,8 +223,8 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
 }  // namespace
 
 cudaError_t trie_beam_step(const float* log_probs, const float* beam_scores,
-                           const int64_t* states, int64_t b, int64_t w_in, int64_t v,
-                           const int64_t* child_offsets, const int32_t* child_codes,
+                           const int64_t* states, const float* shift, int64_t b, int64_t w_in,
+                           int64_t v, const int64_t* child_offsets, const int32_t* child_codes,
                            const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,
                            int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
                            cudaStream_t stream) {
@@ -232,8 +236,69 @@ cudaError_t trie_beam_step(const float* log_probs, const float* beam_scores,
   const cudaError_t e = allow_dynamic_smem(beam_step_kernel, smem);
   if (e != cudaSuccess) return e;
   beam_step_kernel<<<unsigned(b), kThreads, smem, stream>>>(
-      log_probs, beam_scores, states, int(w_in), v, child_offsets, child_codes, terminal, s,
+      log_probs, beam_scores, states, shift, int(w_in), v, child_offsets, child_codes,
+      terminal, s,
       int(w_out), out_scores, out_parents, out_tokens, out_states);
+  return cudaGetLastError();
+}
+
+namespace {
+
+// Pool update: one block per row; the p + w keys (pool first, then the completed beams, 0
+// for empty entries) are bitonic-sorted in shared memory and the best p decoded.
+__global__ void __launch_bounds__(kThreads) pool_update_kernel(
+    const float* __restrict__ pool_scores, const int64_t* __restrict__ pool_states,
+    const float* __restrict__ scores, const int64_t* __restrict__ states, int p, int w,
+    int n, const int64_t* __restrict__ terminal, int64_t s, float* __restrict__ out_pool_scores,
+    int64_t* __restrict__ out_pool_states, int64_t* __restrict__ out_states) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* keys = reinterpret_cast<uint64_t*>(smem);  // n: p + w rounded up to a power of 2
+  const int64_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    uint64_t key = 0;
+    if (i < p) {
+      if (trie::is_id_state(pool_states[row * p + i], terminal, s))
+        key = trie::candidate_key(pool_scores[row * p + i], uint32_t(i));
+    } else if (i < p + w) {
+      const int64_t st = states[row * w + i - p];
+      const bool done = trie::is_id_state(st, terminal, s);
+      if (done) key = trie::candidate_key(scores[row * w + i - p], uint32_t(i));
+      out_states[row * w + i - p] = done ? -1 : st;
+    }
+    keys[i] = key;
+  }
+  __syncthreads();
+  bitonic_sort_desc(keys, n);
+  for (int k = threadIdx.x; k < p; k += blockDim.x) {
+    const int64_t o = row * p + k;
+    const uint64_t key = keys[k];
+    if (key == 0) {
+      out_pool_scores[o] = -__int_as_float(0x7f800000);
+      out_pool_states[o] = -1;
+      continue;
+    }
+    const int i = int(trie::key_rank(key));
+    out_pool_scores[o] = i < p ? pool_scores[row * p + i] : scores[row * w + i - p];
+    out_pool_states[o] = i < p ? pool_states[row * p + i] : states[row * w + i - p];
+  }
+}
+
+}  // namespace
+
+cudaError_t trie_pool_update(const float* pool_scores, const int64_t* pool_states,
+                             const float* scores, const int64_t* states, int64_t b, int64_t p,
+                             int64_t w, const int64_t* terminal, int64_t s,
+                             float* out_pool_scores, int64_t* out_pool_states,
+                             int64_t* out_states, cudaStream_t stream) {
+  if (b < 0 || b > INT32_MAX || p < 1 || p > kTrieMaxBeams || w < 1 || w > kTrieMaxBeams ||
+      s < 1)
+    return cudaErrorInvalidValue;
+  if (b == 0) return cudaSuccess;
+  int n = 1;
+  while (n < p + w) n <<= 1;
+  pool_update_kernel<<<unsigned(b), kThreads, n * sizeof(uint64_t), stream>>>(
+      pool_scores, pool_states, scores, states, int(p), int(w), n, terminal, s, out_pool_scores,
+      out_pool_states, out_states);
   return cudaGetLastError();
 }
 

@@ -5,8 +5,9 @@
 of a state consecutive and sorted by code, the next state of edge ``e`` is ``e + 1``.
 Fixed-length and variable-length IDs (an ID may be a prefix of another) are both exact.
 
-Decoding (:func:`constrained_beam_step`, :func:`constrained_beam_search`) keeps every beam's
-trie state on the device; a step is a fixed-shape op with no host sync.
+Decoding (:func:`constrained_beam_step`, :func:`constrained_pool_update`,
+:func:`constrained_beam_search`) keeps every beam's trie state on the device; a step is a
+fixed-shape op with no host sync.
 
 Beam states (int64): ``0 <= s < num_states`` a live hypothesis at state ``s``; ``-1`` an
 empty slot; ``~s`` (``-1 - s``, ``s`` a terminal state) a *finished* hypothesis: an ID that
@@ -15,6 +16,7 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -26,7 +28,8 @@ import torch
 from .. import _backends, _checks, _native
 from ..reference import trie as ref
 
-__all__ = ["SemanticIDTrie", "dedup_suffix", "constrained_beam_step", "constrained_beam_search"]
+__all__ = ["SemanticIDTrie", "dedup_suffix", "constrained_beam_step", "constrained_pool_update",
+           "constrained_beam_search"]
 
 _FORMAT = "semid_fast.SemanticIDTrie/1"
 
@@ -432,28 +435,59 @@ def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
     return sorted(groups, key=lambda g: int(g[0]))  # by smallest item id, whatever the build
 
 
-def dedup_suffix(codes, lengths=None):
-    """Appends the usual disambiguation level so that every item gets a unique ID.
+def dedup_suffix(codes, lengths=None, *, scheme: str = "same", order=None):
+    """Appends one disambiguation code to every ID so that every item gets a unique ID.
+
+    Within each group of items that share a full ID, the items are numbered 0, 1, 2, ... in
+    ``order`` (a unique ID is a group of one: 0), and that number becomes the new last code:
+
+    - ``scheme="same"`` (default): the number itself, in the same code space as the level it
+      lands on (the usual TIGER / LC-Rec-style extra level). With variable-length IDs an ID
+      may then still be a prefix of another, or become one.
+    - ``scheme="separate"``: the number plus ``offset = 1 + the largest code of any ID`` (a
+      range no ID's code uses), as the variable-length semantic IDs paper does
+      (KhrylchenkoKirill/varlen_semantic_ids, ``scripts/train_seqrec.py``,
+      ``append_unique_token``: one token space for all levels, number within the group of
+      equal IDs by popularity). Then no ID is a prefix of another, which
+      ``constrained_beam_search(finished="pool")`` needs to reach every item.
 
     Args:
         codes: (N, L) integer tensor or numpy array; lengths: optional (N,) in [1, L].
+        scheme: "same" or "separate" (above).
+        order: optional (N,) permutation of the item ids (sequence, numpy array or tensor),
+            most popular first: the numbering
+            within each group follows it. None: item id order. (The paper orders by the
+            items' training-interaction count, descending, ties toward the larger item id.)
 
     Returns:
-        (codes' (N, L + 1) int64, lengths' (N,) int64): each ID gets one more code right
-        after its end, 0, 1, 2, ... in item order within each group of items that share a
-        full ID (0 for unique IDs), and lengths' = lengths + 1. Positions past an ID's end
-        are copied unchanged (the appended column holds 0 there).
+        (codes' (N, L + 1) int64, lengths' (N,) int64): each ID gets its new code right after
+        its end and lengths' = lengths + 1. Positions past an ID's end are copied unchanged
+        (the appended column holds 0 there).
     """
     codes, lengths = _check_codes_lengths(codes, lengths)
+    if scheme not in ("same", "separate"):
+        raise ValueError(f"scheme must be 'same' or 'separate', got {scheme!r}")
     n, depth = codes.shape
+    if order is None:
+        by_priority = torch.arange(n, device=codes.device)
+    else:
+        if isinstance(order, (list, tuple, range)):
+            order = np.asarray(order, dtype=np.int64)
+        by_priority = _as_long_tensor(order, "order", 1, "(N,)").to(codes.device)
+        if by_priority.shape[0] != n or not torch.equal(
+                torch.sort(by_priority).values, torch.arange(n, device=codes.device)):
+            raise ValueError(f"order must be a permutation of the N={n} item ids 0 .. {n - 1}")
     present = torch.arange(depth, device=codes.device) < lengths[:, None]
     ids = torch.where(present, codes, -1)  # equal IDs give equal rows
     group = torch.unique(torch.cat([ids, lengths[:, None]], 1), dim=0, return_inverse=True)[1]
-    order = torch.sort(group, stable=True).indices
-    sorted_groups = group[order]
+    # Items by group, and within a group in priority order (a stable sort of that order).
+    perm = by_priority[torch.sort(group[by_priority], stable=True).indices]
+    sorted_groups = group[perm]
     starts = torch.searchsorted(sorted_groups, sorted_groups)  # first position of each group
     suffix = torch.empty(n, dtype=torch.long, device=codes.device)
-    suffix[order] = torch.arange(n, device=codes.device) - starts
+    suffix[perm] = torch.arange(n, device=codes.device) - starts
+    if scheme == "separate":
+        suffix += ids.amax() + 1
     out = torch.cat([codes, torch.zeros(n, 1, dtype=torch.long, device=codes.device)], 1)
     out.scatter_(1, lengths[:, None], suffix[:, None])
     return out, lengths + 1
@@ -466,7 +500,7 @@ def dedup_suffix(codes, lengths=None):
 _PARALLEL_MIN_WORK = 1 << 18
 
 
-def _cpu_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, terminal,
+def _cpu_beam_step(log_probs, beam_scores, states, shift, child_offsets, child_codes, terminal,
                    max_children, beam_width):
     b, w_in = beam_scores.shape
     threads = _native.n_threads() if b * w_in * max_children >= _PARALLEL_MIN_WORK else 1
@@ -475,16 +509,18 @@ def _cpu_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, t
     st = states.contiguous()
     out = (torch.empty((b, beam_width), dtype=torch.float32),
            *(torch.empty((b, beam_width), dtype=torch.long) for _ in range(3)))
+    sh = None if shift is None else shift.float().contiguous()
     status = _native.cpu().trie_beam_step(
-        lp.data_ptr(), sc.data_ptr(), st.data_ptr(), b, w_in, lp.shape[1],
+        lp.data_ptr(), sc.data_ptr(), st.data_ptr(), 0 if sh is None else sh.data_ptr(), b,
+        w_in, lp.shape[1],
         child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
         terminal.shape[0], beam_width, *(t.data_ptr() for t in out), max(1, min(threads, b)))
     _native.check_cpu_status(status, "constrained_beam_step")
     return out
 
 
-def _cuda_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, terminal,
-                    beam_width):
+def _cuda_beam_step(log_probs, beam_scores, states, shift, child_offsets, child_codes,
+                    terminal, beam_width):
     b, w_in = beam_scores.shape
     lp = log_probs.float().contiguous()
     sc = beam_scores.float().contiguous()
@@ -492,32 +528,105 @@ def _cuda_beam_step(log_probs, beam_scores, states, child_offsets, child_codes, 
     dev = lp.device
     out = (torch.empty((b, beam_width), dtype=torch.float32, device=dev),
            *(torch.empty((b, beam_width), dtype=torch.long, device=dev) for _ in range(3)))
+    sh = None if shift is None else shift.float().contiguous()
     _native.call_cuda("constrained_beam_step", _native._C_cuda.trie_beam_step,
-                      lp.data_ptr(), sc.data_ptr(), st.data_ptr(), b, w_in, lp.shape[1],
+                      lp.data_ptr(), sc.data_ptr(), st.data_ptr(),
+                      0 if sh is None else sh.data_ptr(), b, w_in, lp.shape[1],
                       child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
                       terminal.shape[0], beam_width, *(t.data_ptr() for t in out), device=dev)
+    return out
+
+
+def _cpu_children_logsumexp(log_probs, states, child_offsets, child_codes):
+    r = states.shape[0]
+    threads = _native.n_threads() if r * log_probs.shape[1] >= _PARALLEL_MIN_WORK else 1
+    lp = log_probs.float().contiguous()
+    st = states.contiguous()
+    out = torch.empty(r, dtype=torch.float32)
+    status = _native.cpu().trie_children_logsumexp(
+        lp.data_ptr(), st.data_ptr(), r, lp.shape[1], child_offsets.data_ptr(),
+        child_codes.data_ptr(), child_offsets.shape[0] - 1, out.data_ptr(), max(1, threads))
+    _native.check_cpu_status(status, "constrained_beam_step")
     return out
 
 
 @torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())
 def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
                   child_offsets: torch.Tensor, child_codes: torch.Tensor,
-                  terminal: torch.Tensor, max_children: int, beam_width: int,
+                  terminal: torch.Tensor, max_children: int, beam_width: int, renormalize: bool,
                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (log_probs, beam_scores, states, child_offsets, child_codes, terminal)
+    # The renormalising shift (per beam, the log-sum-exp over its valid children) is an
+    # input of every kernel: native on the CPU, torch ops elsewhere.
+    trie_args = (child_offsets, child_codes, terminal)
     if backend == "cpu":
-        return _cpu_beam_step(*args, max_children, beam_width)
+        shift = (_cpu_children_logsumexp(log_probs, states, child_offsets, child_codes)
+                 if renormalize else None)
+        return _cpu_beam_step(log_probs, beam_scores, states, shift, *trie_args, max_children,
+                              beam_width)
+    shift = (ref.children_logsumexp(log_probs, states, child_offsets, child_codes, max_children)
+             if renormalize else None)
     if backend == "cuda":
-        return _cuda_beam_step(*args, beam_width)
-    return ref.beam_step(*args, max_children, beam_width)
+        return _cuda_beam_step(log_probs, beam_scores, states, shift, *trie_args, beam_width)
+    return ref.beam_step(log_probs, beam_scores, states, *trie_args, max_children, beam_width,
+                         shift)
 
 
 @_beam_step_op.register_fake
 def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_children,
-      beam_width, backend):
+      beam_width, renormalize, backend):
     b = beam_scores.shape[0]
     return (beam_scores.new_empty((b, beam_width), dtype=torch.float32),
             *(beam_scores.new_empty((b, beam_width), dtype=torch.long) for _ in range(3)))
+
+
+def _cpu_pool_update(pool_scores, pool_states, scores, states, terminal):
+    b, p = pool_scores.shape
+    w = scores.shape[1]
+    threads = _native.n_threads() if b * (p + w) >= _PARALLEL_MIN_WORK else 1
+    ps, pst = pool_scores.float().contiguous(), pool_states.contiguous()
+    sc, st = scores.float().contiguous(), states.contiguous()
+    out = (torch.empty((b, p), dtype=torch.float32), torch.empty((b, p), dtype=torch.long),
+           torch.empty((b, w), dtype=torch.long))
+    status = _native.cpu().trie_pool_update(
+        ps.data_ptr(), pst.data_ptr(), sc.data_ptr(), st.data_ptr(), b, p, w,
+        terminal.data_ptr(), terminal.shape[0], *(t.data_ptr() for t in out),
+        max(1, min(threads, b)))
+    _native.check_cpu_status(status, "constrained_pool_update")
+    return out
+
+
+def _cuda_pool_update(pool_scores, pool_states, scores, states, terminal):
+    b, p = pool_scores.shape
+    w = scores.shape[1]
+    ps, pst = pool_scores.float().contiguous(), pool_states.contiguous()
+    sc, st = scores.float().contiguous(), states.contiguous()
+    dev = ps.device
+    out = (torch.empty((b, p), dtype=torch.float32, device=dev),
+           torch.empty((b, p), dtype=torch.long, device=dev),
+           torch.empty((b, w), dtype=torch.long, device=dev))
+    _native.call_cuda("constrained_pool_update", _native._C_cuda.trie_pool_update,
+                      ps.data_ptr(), pst.data_ptr(), sc.data_ptr(), st.data_ptr(), b, p, w,
+                      terminal.data_ptr(), terminal.shape[0], *(t.data_ptr() for t in out),
+                      device=dev)
+    return out
+
+
+@torch.library.custom_op("semid_fast::trie_pool_update", mutates_args=())
+def _pool_update_op(pool_scores: torch.Tensor, pool_states: torch.Tensor,
+                    scores: torch.Tensor, states: torch.Tensor, terminal: torch.Tensor,
+                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (pool_scores, pool_states, scores, states, terminal)
+    if backend == "cpu":
+        return _cpu_pool_update(*args)
+    if backend == "cuda":
+        return _cuda_pool_update(*args)
+    return ref.pool_update(*args)
+
+
+@_pool_update_op.register_fake
+def _(pool_scores, pool_states, scores, states, terminal, backend):
+    return (pool_scores.new_empty(pool_scores.shape, dtype=torch.float32),
+            pool_states.new_empty(pool_states.shape), states.new_empty(states.shape))
 
 
 # Limits of the CUDA kernel (csrc/include/semid_fast/cuda_trie.h); beyond them "auto" on
@@ -580,7 +689,7 @@ def _check_step(log_probs, beam_scores, states, trie, beam_width):
 
 def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
                           states: torch.Tensor, trie: SemanticIDTrie, beam_width: int, *,
-                          backend: str = "auto"):
+                          renormalize: bool = False, backend: str = "auto"):
     """One constrained beam-search step for a batch: only IDs of the catalog survive.
 
     Every beam j of batch row b offers candidates: each child code c of its state (score
@@ -590,10 +699,17 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
     unchanged, so a finished hypothesis keeps a slot and competes on its score in every
     later step. The best ``beam_width`` candidates of the row win: higher score first, ties
     toward the smaller (parent, code), stop counting as code -1. Rows with fewer candidates
-    are padded with score -inf, parent -1, token -1, state -1. Fixed shapes, no host sync
-    (with ``semid_fast.config.check_values`` off), CUDA-graph capturable. With value checks
-    off nothing is read out of bounds: states outside the trie are empty slots, and NaN
-    scores rank above +inf, tied with each other (as ``torch.sort`` orders them).
+    are padded with score -inf, parent -1, token -1, state -1. With ``renormalize=True`` a
+    child's log-prob is first log-softmaxed over the valid children of its beam (codes below
+    V; ``log_prob - logsumexp(log_probs[children])``, the shift computed natively on the
+    CPU backend and with torch ops on the others, so it may differ in the last bit; a beam
+    whose children are all -inf keeps -inf), as GRID scores (snap-research/
+    GRID, ``_beam_search_one_step``: softmax after masking the invalid prefixes); the stop
+    candidate keeps the beam's score. ``log_probs`` may then be raw logits. Fixed shapes, no
+    host sync (with ``semid_fast.config.check_values`` off), CUDA-graph capturable. With
+    value checks off nothing is read out of bounds: states outside the trie are empty
+    slots, and NaN scores rank above +inf, tied with each other (as ``torch.sort`` orders
+    them).
 
     Args:
         log_probs: (B * W, V) float32/float16/bfloat16 log-probabilities of the next token;
@@ -602,6 +718,8 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
         states: (B * W,) or (B, W) int64 beam states (see the module docstring).
         trie: the catalog's :class:`SemanticIDTrie`, on the same device.
         beam_width: beams kept per row (may differ from W).
+        renormalize: log-softmax over the valid children (default False: the log-probs as
+            given, as transformers' beam search with a logits processor).
 
     Returns:
         scores (B, beam_width) float32, parents (B, beam_width) int64 (beam index within the
@@ -609,28 +727,146 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
         (B, beam_width) int64.
     """
     device, states = _check_step(log_probs, beam_scores, states, trie, beam_width)
+    if not isinstance(renormalize, bool):
+        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
     name = _resolve(backend, device, "constrained_beam_step", beam_scores.shape[1], beam_width)
     return _beam_step_op(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
-                         trie.terminal, trie.max_children, beam_width, name)
+                         trie.terminal, trie.max_children, beam_width, renormalize, name)
+
+
+def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor,
+                            scores: torch.Tensor, states: torch.Tensor, trie: SemanticIDTrie,
+                            *, backend: str = "auto"):
+    """Records the IDs a beam step completed into a per-row pool of finished IDs.
+
+    The decoding of the variable-length semantic IDs paper (KhrylchenkoKirill/
+    varlen_semantic_ids, ``BeamSearchVarLen`` constrained throughout): an ID that completes
+    at a step is recorded with its score and never expanded again. Call it after every
+    :func:`constrained_beam_step` (``finished="pool"`` in :func:`constrained_beam_search`
+    does) and feed the returned ``states`` to the next step: the completed beams become
+    empty slots. Fixed shapes, no host sync.
+
+    Args:
+        pool_scores: (B, P) float scores of the pool (start: all -inf).
+        pool_states: (B, P) int64 terminal states of the pool's IDs; any other value is an
+            empty entry (start: all -1).
+        scores, states: (B, W) the step's outputs; a beam whose state is a terminal state
+            (an ID ends there, even if longer IDs continue) has completed.
+        trie: the catalog's :class:`SemanticIDTrie`, on the same device.
+
+    Returns:
+        pool_scores (B, P) float32 and pool_states (B, P) int64: the best P of the old pool
+        and the completed beams, higher score first; ties toward the old pool, then toward
+        the smaller beam index (so toward the earlier step, then the step's own ranking);
+        empty entries (-inf, -1) last. states (B, W) int64: ``states`` with the completed
+        beams set to -1.
+    """
+    if not isinstance(trie, SemanticIDTrie):
+        raise TypeError(f"trie must be a SemanticIDTrie, got {type(trie).__name__}")
+    _checks.tensor(pool_scores, "pool_scores", 2, _checks.FLOAT_DTYPES, "(B, P)")
+    _checks.tensor(scores, "scores", 2, _checks.FLOAT_DTYPES, "(B, W)")
+    for name, t, like in (("pool_states", pool_states, pool_scores), ("states", states, scores)):
+        _checks.tensor(t, name, 2, (torch.int64,), "(B, P)" if like is pool_scores else "(B, W)")
+        if t.shape != like.shape:
+            raise ValueError(f"{name} must have the shape of its scores "
+                             f"{tuple(like.shape)}, got {tuple(t.shape)}")
+    b, p = pool_scores.shape
+    if p == 0:
+        raise ValueError("pool_scores must have P >= 1 entries per row")
+    if scores.shape[0] != b:
+        raise ValueError(f"scores must have B={b} rows like pool_scores, got {scores.shape[0]}")
+    device = _checks.same_device("constrained_pool_update", pool_scores=pool_scores,
+                                 pool_states=pool_states, scores=scores, states=states,
+                                 trie=trie.terminal)
+    # The CUDA kernel sorts P + W keys per row in shared memory: both at most its beam limit.
+    name = _resolve(backend, device, "constrained_pool_update", 0, max(p, scores.shape[1]))
+    if scores.shape[1] == 0 and name == "cuda":
+        name = "reference"  # nothing to merge; the kernel wants W >= 1
+    return _pool_update_op(pool_scores, pool_states, scores, states, trie.terminal, name)
+
+
+def _takes_states(step_fn) -> bool:
+    """Whether step_fn declares a ``states`` parameter it can take by keyword."""
+    try:
+        param = inspect.signature(step_fn).parameters.get("states")
+    except (TypeError, ValueError):  # no introspectable signature (some builtins)
+        return False
+    return param is not None and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                inspect.Parameter.KEYWORD_ONLY)
+
+
+def _state_codes(trie: SemanticIDTrie, states: torch.Tensor) -> torch.Tensor:
+    """(R,) int64 states (``~s`` resolves like ``s``) -> (R, depth) int64 codes of the prefix
+    that leads to each state, -1 past its end (all -1 for the root and non-states). Walks
+    up the trie ``depth`` times (the parent of state ``s >= 1`` is
+    ``edge_keys[s - 1] // max_vocab``), fixed shapes, no host sync."""
+    states = trie._states(states)
+    plain = torch.where(states <= -2, ~states, states)
+    at = torch.where((plain >= 1) & (plain < trie.num_states), plain, 0)
+    level = trie.state_level(at)
+    out = torch.full((states.shape[0], trie.depth + 1), -1, dtype=torch.long,
+                     device=trie.device)
+    column = torch.arange(trie.depth + 1, device=trie.device)
+    for _ in range(trie.depth):
+        up = at >= 1
+        edge = (at - 1).clamp(min=0)
+        code = torch.where(up, trie.child_codes[edge].long(), -1)
+        # The state at `at` sits at level `level`: its code goes to column level - 1
+        # (column depth, dropped below, collects the no-ops of the root).
+        target = torch.where(up, level - 1, trie.depth)
+        out = torch.where(column == target[:, None], code[:, None], out)
+        at = torch.where(up, trie.edge_keys[edge] // trie.max_vocab, 0)
+        level = level - up.long()
+    return out[:, :trie.depth]
 
 
 def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, beam_width: int,
+                            finished: str = "keep", renormalize: bool = False,
                             backend: str = "auto"):
     """Beam search over the catalog's IDs for any model (no transformers needed).
 
-    ``step_fn(step, tokens, parents)`` returns (batch_size * beam_width, V) log-probs of the
-    next code for every beam. At step 0 ``tokens`` and ``parents`` are None and every row
-    starts from the root in beam 0 (the other beams are empty, so no duplicate IDs). Later,
-    ``tokens`` (batch_size * beam_width,) int64 holds the code each beam just took (-1: no
-    token, the beam is finished or empty) and ``parents`` (batch_size * beam_width,) int64 the
-    row of the previous step's beams it came from (``index_select`` your KV cache with it;
-    empty slots point at their row's first beam). There are ``trie.depth`` steps.
+    ``step_fn(step, tokens, parents)`` returns the log-probs of the next code for every beam,
+    (batch_size * beam_width, V); at step 0 it may return (batch_size, V) instead (one row
+    per batch row, as GRID's and the varlen paper's first step: only beam 0 is live then).
+    At step 0 ``tokens`` and ``parents`` are None and every row starts from the root in beam
+    0 (the other beams are empty, so no duplicate IDs). Later, ``tokens``
+    (batch_size * beam_width,) int64 holds the code each beam just took (-1: no token, the
+    beam is finished or empty) and ``parents`` (batch_size * beam_width,) int64 the row of
+    the previous step's log-probs it came from (``index_select`` your KV cache with it;
+    empty slots point at their row's first beam). A ``step_fn`` that declares a ``states``
+    parameter (detected once from its signature) is also given ``states=``: the
+    (batch_size * beam_width,) int64 trie states of the beams whose log-probs it returns
+    (module docstring; -1 an empty slot; at step 0 the root in beam 0 and -1 elsewhere,
+    whichever shape step_fn returns), e.g. for :meth:`SemanticIDTrie.valid_next`.
+    There are ``trie.depth`` steps.
 
     An ID's score is the sum of the log-probs of its tokens as given (no renormalisation over
-    the valid children, as transformers' beam search with a logits processor). Finished IDs
-    shorter than the depth keep their score (see :func:`constrained_beam_step`). Every step's
-    log-probs are checked like :func:`constrained_beam_step`'s (value scans, which sync with
-    the host, only while ``semid_fast.config.check_values`` is on).
+    the valid children, as transformers' beam search with a logits processor), or with
+    ``renormalize=True`` the sum of their log-softmax over the valid children of each
+    prefix, as GRID scores (snap-research/GRID, ``_beam_search_one_step``; step_fn may then
+    return logits). Every step's log-probs are checked like :func:`constrained_beam_step`'s
+    (value scans, which sync with the host, only while ``semid_fast.config.check_values`` is
+    on).
+
+    ``finished`` says what happens to an ID once it is complete (variable-length IDs):
+
+    - ``"keep"`` (default, so that existing callers get the results of earlier releases):
+      the beam at the ID's end may stop (a finished hypothesis that
+      keeps its slot and its score through the remaining steps, see
+      :func:`constrained_beam_step`) or continue into longer IDs it prefixes.
+    - ``"pool"``: the decoding of the variable-length semantic IDs paper
+      (KhrylchenkoKirill/varlen_semantic_ids, ``BeamSearchVarLen`` constrained throughout):
+      every ID that enters the beam at a step is recorded with its score into a per-row
+      pool and never expanded again (its slot is free at the next step: ``tokens`` still
+      reports the code it took, its state is -1; an ID that is a prefix of another hides
+      the longer one, as there; see :func:`dedup_suffix`
+      ``scheme="separate"``); the result is the best ``beam_width`` of the pool (ties toward
+      the earlier step, then the step's ranking; :func:`constrained_pool_update`).
+      Differences from that code: an ID of length 1 is recorded at step 0 (the paper's loop
+      starts recording at the second token, so it never returns one); a row without any
+      complete ID is padded (the paper falls back to its unfinished beams); and its first
+      step takes the log-softmax over the valid first tokens, which shifts every score of a
+      row by the same constant (return such log-probs at step 0 for equal scores).
 
     Returns:
         item_ids (batch_size, beam_width) int64, codes (batch_size, beam_width, depth) int64
@@ -641,32 +877,58 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         raise TypeError(f"trie must be a SemanticIDTrie, got {type(trie).__name__}")
     b = _checks.positive_int(batch_size, "batch_size")
     w = _checks.positive_int(beam_width, "beam_width")
+    if finished not in ("keep", "pool"):
+        raise ValueError(f"finished must be 'keep' or 'pool', got {finished!r}")
+    if not isinstance(renormalize, bool):
+        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
+    pool = finished == "pool"
     device = trie.device
     name = _resolve(backend, device, "constrained_beam_search", w, w)
+    with_states = _takes_states(step_fn)
     states = torch.full((b, w), -1, dtype=torch.long, device=device)
     states[:, 0] = 0
     scores = torch.full((b, w), -torch.inf, device=device)
     scores[:, 0] = 0.0
-    history = torch.full((b, w, trie.depth), -1, dtype=torch.long, device=device)
-    row_base = torch.arange(b, device=device)[:, None] * w
+    if pool:
+        pool_scores = torch.full((b, w), -torch.inf, device=device)
+        pool_states = torch.full_like(states, -1)
+    else:
+        history = torch.full((b, w, trie.depth), -1, dtype=torch.long, device=device)
     tokens = parents = None
     for step in range(trie.depth):
-        log_probs = step_fn(step, tokens, parents)
+        if with_states:
+            log_probs = step_fn(step, tokens, parents, states=states.reshape(-1))
+        else:
+            log_probs = step_fn(step, tokens, parents)
+        rows = getattr(log_probs, "shape", (None,))[0]
         if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2 or \
-                log_probs.shape[0] != b * w:
-            raise ValueError(f"step_fn must return (batch_size * beam_width = {b * w}, V) "
-                             f"log-probs at every step, "
+                rows not in ((b * w, b) if step == 0 else (b * w,)):
+            allowed = " (or batch_size at step 0)" if step == 0 else ""
+            raise ValueError(f"step_fn must return (batch_size * beam_width = {b * w}{allowed}, "
+                             f"V) log-probs at step {step}, "
                              f"got {getattr(log_probs, 'shape', log_probs)}")
+        w_in = rows // b  # 1 when step 0 gave one row per batch row: beam 0 alone is live
+        step_scores, step_states = scores[:, :w_in], states[:, :w_in].reshape(-1)
         # Shapes, dtypes and devices every step (a tensor on another device would hand the
         # kernel a foreign pointer); value scans (host syncs) only with config.check_values.
-        _check_step(log_probs, scores, states, trie, w)
+        _check_step(log_probs, step_scores, step_states, trie, w)
         scores, parent, token, states = _beam_step_op(
-            log_probs, scores, states.reshape(-1), trie.child_offsets, trie.child_codes,
-            trie.terminal, trie.max_children, w, name)
-        history = history.gather(1, parent.clamp(min=0)[..., None].expand(-1, -1, trie.depth))
-        history = torch.where(parent[..., None] >= 0, history, -1)
-        history[:, :, step] = token
+            log_probs, step_scores, step_states, trie.child_offsets, trie.child_codes,
+            trie.terminal, trie.max_children, w, renormalize, name)
+        if pool:
+            pool_scores, pool_states, states = _pool_update_op(
+                pool_scores, pool_states, scores, states, trie.terminal, name)
+        else:
+            history = history.gather(
+                1, parent.clamp(min=0)[..., None].expand(-1, -1, trie.depth))
+            history = torch.where(parent[..., None] >= 0, history, -1)
+            history[:, :, step] = token
         tokens = token.reshape(-1)
+        row_base = torch.arange(b, device=device)[:, None] * w_in
         parents = (row_base + parent.clamp(min=0)).reshape(-1)
+    if pool:
+        items = trie.terminal_item(pool_states.reshape(-1)).reshape(b, w)
+        codes = _state_codes(trie, pool_states.reshape(-1)).reshape(b, w, trie.depth)
+        return items, codes, pool_scores
     items = trie.terminal_item(states.reshape(-1)).reshape(b, w)
     return items, history, scores

@@ -22,12 +22,21 @@ namespace cuda {
 constexpr int64_t kTrieMaxBeams = 1024;    // beams kept per row
 constexpr int64_t kTrieMaxBeamsIn = 8192;  // beams read per row
 
+// shift (b * w_in,) float32 or null: a child's score is beam_score + (log_prob - shift[beam]).
 cudaError_t trie_beam_step(const float* log_probs, const float* beam_scores,
-                           const int64_t* states, int64_t b, int64_t w_in, int64_t v,
-                           const int64_t* child_offsets, const int32_t* child_codes,
+                           const int64_t* states, const float* shift, int64_t b, int64_t w_in,
+                           int64_t v, const int64_t* child_offsets, const int32_t* child_codes,
                            const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,
                            int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
                            cudaStream_t stream);
+
+// Pool of finished IDs (trie.h): pool (b, p), beams (b, w), p and w in [1, kTrieMaxBeams];
+// one block per row sorts the p + w keys. Same stream/error contract as above.
+cudaError_t trie_pool_update(const float* pool_scores, const int64_t* pool_states,
+                             const float* scores, const int64_t* states, int64_t b, int64_t p,
+                             int64_t w, const int64_t* terminal, int64_t s,
+                             float* out_pool_scores, int64_t* out_pool_states,
+                             int64_t* out_states, cudaStream_t stream);
 
 cudaError_t sid_constrain_f32(const int64_t* input_ids, int64_t rows, int64_t ids_stride,
                               int64_t start, int64_t step, const int64_t* inverse,

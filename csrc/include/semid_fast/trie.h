@@ -22,6 +22,12 @@
 // smaller rank (= the smaller (parent, code), stop counting as code -1). Each candidate is
 // one uint64 key, (order_word(score) << 32) | (0xFFFFFFFF - rank), so the larger key wins;
 // 0 means "no candidate".
+//
+// Pool of finished IDs (decoding that records every ID the step completes and never
+// expands it again): per row, the pool (p entries: a terminal state and its score; any
+// other state is an empty entry) and the beams of the step whose state is a terminal state
+// are ranked together, pool entries first, then the beams in slot order (their rank); the
+// best p win with the same key as above, empty entries (-inf, -1) last.
 #pragma once
 #include <cstdint>
 
@@ -50,6 +56,11 @@ SEMID_FAST_HD uint64_t candidate_key(float score, uint32_t rank) {
 
 SEMID_FAST_HD uint32_t key_rank(uint64_t key) { return 0xFFFFFFFFu - uint32_t(key & 0xFFFFFFFFu); }
 
+// Whether st is a state of the trie where an ID ends (never reads out of bounds).
+SEMID_FAST_HD bool is_id_state(int64_t st, const int64_t* terminal, int64_t s) {
+  return st >= 0 && st < s && terminal[st] >= 0;
+}
+
 }  // namespace trie
 
 #define SEMID_FAST_DECLARE_CPU_TRIE(ns)                                                       \
@@ -74,12 +85,29 @@ SEMID_FAST_HD uint32_t key_rank(uint64_t key) { return 0xFFFFFFFFu - uint32_t(ke
      int64; outputs (b, w_out): scores float32, parents int64 (beam index in the row, -1),   \
      tokens int64 (code; -1 for stop and empty slots), next states int64. States outside    \
      the trie are empty slots (never read out of bounds); children with code >= v are not   \
-     candidates. */                                                                          \
+     candidates. shift (b * w_in,) float32 or null: a child's score is                       \
+     beam_score + (log_prob - shift[beam]) (null: shift 0, the same floats as no shift). */  \
   int trie_beam_step(const float* log_probs, const float* beam_scores, const int64_t* states, \
-                     int64_t b, int64_t w_in, int64_t v, const int64_t* child_offsets,       \
-                     const int32_t* child_codes, const int64_t* terminal, int64_t s,         \
-                     int64_t w_out, float* out_scores, int64_t* out_parents,                 \
-                     int64_t* out_tokens, int64_t* out_states, int n_threads);              \
+                     const float* shift, int64_t b, int64_t w_in, int64_t v,                 \
+                     const int64_t* child_offsets, const int32_t* child_codes,               \
+                     const int64_t* terminal, int64_t s, int64_t w_out, float* out_scores,   \
+                     int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,         \
+                     int n_threads);                                                         \
+  /* The shift of a renormalised step: out (r,) float32, per beam the log-sum-exp of its    \
+     log-probs (r, v) over the children of its state with a code below v; 0 where the state \
+     is not a live state, has no such child, or the maximum is +-inf; NaN if one is NaN. */   \
+  int trie_children_logsumexp(const float* log_probs, const int64_t* states, int64_t r,      \
+                              int64_t v, const int64_t* child_offsets,                       \
+                              const int32_t* child_codes, int64_t s, float* out,             \
+                              int n_threads);                                                \
+  /* Pool of finished IDs (see below): merges the completed beams of b rows into the pool.  \
+     pool_scores / pool_states (b, p) in, out_pool_scores / out_pool_states (b, p) out,     \
+     scores / states (b, w) the beams after a step, out_states (b, w) those states with the \
+     completed ones set to -1. */                                                            \
+  int trie_pool_update(const float* pool_scores, const int64_t* pool_states,                 \
+                       const float* scores, const int64_t* states, int64_t b, int64_t p,     \
+                       int64_t w, const int64_t* terminal, int64_t s, float* out_pool_scores, \
+                       int64_t* out_pool_states, int64_t* out_states, int n_threads);       \
   }
 
 SEMID_FAST_DECLARE_CPU_TRIE(isa_avx2)
