@@ -150,7 +150,13 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     distinct = group_sizes.shape[0]
     unique_items = int((group_sizes[group] == 1).sum())
     length_counts = torch.bincount(lengths, minlength=s.max_len + 1)[1:].tolist()
-    ids, id_lengths = sf.dedup_suffix(codes, lengths)
+    # The paper's suffix: one extra token per ID from a range of its own, numbered within
+    # each group of equal IDs (item order stands in for popularity here), so no ID is a
+    # prefix of another.
+    ids, id_lengths = sf.dedup_suffix(codes, lengths, scheme="separate")
+    prefixes = trie_prefix_pairs(ids, id_lengths)
+    report.check("with the separate suffix no ID is a prefix of another", prefixes == 0,
+                 f"{prefixes} prefix pairs")
     keys = torch.cat([torch.where(torch.arange(s.max_len + 1) < id_lengths[:, None], ids, -1),
                       id_lengths[:, None]], 1)
     report.check("dedup_suffix with lengths gives every item a unique variable-length ID",
@@ -190,6 +196,13 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     report.chart = chart
     report.metrics["decoding"] = decoding(report, trie, ids, id_lengths, s, device)
     return report
+
+
+def trie_prefix_pairs(ids: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Number of IDs that are a proper prefix of some other ID (one set lookup per prefix)."""
+    rows = [tuple(row[:n]) for row, n in zip(ids.tolist(), lengths.tolist())]
+    whole = set(rows)
+    return len({row[:j] for row in rows for j in range(1, len(row))} & whole)
 
 
 def decoding(report: Report, trie, ids: torch.Tensor, id_lengths: torch.Tensor, s: Settings,
@@ -272,6 +285,65 @@ def decoding(report: Report, trie, ids: torch.Tensor, id_lengths: torch.Tensor, 
     base = times["Python trie prefix_allowed_tokens_fn"]
     report.table(["constraint", "generate() time", "speed-up"],
                  [[name, fmt_time(t), f"{base / t:.2f}x"] for name, t in times.items()])
-    return {"generate_s": times,
+    pool = pool_decoding(report, model, inputs, mask, trie, offsets, s, device)
+    return {"generate_s": times, "pool": pool,
             "decoded_length_mean": float(lengths.float().mean()),
             "decoded_items": decoded.reshape(s.decode_users, s.decode_beam)}
+
+
+def pool_decoding(report: Report, model, inputs, mask, trie, offsets, s: Settings,
+                  device: str) -> dict:
+    """The paper's decoding (``BeamSearchVarLen``, constrained throughout) with the same T5:
+    :func:`semid_fast.constrained_beam_search` with ``finished="pool"`` (an ID that
+    completes is pooled with its score and never expanded), against ``finished="keep"``
+    (finished IDs keep a beam slot) and against the reference backend."""
+    users, beam, vocab = s.decode_users, s.decode_beam, max(trie.vocab_sizes)
+    with torch.no_grad():
+        encoded = model.get_encoder()(input_ids=inputs, attention_mask=mask)
+    levels = [torch.arange(vocab) < size for size in trie.vocab_sizes]
+
+    def step_fn_factory():
+        prefix = torch.full((users, 1), PAD, dtype=torch.long, device=device)
+
+        def step_fn(step, tokens, parents):
+            nonlocal prefix
+            if step > 0:  # each beam's decoder input: its parent's, then the code it took
+                taken = torch.where(tokens >= 0, tokens + int(offsets[step - 1]), PAD)
+                prefix = torch.cat([prefix[parents], taken[:, None]], 1)
+            rows = prefix.shape[0]
+            repeat = rows // users
+            with torch.no_grad():
+                out = model(encoder_outputs=(encoded.last_hidden_state.repeat_interleave(
+                                repeat, 0),), attention_mask=mask.repeat_interleave(repeat, 0),
+                            decoder_input_ids=prefix)
+            logp = out.logits[:, -1].float().log_softmax(-1)
+            cols = (int(offsets[step]) + torch.arange(vocab)).clamp_max(logp.shape[1] - 1)
+            return logp[:, cols.to(device)].masked_fill(~levels[step].to(device), -torch.inf)
+        return step_fn
+
+    results, times = {}, {}
+    for name, finished, backend in (("pool", "pool", "auto"), ("keep", "keep", "auto"),
+                                    ("pool, reference backend", "pool", "reference")):
+        def search(finished=finished, backend=backend):
+            return sf.constrained_beam_search(step_fn_factory(), trie, batch_size=users,
+                                              beam_width=beam, finished=finished,
+                                              backend=backend)
+        results[name] = search()
+        times[name] = median_time(search, s.reps_decode, device)
+    pool_items, _, pool_scores = results["pool"]
+    keep_items, _, keep_scores = results["keep"]
+    ref_items, _, ref_scores = results["pool, reference backend"]
+    report.check("finished='pool' equals the reference backend",
+                 torch.equal(pool_items.cpu(), ref_items.cpu())
+                 and torch.allclose(pool_scores.cpu(), ref_scores.cpu(), rtol=1e-5, atol=1e-5))
+    report.check("every pooled result is an item of the catalog",
+                 bool((pool_items >= 0).all()))
+    differ = (pool_items != keep_items).any(1)
+    better = int((pool_scores[differ, 0] > keep_scores[differ, 0]).sum())
+    report.say(f"\nthe paper's decoding (finished='pool') vs finished='keep' ({users} users, "
+               f"beam {beam}, T5 decoder re-run on each prefix): different lists for "
+               f"{int(differ.sum())} users, of which {better} get a better best score from the "
+               f"pool")
+    report.table(["decoding", "time"], [[name, fmt_time(t)] for name, t in times.items()])
+    return {"search_s": times, "users_differing": int(differ.sum()),
+            "pool_better_best": better}
