@@ -14,8 +14,8 @@
 //
 // Logits processor (semid_fast.hf): walk + mask in one pass per row, so a generate() step
 // costs one call instead of a few dozen small torch ops. Row logic and ABI: trie_hf.h.
-// First (when the shape allows a continuation) one OpenMP pass over the rows decides where
-// the ID starts, then OpenMP over groups of num_beams rows (one row per group without the
+// First (when the shape allows a continuation) one pass over the rows decides where the ID
+// starts, then OpenMP over groups of num_beams rows (one row per group without the
 // fallback).
 #include <omp.h>
 
@@ -280,12 +280,11 @@ int sid_constrain_f32(const trie_hf::ConstrainArgs& a, int n_threads) {
   const int64_t groups = a.rows / group;
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
-  int64_t strangers = 0;  // rows that extend no row of the previous call
-  if (a.prev_ids != nullptr) {
-#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(+ : strangers)
-    for (int64_t r = 0; r < a.rows; ++r) strangers += trie_hf::extends_a_row(a, r) ? 0 : 1;
-  }
-  const int64_t start = trie_hf::start_column(a, a.prev_ids != nullptr && strangers == 0);
+  // One thread: a continuation costs about one pass over the rows, a new generation stops
+  // at its first row, and a second thread team per step costs more than that.
+  bool continues = a.prev_ids != nullptr;
+  for (int64_t r = 0; continues && r < a.rows; ++r) continues = trie_hf::extends_a_row(a, r);
+  const int64_t start = trie_hf::start_column(a, continues);
   const int64_t step = a.length - start;
   *a.start = start;
   bool any_dead = false;
