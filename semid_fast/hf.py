@@ -90,7 +90,8 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             0. Without it that case stays at -inf.
         backend: "auto" (one fused kernel per step for float32 scores: C++ on the CPU, CUDA
             on a GPU when built; else the torch path), "cpu", "cuda" or "reference" (the
-            torch path: a few dozen small ops per step, any device). No path syncs with the
+            torch path: a few dozen small ops per step, any device; it compares every pair
+            of rows with the previous call's, R * R * T booleans). No path syncs with the
             host.
 
     Raises:
@@ -114,7 +115,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             raise TypeError(f"eos_token_id must be a non-negative int or None, got "
                             f"{eos_token_id!r}")
         suffix = _suffix_list(suffix_token_ids)
-        if suffix_token_ids is not None and eos_token_id in suffix:
+        if eos_token_id is not None and eos_token_id in suffix:
             raise ValueError(f"suffix_token_ids {suffix} contain eos_token_id {eos_token_id}")
         if num_beams is not None and (isinstance(num_beams, bool)
                                       or not isinstance(num_beams, int) or num_beams < 1):
@@ -212,7 +213,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         if self.num_beams and rows % self.num_beams:
             raise ValueError(f"num_beams={self.num_beams} does not divide the {rows} rows of "
                              f"input_ids")
-        self._warn_if_dead()
+        self._warn_if_dead(stacklevel=3)
         prev = self._prev
         if prev is not None and prev.shape != (rows, length - 1):
             prev = None  # another shape: a new generation for sure
@@ -228,7 +229,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         self._publish_dead()
         return out
 
-    def _warn_if_dead(self) -> None:
+    def _warn_if_dead(self, stacklevel: int) -> None:
         """Warns once when an earlier call met a row with no allowed token; reads the flag
         only when it is on the host already (never waits for the device)."""
         if self._warned:
@@ -245,12 +246,12 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
                           "generated tokens are no prefix of an ID of the catalog, e.g. a "
                           "beam kept at -inf when the catalog has fewer continuations than "
                           "beams, or a token another processor forced); it may only emit "
-                          "eos", RuntimeWarning, stacklevel=3)
+                          "eos", RuntimeWarning, stacklevel=stacklevel)
 
     def _publish_dead(self) -> None:
         """CPU: warn now. GPU: start copying the flag to the host without waiting."""
         if self._dead.device.type == "cpu":
-            self._warn_if_dead()
+            self._warn_if_dead(stacklevel=4)
             return
         if self._warned:
             return
