@@ -16,6 +16,7 @@ Needs ``transformers`` (``pip install semid_fast[hf]``); ``import semid_fast`` d
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -33,30 +34,42 @@ __all__ = ["SemanticIDLogitsProcessor"]
 
 class SemanticIDLogitsProcessor(LogitsProcessor):
     """Masks the scores of ``generate`` so that every generated sequence is a semantic ID of
-    the trie's catalog (then ``eos_token_id``, when given).
+    the trie's catalog, then ``suffix_token_ids`` (when given), then ``eos_token_id`` (when
+    given).
 
     The ID starts at the first generated token: after the decoder start token of an
-    encoder-decoder (TIGER's T5) or after the prompt of a decoder-only LLM recommender. The
-    processor records the input length at the first call of a generation (a call whose input
-    is not one token longer than the previous call's, or has another number of rows, starts a
-    new one; :meth:`reset` forces it).
+    encoder-decoder (TIGER's T5) or after the prompt of a decoder-only LLM recommender. A
+    call continues the generation of the previous call when its ``input_ids`` has the same
+    number of rows, one more column, and every row begins with one of the previous call's
+    rows (compared on the device, no host sync; any previous row, as beam search reorders
+    them). Any other call starts a new generation whose ID starts after its ``input_ids``.
+    So one processor serves consecutive ``generate`` calls, whatever their prompt lengths;
+    it holds the state of one generation at a time (use one instance per concurrent
+    ``generate``, e.g. per thread). Only a prompt that extends a row of the previous call by
+    one token (feeding a ``generate`` output back as the next prompt) reads as a
+    continuation: call :meth:`reset` between such calls.
 
     Each call maps the generated tokens back to codes and walks the trie from the root (at
     most ``depth`` gathers on the device), so the result depends on ``input_ids`` alone and is
-    correct however ``generate`` reorders beams between calls; no host sync, no Python loop
-    over beams. At step t every row is at level t: the level-t tokens of the codes that are
-    children of the row's state keep their scores, ``eos_token_id`` keeps its score where the
-    row's prefix is a complete ID (variable-length IDs may stop there or go on; a complete ID
-    with no children can only stop), and every other token gets ``-inf``, exactly what
-    transformers' ``PrefixConstrainedLogitsProcessor`` does with the equivalent prefix
-    function (it adds a 0 / -inf mask to the log-softmaxed scores).
+    correct however ``generate`` reorders beams between calls; no Python loop over beams. A
+    row inside its ID keeps the scores of the tokens of its trie state's children; at a
+    complete ID (variable-length IDs may stop there or go on; a complete ID with no children
+    can only stop) it keeps ``suffix_token_ids[0]``, or ``eos_token_id`` without a suffix; in
+    the suffix it keeps the next suffix token, after the suffix eos; every other token gets
+    ``-inf``. This is what transformers' ``PrefixConstrainedLogitsProcessor`` does with the
+    equivalent prefix function (it adds a 0 / -inf mask to the log-softmaxed scores); with a
+    suffix it is MiniOneRec's constraint (its ``evaluate.py`` builds the allowed tokens from
+    each item's ID tokens followed by the tokens of ``"\\n"`` and eos).
 
-    Rows whose generated tokens are not a prefix of any ID (the dead beams that a beam search
-    keeps at score -inf when it runs out of valid continuations) get every token masked.
     Rows that already hold ``eos_token_id`` (finished rows of greedy search or sampling, or
     the beams a beam search revives from finished candidates when it runs out of live ones)
     may only repeat eos, as a prefix function that answers ``[eos]`` after a complete ID
-    does.
+    does. A row with no allowed token (its generated tokens are not a prefix of an ID then
+    suffix: a beam that beam search keeps at -inf when the catalog has fewer continuations
+    than beams, a token forced by another processor) keeps ``eos_token_id`` only (all -inf
+    without eos), and the processor warns once (a ``RuntimeWarning``): transformers' own
+    processor raises when a prefix function allows nothing, but deciding that needs a host
+    sync. On a GPU the warning comes at a later call, once the flag has reached the host.
 
     Args:
         trie: a :class:`semid_fast.SemanticIDTrie`, on the device the model generates on.
@@ -64,21 +77,27 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             of the level-j code-c token, -1 where there is none (see
             :func:`semid_fast.sid_files.token_id_map`). Every code of the trie needs a token.
         eos_token_id: the token that ends an ID, or None when every ID has length ``depth``
-            and generation stops after ``max_new_tokens=depth``. Required when some IDs are
-            shorter than ``depth``.
+            and generation stops after ``max_new_tokens=depth`` (plus the suffix). Required
+            when some IDs are shorter than ``depth``.
+        suffix_token_ids: token ids forced, in order, after every complete ID and before eos
+            (default none). MiniOneRec ends each ID with ``"\\n"``:
+            ``suffix_token_ids=tokenizer("\\n", add_special_tokens=False).input_ids``; then
+            ``max_new_tokens=depth + len(suffix) + 1``. None of them may be an SID token or
+            eos.
         num_beams: when given (the ``num_beams`` of ``generate``), the processor also applies
             ``PrefixConstrainedLogitsProcessor``'s fallback: when an earlier processor left
             every allowed token of every beam of a batch item at -inf, those tokens get score
             0. Without it that case stays at -inf.
         backend: "auto" (one fused kernel per step for float32 scores: C++ on the CPU, CUDA
             on a GPU when built; else the torch path), "cpu", "cuda" or "reference" (the
-            torch path: a few fixed-shape ops per step, any device). No path syncs with the
+            torch path: a few dozen small ops per step, any device; it compares every pair
+            of rows with the previous call's, R * R * T booleans). No path syncs with the
             host.
 
     Raises:
         TypeError / ValueError: a trie that is not a SemanticIDTrie, a token map of the wrong
         shape, a code of the trie without a token, two codes of one level with the same token,
-        an eos token that is also an SID token, or variable-length IDs without eos.
+        an eos or suffix token that is also an SID token, or variable-length IDs without eos.
 
     Note: ``generate`` runs user processors after its own (e.g. ``min_new_tokens``), the
     prefix function's processor sits among its own; with no other processors configured the
@@ -86,17 +105,18 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, trie, token_ids, *, eos_token_id: int | None = None,
-                 num_beams: int | None = None, backend: str = "auto"):
+                 suffix_token_ids=None, num_beams: int | None = None, backend: str = "auto"):
         if backend not in ("auto", "reference", "cpu", "cuda"):
             raise ValueError(f"backend must be 'auto', 'reference', 'cpu' or 'cuda', got "
                              f"{backend!r}")
         if not isinstance(trie, SemanticIDTrie):
             raise TypeError(f"trie must be a semid_fast.SemanticIDTrie, got {type(trie).__name__}")
-        if eos_token_id is not None and (isinstance(eos_token_id, bool)
-                                         or not isinstance(eos_token_id, int)
-                                         or eos_token_id < 0):
+        if eos_token_id is not None and not _is_token(eos_token_id):
             raise TypeError(f"eos_token_id must be a non-negative int or None, got "
                             f"{eos_token_id!r}")
+        suffix = _suffix_list(suffix_token_ids)
+        if eos_token_id is not None and eos_token_id in suffix:
+            raise ValueError(f"suffix_token_ids {suffix} contain eos_token_id {eos_token_id}")
         if num_beams is not None and (isinstance(num_beams, bool)
                                       or not isinstance(num_beams, int) or num_beams < 1):
             raise ValueError(f"num_beams must be a positive int or None, got {num_beams!r}")
@@ -110,10 +130,11 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
 
         self.trie = trie
         self.eos_token_id = eos_token_id
+        self.suffix_token_ids = tuple(suffix)
         self.num_beams = num_beams
         self.backend = backend
         used, has_short_ids = _used_codes(trie)
-        self._level_codes, self._level_tokens = [], []
+        level_codes, level_tokens = [], []
         for level, codes in enumerate(used):
             if codes.numel() and int(codes.max()) >= token_ids.shape[1]:
                 raise ValueError(f"token_ids has K={token_ids.shape[1]} columns but the trie "
@@ -128,47 +149,50 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             if eos_token_id is not None and bool((tokens == eos_token_id).any()):
                 raise ValueError(f"eos_token_id {eos_token_id} is also the token of a level-"
                                  f"{level} code")
-            self._level_codes.append(codes)
-            self._level_tokens.append(tokens)
+            clash = sorted(set(suffix) & set(tokens.tolist()))
+            if clash:
+                raise ValueError(f"suffix_token_ids: token {clash[0]} is also the token of a "
+                                 f"level-{level} code")
+            level_codes.append(codes)
+            level_tokens.append(tokens)
         if has_short_ids and eos_token_id is None:
             raise ValueError("the trie has IDs shorter than its depth (variable-length IDs): "
                              "give eos_token_id so that generation can end them")
 
-        # The tokens of the trie's codes alone (the C++ kernel reads them per child edge).
-        self._token_table = torch.full_like(token_ids, -1)
-        for level, (codes, tokens) in enumerate(zip(self._level_codes, self._level_tokens)):
-            self._token_table[level, codes] = tokens
+        # The tokens of the trie's codes alone (the kernels read them per child edge); a last
+        # all -1 row for the level past the deepest one.
+        k = max(token_ids.shape[1], trie.max_vocab)
+        table = torch.full((trie.depth + 1, k), -1, dtype=torch.int64)
+        for level, (codes, tokens) in enumerate(zip(level_codes, level_tokens)):
+            table[level, codes] = tokens
         # Level j's inverse map: token id -> code, -1 for tokens of no level-j code.
-        largest = [int(t.max()) for t in self._level_tokens if t.numel()]
-        vocab = max([eos_token_id or 0] + largest) + 1
+        largest = [int(t.max()) for t in level_tokens if t.numel()]
+        vocab = max([eos_token_id or 0, *suffix] + largest) + 1
         inverse = torch.full((trie.depth, vocab), -1, dtype=torch.int64)
-        for level, (codes, tokens) in enumerate(zip(self._level_codes, self._level_tokens)):
+        for level, (codes, tokens) in enumerate(zip(level_codes, level_tokens)):
             inverse[level, tokens] = codes
         self._vocab = vocab
-        self._inverse = inverse.reshape(-1)
-        self._level_offsets = torch.arange(trie.depth, dtype=torch.int64) * vocab
-        # Columns that can be unmasked at step t: the level-t tokens, then eos.
-        eos = [] if eos_token_id is None else [eos_token_id]
-        self._columns = [torch.cat([t, torch.tensor(eos, dtype=torch.int64)])
-                         for t in self._level_tokens]
-        self._columns.append(torch.tensor(eos, dtype=torch.int64))
+        self._inverse = inverse
+        self._token_table = table
+        # The suffix, padded with eos (or "no token") for the position after it.
+        after = -1 if eos_token_id is None else eos_token_id
+        self._suffix = torch.tensor([*suffix, after], dtype=torch.int64)
         self._to_device(trie.device)
         self.reset()
+        self._warned = False
+        self._dead_host = self._dead_event = None
 
     def _to_device(self, device) -> None:
         self._device = torch.device(device)
-        move = lambda t: t.to(self._device)  # noqa: E731
-        self._level_codes = [move(c) for c in self._level_codes]
-        self._level_tokens = [move(t) for t in self._level_tokens]
-        self._columns = [move(c) for c in self._columns]
-        self._inverse = move(self._inverse)
-        self._token_table = move(self._token_table)
-        self._level_offsets = move(self._level_offsets)
+        self._inverse = self._inverse.to(self._device)
+        self._token_table = self._token_table.to(self._device)
+        self._suffix = self._suffix.to(self._device)
 
     def reset(self) -> None:
-        """Forget the recorded start of the ID: the next call starts a new generation."""
-        self._start = None
-        self._last_shape = None
+        """Forget the current generation: the next call starts a new one."""
+        self._prev = None
+        self._start = torch.zeros(1, dtype=torch.int64, device=self._device)
+        self._dead = torch.zeros(1, dtype=torch.int32, device=self._device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids (R, T) int64, scores (R, V) float -> (R, V) scores with the tokens that
@@ -186,37 +210,56 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             raise ValueError(f"scores have {scores.shape[1]} tokens but the token map uses "
                              f"ids up to {self._vocab - 1}")
         rows, length = input_ids.shape
-        if self._last_shape != (rows, length - 1):
-            self._start = length
-        self._last_shape = (rows, length)
-        step = length - self._start
+        if self.num_beams and rows % self.num_beams:
+            raise ValueError(f"num_beams={self.num_beams} does not divide the {rows} rows of "
+                             f"input_ids")
+        self._warn_if_dead(stacklevel=3)
+        prev = self._prev
+        if prev is not None and prev.shape != (rows, length - 1):
+            prev = None  # another shape: a new generation for sure
+        input_ids = input_ids.long()  # the kernels read int64 rows with unit column stride
+        if input_ids.stride(1) != 1:
+            input_ids = input_ids.contiguous()
         kernel = self._kernel(scores)
         if kernel is not None:
-            return self._native_call(kernel, input_ids, scores, step)
-        generated = input_ids[:, self._start:]
-
-        states = self._walk(generated, min(step, self.trie.depth))
-        if step > self.trie.depth:
-            states = torch.full_like(states, -1)
-        columns = self._columns[min(step, self.trie.depth)]
-        allowed = []
-        if step < self.trie.depth:
-            allowed.append(self.trie.valid_next(states)[:, self._level_codes[step]])
-        if self.eos_token_id is not None:
-            complete = self.trie.terminal_item(states) >= 0
-            if step > 0:
-                # A row that already ended its ID may only repeat eos (its walk hit eos, which
-                # is no SID token, so it is at state -1 and has no children).
-                complete = complete | (generated == self.eos_token_id).any(dim=1)
-            allowed.append(complete[:, None])
-        out = torch.full_like(scores, -math.inf)
-        if allowed:
-            allowed = torch.cat(allowed, dim=1)
-            kept = torch.where(allowed, scores[:, columns], -math.inf)
-            if self.num_beams is not None:
-                kept = self._force_unsatisfiable(kept, allowed)
-            out[:, columns] = kept
+            out = self._native_call(kernel, input_ids, scores, prev)
+        else:
+            out = self._torch_call(input_ids, scores, prev)
+        self._prev = input_ids.clone(memory_format=torch.contiguous_format)
+        self._publish_dead()
         return out
+
+    def _warn_if_dead(self, stacklevel: int) -> None:
+        """Warns once when an earlier call met a row with no allowed token; reads the flag
+        only when it is on the host already (never waits for the device)."""
+        if self._warned:
+            return
+        if self._dead.device.type == "cpu":
+            flag = self._dead
+        elif self._dead_event is not None and self._dead_event.query():
+            flag = self._dead_host
+        else:
+            return
+        if int(flag[0]):
+            self._warned = True
+            warnings.warn("SemanticIDLogitsProcessor: a row had no allowed token (its "
+                          "generated tokens are no prefix of an ID of the catalog, e.g. a "
+                          "beam kept at -inf when the catalog has fewer continuations than "
+                          "beams, or a token another processor forced); it may only emit "
+                          "eos", RuntimeWarning, stacklevel=stacklevel)
+
+    def _publish_dead(self) -> None:
+        """CPU: warn now. GPU: start copying the flag to the host without waiting."""
+        if self._dead.device.type == "cpu":
+            self._warn_if_dead(stacklevel=4)
+            return
+        if self._warned:
+            return
+        if self._dead_host is None:
+            self._dead_host = torch.zeros(1, dtype=torch.int32).pin_memory()
+            self._dead_event = torch.cuda.Event()
+        self._dead_host.copy_(self._dead, non_blocking=True)
+        self._dead_event.record(torch.cuda.current_stream(self._device))
 
     def _kernel(self, scores: torch.Tensor) -> str | None:
         """The native backend ("cpu" or "cuda") that runs this call, None for the torch path."""
@@ -233,23 +276,25 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         return name if reason is None else None
 
     def _native_call(self, kernel: str, input_ids: torch.Tensor, scores: torch.Tensor,
-                     step: int) -> torch.Tensor:
-        """One fused kernel: walk every row and write its masked scores."""
-        if self.num_beams and input_ids.shape[0] % self.num_beams:
-            raise ValueError(f"num_beams={self.num_beams} does not divide the "
-                             f"{input_ids.shape[0]} rows of input_ids")
-        input_ids = input_ids.long()  # the kernel reads int64 rows with unit column stride
-        if input_ids.stride(1) != 1:
-            input_ids = input_ids.contiguous()
+                     prev: torch.Tensor | None) -> torch.Tensor:
+        """One fused kernel (two launches on the GPU): find the start, walk every row and
+        write its masked scores."""
         scores = scores.contiguous()
         out = torch.empty_like(scores)
         trie = self.trie
-        args = (input_ids.data_ptr(), input_ids.shape[0], input_ids.stride(0), self._start, step,
+        rows, length = input_ids.shape
+        match = None
+        if prev is not None and kernel == "cuda":
+            match = torch.empty(rows, dtype=torch.int32, device=self._device)
+        args = (input_ids.data_ptr(), rows, input_ids.stride(0), length,
+                0 if prev is None else prev.data_ptr(), length - 1,
+                0 if match is None else match.data_ptr(), self._start.data_ptr(),
                 self._inverse.data_ptr(), self._vocab, trie.depth, trie.child_offsets.data_ptr(),
                 trie.child_codes.data_ptr(), trie.terminal.data_ptr(), trie.num_states,
                 self._token_table.data_ptr(), self._token_table.shape[1],
+                self._suffix.data_ptr(), len(self.suffix_token_ids),
                 -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
-                scores.data_ptr(), scores.shape[1], out.data_ptr())
+                scores.data_ptr(), scores.shape[1], out.data_ptr(), self._dead.data_ptr())
         if kernel == "cuda":
             _native.call_cuda("SemanticIDLogitsProcessor", _native._C_cuda.sid_constrain_f32,
                               *args, device=scores.device)
@@ -264,26 +309,119 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         masking a few beams over a small vocabulary)."""
         return max(1, min(_native.n_threads(), scores.numel() >> 18))
 
-    def _walk(self, generated: torch.Tensor, steps: int) -> torch.Tensor:
-        """(R,) trie states of the first ``steps`` generated tokens; -1 for non-ID prefixes."""
-        if steps == 0:
-            return torch.zeros(generated.shape[0], dtype=torch.int64, device=self._device)
-        tokens = generated[:, :steps]
-        known = (tokens >= 0) & (tokens < self._vocab)
-        codes = self._inverse[tokens.clamp(0, self._vocab - 1) + self._level_offsets[:steps]]
-        return self.trie.walk(torch.where(known, codes, -1))  # a -1 code leads to state -1
+    def _torch_call(self, input_ids: torch.Tensor, scores: torch.Tensor,
+                    prev: torch.Tensor | None) -> torch.Tensor:
+        """The same masks as the kernels with fixed-shape torch ops (start and step stay on
+        the device)."""
+        rows, length = input_ids.shape
+        device, trie = self._device, self.trie
+        n_suffix = len(self.suffix_token_ids)
+        if prev is None:
+            start = torch.full((1,), length, dtype=torch.int64, device=device)
+        else:
+            extends = (input_ids[:, None, :length - 1] == prev[None]).all(dim=2).any(dim=1)
+            start = torch.where(extends.all(), self._start, length)
+        self._start = start
+        step = length - start  # (1,)
+
+        # Walk: (state, suffix tokens read) per row over the at most depth + n_suffix
+        # generated tokens a live row holds.
+        longest = min(length, trie.depth + n_suffix)
+        columns = (start + torch.arange(longest, device=device)).clamp(max=max(length - 1, 0))
+        tokens = input_ids[:, columns] if longest else input_ids[:, :0]
+        eos = -1 if self.eos_token_id is None else self.eos_token_id
+        state = torch.zeros(rows, dtype=torch.int64, device=device)
+        read = torch.full_like(state, -1)
+        for j in range(longest):
+            token = tokens[:, j]
+            live = state >= 0
+            complete = live & (trie.terminal_item(state) >= 0)
+            in_suffix = live & (read >= 0)
+            # inside the suffix: the next suffix token, else dead
+            expected = self._suffix[read.clamp(0, n_suffix)]
+            suffix_ok = (read < n_suffix) & (token == expected)
+            # at a complete ID: the first suffix token enters the suffix
+            enters = ~in_suffix & complete & (n_suffix > 0) & (token == self._suffix[0])
+            if j < trie.depth:
+                known = (token >= 0) & (token < self._vocab)
+                code = torch.where(known, self._inverse[j, token.clamp(0, self._vocab - 1)], -1)
+                child = trie.advance(state, code)
+            else:
+                child = torch.full_like(state, -1)
+            new_state = torch.where(in_suffix, torch.where(suffix_ok, state, -1),
+                                    torch.where(enters, state, child))
+            new_read = torch.where(in_suffix, torch.where(suffix_ok, read + 1, -1),
+                                   torch.where(enters, 1, -1))
+            new_state = torch.where(token == eos, -1, new_state)
+            active = j < step
+            state = torch.where(active, new_state, state)
+            read = torch.where(active, new_read, read)
+        state = torch.where(step > trie.depth + n_suffix, -1, state)
+        generated = torch.arange(length, device=device) >= start
+        finished = ((input_ids == eos) & generated).any(dim=1) if eos >= 0 else \
+            torch.zeros(rows, dtype=torch.bool, device=device)
+        state = torch.where(finished, -1, state)
+
+        # Allowed tokens as a (rows, V + 1) mask; column V takes the writes of "no token".
+        vocab = scores.shape[1]
+        in_id = (state >= 0) & (read < 0)
+        children = trie.valid_next(torch.where(in_id, state, -1))  # (rows, max_vocab)
+        level = self._token_table[step.clamp(max=trie.depth)]  # (1, k): the step's tokens
+        child_tokens = level[:, :children.shape[1]].expand(rows, -1)
+        has_token = children & (child_tokens >= 0)
+        none = vocab
+        after_id = self._suffix[0] if n_suffix else self._suffix[-1]
+        single = torch.full_like(state, none)
+        complete = in_id & (trie.terminal_item(torch.where(in_id, state, -1)) >= 0)
+        single = torch.where(complete, after_id, single)
+        in_suffix = (state >= 0) & (read >= 0)
+        single = torch.where(in_suffix, self._suffix[read.clamp(0, n_suffix)], single)
+        single = torch.where(finished, eos, single)
+        single = torch.where(single < 0, none, single)
+        dead = (single == none) & ~has_token.any(dim=1)
+        if eos >= 0:
+            single = torch.where(dead, eos, single)
+        self._dead |= dead.any().int()
+        mask = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=device)
+        mask.scatter_(1, torch.where(has_token, child_tokens, none), True)
+        mask.scatter_(1, single[:, None], True)
+        allowed = mask[:, :vocab]
+        kept = torch.where(allowed, scores, -math.inf)
+        if self.num_beams is not None:
+            kept = self._force_unsatisfiable(kept, allowed)
+        return kept
 
     def _force_unsatisfiable(self, kept: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """PrefixConstrainedLogitsProcessor's rule: a batch item whose allowed tokens are all
         -inf in every beam gets score 0 on them."""
-        rows = kept.shape[0]
-        if rows % self.num_beams:
-            raise ValueError(f"num_beams={self.num_beams} does not divide the {rows} rows of "
-                             f"input_ids")
         dead = kept.amax(dim=1).isneginf().view(-1, self.num_beams).all(dim=1)
         dead = dead.repeat_interleave(self.num_beams)[:, None]
         return torch.where(dead & allowed, torch.zeros((), dtype=kept.dtype,
                                                         device=kept.device), kept)
+
+
+def _is_token(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _suffix_list(suffix_token_ids) -> list[int]:
+    """suffix_token_ids as a list of ints (None: empty), or TypeError."""
+    if suffix_token_ids is None:
+        return []
+    if isinstance(suffix_token_ids, torch.Tensor):
+        if suffix_token_ids.dim() != 1 or suffix_token_ids.dtype.is_floating_point:
+            raise TypeError(f"suffix_token_ids must be a 1-D integer tensor or a sequence of "
+                            f"ints, got a {suffix_token_ids.dim()}-D {suffix_token_ids.dtype} "
+                            f"tensor")
+        suffix_token_ids = suffix_token_ids.tolist()
+    if isinstance(suffix_token_ids, (str, bytes)) or not hasattr(suffix_token_ids, "__iter__"):
+        raise TypeError(f"suffix_token_ids must be a sequence of token ids, got "
+                        f"{suffix_token_ids!r}")
+    out = list(suffix_token_ids)
+    bad = [t for t in out if not _is_token(t)]
+    if bad:
+        raise TypeError(f"suffix_token_ids must hold non-negative ints, got {bad[0]!r}")
+    return out
 
 
 def _used_codes(trie) -> tuple[list[torch.Tensor], bool]:

@@ -170,18 +170,22 @@ PYBIND11_MODULE(_C, m) {
                           ptr<int64_t>(out_states), n_threads);
         });
   m.def("sid_constrain_f32",
-        [](std::uintptr_t input_ids, int64_t rows, int64_t ids_stride, int64_t start,
-           int64_t step, std::uintptr_t inverse, int64_t vocab_map, int64_t depth,
+        [](std::uintptr_t input_ids, int64_t rows, int64_t ids_stride, int64_t length,
+           std::uintptr_t prev_ids, int64_t prev_len, std::uintptr_t match, std::uintptr_t start,
+           std::uintptr_t inverse, int64_t vocab_map, int64_t depth,
            std::uintptr_t child_offsets, std::uintptr_t child_codes, std::uintptr_t terminal,
-           int64_t num_states, std::uintptr_t level_tokens, int64_t k, int64_t eos,
-           int64_t num_beams, std::uintptr_t scores, int64_t vocab, std::uintptr_t out,
-           int n_threads) {
-          SEMID_FAST_CALL(sid_constrain_f32, ptr<const int64_t>(input_ids), rows, ids_stride,
-                          start, step, ptr<const int64_t>(inverse), vocab_map, depth,
-                          ptr<const int64_t>(child_offsets), ptr<const int32_t>(child_codes),
-                          ptr<const int64_t>(terminal), num_states,
-                          ptr<const int64_t>(level_tokens), k, eos, num_beams,
-                          ptr<const float>(scores), vocab, ptr<float>(out), n_threads);
+           int64_t num_states, std::uintptr_t level_tokens, int64_t k, std::uintptr_t suffix,
+           int64_t n_suffix, int64_t eos, int64_t num_beams, std::uintptr_t scores,
+           int64_t vocab, std::uintptr_t out, std::uintptr_t dead, int n_threads) {
+          const semid_fast::trie_hf::ConstrainArgs a{
+              ptr<const int64_t>(input_ids), rows, ids_stride, length,
+              ptr<const int64_t>(prev_ids), prev_len, ptr<int32_t>(match),
+              ptr<int64_t>(start), ptr<const int64_t>(inverse), vocab_map, depth,
+              ptr<const int64_t>(child_offsets), ptr<const int32_t>(child_codes),
+              ptr<const int64_t>(terminal), num_states, ptr<const int64_t>(level_tokens), k,
+              ptr<const int64_t>(suffix), n_suffix, eos, num_beams, ptr<const float>(scores),
+              vocab, ptr<float>(out), ptr<int32_t>(dead)};
+          SEMID_FAST_CALL(sid_constrain_f32, a, n_threads);
         });
   m.def("gumbel_noise",
         [](uint64_t seed, uint64_t offset, int64_t start, int64_t n, std::uintptr_t bits,

@@ -14,7 +14,9 @@
 //
 // Logits processor (semid_fast.hf): walk + mask in one pass per row, so a generate() step
 // costs one call instead of a few dozen small torch ops. Row logic and ABI: trie_hf.h.
-// OpenMP over groups of num_beams rows (one row per group without the fallback).
+// First (when the shape allows a continuation) one pass over the rows decides where the ID
+// starts, then OpenMP over groups of num_beams rows (one row per group without the
+// fallback).
 #include <omp.h>
 
 #include <algorithm>
@@ -348,49 +350,46 @@ int trie_pool_update(const float* pool_scores, const int64_t* pool_states,
   return kOk;
 }
 
-int sid_constrain_f32(const int64_t* input_ids, int64_t rows, int64_t ids_stride,
-                      int64_t start, int64_t step, const int64_t* inverse, int64_t vocab_map,
-                      int64_t depth, const int64_t* child_offsets, const int32_t* child_codes,
-                      const int64_t* terminal, int64_t num_states, const int64_t* level_tokens,
-                      int64_t k, int64_t eos, int64_t num_beams, const float* scores,
-                      int64_t vocab, float* out, int n_threads) {
+int sid_constrain_f32(const trie_hf::ConstrainArgs& a, int n_threads) {
   using trie_hf::RowState;
-  if (!trie_hf::valid_args(rows, start, step, vocab_map, depth, num_states, k, vocab,
-                           num_beams))
-    return kBadArgument;
-  const int64_t group = num_beams > 0 ? num_beams : 1;
-  const int64_t groups = rows / group;
+  if (!trie_hf::valid_args(a)) return kBadArgument;
+  const int64_t group = a.num_beams > 0 ? a.num_beams : 1;
+  const int64_t groups = a.rows / group;
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+  // One thread: a continuation costs about one pass over the rows, a new generation stops
+  // at its first row, and a second thread team per step costs more than that.
+  bool continues = a.prev_ids != nullptr;
+  for (int64_t r = 0; continues && r < a.rows; ++r) continues = trie_hf::extends_a_row(a, r);
+  const int64_t start = trie_hf::start_column(a, continues);
+  const int64_t step = a.length - start;
+  *a.start = start;
+  bool any_dead = false;
+
+#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(|| : any_dead)
   for (int64_t g = 0; g < groups; ++g) {
     bool all_unsatisfied = true;
     for (int64_t r = g * group; r < (g + 1) * group; ++r) {
-      const float* in_row = scores + r * vocab;
-      float* out_row = out + r * vocab;
-      std::fill(out_row, out_row + vocab, neg_inf);
-      const RowState rs = trie_hf::walk_row(input_ids + r * ids_stride + start, step, inverse,
-                                            vocab_map, depth, child_offsets, child_codes,
-                                            num_states, eos);
-      trie_hf::for_each_allowed(rs, step, depth, child_offsets, child_codes, terminal,
-                                level_tokens, k, eos, 0, 1, true, [&](int64_t token) {
-                                  if (token < 0 || token >= vocab) return;
-                                  out_row[token] = in_row[token];
-                                  if (in_row[token] != neg_inf) all_unsatisfied = false;
-                                });
+      const float* in_row = a.scores + r * a.vocab;
+      float* out_row = a.out + r * a.vocab;
+      std::fill(out_row, out_row + a.vocab, neg_inf);
+      const RowState rs = trie_hf::walk_row(a, a.input_ids + r * a.ids_stride + start, step);
+      any_dead = trie_hf::for_each_allowed(a, rs, step, 0, 1, true, [&](int64_t token) {
+                   if (token < 0 || token >= a.vocab) return;
+                   out_row[token] = in_row[token];
+                   if (in_row[token] != neg_inf) all_unsatisfied = false;
+                 }) || any_dead;
     }
-    if (num_beams == 0 || !all_unsatisfied) continue;
+    if (a.num_beams == 0 || !all_unsatisfied) continue;
     for (int64_t r = g * group; r < (g + 1) * group; ++r) {
-      float* out_row = out + r * vocab;
-      const RowState rs = trie_hf::walk_row(input_ids + r * ids_stride + start, step, inverse,
-                                            vocab_map, depth, child_offsets, child_codes,
-                                            num_states, eos);
-      trie_hf::for_each_allowed(rs, step, depth, child_offsets, child_codes, terminal,
-                                level_tokens, k, eos, 0, 1, true, [&](int64_t token) {
-                                  if (token >= 0 && token < vocab) out_row[token] = 0.0f;
-                                });
+      float* out_row = a.out + r * a.vocab;
+      const RowState rs = trie_hf::walk_row(a, a.input_ids + r * a.ids_stride + start, step);
+      trie_hf::for_each_allowed(a, rs, step, 0, 1, true, [&](int64_t token) {
+        if (token >= 0 && token < a.vocab) out_row[token] = 0.0f;
+      });
     }
   }
+  if (any_dead) *a.dead = 1;
   return kOk;
 }
 

@@ -22,10 +22,11 @@
 //  3. The winners' keys are decoded (rank -> beam, child) and the outputs written; the
 //     score is recomputed with the same float add as in step 2 (and as on the CPU).
 //
-// Logits processor (semid_fast.hf): One block per group of num_beams rows
-// (one row per block without the fallback): the block fills each row with -inf (coalesced),
-// thread 0 walks the row's tokens (at most depth binary searches), then the threads share
-// the children's token writes. Row logic: trie_hf.h.
+// Logits processor (semid_fast.hf): when the shape allows a continuation, one thread per row
+// first compares it with the previous call's rows. Then one block per group of num_beams
+// rows (one row per block without the fallback): the block reduces the matches to the
+// start column, fills each row with -inf (coalesced), thread 0 walks the row's tokens, then
+// the threads share the children's token writes. Row logic: trie_hf.h.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -305,62 +306,63 @@ cudaError_t trie_pool_update(const float* pool_scores, const int64_t* pool_state
 namespace {
 
 constexpr int kConstrainThreads = 256;
+constexpr int kMatchThreads = 128;
 
-struct ConstrainArgs {
-  const int64_t* input_ids;
-  int64_t ids_stride, start, step;
-  const int64_t* inverse;
-  int64_t vocab_map, depth;
-  const int64_t* child_offsets;
-  const int32_t* child_codes;
-  const int64_t* terminal;
-  int64_t num_states;
-  const int64_t* level_tokens;
-  int64_t k, eos, num_beams;
-  const float* scores;
-  int64_t vocab;
-  float* out;
-};
+__global__ void __launch_bounds__(kMatchThreads) match_kernel(trie_hf::ConstrainArgs a) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < a.rows) a.match[r] = trie_hf::extends_a_row(a, r) ? 1 : 0;
+}
 
-__device__ trie_hf::RowState shared_walk(const ConstrainArgs& a, int64_t r) {
+__device__ trie_hf::RowState shared_walk(const trie_hf::ConstrainArgs& a, int64_t r,
+                                         int64_t start, int64_t step) {
   __shared__ trie_hf::RowState rs;
   __syncthreads();  // rs of the previous row is no longer read
-  if (threadIdx.x == 0)
-    rs = trie_hf::walk_row(a.input_ids + r * a.ids_stride + a.start, a.step, a.inverse,
-                           a.vocab_map, a.depth, a.child_offsets, a.child_codes, a.num_states,
-                           a.eos);
+  if (threadIdx.x == 0) rs = trie_hf::walk_row(a, a.input_ids + r * a.ids_stride + start, step);
   __syncthreads();
   return rs;
 }
 
-__global__ void __launch_bounds__(kConstrainThreads) constrain_kernel(ConstrainArgs a) {
+__global__ void __launch_bounds__(kConstrainThreads) constrain_kernel(trie_hf::ConstrainArgs a) {
   const int64_t group = a.num_beams > 0 ? a.num_beams : 1;
   const int64_t first_row = int64_t(blockIdx.x) * group;
   const float neg_inf = -__int_as_float(0x7f800000);
+  // Every block decides the start from all rows' matches. Block 0 then stores it in the
+  // buffer the others read: when the call continues it stores the value they read, when not
+  // they do not read it, so the order does not matter.
+  bool continues = false;
+  if (a.match != nullptr) {
+    int all = 1;
+    for (int64_t i = threadIdx.x; i < a.rows; i += blockDim.x) all &= a.match[i];
+    continues = __syncthreads_and(all) != 0;
+  }
+  const int64_t start = trie_hf::start_column(a, continues);
+  const int64_t step = a.length - start;
+  __syncthreads();  // every thread of block 0 has read the old start
+  if (blockIdx.x == 0 && threadIdx.x == 0) *a.start = start;
   __shared__ int satisfied;
   if (threadIdx.x == 0) satisfied = 0;
   for (int64_t r = first_row; r < first_row + group; ++r) {
     const float* in_row = a.scores + r * a.vocab;
     float* out_row = a.out + r * a.vocab;
     for (int64_t t = threadIdx.x; t < a.vocab; t += blockDim.x) out_row[t] = neg_inf;
-    const trie_hf::RowState rs = shared_walk(a, r);  // its barriers order the fill first
-    trie_hf::for_each_allowed(rs, a.step, a.depth, a.child_offsets, a.child_codes, a.terminal,
-                              a.level_tokens, a.k, a.eos, threadIdx.x, blockDim.x,
-                              threadIdx.x == 0, [&](int64_t token) {
-                                if (token < 0 || token >= a.vocab) return;
-                                out_row[token] = in_row[token];
-                                if (in_row[token] != neg_inf) satisfied = 1;
-                              });
+    // shared_walk's barriers order the fill before the writes below
+    const trie_hf::RowState rs = shared_walk(a, r, start, step);
+    const bool dead = trie_hf::for_each_allowed(a, rs, step, threadIdx.x, blockDim.x,
+                                                threadIdx.x == 0, [&](int64_t token) {
+                                                  if (token < 0 || token >= a.vocab) return;
+                                                  out_row[token] = in_row[token];
+                                                  if (in_row[token] != neg_inf) satisfied = 1;
+                                                });
+    if (dead && threadIdx.x == 0) *a.dead = 1;
   }
   if (a.num_beams == 0) return;
   __syncthreads();
   if (satisfied) return;  // the same value in every thread after the barrier
   for (int64_t r = first_row; r < first_row + group; ++r) {
     float* out_row = a.out + r * a.vocab;
-    const trie_hf::RowState rs = shared_walk(a, r);
-    trie_hf::for_each_allowed(rs, a.step, a.depth, a.child_offsets, a.child_codes, a.terminal,
-                              a.level_tokens, a.k, a.eos, threadIdx.x, blockDim.x,
-                              threadIdx.x == 0, [&](int64_t token) {
+    const trie_hf::RowState rs = shared_walk(a, r, start, step);
+    trie_hf::for_each_allowed(a, rs, step, threadIdx.x, blockDim.x, threadIdx.x == 0,
+                              [&](int64_t token) {
                                 if (token >= 0 && token < a.vocab) out_row[token] = 0.0f;
                               });
   }
@@ -368,22 +370,20 @@ __global__ void __launch_bounds__(kConstrainThreads) constrain_kernel(ConstrainA
 
 }  // namespace
 
-cudaError_t sid_constrain_f32(const int64_t* input_ids, int64_t rows, int64_t ids_stride,
-                              int64_t start, int64_t step, const int64_t* inverse,
-                              int64_t vocab_map, int64_t depth, const int64_t* child_offsets,
-                              const int32_t* child_codes, const int64_t* terminal,
-                              int64_t num_states, const int64_t* level_tokens, int64_t k,
-                              int64_t eos, int64_t num_beams, const float* scores,
-                              int64_t vocab, float* out, cudaStream_t stream) {
-  if (!trie_hf::valid_args(rows, start, step, vocab_map, depth, num_states, k, vocab,
-                           num_beams))
+cudaError_t sid_constrain_f32(const trie_hf::ConstrainArgs& args, cudaStream_t stream) {
+  if (!trie_hf::valid_args(args) || (args.prev_ids != nullptr && args.match == nullptr))
     return cudaErrorInvalidValue;
-  const int64_t groups = num_beams > 0 ? rows / num_beams : rows;
+  trie_hf::ConstrainArgs a = args;
+  if (a.prev_ids == nullptr) a.match = nullptr;
+  const int64_t groups = a.num_beams > 0 ? a.rows / a.num_beams : a.rows;
   if (groups == 0) return cudaSuccess;
   if (groups > 0x7fffffff) return cudaErrorInvalidValue;
-  const ConstrainArgs a{input_ids, ids_stride, start, step, inverse, vocab_map, depth,
-                        child_offsets, child_codes, terminal, num_states, level_tokens, k,
-                        eos, num_beams, scores, vocab, out};
+  if (a.match != nullptr) {
+    match_kernel<<<unsigned((a.rows + kMatchThreads - 1) / kMatchThreads), kMatchThreads, 0,
+                   stream>>>(a);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
   constrain_kernel<<<unsigned(groups), kConstrainThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }

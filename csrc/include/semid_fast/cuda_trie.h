@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "semid_fast/trie_hf.h"
+
 namespace semid_fast {
 namespace cuda {
 
@@ -38,13 +40,10 @@ cudaError_t trie_pool_update(const float* pool_scores, const int64_t* pool_state
                              float* out_pool_scores, int64_t* out_pool_states,
                              int64_t* out_states, cudaStream_t stream);
 
-cudaError_t sid_constrain_f32(const int64_t* input_ids, int64_t rows, int64_t ids_stride,
-                              int64_t start, int64_t step, const int64_t* inverse,
-                              int64_t vocab_map, int64_t depth, const int64_t* child_offsets,
-                              const int32_t* child_codes, const int64_t* terminal,
-                              int64_t num_states, const int64_t* level_tokens, int64_t k,
-                              int64_t eos, int64_t num_beams, const float* scores,
-                              int64_t vocab, float* out, cudaStream_t stream);
+// Two launches: one thread per row decides whether it extends a row of the previous call
+// (writing args.match, a rows-long int32 buffer the caller provides when prev_ids is given),
+// then one block per group of rows masks the scores.
+cudaError_t sid_constrain_f32(const trie_hf::ConstrainArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace semid_fast
