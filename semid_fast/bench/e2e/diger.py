@@ -13,9 +13,11 @@ This pipeline trains the RQ-VAE of :mod:`semid_fast.bench.e2e.tiger` on
 * ``ste``: :func:`semid_fast.rq_quantize` (plain straight-through), the collapse baseline;
 * one run per noise schedule of :mod:`semid_fast.schedules`, each level quantized by
   :func:`semid_fast.gumbel_quantize` (``hard=True``): exponentially decayed temperature,
-  cosine-decayed noise scale, frequency-based noise (:class:`~semid_fast.schedules.FrequencyNoise`,
-  noise only for samples whose previous code is over-used) and a learnable noise scale
-  sigma (:func:`~semid_fast.schedules.learnable_sigma_loss`);
+  cosine-decayed noise scale, and DIGER's two released runs at its constants (tau 2.0):
+  frequency-based noise (:class:`~semid_fast.schedules.FrequencyNoise`, ratio 1.5, momentum
+  0.99: noise only for samples whose level-0 argmin code is over-used) and a learnable noise
+  scale sigma per level (:func:`~semid_fast.schedules.sigma_noise_scale`,
+  :func:`~semid_fast.schedules.learnable_sigma_loss` with lambda 1.7);
 
 and reports the code usage and perplexity of every level over training. The step time of the
 Gumbel model is compared, on the exponential-temperature run, with the same model using the
@@ -68,8 +70,8 @@ class Settings:
     lr: float = 1e-3
     tau_start: float = 1.0        # exponential temperature decay: tau_start -> tau_end
     tau_end: float = 0.1
-    freq_momentum: float = 0.9    # FrequencyNoise's usage EMA
-    sigma_start: float = 1.0      # learnable sigma's initial value
+    diger_tau: float = 2.0        # DIGER's fixed temperature (frequency and sigma runs)
+    sigma_start: float = 1.0      # learnable sigma's initial value (DIGER's initial_std)
     eval_every: int = 25          # steps between code-usage measurements over the catalog
     reps: int = 20                # timed calls of each quantizer in the micro-benchmark
     seed: int = 0
@@ -128,20 +130,20 @@ class Run:
     def __init__(self, name: str, model: RQVAE, s: Settings, logit_scale: float, device: str):
         self.name, self.model, self.s, self.logit_scale = name, model, s, logit_scale
         self.sigma = None
-        if name == "learnable_sigma":
-            self.sigma = torch.nn.Parameter(torch.tensor(s.sigma_start, device=device))
+        if name == "learnable_sigma":  # DIGER learns one sigma per level
+            self.sigma = torch.nn.Parameter(torch.full((s.levels,), s.sigma_start,
+                                                       device=device))
         params = list(model.parameters()) + ([self.sigma] if self.sigma is not None else [])
         self.optimizer = torch.optim.Adam(params, lr=s.lr)
         self.frequency = None
-        if name == "frequency_noise":
-            self.frequency = [schedules.FrequencyNoise(s.k, momentum=s.freq_momentum,
-                                                       device=device) for _ in range(s.levels)]
+        if name == "frequency_noise":  # DIGER's constants: ratio 1.5, momentum 0.99
+            self.frequency = schedules.FrequencyNoise(s.k, device=device)
         self.tau = schedules.ExponentialDecay(
             s.tau_start, math.log(s.tau_start / s.tau_end) / max(1, s.steps - 1), s.tau_end)
         self.noise = schedules.CosineDecay(1.0, 0.0, max(1, s.steps - 1))
         self.losses, self.times, self.usage = [], [], []  # losses: the task loss
 
-    def loss(self, step: int, rows: torch.Tensor, x: torch.Tensor, last_codes: torch.Tensor):
+    def loss(self, step: int, rows: torch.Tensor, x: torch.Tensor):
         """(objective, task loss, codes) of one training step on items ``rows``; the
         objective differs from the task loss only for the learnable sigma (its weighting)."""
         s, model = self.s, self.model
@@ -163,20 +165,23 @@ class Run:
         elif self.name == "cosine_noise":
             scales = [self.noise(step)] * s.levels
         elif self.name == "frequency_noise":
-            scales = [f.noise_scale(last_codes[rows, lv]) for lv, f in enumerate(self.frequency)]
+            # DIGER's rule: decided once per sample from its level-0 argmin code, the usage
+            # counting argmin codes; the same noise scale for every level.
+            tau, scales = s.diger_tau, [self.frequency(z.detach(), model.codebooks)] * s.levels
         elif self.name == "learnable_sigma":
-            scales = [self.sigma.abs().reshape(1)] * s.levels
+            tau = s.diger_tau
+            scales = [schedules.sigma_noise_scale(sigma).reshape(1) for sigma in self.sigma]
         codes, quantized = gumbel_levels(z, model.codebooks, tau=tau, noise_scales=scales,
                                          logit_scale=self.logit_scale, seed=s.seed,
                                          offset=step * s.levels, backend=backend)
         loss = vq_loss(model, batch, z, quantized, s.beta)
-        if self.sigma is not None:
-            return schedules.learnable_sigma_loss(loss, self.sigma), loss, codes
+        if self.sigma is not None:  # DIGER weights the loss by its levels' mean sigma
+            return schedules.learnable_sigma_loss(loss, self.sigma.mean()), loss, codes
         return loss, loss, codes
 
-    def step(self, step: int, rows, x, last_codes, device: str) -> torch.Tensor:
+    def step(self, step: int, rows, x, device: str) -> None:
         started = time.perf_counter()
-        objective, loss, codes = self.loss(step, rows, x, last_codes)
+        objective, loss, codes = self.loss(step, rows, x)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         self.optimizer.step()
@@ -184,10 +189,6 @@ class Run:
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - started)
         self.losses.append(float(loss.detach()))
-        if self.frequency is not None:
-            for level, f in enumerate(self.frequency):
-                f.update(codes[:, level])
-        return codes.detach()
 
     @torch.no_grad()
     def catalog_codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,17 +215,14 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
                "at initialisation)")
     names = ("ste", *SCHEDULES, "reference", "torch_gumbel_softmax")
     runs = {name: Run(name, copy.deepcopy(model), s, logit_scale, device) for name in names}
-    # Each item's code at its last visit (initially its nearest codewords): the frequency
-    # schedule's noise depends on whether that code is over-used.
-    last_codes = {name: runs["ste"].catalog_codes(x) for name in names}
     eval_steps = []
 
     # Step 0 agreement: the native gumbel_quantize against the reference backend, same seed.
     rows0 = torch.randint(0, s.n_items, (s.batch,), generator=torch.Generator().manual_seed(
         s.seed + 1)).to(device)
     with torch.no_grad():
-        _, loss_ours, codes_ours = runs["exp_tau"].loss(0, rows0, x, last_codes["exp_tau"])
-        _, loss_ref, codes_ref = runs["reference"].loss(0, rows0, x, last_codes["reference"])
+        _, loss_ours, codes_ours = runs["exp_tau"].loss(0, rows0, x)
+        _, loss_ref, codes_ref = runs["reference"].loss(0, rows0, x)
     report.check(f"step-0 codes of gumbel_quantize ({resolved}) equal the reference backend's",
                  torch.equal(codes_ours.cpu(), codes_ref.cpu()),
                  f"{s.batch} rows x {s.levels} levels")
@@ -234,9 +232,8 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
 
     for step in range(s.steps):
         rows = torch.randint(0, s.n_items, (s.batch,), generator=g).to(device)
-        for name, r in runs.items():
-            codes = r.step(step, rows, x, last_codes[name], device)
-            last_codes[name][rows] = codes.to(last_codes[name].dtype)
+        for r in runs.values():
+            r.step(step, rows, x, device)
         if step % s.eval_every == 0 or step == s.steps - 1:
             eval_steps.append(step)
             for r in runs.values():
@@ -281,7 +278,8 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
         eval_steps=eval_steps, loss_curves={n: r.losses for n, r in runs.items()},
         usage_over_training={n: r.usage for n, r in runs.items()}, final=final,
         median_step_s=step_s, quantizer_fwd_bwd_s=quantizer_s, step0_loss=[l0, l0_ref],
-        sigma_final=float(runs["learnable_sigma"].sigma.detach()), logit_scale=logit_scale)
+        sigma_final=runs["learnable_sigma"].sigma.detach().cpu().tolist(),
+        logit_scale=logit_scale)
 
     report.say(f"\n{s.steps} steps, batch {s.batch}, latent {s.latent}, {s.levels} levels x "
                f"{s.k} codes; catalog codes after training (used / perplexity per level):")
@@ -293,7 +291,8 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
                    final[name]["colliding_items"], f"{final[name]['tail_loss']:.4f}",
                    fmt_time(step_s[name])]
                   for name in ("ste", *SCHEDULES)])
-    report.say(f"learnable sigma: {s.sigma_start} -> {report.metrics['sigma_final']:.3f}")
+    report.say(f"learnable sigma per level: {s.sigma_start} -> "
+               + ", ".join(f"{v:.3f}" for v in report.metrics["sigma_final"]))
     report.say(f"\nstep time of the exp_tau model (gumbel_quantize backend: {resolved}):")
     base_q, base_s = quantizer_s["reference"], step_s["reference"]
     report.table(["implementation", "quantizer fwd+bwd", "vs reference", "training step",

@@ -228,7 +228,7 @@ def decoding(report: Report, trie, ids: torch.Tensor, id_lengths: torch.Tensor, 
     item_tokens = offsets + ids  # (N, depth); positions past an ID's end are unused
     rows = [row[:length] for row, length in zip(item_tokens.tolist(), id_lengths.tolist())]
     prefix_fn = PythonPrefixTrie(rows, eos_token_id=EOS).prefix_allowed_tokens_fn(
-        start=1, dead_tokens=[PAD])
+        start=1, dead_tokens=[EOS])
 
     config = transformers.T5Config(
         vocab_size=int(2 + sizes.sum()), d_model=s.t5_dim, d_ff=2 * s.t5_dim, d_kv=s.t5_dim // 4,
