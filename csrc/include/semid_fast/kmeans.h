@@ -1,0 +1,25 @@
+// Raw-pointer ABI of k-means' centroid update (CPU). The assignment step is rq_encode_f32
+// with one level (quantize.h), so k-means and RQ encoding share one nearest-codeword kernel.
+//
+//   x       (n, d) float32, row-major contiguous
+//   codes   (n,)   int64, the cluster of each row, in [0, k)
+//   sums    (k, d) float64 out: sum of the rows of each cluster
+//   counts  (k,)   int64 out: rows per cluster
+// Returns kCodeOutOfRange (outputs unwritten) when a code is outside [0, k).
+#pragma once
+#include <cstdint>
+
+#include "semid_fast/quantize.h"
+
+namespace semid_fast {
+
+#define SEMID_FAST_DECLARE_CPU_KMEANS(ns)                                                     \
+  namespace ns {                                                                             \
+  int kmeans_update_f32(const float* x, int64_t n, int64_t d, const int64_t* codes, int64_t k, \
+                        double* sums, int64_t* counts, int n_threads);                       \
+  }
+
+SEMID_FAST_DECLARE_CPU_KMEANS(isa_avx2)
+SEMID_FAST_DECLARE_CPU_KMEANS(isa_base)
+
+}  // namespace semid_fast
