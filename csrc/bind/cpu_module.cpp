@@ -113,6 +113,13 @@ PYBIND11_MODULE(_C, m) {
                           k, ptr<double>(sums), ptr<int64_t>(counts), n_threads);
         });
 
+  m.def("kmeanspp_f32",
+        [](std::uintptr_t x, int64_t n, int64_t d, int64_t k, int64_t first, std::uintptr_t draws,
+           int64_t trials, std::uintptr_t picks, int n_threads) {
+          SEMID_FAST_CALL(kmeanspp_f32, ptr<const float>(x), n, d, k, first,
+                          ptr<const double>(draws), trials, ptr<int64_t>(picks), n_threads);
+        });
+
   m.def("holistic_topk_f32",
         [](std::uintptr_t table, int interleaved, int64_t b, int64_t msub, int64_t k,
            std::uintptr_t codes, int code_bytes, int64_t n, std::uintptr_t candidates, int64_t c,

@@ -1,10 +1,12 @@
 """k-means (Lloyd) and RQ-VAE codebook initialisation by k-means on successive residuals.
 
-One driver runs every backend: the random parts (initialisation, empty-cluster splits) are
-:mod:`semid_fast.reference.kmeans`'s, drawn from a CPU generator seeded with ``seed``, so a
-seed gives the same centroids on every backend up to float rounding (and ties). The backends
-differ in the two heavy steps:
+One driver runs every backend: the random numbers (initial rows, k-means++ draws,
+empty-cluster splits) are drawn by :mod:`semid_fast.reference.kmeans` from a CPU generator
+seeded with ``seed``, so a seed gives the same centroids on every backend up to float rounding
+(and ties). The backends differ in the heavy steps:
 
+- k-means++ (pick by pick, each scoring every row against its candidates): ``cpu`` in C++,
+  one pass over x per pick; the others in torch on x's device;
 - assignment (nearest centroid in float32): the reference by a distance matrix; ``cpu`` by the
   register-blocked AVX2 kernel of ``rq_encode`` with one level (never an (N, K) matrix);
   ``cuda``/``triton`` by ``rq_encode`` on the device;
@@ -50,6 +52,18 @@ def _update_cpu(x: torch.Tensor, codes: torch.Tensor, k: int):
     return sums, counts
 
 
+def _init_cpu(x: torch.Tensor, k: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    if init == "random":
+        return ref.init_centroids(x, k, init, generator)
+    first, draws = ref.kmeanspp_draws(x.shape[0], k, generator)
+    picks = torch.empty(k, dtype=torch.long)
+    status = _native.cpu().kmeanspp_f32(x.data_ptr(), x.shape[0], x.shape[1], k, first,
+                                        draws.data_ptr(), draws.shape[1], picks.data_ptr(),
+                                        _native.n_threads())
+    _native.check_cpu_status(status, "kmeans")
+    return x[picks]
+
+
 def _assign_device(backend: str):
     from .quantize import rq_encode
 
@@ -61,19 +75,20 @@ def _assign_device(backend: str):
 
 
 def _steps(backend: str):
+    """(init, assign, update) of a backend."""
     if backend == "reference":
-        return ref.assign, ref.update
+        return ref.init_centroids, ref.assign, ref.update
     if backend == "cpu":
-        return _assign_cpu, _update_cpu
-    return _assign_device(backend), ref.update
+        return _init_cpu, _assign_cpu, _update_cpu
+    return ref.init_centroids, _assign_device(backend), ref.update
 
 
 def _fit(x: torch.Tensor, k: int, iters: int, seed: int, init: str, tol: float,
          backend: str) -> KMeansResult:
     """Lloyd's loop on float32 contiguous x (the order of reference.kmeans)."""
-    assign, update = _steps(backend)
+    init_centroids, assign, update = _steps(backend)
     generator = torch.Generator().manual_seed(seed)
-    centroids = ref.init_centroids(x, k, init, generator).contiguous()
+    centroids = init_centroids(x, k, init, generator).contiguous()
     limit = ref.tolerance(x, tol)
     n_iter = 0
     for _ in range(iters):

@@ -35,6 +35,19 @@ def _squared_distances(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> 
     return (x_sq[None, :] - 2.0 * (c @ x.T) + (c * c).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
+def kmeanspp_trials(k: int) -> int:
+    """Candidates per k-means++ pick, scikit-learn's ``2 + floor(ln k)``."""
+    return 2 + int(math.log(k))
+
+
+def kmeanspp_draws(n: int, k: int, generator: torch.Generator) -> tuple[int, torch.Tensor]:
+    """The random numbers of one k-means++ run: the first row, then (k - 1, trials) float64
+    uniforms in [0, 1), one per candidate (every backend draws them here, in this order)."""
+    first = int(torch.randint(n, (1,), generator=generator))
+    draws = torch.rand((k - 1, kmeanspp_trials(k)), generator=generator, dtype=torch.float64)
+    return first, draws
+
+
 def init_centroids(x: torch.Tensor, k: int, init: str, generator: torch.Generator) -> torch.Tensor:
     """(K, D) starting centroids, rows of x (float32).
 
@@ -43,18 +56,17 @@ def init_centroids(x: torch.Tensor, k: int, init: str, generator: torch.Generato
     "kmeans++": greedy k-means++ as scikit-learn's ``_kmeans_plusplus`` (LC-Rec's k-means is
     scikit-learn's ``KMeans``): the first centroid uniform, then each next one the best of
     ``2 + floor(ln K)`` candidates drawn with probability proportional to the squared distance
-    to the nearest chosen centroid, best meaning smallest total squared distance afterwards.
-    Runs on x's device; all its random numbers are drawn up front on the CPU generator.
+    to the nearest chosen centroid, best meaning smallest total squared distance afterwards
+    (ties: the earlier candidate). Runs on x's device from :func:`kmeanspp_draws`.
     """
     n = x.shape[0]
     if init == "random":
         return x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()
-    trials = 2 + int(math.log(k))
-    first = torch.randint(n, (1,), generator=generator)
-    draws = torch.rand((k - 1, trials), generator=generator, dtype=torch.float64).to(x.device)
+    first, draws = kmeanspp_draws(n, k, generator)
+    draws = draws.to(x.device)
     x_sq = (x * x).sum(1)
     centroids = x.new_empty((k, x.shape[1]))
-    centroids[0] = x[first.to(x.device)][0]
+    centroids[0] = x[first]
     closest = _squared_distances(x, x_sq, centroids[:1])[0].double()
     potential = closest.sum()
     for c in range(1, k):
