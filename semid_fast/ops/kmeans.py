@@ -24,10 +24,10 @@ import torch
 from .. import _backends, _checks, _native
 from ..reference import kmeans as ref
 from ..reference.kmeans import KMeansResult
+from .quantize import MAX_K, rq_encode  # the GPU assignment step is rq_encode, one level
 
 __all__ = ["KMeansResult", "kmeans", "rq_init"]
 
-MAX_K = 65536  # rq_encode's limit: the assignment step is rq_encode with one level
 INITS = ("kmeans++", "random")
 
 
@@ -65,8 +65,6 @@ def _init_cpu(x: torch.Tensor, k: int, init: str, generator: torch.Generator) ->
 
 
 def _assign_device(backend: str):
-    from .quantize import rq_encode
-
     def assign(x: torch.Tensor, centroids: torch.Tensor):
         codes = rq_encode(x, centroids[None], backend=backend)[:, 0]
         return codes, ((x - centroids[codes]) ** 2).sum(1)
