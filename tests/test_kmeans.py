@@ -259,7 +259,8 @@ def test_rq_init_levels_reduce_the_residual(shared_data):
     assert float((x ** 2).sum()) > errors[0] > errors[1] > errors[2], errors
     # the initialised codebooks encode better than random rows as codebooks
     g = torch.Generator().manual_seed(0)
-    rows = x[torch.randint(len(x), (3, 256), generator=g)] / torch.tensor([1.0, 4, 16])[:, None, None]
+    scales = torch.tensor([1.0, 4, 16])[:, None, None]
+    rows = x[torch.randint(len(x), (3, 256), generator=g)] / scales
     random_codes = sf.rq_encode(x, rows)
     assert errors[2] < float(((x - sf.rq_decode(random_codes, rows)) ** 2).sum())
 
@@ -285,7 +286,7 @@ BAD = [
     (lambda: sf.kmeans(torch.randn(5, 3), True), TypeError, "k must be an int"),
     (lambda: sf.kmeans(torch.randn(5, 3), 2.0), TypeError, "k must be an int"),
     (lambda: sf.kmeans(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), 1), ValueError, "NaN"),
-    (lambda: sf.kmeans(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), 1), ValueError, "NaN or inf"),
+    (lambda: sf.kmeans(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), 1), ValueError, "inf"),
     (lambda: sf.kmeans(torch.randn(5), 2), ValueError, "x must have shape"),
     (lambda: sf.kmeans(torch.randn(2, 5, 3), 2), ValueError, "x must have shape"),
     (lambda: sf.kmeans(torch.ones(5, 3, dtype=torch.int64), 2), TypeError, "x must have dtype"),

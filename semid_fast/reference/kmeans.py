@@ -31,7 +31,7 @@ class KMeansResult(NamedTuple):
 
 
 def _squared_distances(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(M, N) squared distances of the M rows of c to the rows of x, by ||x||^2 - 2 x.c + ||c||^2."""
+    """(M, N) squared distances of the rows of c to the rows of x: ||x||^2 - 2 x.c + ||c||^2."""
     return (x_sq[None, :] - 2.0 * (c @ x.T) + (c * c).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
@@ -136,7 +136,7 @@ def update(x: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, 
 
 
 def new_centroids(sums: torch.Tensor, counts: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Cluster means as float32; an empty cluster keeps its old centroid (split_empty repairs it)."""
+    """Cluster means as float32; an empty cluster keeps its old centroid (split_empty moves it)."""
     means = sums / counts.clamp_min(1)[:, None].to(sums.dtype)
     return torch.where(counts[:, None] > 0, means.float(), old)
 
