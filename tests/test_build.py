@@ -108,7 +108,7 @@ def test_baseline_kernels_pass_the_cpu_tests():
         pytest.skip("no second ISA in this build: the other tests already run the baseline")
     tests = pathlib.Path(__file__).parent
     files = [str(tests / f"test_{family}.py") for family in
-             ("quantize", "longid", "gumbel", "trie", "hf")]
+             ("quantize", "longid", "gumbel", "trie", "hf", "kmeans")]
     # Run from tests/: from the repository root, `python -c`/`-m` would put the source tree,
     # not the installed package, first on sys.path.
     env = dict(os.environ, SEMID_FAST_CPU_ISA="baseline")

@@ -8,6 +8,7 @@
 #endif
 
 #include "semid_fast/gumbel.h"
+#include "semid_fast/kmeans.h"
 #include "semid_fast/longid.h"
 #include "semid_fast/quantize.h"
 #include "semid_fast/trie.h"
@@ -103,6 +104,20 @@ PYBIND11_MODULE(_C, m) {
            int64_t dsub, std::uintptr_t out, int n_threads) {
           SEMID_FAST_CALL(pq_decode_f32, ptr<const int64_t>(codes), n, msub,
                           ptr<const float>(codebooks), k, dsub, ptr<float>(out), n_threads);
+        });
+
+  m.def("kmeans_update_f32",
+        [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codes, int64_t k,
+           std::uintptr_t sums, std::uintptr_t counts, int n_threads) {
+          SEMID_FAST_CALL(kmeans_update_f32, ptr<const float>(x), n, d, ptr<const int64_t>(codes),
+                          k, ptr<double>(sums), ptr<int64_t>(counts), n_threads);
+        });
+
+  m.def("kmeanspp_f32",
+        [](std::uintptr_t x, int64_t n, int64_t d, int64_t k, int64_t first, std::uintptr_t draws,
+           int64_t trials, std::uintptr_t picks, int n_threads) {
+          SEMID_FAST_CALL(kmeanspp_f32, ptr<const float>(x), n, d, k, first,
+                          ptr<const double>(draws), trials, ptr<int64_t>(picks), n_threads);
         });
 
   m.def("holistic_topk_f32",

@@ -12,6 +12,12 @@ centroids) loaded with our codebooks, on CPU runs; vector-quantize-pytorch ``Res
 loaded with our codebooks. Each peer's setup checks that its codes agree with the reference
 on a sample, and the row's note says how many agreed.
 
+k-means (``kmeans``, 20 Lloyd iterations, K=256, on the encode rows N; ``rq_init`` on the
+training-step rows) against faiss-cpu ``faiss.Kmeans`` with the same iterations and random
+init, twice: with its default subsampling (at most ``max_points_per_centroid`` = 256 rows per
+centroid, 65,536 of 100,000 rows at K=256) and on every row. Each row's note gives the inertia
+of its centroids on all N rows, from one untimed fit.
+
 Inputs are random from a fixed seed: x ~ N(0, 1); level l of the RQ codebooks ~ N(0, 0.5^l),
 so deeper levels refine smaller residuals as in a trained RQ-VAE; PQ codebooks ~ N(0, 1).
 """
@@ -131,6 +137,7 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     out += _decode_cases(inputs, device, ours, s, product=True)
     out += _rq_quantize_cases(inputs, device, ours, s, backward=False)
     out += _rq_quantize_cases(inputs, device, ours, s, backward=True)
+    out += _kmeans_cases(inputs, device, ours, s)
     return out
 
 
@@ -349,4 +356,81 @@ def _rq_quantize_setup(inputs, s, backward, backend):
             torch.autograd.backward((quantized, loss), (grad_quantized, None))
 
         return step
+    return setup
+
+
+# ------------------------------------------------------------------------------------ kmeans
+
+KMEANS_ITERS = 20
+
+
+def _inertia_note(x: torch.Tensor, centroids: torch.Tensor, what: str) -> str:
+    from ..reference.kmeans import assign
+
+    inertia = float(assign(x.float(), centroids.to(x.device).float())[1].double().sum())
+    return f"{what}; inertia on all {len(x)} rows {inertia:.6g}"
+
+
+def _kmeans_cases(inputs, device, ours, s: Sizes) -> list[Case]:
+    n, k, d = s.n, s.k, s.d
+    # Lloyd's assignment is the FLOP count: iterations plus the final assignment.
+    flops = 2.0 * n * k * d * (KMEANS_ITERS + 1)
+    common = dict(family=FAMILY, op="kmeans", device=device, flops=flops)
+    shape = f"N={_count(n)} D={d} K={k} iters={KMEANS_ITERS} init=random"
+    out = [Case(impl=b, backend=b, shape=shape, setup=_kmeans_setup(inputs, s, "random", b),
+                **common) for b in ours]
+    for subsample in (True, False):
+        impl = "faiss Kmeans" + (" (subsampled)" if subsample else " (all rows)")
+        out.append(Case(impl=impl, shape=shape, requires=("faiss",), skip=_faiss_skip(device),
+                        setup=_faiss_kmeans_setup(inputs, s, subsample), **common))
+    # k-means++ costs a pass over x per centroid: ours only (the reference's torch loop is
+    # the GPU path; faiss has no k-means++).
+    shape_pp = f"N={_count(n)} D={d} K={k} iters={KMEANS_ITERS} init=kmeans++"
+    out += [Case(impl=b, backend=b, shape=shape_pp, baseline=None,
+                 setup=_kmeans_setup(inputs, s, "kmeans++", b), **common)
+            for b in ours if b != "reference"]
+    shape_rq = f"N={_count(s.train_n)} D={d} L={s.levels} K={k} iters={KMEANS_ITERS}"
+    out += [Case(family=FAMILY, op="rq_init", shape=shape_rq, impl=b, backend=b, device=device,
+                 flops=2.0 * s.train_n * k * d * (KMEANS_ITERS + 1) * s.levels,
+                 setup=_rq_init_setup(inputs, s, b)) for b in ours]
+    return out
+
+
+def _kmeans_setup(inputs, s, init, backend):
+    def setup():
+        x = inputs.x(s.n, s.d)
+
+        def fit():
+            return semid_fast.kmeans(x, s.k, iters=KMEANS_ITERS, seed=0, init=init,
+                                     backend=backend)
+
+        return fit, _inertia_note(x, fit().centroids, f"init={init}")
+    return setup
+
+
+def _faiss_kmeans_setup(inputs, s, subsample):
+    def setup():
+        faiss = _faiss()
+        x = inputs.x(s.n, s.d)
+        xn = x.numpy()
+        # faiss's default is 256 rows per centroid; above N it fits on every row.
+        per_centroid = 256 if subsample else s.n
+
+        def fit():
+            km = faiss.Kmeans(s.d, s.k, niter=KMEANS_ITERS, seed=0,
+                              max_points_per_centroid=per_centroid)
+            km.train(xn)
+            return km
+
+        rows = min(s.n, per_centroid * s.k)
+        what = f"max_points_per_centroid={per_centroid} (fits on {rows} rows), random init"
+        return fit, _inertia_note(x, torch.from_numpy(fit().centroids), what)
+    return setup
+
+
+def _rq_init_setup(inputs, s, backend):
+    def setup():
+        x = inputs.x(s.train_n, s.d)
+        return lambda: semid_fast.rq_init(x, s.levels, s.k, iters=KMEANS_ITERS, seed=0,
+                                          backend=backend)
     return setup

@@ -1,0 +1,219 @@
+"""k-means (Lloyd) and RQ-VAE codebook initialisation by k-means on successive residuals.
+
+One driver runs every backend: the random numbers (initial rows, k-means++ draws,
+empty-cluster splits) are drawn by :mod:`semid_fast.reference.kmeans` from a CPU generator
+seeded with ``seed``, so a seed gives the same centroids on every backend up to float rounding
+(and ties). The backends differ in the heavy steps:
+
+- k-means++ (pick by pick, each scoring every row against its candidates): ``cpu`` in C++,
+  one pass over x per pick; the others in torch on x's device;
+- assignment (nearest centroid in float32): the reference by a distance matrix; ``cpu`` by the
+  register-blocked AVX2 kernel of ``rq_encode`` with one level (never an (N, K) matrix);
+  ``cuda``/``triton`` by ``rq_encode`` on the device;
+- update (cluster sums in float64 and counts): the reference and the GPU backends by
+  ``index_add_``/``bincount`` on x's device; ``cpu`` by a C++ pass with per-thread sums.
+
+Each iteration reads the cluster counts on the host (K integers, to find empty clusters):
+one device sync per iteration on GPU. k-means is an initialisation, not a per-step op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backends, _checks, _native
+from ..reference import kmeans as ref
+from ..reference.kmeans import KMeansResult
+from .quantize import MAX_K, rq_encode  # the GPU assignment step is rq_encode, one level
+
+__all__ = ["KMeansResult", "kmeans", "rq_init"]
+
+INITS = ("kmeans++", "random")
+
+
+def _assign_cpu(x: torch.Tensor, centroids: torch.Tensor):
+    n, d = x.shape
+    codes = torch.empty((n, 1), dtype=torch.long)
+    dist = torch.empty((n, 1), dtype=torch.float32)
+    status = _native.cpu().rq_encode_f32(x.data_ptr(), n, d, centroids.data_ptr(), 1,
+                                         centroids.shape[0], 1, codes.data_ptr(), 0,
+                                         dist.data_ptr(), _native.n_threads())
+    _native.check_cpu_status(status, "kmeans")
+    return codes[:, 0], dist[:, 0]
+
+
+def _update_cpu(x: torch.Tensor, codes: torch.Tensor, k: int):
+    sums = torch.empty((k, x.shape[1]), dtype=torch.float64)
+    counts = torch.empty(k, dtype=torch.long)
+    status = _native.cpu().kmeans_update_f32(x.data_ptr(), x.shape[0], x.shape[1],
+                                             codes.data_ptr(), k, sums.data_ptr(),
+                                             counts.data_ptr(), _native.n_threads())
+    _native.check_cpu_status(status, "kmeans")
+    return sums, counts
+
+
+def _init_cpu(x: torch.Tensor, k: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    if init == "random":
+        return ref.init_centroids(x, k, init, generator)
+    first, draws = ref.kmeanspp_draws(x.shape[0], k, generator)
+    picks = torch.empty(k, dtype=torch.long)
+    status = _native.cpu().kmeanspp_f32(x.data_ptr(), x.shape[0], x.shape[1], k, first,
+                                        draws.data_ptr(), draws.shape[1], picks.data_ptr(),
+                                        _native.n_threads())
+    _native.check_cpu_status(status, "kmeans")
+    return x[picks]
+
+
+def _assign_device(backend: str):
+    def assign(x: torch.Tensor, centroids: torch.Tensor):
+        codes = rq_encode(x, centroids[None], backend=backend)[:, 0]
+        return codes, ((x - centroids[codes]) ** 2).sum(1)
+
+    return assign
+
+
+def _steps(backend: str):
+    """(init, assign, update) of a backend."""
+    if backend == "reference":
+        return ref.init_centroids, ref.assign, ref.update
+    if backend == "cpu":
+        return _init_cpu, _assign_cpu, _update_cpu
+    return ref.init_centroids, _assign_device(backend), ref.update
+
+
+def _fit(x: torch.Tensor, k: int, iters: int, seed: int, init: str, tol: float,
+         backend: str) -> KMeansResult:
+    """Lloyd's loop on float32 contiguous x (the order of reference.kmeans)."""
+    init_centroids, assign, update = _steps(backend)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = init_centroids(x, k, init, generator).contiguous()
+    limit = ref.tolerance(x, tol)
+    n_iter = 0
+    for _ in range(iters):
+        codes, _ = assign(x, centroids)
+        sums, counts = update(x, codes, k)
+        previous = centroids
+        centroids = ref.split_empty(ref.new_centroids(sums, counts, previous), counts.cpu(),
+                                    generator).contiguous()
+        n_iter += 1
+        if tol > 0 and float(((centroids - previous) ** 2).sum()) <= limit:
+            break
+    codes, dist = assign(x, centroids)
+    return KMeansResult(centroids, codes, dist.double().sum(), n_iter)
+
+
+def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor, str]:
+    _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES, "(N, D)")
+    n, d = x.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"{op}: x must have at least one row and one column, got {tuple(x.shape)}")
+    _checks.positive_int(k, "k")
+    if k > n:
+        raise ValueError(f"{op}: k={k} clusters need at least k rows, x has N={n}")
+    if k > MAX_K:
+        raise ValueError(f"{op}: k={k}; at most {MAX_K} clusters are supported")
+    _checks.positive_int(iters, "iters", minimum=0)
+    _checks.positive_int(seed, "seed", minimum=0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be < 2**63, got {seed}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ValueError(f"tol must be a float >= 0, got {tol!r}")
+    _checks.finite(x, "x")
+    name = _backends.resolve(backend, x.device, op)
+    return x.detach().float().contiguous(), name
+
+
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0, init: str = "kmeans++",
+           tol: float = 0.0, backend: str = "auto") -> KMeansResult:
+    """Lloyd's k-means of the rows of x, deterministic from ``seed``.
+
+    ``iters`` rounds of: assign each row to its nearest centroid (squared L2, float32), move
+    each centroid to the mean of its rows (summed in float64), and repair empty clusters; then
+    one last assignment, so ``assignments`` and ``inertia`` belong to the returned centroids.
+
+    Args:
+        x: (N, D) float32/float16/bfloat16 rows (used in float32; no gradient flows).
+        k: clusters, 1 <= k <= min(N, 65536).
+        iters: Lloyd updates (>= 0; 0 returns the initial centroids).
+        seed: seeds a CPU ``torch.Generator`` for every random draw (>= 0).
+        init: "kmeans++" (default): greedy k-means++ as scikit-learn's (2 + floor(ln k)
+            candidates per centroid, keeping the one that lowers the total squared distance
+            most); "random": k distinct rows drawn uniformly, as faiss's ``Clustering``.
+        tol: 0 (default) runs exactly ``iters`` updates; tol > 0 stops once the squared
+            Frobenius norm of the centroid shift is at most tol times the mean per-dimension
+            variance of x (scikit-learn's rule, its default tol is 1e-4).
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        :class:`KMeansResult` ``(centroids, assignments, inertia, n_iter)``: centroids (k, D)
+        float32, assignments (N,) int64, inertia () float64 (sum of squared distances to the
+        assigned centroid), n_iter the number of updates run; tensors on x's device.
+
+    Empty clusters (after an update) are split from populated ones as faiss does
+    (``split_clusters``): the donor is drawn with probability proportional to its size - 1,
+    and the two centroids become the donor's scaled by (1 +- 1/1024) alternately by dimension.
+
+    Reproducing the published initialisers (same algorithm; their own random streams differ):
+
+    - faiss ``faiss.Kmeans(d, k, niter=n, seed=s)``: ``init="random", iters=n``. faiss by
+      default fits on a random subsample of ``max_points_per_centroid * k`` rows (256 * k);
+      pass such a subsample (``x[torch.randperm(N)[:256 * k]]``) for the same setting.
+    - LC-Rec (``index/models/layers.py`` ``kmeans``: scikit-learn ``KMeans(n_clusters=k,
+      max_iter=kmeans_iters)``, kmeans_iters=100 in ``main.py``): ``init="kmeans++",
+      iters=100, tol=1e-4``. scikit-learn >= 1.4 runs one k-means++ start (``n_init="auto"``);
+      older versions keep the best of 10 starts, and relocate empty clusters to far rows.
+    - EdoardoBotta's RQ-VAE-Recommender (``init/kmeans.py`` ``Kmeans``): ``init="random"``
+      and enough ``iters`` to converge (it runs until no centroid moves by 1e-10; empty
+      clusters take a random row there).
+    """
+    x32, name = _check("kmeans", x, k, iters, seed, init, tol, backend)
+    if name == "reference":
+        return ref.kmeans(x32, k, iters, seed, init, float(tol))
+    return _fit(x32, k, iters, seed, init, float(tol), name)
+
+
+def rq_init(x: torch.Tensor, levels: int, k: int, *, iters: int = 20, seed: int = 0,
+            init: str = "kmeans++", tol: float = 0.0, backend: str = "auto") -> torch.Tensor:
+    """Residual-quantization codebooks fitted by k-means on successive residuals.
+
+    Level 0 is :func:`kmeans` of x; level l is :func:`kmeans` (seed ``seed + l``) of the
+    residual left after subtracting each row's nearest centroid of every level before it
+    (greedy RQ encoding with the codebooks fitted so far), which is what an RQ-VAE whose
+    quantizers k-means-initialise on their first input computes in its first forward pass.
+
+    Args:
+        x: (N, D) float rows: the RQ-VAE encoder's output on the first batch.
+        levels: L >= 1 codebooks. k, iters, seed, init, tol, backend: as :func:`kmeans`
+            (k <= N).
+
+    Returns:
+        (L, k, D) float32 codebooks on x's device, e.g. to copy into the quantizer's weights
+        or to pass to :func:`semid_fast.rq_quantize`.
+
+    Reproducing the published RQ-VAEs:
+
+    - LC-Rec (``index/models/vq.py`` ``VectorQuantizer.init_emb``, ``kmeans_init=True`` in
+      ``index/main.py``): ``rq_init(encoder(first_batch), L, 256, init="kmeans++", iters=100,
+      tol=1e-4)``; the first batch holds ``batch_size`` rows (1024 in ``run.sh``). Where a
+      level's ``sk_epsilon`` > 0, LC-Rec's later residuals follow Sinkhorn's codes, not the
+      nearest centroid used here.
+    - EdoardoBotta's RQ-VAE-Recommender (``modules/quantize.py`` ``Quantize._kmeans_init``,
+      called by ``train_rqvae.py`` on the first ``min(20000, N)`` training items):
+      ``rq_init(encoder(x[:20000]), 3, 256, init="random", iters=...)``. Its STE mode
+      subtracts the nearest codeword as here; its Gumbel-softmax mode subtracts a soft mix.
+    """
+    _checks.positive_int(levels, "levels")
+    x32, name = _check("rq_init", x, k, iters, seed, init, tol, backend)
+    if seed + levels - 1 >= 2**63:
+        raise ValueError(f"seed + levels - 1 must be < 2**63, got {seed + levels - 1}")
+    if name == "reference":
+        return ref.rq_init(x32, levels, k, iters, seed, init, float(tol))
+    residual = x32
+    books = torch.empty((levels, k, x32.shape[1]), dtype=torch.float32, device=x32.device)
+    for level in range(levels):
+        fit = _fit(residual, k, iters, seed + level, init, float(tol), name)
+        books[level] = fit.centroids
+        residual = (residual - fit.centroids[fit.assignments]).contiguous()
+    return books
