@@ -204,7 +204,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     torch.manual_seed(s.seed)
     model = RQVAE(s.dim, s.hidden, s.latent, s.levels, s.k).to(device)
     g = torch.Generator().manual_seed(s.seed)
-    model.init_codebooks(x[torch.randperm(s.n_items, generator=g)[:max(s.k, 4096)]], g)
+    model.init_codebooks(x[torch.randperm(s.n_items, generator=g)[:max(s.k, 4096)]], s.seed)
     # Logits -logit_scale * ||r - c||^2 with the distances' spread at initialisation as the
     # unit: raw squared distances of the small latent differ by ~1e-2, so with logit_scale 1
     # every soft assignment would be near uniform (its gradient pulls all codewords together).

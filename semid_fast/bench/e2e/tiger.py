@@ -3,8 +3,10 @@
 TIGER (Rajput et al., "Recommender Systems with Generative Retrieval", NeurIPS 2023) turns
 item text embeddings into semantic IDs with an RQ-VAE: an MLP encoder, 3 levels of residual
 quantization with 256 codewords, an MLP decoder, trained on reconstruction plus the RQ loss.
-This pipeline trains that model on ``yelp/title_cat_minilm384.npy`` twice, side by side from
-the same initial weights and the same batches: once with :func:`semid_fast.rq_quantize` (the
+This pipeline initialises the codebooks by k-means on the encoded items, level by level
+(:func:`semid_fast.rq_init`, as LC-Rec's RQ-VAE does on its first batch), then trains the
+model on ``yelp/title_cat_minilm384.npy`` twice, side by side from the same initial weights
+and the same batches: once with :func:`semid_fast.rq_quantize` (the
 native backend) and once with the pure-PyTorch reference quantizer (``backend="reference"``),
 and reports the step time of both quantizers, that the losses agree at step 0 and stay close
 after, and the code usage per level of the trained model.
@@ -72,15 +74,13 @@ class RQVAE(torch.nn.Module):
         self.codebooks = torch.nn.Parameter(torch.zeros(levels, k, latent))
 
     @torch.no_grad()
-    def init_codebooks(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        """Each level's codewords: K random residuals of the encoded x (a one-pass stand-in
-        for TIGER's k-means initialisation)."""
-        residual = self.encoder(x)
-        for level in range(self.codebooks.shape[0]):
-            picks = torch.randperm(residual.shape[0], generator=generator)[:self.codebooks.shape[1]]
-            self.codebooks[level] = residual[picks]
-            chosen = ref_quantize.squared_distances(residual, self.codebooks[level]).argmin(1)
-            residual = residual - self.codebooks[level][chosen]
+    def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
+        """k-means on the encoded x, level by level on the residuals, as LC-Rec's RQ-VAE
+        initialises its quantizers on the first batch (k-means++, up to 100 iterations,
+        tolerance 1e-4): :func:`semid_fast.rq_init`."""
+        levels, k, _ = self.codebooks.shape
+        self.codebooks.copy_(sf.rq_init(self.encoder(x), levels, k, init="kmeans++", iters=100,
+                                        tol=1e-4, seed=seed))
 
     def forward(self, x: torch.Tensor, backend: str, beta: float):
         """(total loss, reconstruction loss, RQ loss, codes (N, levels))."""
@@ -135,7 +135,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     torch.manual_seed(s.seed)
     model = RQVAE(s.dim, s.hidden, s.latent, s.levels, s.k).to(device)
     g = torch.Generator().manual_seed(s.seed)
-    model.init_codebooks(x[torch.randperm(s.n_items, generator=g)[:max(s.k, 4096)]], g)
+    model.init_codebooks(x[torch.randperm(s.n_items, generator=g)[:max(s.k, 4096)]], s.seed)
     models = {"semid_fast": model, "reference": copy.deepcopy(model)}
     backends = {"semid_fast": ours_backend, "reference": "reference"}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=s.lr) for name, m in models.items()}
