@@ -165,18 +165,24 @@ _decode_op.register_autograd(_decode_backward, setup_context=_decode_setup)
 # Outputs are (quantized, loss, codes): float outputs first, as opcheck's autograd test sums
 # the outputs into the first one's dtype.
 @torch.library.custom_op("semid_fast::rq_quantize", mutates_args=())
-def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float,
+def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float, reduction: str,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "reference":
-        codes, quantized, loss = ref.rq_quantize(x, codebooks, beta)
+        codes, quantized, loss = ref.rq_quantize(x, codebooks, beta, reduction)
         return quantized.detach(), loss.detach(), codes
     codes, quantized, errors = _encode(backend, x, codebooks, 1, with_details=True)
-    loss = errors.sum() * ((1.0 + beta) / max(x.numel(), 1))
+    loss = errors.sum() * ((1.0 + beta) * _loss_scale(x, codebooks, reduction))
     return quantized.to(x.dtype), loss, codes
 
 
+def _loss_scale(x: torch.Tensor, codebooks: torch.Tensor, reduction: str) -> float:
+    """The factor of the summed squared errors in the loss: 1 / (N D), and 1 / L for "mean"."""
+    levels = codebooks.shape[0] if reduction == "mean" else 1
+    return 1.0 / (max(x.numel(), 1) * levels)
+
+
 @_rq_quantize_op.register_fake
-def _(x, codebooks, beta, backend):
+def _(x, codebooks, beta, reduction, backend):
     codes = x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
     return torch.empty_like(x), x.new_empty((), dtype=torch.float32), codes
 
@@ -184,9 +190,9 @@ def _(x, codebooks, beta, backend):
 @torch.library.custom_op("semid_fast::rq_quantize_backward", mutates_args=())
 def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
                              grad_quantized: torch.Tensor | None, grad_loss: torch.Tensor,
-                             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                             beta: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The cpu kernel of rq_quantize's backward: float32 (grad_x, grad_codebooks)."""
-    scale = 2.0 / max(x.numel(), 1)
+    scale = 2.0 * _loss_scale(x, codebooks, reduction)
     weight = float(grad_loss)  # a CPU scalar: no device sync
     x32, books = x.float().contiguous(), codebooks.float().contiguous()
     codes = codes.long().contiguous()
@@ -202,28 +208,28 @@ def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: to
 
 
 @_rq_quantize_backward_op.register_fake
-def _(x, codebooks, codes, grad_quantized, grad_loss, beta):
+def _(x, codebooks, codes, grad_quantized, grad_loss, beta, reduction):
     return (x.new_empty(x.shape, dtype=torch.float32),
             codebooks.new_empty(codebooks.shape, dtype=torch.float32))
 
 
 def _quantize_setup(ctx, inputs, output):
-    x, codebooks, beta, _ = inputs
+    x, codebooks, beta, reduction, backend = inputs
     codes = output[2]
     ctx.mark_non_differentiable(codes)
     ctx.save_for_backward(x, codebooks, codes)
-    ctx.beta, ctx.backend = beta, inputs[3]
+    ctx.beta, ctx.reduction, ctx.backend = beta, reduction, backend
 
 
 def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
     """Gradients of the reference's loss, recomputing residuals from the saved codes."""
     x, codebooks, codes = ctx.saved_tensors
-    scale = 2.0 / max(x.numel(), 1)
+    scale = 2.0 * _loss_scale(x, codebooks, ctx.reduction)
     if ctx.backend == "cpu":  # one pass, no (N, D) temporaries
         weight = torch.zeros(()) if grad_loss is None else grad_loss
         grad_x, grad_codebooks = _rq_quantize_backward_op(x, codebooks, codes, grad_quantized,
-                                                          weight, ctx.beta)
-        return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None
+                                                          weight, ctx.beta, ctx.reduction)
+        return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None, None
     residual = x.float()
     grad_codebooks = torch.zeros_like(codebooks, dtype=torch.float32)
     grad_x = None
@@ -239,7 +245,7 @@ def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
         grad_x = torch.zeros_like(x, dtype=torch.float32)
     if grad_quantized is not None:
         grad_x = grad_x + grad_quantized.float()
-    return grad_x.to(x.dtype), grad_codebooks, None, None
+    return grad_x.to(x.dtype), grad_codebooks, None, None, None
 
 
 _rq_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
@@ -346,18 +352,27 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str = "a
 
 
 def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
-                backend: str = "auto"):
+                reduction: str = "mean", backend: str = "auto"):
     """The whole training-time quantization step of an RQ-VAE in one call.
 
-    Greedy RQ encoding, the straight-through quantized vector and the RQ-VAE loss
-    ``sum_l [mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)]`` with each level's
-    residual detached (the convention of TIGER's open RQ-VAEs: LC-Rec, LETTER, MiniOneRec).
+    Greedy RQ encoding, the straight-through quantized vector and the RQ-VAE loss with each
+    level's residual detached (the convention of TIGER's open RQ-VAEs: LC-Rec, LETTER,
+    MiniOneRec). Per level ``loss_l = mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)``
+    (means over N x D); then
+
+    * ``reduction="mean"`` (default): ``loss = mean_l loss_l``, the mean over levels that
+      LC-Rec, LETTER and MiniOneRec take (``torch.stack(all_losses).mean()`` in their rq.py);
+    * ``reduction="sum"``: ``loss = sum_l loss_l`` (L times the mean, loss and gradients).
+
+    EdoardoBotta's RQ-VAE-Recommender sums the squared errors over D and levels and averages
+    over N only: that loss is ``D`` times the ``"sum"`` loss (multiply it by ``x.shape[1]``).
     See :func:`semid_fast.reference.quantize.rq_quantize` for the oracle.
 
     Args:
         x: (N, D) float32/float16/bfloat16 encoder output (requires grad in training).
         codebooks: (L, K, D) float codebooks (a parameter).
         beta: commitment weight.
+        reduction: "mean" or "sum" over levels, as above.
 
     Returns:
         codes (N, L) int64; quantized (N, D) in x's dtype whose gradient passes straight to
@@ -366,10 +381,13 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
     device = _check_x_codebooks("rq_quantize", x, codebooks)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
         raise TypeError(f"beta must be a float, got {type(beta).__name__}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"rq_quantize: reduction must be 'mean' or 'sum', got {reduction!r}")
     name = _backends.resolve(backend, device, "rq_quantize")
     if name == "reference":
-        return ref.rq_quantize(x, codebooks, float(beta))
-    quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta), name)
+        return ref.rq_quantize(x, codebooks, float(beta), reduction)
+    quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta),
+                                             reduction, name)
     return codes, quantized, loss
 
 

@@ -76,14 +76,16 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, beta: float = 0.25):
+def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, beta: float = 0.25,
+                reduction: str = "mean"):
     """The training-time quantization step of an RQ-VAE.
 
     Follows the RQ-VAE of TIGER as implemented by LC-Rec / LETTER / MiniOneRec: each level's
     residual is detached from the graph, so gradients reach the encoder only through the
     straight-through output and the first level's commitment term.
 
-    loss = sum_l [ mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2) ]
+    loss_l = mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)
+    loss = mean_l loss_l (reduction="mean", as those repos do) or sum_l loss_l ("sum").
 
     Returns (codes (N, L) int64, quantized (N, D) in x's dtype with straight-through gradient
     to x, loss () float32).
@@ -91,17 +93,20 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, beta: float = 0.25):
     x32 = x.float()
     residual = x32
     quantized = torch.zeros_like(x32)
-    loss = x32.new_zeros(())
+    losses = []
     codes = []
     for codebook in codebooks.float():
         with torch.no_grad():
             best = squared_distances(residual, codebook).argmin(dim=1)
         chosen = codebook[best]
-        loss = loss + torch.mean((residual.detach() - chosen) ** 2)
-        loss = loss + beta * torch.mean((residual - chosen.detach()) ** 2)
+        losses.append(torch.mean((residual.detach() - chosen) ** 2)
+                      + beta * torch.mean((residual - chosen.detach()) ** 2))
         quantized = quantized + chosen.detach()
         residual = (residual - chosen).detach()
         codes.append(best)
+    loss = torch.stack(losses).sum()
+    if reduction == "mean":
+        loss = loss / len(losses)
     straight_through = x32 + (quantized - x32).detach()
     return torch.stack(codes, dim=1), straight_through.to(x.dtype), loss
 
