@@ -348,13 +348,17 @@ def test_rq_quantize_keeps_half_dtype():
 def test_opcheck_every_registered_op(backend):
     x, codebooks = make_inputs(13, 16, 32, 2, "cpu", seed=12)
     codes = ref.rq_encode(x, codebooks)
-    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, backend))
+    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, [], 50, backend))
+    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, [0.0, 0.01], 20, backend))
     torch.library.opcheck(ops._pq_encode_op, (x, codebooks[0].reshape(4, 32, 4), backend))
     torch.library.opcheck(ops._decode_op, (codes, codebooks.requires_grad_(), False, backend))
     torch.library.opcheck(ops._decode_op, (codes, codebooks.reshape(2, 32, 16, 1)[..., 0]
                                            .contiguous().requires_grad_(), True, backend))
     torch.library.opcheck(ops._rq_quantize_op,
                           (x.requires_grad_(), codebooks.detach().requires_grad_(), 0.25, "mean",
+                           [], 50, backend))
+    torch.library.opcheck(ops._rq_quantize_op,
+                          (x, codebooks.detach().requires_grad_(), 0.25, "sum", [0.003, 0.05], 10,
                            backend))
     upstream, weight = torch.randn_like(x), torch.tensor(1.5)
     torch.library.opcheck(ops._rq_quantize_backward_op,
