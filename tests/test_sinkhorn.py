@@ -170,6 +170,19 @@ def test_sinkhorn_codes_of_every_backend_equal_the_published_algorithm(backend):
         assert len(rows) <= n * (1 - MIN_AGREEMENT)
 
 
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+def test_empty_and_one_row_batches(backend):
+    x, codebooks = make_inputs(1, 8, 5, 2, seed=1)
+    for rows in (x[:0], x):
+        codes = sf.rq_encode(rows, codebooks, sk_epsilon=0.01, backend=backend)
+        assert codes.shape == (rows.shape[0], 2) and ((codes >= 0) & (codes < 5)).all()
+        codes, quantized, loss = sf.rq_quantize(rows, codebooks, sk_epsilon=0.01, backend=backend)
+        assert codes.shape == (rows.shape[0], 2) and quantized.shape == rows.shape
+        codes, _, soft = sf.gumbel_quantize(rows, codebooks, sk_epsilon=0.01, seed=0,
+                                            backend=backend)
+        assert codes.shape == (rows.shape[0], 2) and soft.shape == (rows.shape[0], 2, 5)
+
+
 def test_sinkhorn_balances_a_skewed_batch():
     """Rows crowded around a few codewords: Sinkhorn spreads them over more codes."""
     g = torch.Generator().manual_seed(8)

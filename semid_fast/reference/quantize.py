@@ -52,6 +52,8 @@ def center_distances(dist: torch.Tensor) -> torch.Tensor:
     """``(dist - middle) / amplitude`` with middle the mean of the global max and min of the
     batch's distances and amplitude = max - middle + 1e-5, in dist's dtype
     (``center_distance_for_constraint`` of LC-Rec / LETTER / DIGER)."""
+    if dist.numel() == 0:
+        return dist.clone()
     top, bottom = dist.max(), dist.min()
     middle = (top + bottom) / 2
     amplitude = top - middle + 1e-5
