@@ -463,10 +463,10 @@ void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iter
   }
   std::fill(b, b + k, 1.0);
   for (int64_t it = 0; it < iters; ++it) {
+    std::fill(partial, partial + int64_t(n_threads) * k, 0.0);  // also of threads not started
 #pragma omp parallel num_threads(n_threads)
     {
       double* col = partial + int64_t(omp_get_thread_num()) * k;
-      std::fill(col, col + k, 0.0);
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         const double* row = kern + i * k;
