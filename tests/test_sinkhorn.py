@@ -120,10 +120,11 @@ def make_inputs(n, d, k, levels, seed):
 
 
 # (N, D, K, L, sk_epsilon, sk_iters): N off the cpu row block (48) and tiny, K ragged and 256,
-# LC-Rec's setting (0.003 at the last level only, 100 iterations), DIGER's (0.003 at every
-# level, 50), LETTER's vq.py default 0.01, and larger epsilons.
+# LC-Rec's / LETTER's configs (0.003 at the last level only; here with vq.py's default of 100
+# iterations), DIGER's (0.003 at every level, 50), LETTER's vq.py default 0.01, larger ones.
 CASES = [
     (2, 8, 4, 2, 0.003, 50),
+    (5, 32, 256, 3, [0.0, 0.0, 0.003], 50),  # a colliding group re-encoded (generate_indices)
     (37, 32, 256, 3, [0.0, 0.0, 0.003], 100),
     (49, 7, 5, 2, 0.01, 50),
     (130, 64, 100, 3, 0.003, 50),

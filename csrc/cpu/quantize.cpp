@@ -435,12 +435,16 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
 // iteration is a = 1 / (kernel b), b = 1 / (kernel^T a): one pass over the kernel, each row
 // read twice while it sits in L1. Constant factors (1/n, 1/k, each row's exp(-min / eps))
 // and a rescaling of b to max 1 change neither Q's row argmax nor the next iterate's shape.
+// The final Q is taken as (a_i kernel_ic) / column sum c, the published last normalisation:
+// a column that one row dominates gives that row exactly 1 there, as it gives exactly 1/k in
+// the published Q, so such ties go to the smaller code on both sides.
 //
 // On entry `kern` holds the float32 distances (as doubles); on exit the kernel. `partial`
-// holds n_threads * k doubles and `b` k doubles.
+// holds n_threads * k doubles, `a` n doubles and `b` 2 k doubles.
 void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iters,
                     int64_t* codes, int64_t code_stride, int n_threads, double* partial,
-                    double* b) {
+                    double* a, double* b) {
+  double* col_sum = b + k;
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(min : lo) \
     reduction(max : hi)
@@ -474,9 +478,10 @@ void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iter
 #pragma omp simd reduction(+ : s)
         for (int64_t c = 0; c < k; ++c) s += row[c] * b[c];
         // Every row has a kernel entry of 1; s is 0 only where b underflowed there.
-        const double a = s > 0.0 ? 1.0 / s : 0.0;
+        const double ai = s > 0.0 ? 1.0 / s : 0.0;
+        a[i] = ai;
 #pragma omp simd
-        for (int64_t c = 0; c < k; ++c) col[c] += a * row[c];
+        for (int64_t c = 0; c < k; ++c) col[c] += ai * row[c];
       }
     }
     double top = 0.0;
@@ -484,6 +489,7 @@ void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iter
       double sum = 0.0;
       for (int t = 0; t < n_threads; ++t) sum += partial[int64_t(t) * k + c];
       // A column no row reaches (its kernel underflowed everywhere) is never chosen.
+      col_sum[c] = sum;
       b[c] = sum > 0.0 ? 1.0 / sum : 0.0;
       top = std::max(top, b[c]);
     }
@@ -493,10 +499,14 @@ void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iter
 #pragma omp parallel for num_threads(n_threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const double* row = kern + i * k;
+    const auto q_of = [&](int64_t c) {
+      if (iters == 0) return row[c];
+      return col_sum[c] > 0.0 ? (a[i] * row[c]) / col_sum[c] : 0.0;
+    };
     int64_t best = 0;
-    double best_q = row[0] * b[0];
+    double best_q = q_of(0);
     for (int64_t c = 1; c < k; ++c) {
-      const double q = row[c] * b[c];
+      const double q = q_of(c);
       if (q > best_q) {  // ties keep the smaller code
         best_q = q;
         best = c;
@@ -523,7 +533,7 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
   std::vector<float> blocks(int64_t(n_threads) * ROW_BLOCK * d);
   std::vector<int32_t> best(n);
   std::vector<double> kern(any_sk ? n * k : 0), partial(any_sk ? int64_t(n_threads) * k : 0);
-  std::vector<double> b(k);
+  std::vector<double> a(any_sk ? n : 0), b(2 * k);
   std::vector<int64_t> sk_codes(any_sk ? n : 0);
   if (quantized) std::fill(quantized, quantized + n * d, 0.0f);
 
@@ -564,7 +574,7 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
     }
     if (sk) {
       sinkhorn_codes(kern.data(), n, k, eps[l], iters, sk_codes.data(), 1, n_threads,
-                     partial.data(), b.data());
+                     partial.data(), a.data(), b.data());
       for (int64_t i = 0; i < n; ++i) best[i] = int32_t(sk_codes[i]);
     }
     const float* book = codebooks + l * k * d;
@@ -609,8 +619,9 @@ int sinkhorn_codes_f32(const float* dist, int64_t n, int64_t k, double eps, int6
   if (n < 0 || k <= 0 || !(eps > 0.0) || std::isinf(eps) || iters < 0 || n_threads <= 0)
     return kBadArgument;
   if (n == 0) return kOk;
-  std::vector<double> kern(dist, dist + n * k), partial(int64_t(n_threads) * k), b(k);
-  sinkhorn_codes(kern.data(), n, k, eps, iters, codes, 1, n_threads, partial.data(), b.data());
+  std::vector<double> kern(dist, dist + n * k), partial(int64_t(n_threads) * k), a(n), b(2 * k);
+  sinkhorn_codes(kern.data(), n, k, eps, iters, codes, 1, n_threads, partial.data(), a.data(),
+                 b.data());
   return kOk;
 }
 

@@ -111,6 +111,8 @@ def sinkhorn_codes(backend: str, dist: torch.Tensor, epsilon: float, iters: int)
         return codes
     centred = ref.center_distances(dist).double()
     kern = torch.exp((centred.amin(dim=1, keepdim=True) - centred) / epsilon)
+    if iters == 0:
+        return kern.argmax(dim=1)
     b = kern.new_ones(k)
     for _ in range(iters):
         row = kern @ b
@@ -118,7 +120,9 @@ def sinkhorn_codes(backend: str, dist: torch.Tensor, epsilon: float, iters: int)
         col = a @ kern
         b = torch.where(col > 0, 1.0 / col, 0.0)
         b = b / b.max().clamp_min(torch.finfo(torch.float64).tiny)
-    return (kern * b).argmax(dim=1)
+    # The last column normalisation as published: a column one row dominates gives it exactly 1.
+    q = (a[:, None] * kern) / torch.where(col > 0, col, float("inf"))
+    return q.argmax(dim=1)
 
 
 def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product: bool):
@@ -390,12 +394,14 @@ _SK_DOC = """sk_epsilon: balanced assignment by Sinkhorn-Knopp, as the released 
             and in float64 Q = exp(-centred / epsilon) is scaled alternately to rows of sum
             1/N and columns of sum 1/K, ``sk_iters`` times; each row takes Q's argmax (ties
             to the smaller code). The codes therefore depend on the whole batch, as in the
-            published code (LC-Rec's config: 0 at every level but the last, 0.003 there;
-            DIGER's: 0.003 at every level). Below epsilon ~ 1/710 the published code
-            overflows exp to inf/NaN; here the kernel is taken relative to each row's smallest
-            distance, so it stays finite.
-        sk_iters: Sinkhorn iterations (50, as LETTER's and DIGER's configs; LC-Rec uses 100).
-            The kernel is (N, K) float64: 8 N K bytes of workspace."""
+            published code. Their configs: LC-Rec's run.sh and LETTER's main.py 0 at every
+            level but the last, 0.003 there; DIGER's 0.003 at every level. They apply it in
+            the training forward pass; LC-Rec's and LETTER's generate_indices encode without
+            it and use it (last level only) to re-encode the items of colliding IDs. Below
+            epsilon ~ 1/710 the published code overflows exp to inf/NaN; here the kernel is
+            taken relative to each row's smallest distance, so it stays finite.
+        sk_iters: Sinkhorn iterations (50, as the three repos' configs; their vq.py default
+            is 100). The kernel is (N, K) float64: 8 N K bytes of workspace."""
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
