@@ -442,8 +442,7 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
 // On entry `kern` holds the float32 distances (as doubles); on exit the kernel. `partial`
 // holds n_threads * k doubles, `a` n doubles and `b` 2 k doubles.
 void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iters,
-                    int64_t* codes, int64_t code_stride, int n_threads, double* partial,
-                    double* a, double* b) {
+                    int64_t* codes, int n_threads, double* partial, double* a, double* b) {
   double* col_sum = b + k;
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(min : lo) \
@@ -512,7 +511,7 @@ void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iter
         best = c;
       }
     }
-    codes[i * code_stride] = best;
+    codes[i] = best;
   }
 }
 
@@ -573,7 +572,7 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
       }
     }
     if (sk) {
-      sinkhorn_codes(kern.data(), n, k, eps[l], iters, sk_codes.data(), 1, n_threads,
+      sinkhorn_codes(kern.data(), n, k, eps[l], iters, sk_codes.data(), n_threads,
                      partial.data(), a.data(), b.data());
       for (int64_t i = 0; i < n; ++i) best[i] = int32_t(sk_codes[i]);
     }
@@ -620,7 +619,7 @@ int sinkhorn_codes_f32(const float* dist, int64_t n, int64_t k, double eps, int6
     return kBadArgument;
   if (n == 0) return kOk;
   std::vector<double> kern(dist, dist + n * k), partial(int64_t(n_threads) * k), a(n), b(2 * k);
-  sinkhorn_codes(kern.data(), n, k, eps, iters, codes, 1, n_threads, partial.data(), a.data(),
+  sinkhorn_codes(kern.data(), n, k, eps, iters, codes, n_threads, partial.data(), a.data(),
                  b.data());
   return kOk;
 }
