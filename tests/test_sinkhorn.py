@@ -202,7 +202,8 @@ def test_sinkhorn_balances_a_skewed_batch():
 
 @pytest.mark.parametrize("device,backend", pairs())
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("n,d,k,levels,eps", [(200, 16, 64, 3, 0.003), (61, 32, 10, 2, [0.0, 0.01])])
+@pytest.mark.parametrize("n,d,k,levels,eps",
+                         [(200, 16, 64, 3, 0.003), (61, 32, 10, 2, [0.0, 0.01])])
 def test_rq_quantize_with_sinkhorn_equals_the_reference(device, backend, reduction, n, d, k,
                                                         levels, eps):
     skip_unavailable(device, backend)
@@ -239,7 +240,8 @@ def noise_patterns(n):
 
 @pytest.mark.parametrize("device,backend", pairs())
 @pytest.mark.parametrize("noise", ["noisy", "quiet", "per-row"])
-@pytest.mark.parametrize("n,d,k,levels,eps", [(150, 16, 32, 2, 0.003), (47, 8, 5, 3, [0.0, 0.01, 0.003])])
+@pytest.mark.parametrize("n,d,k,levels,eps",
+                         [(150, 16, 32, 2, 0.003), (47, 8, 5, 3, [0.0, 0.01, 0.003])])
 def test_gumbel_quantize_with_sinkhorn_equals_the_reference(device, backend, noise, n, d, k,
                                                             levels, eps):
     skip_unavailable(device, backend)
@@ -280,7 +282,8 @@ def test_gumbel_quantize_quiet_rows_follow_digers_sinkhorn(backend):
     logits = torch.from_numpy(-centred).float()
     noise = sf.gumbel_noise((300, 64), seed=4, offset=0)
     sampled = ((logits + 1.5 * noise) / 2.0).argmax(-1)
-    assert (codes[~torch.from_numpy(quiet)] == sampled[~torch.from_numpy(quiet)]).float().mean() > 0.99
+    noisy = ~torch.from_numpy(quiet)
+    assert (codes[noisy] == sampled[noisy]).float().mean() > 0.99
 
 
 # ---------------------------------------------------------------------------------------------
