@@ -284,8 +284,10 @@ def test_rq_decode_and_its_gradient(device, backend, n, d, k, levels):
 
 
 @pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("n,d,k,levels", [(37, 32, 256, 3), (130, 7, 2, 4), (20, 64, 64, 1)])
-def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n, d, k, levels):
+def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n, d, k, levels,
+                                                              reduction):
     skip_unavailable(device, backend)
     x, codebooks = make_inputs(n, d, k, levels, device, seed=levels * 31 + d)
     g = torch.Generator().manual_seed(2)
@@ -299,8 +301,9 @@ def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n
         ((quantized * upstream).sum() + loss_weight * loss).backward()
         return codes, quantized.detach(), loss.detach(), xi.grad, cb.grad
 
-    ours = run(lambda xi, cb: sf.rq_quantize(xi, cb, beta=0.3, backend=backend))
-    theirs = run(lambda xi, cb: ref.rq_quantize(xi, cb, beta=0.3))
+    ours = run(lambda xi, cb: sf.rq_quantize(xi, cb, beta=0.3, reduction=reduction,
+                                             backend=backend))
+    theirs = run(lambda xi, cb: ref.rq_quantize(xi, cb, beta=0.3, reduction=reduction))
     assert torch.equal(ours[0], theirs[0])
     for a, b in zip(ours[1:], theirs[1:]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -308,11 +311,12 @@ def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("use", ["loss", "quantized"])
-def test_rq_quantize_backward_of_one_output_equals_the_reference(backend, use):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_rq_quantize_backward_of_one_output_equals_the_reference(backend, use, reduction):
     x, codebooks = make_inputs(300, 24, 16, 3, "cpu", seed=9)
     grads = []
-    for fn in (lambda *a: sf.rq_quantize(*a, beta=0.4, backend=backend),
-               lambda *a: ref.rq_quantize(*a, beta=0.4)):
+    for fn in (lambda *a: sf.rq_quantize(*a, beta=0.4, reduction=reduction, backend=backend),
+               lambda *a: ref.rq_quantize(*a, beta=0.4, reduction=reduction)):
         xi, cb = x.clone().requires_grad_(), codebooks.clone().requires_grad_()
         _, quantized, loss = fn(xi, cb)
         (loss * 3.0 if use == "loss" else quantized.square().sum()).backward()
@@ -322,6 +326,50 @@ def test_rq_quantize_backward_of_one_output_equals_the_reference(backend, use):
             assert got is None or not got.any()
         else:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def lcrec_rq_step(x, codebooks, beta):
+    """Oracle of one RQ-VAE quantization step as LC-Rec's index/models/rq.py
+    (ResidualVectorQuantizer.forward) and vq.py (VectorQuantizer.forward, use_sk off) do it:
+    per level the nearest codeword of the residual, loss = codebook MSE + beta * commitment
+    MSE with F.mse_loss, the straight-through output subtracted from the residual; the
+    level losses averaged with torch.stack(...).mean()."""
+    import torch.nn.functional as F
+
+    residual, x_q, losses, codes = x, 0, [], []
+    for book in codebooks:
+        d = ((residual ** 2).sum(1, keepdim=True) + (book ** 2).sum(1, keepdim=True).t()
+             - 2 * residual @ book.t())
+        idx = d.argmin(-1)
+        e = book[idx]
+        losses.append(F.mse_loss(e, residual.detach()) + beta * F.mse_loss(e.detach(), residual))
+        out = residual + (e - residual).detach()
+        residual = residual - out
+        x_q = x_q + out
+        codes.append(idx)
+    return torch.stack(codes, 1), x_q, torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+@pytest.mark.parametrize("n,d,k,levels", [(257, 32, 64, 3), (40, 7, 5, 4)])
+def test_rq_quantize_mean_matches_lcrec_rq_vae_step(backend, n, d, k, levels):
+    x, codebooks = make_inputs(n, d, k, levels, "cpu", seed=n + k)
+    g = torch.Generator().manual_seed(5)
+    upstream = torch.randn(n, d, generator=g)
+
+    def run(fn):
+        xi, cb = x.clone().requires_grad_(), codebooks.clone().requires_grad_()
+        codes, quantized, loss = fn(xi, cb)
+        ((quantized * upstream).sum() + 2.5 * loss).backward()
+        return codes, quantized.detach(), loss.detach(), xi.grad, cb.grad
+
+    ours = run(lambda xi, cb: sf.rq_quantize(xi, cb, beta=0.25, backend=backend))
+    theirs = run(lambda xi, cb: lcrec_rq_step(xi, cb, 0.25))
+    assert torch.equal(ours[0], theirs[0])
+    for a, b in zip(ours[1:], theirs[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    summed = sf.rq_quantize(x, codebooks, beta=0.25, reduction="sum", backend=backend)[2]
+    torch.testing.assert_close(summed, theirs[2] * levels, rtol=1e-5, atol=1e-6)
 
 
 def test_rq_quantize_keeps_half_dtype():
@@ -341,18 +389,23 @@ def test_rq_quantize_keeps_half_dtype():
 def test_opcheck_every_registered_op(backend):
     x, codebooks = make_inputs(13, 16, 32, 2, "cpu", seed=12)
     codes = ref.rq_encode(x, codebooks)
-    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, backend))
+    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, [], 50, backend))
+    torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, [0.0, 0.01], 20, backend))
     torch.library.opcheck(ops._pq_encode_op, (x, codebooks[0].reshape(4, 32, 4), backend))
     torch.library.opcheck(ops._decode_op, (codes, codebooks.requires_grad_(), False, backend))
     torch.library.opcheck(ops._decode_op, (codes, codebooks.reshape(2, 32, 16, 1)[..., 0]
                                            .contiguous().requires_grad_(), True, backend))
     torch.library.opcheck(ops._rq_quantize_op,
-                          (x.requires_grad_(), codebooks.detach().requires_grad_(), 0.25, backend))
+                          (x.requires_grad_(), codebooks.detach().requires_grad_(), 0.25, "mean",
+                           [], 50, backend))
+    torch.library.opcheck(ops._rq_quantize_op,
+                          (x, codebooks.detach().requires_grad_(), 0.25, "sum", [0.003, 0.05], 10,
+                           backend))
     upstream, weight = torch.randn_like(x), torch.tensor(1.5)
     torch.library.opcheck(ops._rq_quantize_backward_op,
-                          (x.detach(), codebooks.detach(), codes, upstream, weight, 0.25))
+                          (x.detach(), codebooks.detach(), codes, upstream, weight, 0.25, "mean"))
     torch.library.opcheck(ops._rq_quantize_backward_op,
-                          (x.detach(), codebooks.detach(), codes, None, weight, 0.25))
+                          (x.detach(), codebooks.detach(), codes, None, weight, 0.25, "sum"))
 
 
 def test_torch_compile_fullgraph_rqvae_step_matches_eager():
@@ -417,6 +470,8 @@ def test_torch_compile_fullgraph_rqvae_step_matches_eager():
     (lambda: sf.pq_encode(torch.randn(3, 8), torch.randn(2, 2, 4), center=torch.full((8,), float("nan"))), ValueError, "center contains NaN"),
     (lambda: sf.pq_decode(torch.tensor([[0, 1]]), torch.randn(2, 2, 4), center=torch.randn(1, 8)), ValueError, "center"),
     (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), beta="0.25"), TypeError, "beta"),
+    (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), reduction="none"), ValueError,
+     "reduction"),
 ])
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):

@@ -71,11 +71,19 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("rq_encode_f32",
         [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, int64_t levels,
-           int64_t k, int64_t beam_width, std::uintptr_t codes, std::uintptr_t quantized,
-           std::uintptr_t errors, int n_threads) {
+           int64_t k, int64_t beam_width, std::uintptr_t eps, int64_t sk_iters,
+           std::uintptr_t codes, std::uintptr_t quantized, std::uintptr_t errors,
+           int n_threads) {
           SEMID_FAST_CALL(rq_encode_f32, ptr<const float>(x), n, d, ptr<const float>(codebooks),
-                          levels, k, beam_width, ptr<int64_t>(codes), ptr<float>(quantized),
-                          ptr<float>(errors), n_threads);
+                          levels, k, beam_width, ptr<const double>(eps), sk_iters,
+                          ptr<int64_t>(codes), ptr<float>(quantized), ptr<float>(errors),
+                          n_threads);
+        });
+  m.def("sinkhorn_codes_f32",
+        [](std::uintptr_t dist, int64_t n, int64_t k, double eps, int64_t iters,
+           std::uintptr_t codes, int n_threads) {
+          SEMID_FAST_CALL(sinkhorn_codes_f32, ptr<const float>(dist), n, k, eps, iters,
+                          ptr<int64_t>(codes), n_threads);
         });
   m.def("pq_encode_f32",
         [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, int64_t msub,

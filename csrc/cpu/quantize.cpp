@@ -426,19 +426,202 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
   return kOk;
 }
 
+// Balanced assignment by Sinkhorn-Knopp (LC-Rec / LETTER / DIGER's vq.py): the (n, k) float32
+// squared distances are centred on the batch, (d - middle) / amplitude with middle the mean
+// of their global max and min and amplitude = max - middle + 1e-5 (in float32, as there),
+// then in float64 Q = exp(-d / eps) is alternately normalised over rows and columns, and
+// each row takes the argmax of Q after the last column normalisation. Q stays the kernel
+// scaled by a row vector a and a column vector b, Q = diag(a) exp(-d / eps) diag(b), so an
+// iteration is a = 1 / (kernel b), b = 1 / (kernel^T a): one pass over the kernel, each row
+// read twice while it sits in L1. Constant factors (1/n, 1/k, each row's exp(-min / eps))
+// and a rescaling of b to max 1 change neither Q's row argmax nor the next iterate's shape.
+// The final Q is taken as (a_i kernel_ic) / column sum c, the published last normalisation:
+// a column that one row dominates gives that row exactly 1 there, as it gives exactly 1/k in
+// the published Q, so such ties go to the smaller code on both sides.
+//
+// On entry `kern` holds the float32 distances (as doubles); on exit the kernel. `partial`
+// holds n_threads * k doubles, `a` n doubles and `b` 2 k doubles.
+void sinkhorn_codes(double* kern, int64_t n, int64_t k, double eps, int64_t iters,
+                    int64_t* codes, int n_threads, double* partial, double* a, double* b) {
+  double* col_sum = b + k;
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(min : lo) \
+    reduction(max : hi)
+  for (int64_t e = 0; e < n * k; ++e) {
+    const float v = float(kern[e]);
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  const float middle = (hi + lo) / 2.0f;
+  const float amplitude = hi - middle + 1e-5f;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    double* row = kern + i * k;
+    double row_min = std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < k; ++c) {
+      row[c] = double((float(row[c]) - middle) / amplitude);
+      row_min = std::min(row_min, row[c]);
+    }
+    for (int64_t c = 0; c < k; ++c) row[c] = std::exp((row_min - row[c]) / eps);
+  }
+  std::fill(b, b + k, 1.0);
+  for (int64_t it = 0; it < iters; ++it) {
+    std::fill(partial, partial + int64_t(n_threads) * k, 0.0);  // also of threads not started
+#pragma omp parallel num_threads(n_threads)
+    {
+      double* col = partial + int64_t(omp_get_thread_num()) * k;
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        const double* row = kern + i * k;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < k; ++c) s += row[c] * b[c];
+        // Every row has a kernel entry of 1; s is 0 only where b underflowed there.
+        const double ai = s > 0.0 ? 1.0 / s : 0.0;
+        a[i] = ai;
+#pragma omp simd
+        for (int64_t c = 0; c < k; ++c) col[c] += ai * row[c];
+      }
+    }
+    double top = 0.0;
+    for (int64_t c = 0; c < k; ++c) {
+      double sum = 0.0;
+      for (int t = 0; t < n_threads; ++t) sum += partial[int64_t(t) * k + c];
+      // A column no row reaches (its kernel underflowed everywhere) is never chosen.
+      col_sum[c] = sum;
+      b[c] = sum > 0.0 ? 1.0 / sum : 0.0;
+      top = std::max(top, b[c]);
+    }
+    if (top > 0.0)
+      for (int64_t c = 0; c < k; ++c) b[c] /= top;
+  }
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const double* row = kern + i * k;
+    const auto q_of = [&](int64_t c) {
+      if (iters == 0) return row[c];
+      return col_sum[c] > 0.0 ? (a[i] * row[c]) / col_sum[c] : 0.0;
+    };
+    int64_t best = 0;
+    double best_q = q_of(0);
+    for (int64_t c = 1; c < k; ++c) {
+      const double q = q_of(c);
+      if (q > best_q) {  // ties keep the smaller code
+        best_q = q;
+        best = c;
+      }
+    }
+    codes[i] = best;
+  }
+}
+
+// Greedy RQ where level l assigns by Sinkhorn when eps[l] > 0 (nearest codeword otherwise).
+// Levels run one after the other over all rows: a Sinkhorn level needs every row's distances.
+int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t levels,
+                 int64_t k, const double* eps, int64_t iters, int64_t* codes, float* quantized,
+                 float* errors, int n_threads) {
+  std::vector<Panels> panels;
+  panels.reserve(levels);
+  bool any_sk = false;
+  for (int64_t l = 0; l < levels; ++l) {
+    panels.emplace_back(codebooks + l * k * d, k, d);
+    any_sk = any_sk || eps[l] > 0.0;
+  }
+  const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+  std::vector<float> residual(x, x + n * d);
+  std::vector<float> blocks(int64_t(n_threads) * ROW_BLOCK * d);
+  std::vector<int32_t> best(n);
+  std::vector<double> kern(any_sk ? n * k : 0), partial(any_sk ? int64_t(n_threads) * k : 0);
+  std::vector<double> a(any_sk ? n : 0), b(2 * k);
+  std::vector<int64_t> sk_codes(any_sk ? n : 0);
+  if (quantized) std::fill(quantized, quantized + n * d, 0.0f);
+
+  for (int64_t l = 0; l < levels; ++l) {
+    const Panels& cb = panels[l];
+    const bool sk = eps[l] > 0.0;
+#pragma omp parallel num_threads(n_threads)
+    {
+      float* buf = blocks.data() + int64_t(omp_get_thread_num()) * ROW_BLOCK * d;
+      v8f acc[TR][2];
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t blk = 0; blk < n_blocks; ++blk) {
+        const int64_t row0 = blk * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
+        const int64_t padded = load_rows(residual.data() + row0 * d, rows, d, buf);
+        if (!sk) {
+          int32_t block_best[ROW_BLOCK];  // the padding rows get codes too
+          nearest_codes(buf, padded, d, cb, block_best);
+          std::copy_n(block_best, rows, best.data() + row0);
+          continue;
+        }
+        // ||r - c||^2 = ||r||^2 - 2 (r.c - ||c||^2 / 2), in float32 like the published code.
+        for (int64_t t = 0; t < padded / TR; ++t) {
+          float norms[TR];
+          for (int r = 0; r < TR; ++r) norms[r] = squared_norm(buf + (t * TR + r) * d, d);
+          for (int64_t p = 0; p < cb.n_panels; ++p) {
+            score_tile<0>(buf + t * TR * d, d, cb.panel(p), d, cb.bias.data() + p * TC, acc);
+            for (int r = 0; r < TR && t * TR + r < rows; ++r) {
+              double* out = kern.data() + (row0 + t * TR + r) * k;
+              for (int h = 0; h < 2; ++h)
+                for (int lane = 0; lane < 8; ++lane) {
+                  const int64_t c = p * TC + h * 8 + lane;
+                  if (c < k) out[c] = double(norms[r] - 2.0f * acc[r][h][lane]);
+                }
+            }
+          }
+        }
+      }
+    }
+    if (sk) {
+      sinkhorn_codes(kern.data(), n, k, eps[l], iters, sk_codes.data(), n_threads,
+                     partial.data(), a.data(), b.data());
+      for (int64_t i = 0; i < n; ++i) best[i] = int32_t(sk_codes[i]);
+    }
+    const float* book = codebooks + l * k * d;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* c = book + int64_t(best[i]) * d;
+      float* res = residual.data() + i * d;
+      for (int64_t j = 0; j < d; ++j) res[j] -= c[j];
+      if (quantized)
+        for (int64_t j = 0; j < d; ++j) quantized[i * d + j] += c[j];
+      codes[i * levels + l] = best[i];
+      if (errors) errors[i * levels + l] = squared_norm(res, d);
+    }
+  }
+  return kOk;
+}
+
 }  // namespace
 
 int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t levels,
-                  int64_t k, int64_t beam_width, int64_t* codes, float* quantized,
-                  float* errors, int n_threads) {
-  if (n < 0 || d <= 0 || levels <= 0 || k <= 0 || k > (int64_t(1) << 24) || beam_width <= 0)
+                  int64_t k, int64_t beam_width, const double* eps, int64_t sk_iters,
+                  int64_t* codes, float* quantized, float* errors, int n_threads) {
+  if (n < 0 || d <= 0 || levels <= 0 || k <= 0 || k > (int64_t(1) << 24) || beam_width <= 0 ||
+      n_threads <= 0 || sk_iters < 0 || (eps && beam_width != 1))
     return kBadArgument;
+  if (eps)
+    for (int64_t l = 0; l < levels; ++l)
+      if (!(eps[l] >= 0.0) || std::isinf(eps[l])) return kBadArgument;
   if (n == 0) return kOk;
   if (beam_width > (int64_t(1) << 26) / k) return kBadArgument;  // candidate scores of a row
+  if (beam_width == 1 && eps)
+    return rq_encode_sk(x, n, d, codebooks, levels, k, eps, sk_iters, codes, quantized, errors,
+                        n_threads);
   if (beam_width == 1)
     return rq_encode_greedy(x, n, d, codebooks, levels, k, codes, quantized, errors, n_threads);
   return rq_encode_beam(x, n, d, codebooks, levels, k, beam_width, codes, quantized, errors,
                         n_threads);
+}
+
+int sinkhorn_codes_f32(const float* dist, int64_t n, int64_t k, double eps, int64_t iters,
+                       int64_t* codes, int n_threads) {
+  if (n < 0 || k <= 0 || !(eps > 0.0) || std::isinf(eps) || iters < 0 || n_threads <= 0)
+    return kBadArgument;
+  if (n == 0) return kOk;
+  std::vector<double> kern(dist, dist + n * k), partial(int64_t(n_threads) * k), a(n), b(2 * k);
+  sinkhorn_codes(kern.data(), n, k, eps, iters, codes, n_threads, partial.data(), a.data(),
+                 b.data());
+  return kOk;
 }
 
 int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t m,

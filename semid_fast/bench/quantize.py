@@ -18,6 +18,12 @@ init, twice: with its default subsampling (at most ``max_points_per_centroid`` =
 centroid, 65,536 of 100,000 rows at K=256) and on every row. Each row's note gives the inertia
 of its centroids on all N rows, from one untimed fit.
 
+Sinkhorn (``sk_epsilon``): ``rq_encode`` and the ``rq_quantize`` forward with LC-Rec / DIGER's
+balanced assignment (epsilon 0.003 at every level, DIGER's 50 iterations) at N=16,384, D=64,
+L=3, K=256 (quick: N=4,096). The baseline ``reference`` row is the published algorithm itself
+in torch (vq.py's loop: float32 distances, centring, Sinkhorn on the float64 (N, K) matrix
+with full-matrix normalisations, argmax).
+
 Inputs are random from a fixed seed: x ~ N(0, 1); level l of the RQ codebooks ~ N(0, 0.5^l),
 so deeper levels refine smaller residuals as in a trained RQ-VAE; PQ codebooks ~ N(0, 1).
 """
@@ -49,6 +55,11 @@ class Sizes:
     pq_m: tuple[int, ...] = (32, 64)
     beam: int = 4
     encode_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+    sk_n: int = 16_384  # rows of the Sinkhorn cases (one batch: codes depend on the batch)
+    sk_d: int = 64
+    sk_levels: int = 3
+    sk_epsilon: float = 0.003
+    sk_iters: int = 50
 
 
 def sizes(device: str, quick: bool) -> Sizes:
@@ -58,7 +69,7 @@ def sizes(device: str, quick: bool) -> Sizes:
             return Sizes(n=100_000, beam_n=10_000, train_n=100_000, encode_dtypes=dtypes)
         return Sizes(n=1_000_000, beam_n=100_000, train_n=1_000_000, encode_dtypes=dtypes)
     if quick:
-        return Sizes(n=2_000, beam_n=1_000, train_n=2_000)
+        return Sizes(n=2_000, beam_n=1_000, train_n=2_000, sk_n=4_096)
     return Sizes(n=100_000, beam_n=10_000, train_n=16_384)
 
 
@@ -138,6 +149,8 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     out += _rq_quantize_cases(inputs, device, ours, s, backward=False)
     out += _rq_quantize_cases(inputs, device, ours, s, backward=True)
     out += _kmeans_cases(inputs, device, ours, s)
+    out += _sinkhorn_cases(inputs, device, ours, s, "rq_encode sk")
+    out += _sinkhorn_cases(inputs, device, ours, s, "rq_quantize sk fwd")
     return out
 
 
@@ -433,4 +446,35 @@ def _rq_init_setup(inputs, s, backend):
         x = inputs.x(s.train_n, s.d)
         return lambda: semid_fast.rq_init(x, s.levels, s.k, iters=KMEANS_ITERS, seed=0,
                                           backend=backend)
+
+
+# ---------------------------------------------------------------------------------- Sinkhorn
+
+
+def _sinkhorn_cases(inputs, device, ours, s: Sizes, op: str) -> list[Case]:
+    shape = (f"N={_count(s.sk_n)} D={s.sk_d} L={s.sk_levels} K={s.k} eps={s.sk_epsilon} "
+             f"iters={s.sk_iters} fp32")
+    return [Case(family=FAMILY, op=op, shape=shape, impl=b, backend=b, device=device,
+                 setup=_sinkhorn_setup(inputs, s, op, b))
+            for b in ours]
+
+
+def _sinkhorn_setup(inputs, s, op, backend):
+    def setup():
+        x = inputs.x(s.sk_n, s.sk_d)
+        cb = inputs.rq_codebooks(s.sk_levels, s.k, s.sk_d)
+        kwargs = dict(sk_epsilon=s.sk_epsilon, sk_iters=s.sk_iters, backend=backend)
+        if op == "rq_encode sk":
+            fn = lambda: semid_fast.rq_encode(x, cb, **kwargs)  # noqa: E731
+        else:
+            x_leaf = x.clone().requires_grad_(True)
+            cb_leaf = cb.clone().requires_grad_(True)
+            fn = lambda: semid_fast.rq_quantize(x_leaf, cb_leaf, **kwargs)  # noqa: E731
+        if backend == "reference":
+            return fn
+        codes = semid_fast.rq_encode(x, cb, **kwargs)
+        want = semid_fast.rq_encode(x, cb, sk_epsilon=s.sk_epsilon, sk_iters=s.sk_iters,
+                                    backend="reference")
+        same = int((codes == want).all(dim=1).sum())
+        return fn, f"codes equal to the reference's on {same}/{len(want)} rows"
     return setup

@@ -20,6 +20,7 @@ import torch
 
 from .. import _backends, _checks, _native
 from ..reference import gumbel as ref
+from . import quantize as _quantize
 
 __all__ = ["gumbel_softmax", "gumbel_topk", "gumbel_quantize", "gumbel_noise"]
 
@@ -417,7 +418,8 @@ def _logit_scale(op: str, value, rows: int, device):
 
 def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: bool = True,
                     noise_scale=1.0, distance: str = "l2", logit_scale=1.0,
-                    seed: int | None = None, offset: int = 0, backend: str = "auto"):
+                    seed: int | None = None, offset: int = 0, sk_epsilon=0.0,
+                    sk_iters: int = 50, backend: str = "auto"):
     """DIGER's differentiable semantic-ID step: Gumbel-softmax over codewords with the
     indicator straight-through, in one call (per level, or a residual stack of levels).
 
@@ -439,6 +441,16 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
             kernels): the variable-length semantic-ID paper learns it per step, as
             ``exp(log_scale[step])`` on cosine logits (its ``Encoder._get_logits``).
         seed, offset, backend: as in :func:`gumbel_softmax`.
+        sk_epsilon, sk_iters: DIGER's Sinkhorn levels (its config: 0.003 at every level, 50
+            iterations); a float or one per level, 0 = off (default). At such a level, as in
+            DIGER's vq.py, the distances d of the batch are centred as
+            :func:`semid_fast.rq_encode` describes, the logits are ``-logit_scale *
+            centred d`` (gradients through d and its max and min, as there), and a row
+            whose noise_scale is 0 (a cold row of DIGER's adaptive selection) takes the
+            Sinkhorn code of the level while a noisy row takes its sampled code. (DIGER's
+            learnable-sigma modules zero the noise of every row below sigma 1e-4; such rows
+            take the argmax of their logits there, the Sinkhorn code here.) Codes depend on
+            the batch.
 
     Returns:
         codes (N,) or (N, L) int64; quantized (N, D) in x's dtype; soft (N, K) or (N, L, K)
@@ -459,12 +471,14 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     _checks.finite(x, "x")
     _checks.finite(codebook, "codebook")
     logit_scale = _logit_scale(op, logit_scale, x.shape[0], x.device)
+    epsilons = _quantize._sk_epsilons(op, sk_epsilon, sk_iters,
+                                      codebook.shape[0] if codebook.dim() == 3 else 1)
     name = _backends.resolve(backend, x.device, op)
     seed_t, offset = _seed(op, seed, offset)  # one seed for all levels: they differ by offset
     if name == "reference":
         return ref.gumbel_quantize(x, codebook, tau=tau, hard=hard, noise_scale=noise_scale,
                                    distance=distance, logit_scale=logit_scale, seed=int(seed_t),
-                                   offset=offset)
+                                   offset=offset, sk_epsilon=epsilons or 0.0, sk_iters=sk_iters)
     stack = codebook.dim() == 3
     books = codebook if stack else codebook.unsqueeze(0)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -473,9 +487,16 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     codes, softs = [], []
     for level in range(books.shape[0]):
         book = books[level].to(dtype)
-        logits = ref.quantize_logits(residual, book, distance, logit_scale)
+        sk = bool(epsilons) and epsilons[level] > 0
+        if sk:
+            logits, dist = ref.centred_logits(residual, book, distance, logit_scale)
+        else:
+            logits = ref.quantize_logits(residual, book, distance, logit_scale)
         soft, code = _softmax_call(op, logits, tau, False, noise_scale, -1, seed_t,
                                    offset + level, name, scan=False)
+        if sk:
+            sk_code = _quantize.sinkhorn_codes(name, dist, epsilons[level], sk_iters)
+            code = ref.sinkhorn_select(code, sk_code, noise_scale, code.shape[0])
         soft = soft.to(dtype)
         if hard:  # the chosen codeword forward, the soft assignment's gradient backward
             level_q = book[code] + (soft - soft.detach()) @ book

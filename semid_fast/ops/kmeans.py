@@ -36,7 +36,7 @@ def _assign_cpu(x: torch.Tensor, centroids: torch.Tensor):
     codes = torch.empty((n, 1), dtype=torch.long)
     dist = torch.empty((n, 1), dtype=torch.float32)
     status = _native.cpu().rq_encode_f32(x.data_ptr(), n, d, centroids.data_ptr(), 1,
-                                         centroids.shape[0], 1, codes.data_ptr(), 0,
+                                         centroids.shape[0], 1, 0, 0, codes.data_ptr(), 0,
                                          dist.data_ptr(), _native.n_threads())
     _native.check_cpu_status(status, "kmeans")
     return codes[:, 0], dist[:, 0]

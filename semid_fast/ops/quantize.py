@@ -30,14 +30,18 @@ def _triton():
 
 
 def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
-            with_details: bool):
+            with_details: bool, sk_epsilons=(), sk_iters: int = 0):
     """codes (N, L) int64 and, with_details, quantized (N, D) and errors (N, L) float32.
 
     with_details (the rq_quantize step) is greedy and never the reference: rq_quantize runs
-    the reference through its own autograd graph.
+    the reference through its own autograd graph. sk_epsilons: empty (no Sinkhorn level) or
+    one epsilon per level (greedy only).
     """
     if backend == "reference":
-        return ref.rq_encode(x, codebooks, beam_width), None, None
+        return ref.rq_encode(x, codebooks, beam_width, list(sk_epsilons) or 0.0,
+                             sk_iters), None, None
+    if sk_epsilons and backend != "cpu":
+        return _encode_sk_device(backend, x, codebooks, sk_epsilons, sk_iters, with_details)
     n, d = x.shape
     levels = codebooks.shape[0]
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
@@ -45,9 +49,11 @@ def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: 
     errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
     if backend == "cpu":
         x32 = x.float().contiguous()
+        eps = torch.tensor(sk_epsilons, dtype=torch.float64) if sk_epsilons else None
         status = _native.cpu().rq_encode_f32(
             x32.data_ptr(), n, d, codebooks.data_ptr(), levels, codebooks.shape[1], beam_width,
-            codes.data_ptr(), _ptr(quantized), _ptr(errors), _native.n_threads())
+            _ptr(eps), sk_iters, codes.data_ptr(), _ptr(quantized), _ptr(errors),
+            _native.n_threads())
         _native.check_cpu_status(status, "rq_encode")
     elif backend == "cuda":
         _native.call_cuda("rq_encode", _native._C_cuda.rq_encode, x.data_ptr(),
@@ -59,6 +65,64 @@ def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: 
     else:
         _triton().rq_encode(x, codebooks, codes, quantized, errors)
     return codes, quantized, errors
+
+
+def _encode_sk_device(backend, x, codebooks, sk_epsilons, sk_iters, with_details):
+    """Greedy RQ with Sinkhorn levels on a GPU backend: level by level in torch ops on the
+    device (Sinkhorn levels) or the backend's one-level kernel (nearest-codeword levels)."""
+    n, levels = x.shape[0], codebooks.shape[0]
+    residual = x.float()
+    codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
+    quantized = torch.zeros_like(residual) if with_details else None
+    errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
+    for level, epsilon in enumerate(sk_epsilons):
+        book = codebooks[level]
+        if epsilon > 0:
+            code = sinkhorn_codes(backend, ref.sk_distances(residual, book), epsilon, sk_iters)
+        else:
+            code = _encode(backend, residual.contiguous(), codebooks[level:level + 1], 1,
+                           False)[0][:, 0]
+        chosen = book[code]
+        residual = residual - chosen
+        codes[:, level] = code
+        if with_details:
+            quantized += chosen
+            errors[:, level] = (residual * residual).sum(1)
+    return codes, quantized, errors
+
+
+def sinkhorn_codes(backend: str, dist: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
+    """(N,) int64 codes of :func:`semid_fast.reference.quantize.sinkhorn_codes` from (N, K)
+    float32 distances (detached): the cpu kernel, or torch ops on dist's device.
+
+    Both keep Q as the kernel scaled by a row and a column vector (see csrc/cpu/quantize.cpp),
+    so an iteration is two matrix-vector products and nothing of size (N, K) is written.
+    """
+    dist = dist.detach().float().contiguous()
+    n, k = dist.shape
+    if backend == "reference":
+        return ref.sinkhorn_codes(dist, epsilon, iters)
+    if backend == "cpu":
+        codes = torch.empty(n, dtype=torch.long)
+        status = _native.cpu().sinkhorn_codes_f32(dist.data_ptr(), n, k, float(epsilon),
+                                                  int(iters), codes.data_ptr(),
+                                                  _native.n_threads())
+        _native.check_cpu_status(status, "sinkhorn")
+        return codes
+    centred = ref.center_distances(dist).double()
+    kern = torch.exp((centred.amin(dim=1, keepdim=True) - centred) / epsilon)
+    if iters == 0:
+        return kern.argmax(dim=1)
+    b = kern.new_ones(k)
+    for _ in range(iters):
+        row = kern @ b
+        a = torch.where(row > 0, 1.0 / row, 0.0)
+        col = a @ kern
+        b = torch.where(col > 0, 1.0 / col, 0.0)
+        b = b / b.max().clamp_min(torch.finfo(torch.float64).tiny)
+    # The last column normalisation as published: a column one row dominates gives it exactly 1.
+    q = (a[:, None] * kern) / torch.where(col > 0, col, float("inf"))
+    return q.argmax(dim=1)
 
 
 def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product: bool):
@@ -95,12 +159,12 @@ def _ptr(t):
 
 @torch.library.custom_op("semid_fast::rq_encode", mutates_args=())
 def _rq_encode_op(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
-                  backend: str) -> torch.Tensor:
-    return _encode(backend, x, codebooks, beam_width, with_details=False)[0]
+                  sk_epsilons: list[float], sk_iters: int, backend: str) -> torch.Tensor:
+    return _encode(backend, x, codebooks, beam_width, False, sk_epsilons, sk_iters)[0]
 
 
 @_rq_encode_op.register_fake
-def _(x, codebooks, beam_width, backend):
+def _(x, codebooks, beam_width, sk_epsilons, sk_iters, backend):
     return x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
 
 
@@ -165,18 +229,26 @@ _decode_op.register_autograd(_decode_backward, setup_context=_decode_setup)
 # Outputs are (quantized, loss, codes): float outputs first, as opcheck's autograd test sums
 # the outputs into the first one's dtype.
 @torch.library.custom_op("semid_fast::rq_quantize", mutates_args=())
-def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float,
+def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float, reduction: str,
+                    sk_epsilons: list[float], sk_iters: int,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "reference":
-        codes, quantized, loss = ref.rq_quantize(x, codebooks, beta)
+        codes, quantized, loss = ref.rq_quantize(x, codebooks, beta, reduction,
+                                                 list(sk_epsilons) or 0.0, sk_iters)
         return quantized.detach(), loss.detach(), codes
-    codes, quantized, errors = _encode(backend, x, codebooks, 1, with_details=True)
-    loss = errors.sum() * ((1.0 + beta) / max(x.numel(), 1))
+    codes, quantized, errors = _encode(backend, x, codebooks, 1, True, sk_epsilons, sk_iters)
+    loss = errors.sum() * ((1.0 + beta) * _loss_scale(x, codebooks, reduction))
     return quantized.to(x.dtype), loss, codes
 
 
+def _loss_scale(x: torch.Tensor, codebooks: torch.Tensor, reduction: str) -> float:
+    """The factor of the summed squared errors in the loss: 1 / (N D), and 1 / L for "mean"."""
+    levels = codebooks.shape[0] if reduction == "mean" else 1
+    return 1.0 / (max(x.numel(), 1) * levels)
+
+
 @_rq_quantize_op.register_fake
-def _(x, codebooks, beta, backend):
+def _(x, codebooks, beta, reduction, sk_epsilons, sk_iters, backend):
     codes = x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.long)
     return torch.empty_like(x), x.new_empty((), dtype=torch.float32), codes
 
@@ -184,9 +256,9 @@ def _(x, codebooks, beta, backend):
 @torch.library.custom_op("semid_fast::rq_quantize_backward", mutates_args=())
 def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
                              grad_quantized: torch.Tensor | None, grad_loss: torch.Tensor,
-                             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                             beta: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The cpu kernel of rq_quantize's backward: float32 (grad_x, grad_codebooks)."""
-    scale = 2.0 / max(x.numel(), 1)
+    scale = 2.0 * _loss_scale(x, codebooks, reduction)
     weight = float(grad_loss)  # a CPU scalar: no device sync
     x32, books = x.float().contiguous(), codebooks.float().contiguous()
     codes = codes.long().contiguous()
@@ -202,28 +274,28 @@ def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: to
 
 
 @_rq_quantize_backward_op.register_fake
-def _(x, codebooks, codes, grad_quantized, grad_loss, beta):
+def _(x, codebooks, codes, grad_quantized, grad_loss, beta, reduction):
     return (x.new_empty(x.shape, dtype=torch.float32),
             codebooks.new_empty(codebooks.shape, dtype=torch.float32))
 
 
 def _quantize_setup(ctx, inputs, output):
-    x, codebooks, beta, _ = inputs
+    x, codebooks, beta, reduction, _, _, backend = inputs
     codes = output[2]
     ctx.mark_non_differentiable(codes)
     ctx.save_for_backward(x, codebooks, codes)
-    ctx.beta, ctx.backend = beta, inputs[3]
+    ctx.beta, ctx.reduction, ctx.backend = beta, reduction, backend
 
 
 def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
     """Gradients of the reference's loss, recomputing residuals from the saved codes."""
     x, codebooks, codes = ctx.saved_tensors
-    scale = 2.0 / max(x.numel(), 1)
+    scale = 2.0 * _loss_scale(x, codebooks, ctx.reduction)
     if ctx.backend == "cpu":  # one pass, no (N, D) temporaries
         weight = torch.zeros(()) if grad_loss is None else grad_loss
         grad_x, grad_codebooks = _rq_quantize_backward_op(x, codebooks, codes, grad_quantized,
-                                                          weight, ctx.beta)
-        return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None
+                                                          weight, ctx.beta, ctx.reduction)
+        return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None, None, None, None
     residual = x.float()
     grad_codebooks = torch.zeros_like(codebooks, dtype=torch.float32)
     grad_x = None
@@ -239,7 +311,7 @@ def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
         grad_x = torch.zeros_like(x, dtype=torch.float32)
     if grad_quantized is not None:
         grad_x = grad_x + grad_quantized.float()
-    return grad_x.to(x.dtype), grad_codebooks, None, None
+    return grad_x.to(x.dtype), grad_codebooks, None, None, None, None, None
 
 
 _rq_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
@@ -302,13 +374,54 @@ def _check_center(op: str, center, dim: int, device):
     _checks.finite(center, "center")
 
 
+def _sk_epsilons(op: str, sk_epsilon, sk_iters, levels: int) -> list[float]:
+    """One epsilon per level, or [] when no level uses Sinkhorn; checks sk_iters too."""
+    if isinstance(sk_epsilon, (int, float)) and not isinstance(sk_epsilon, bool):
+        epsilons = [float(sk_epsilon)] * levels
+    elif isinstance(sk_epsilon, (list, tuple)) and all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) for e in sk_epsilon):
+        epsilons = [float(e) for e in sk_epsilon]
+        if len(epsilons) != levels:
+            raise ValueError(f"{op}: sk_epsilon has {len(epsilons)} values but there are "
+                             f"{levels} levels")
+    else:
+        raise TypeError(f"{op}: sk_epsilon must be a float or a sequence of one float per "
+                        f"level, got {type(sk_epsilon).__name__}")
+    if not all(0.0 <= e < float("inf") for e in epsilons):
+        raise ValueError(f"{op}: sk_epsilon values must be finite and >= 0 (0 = off), "
+                         f"got {epsilons}")
+    if isinstance(sk_iters, bool) or not isinstance(sk_iters, int) or sk_iters < 0:
+        raise ValueError(f"{op}: sk_iters must be an int >= 0, got {sk_iters!r}")
+    return epsilons if any(e > 0 for e in epsilons) else []
+
+
+_SK_DOC = """sk_epsilon: balanced assignment by Sinkhorn-Knopp, as the released configs of
+            LC-Rec, LETTER and DIGER assign codes (their vq.py: center_distance_for_constraint,
+            sinkhorn_algorithm, argmax of Q). A float for every level or a sequence of one
+            float per level; 0 (the default) = nearest codeword at that level. At a level
+            with epsilon > 0 the (N, K) float32 squared distances of the whole batch are
+            centred, (d - m) / (max - m + 1e-5) with m the mean of their global max and min,
+            and in float64 Q = exp(-centred / epsilon) is scaled alternately to rows of sum
+            1/N and columns of sum 1/K, ``sk_iters`` times; each row takes Q's argmax (ties
+            to the smaller code). The codes therefore depend on the whole batch, as in the
+            published code. Their configs: LC-Rec's run.sh and LETTER's main.py 0 at every
+            level but the last, 0.003 there; DIGER's 0.003 at every level. They apply it in
+            the training forward pass; LC-Rec's and LETTER's generate_indices encode without
+            it and use it (last level only) to re-encode the items of colliding IDs. Below
+            epsilon ~ 1/710 the published code overflows exp to inf/NaN; here the kernel is
+            taken relative to each row's smallest distance, so it stays finite.
+        sk_iters: Sinkhorn iterations (50, as the three repos' configs; their vq.py default
+            is 100). The kernel is (N, K) float64: 8 N K bytes of workspace."""
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     """Float32 contiguous; stays in the autograd graph of the caller's tensor."""
     return t.float().contiguous()
 
 
 def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
-              code_dtype: torch.dtype = torch.int64, backend: str = "auto") -> torch.Tensor:
+              code_dtype: torch.dtype = torch.int64, sk_epsilon=0.0, sk_iters: int = 50,
+              backend: str = "auto") -> torch.Tensor:
     """Residual-quantization codes of x.
 
     Args:
@@ -317,6 +430,8 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
         beam_width: 1 for greedy per-level nearest codeword; B > 1 keeps the B partial
             encodings of smallest total squared error per level (faiss ``max_beam_size``).
         code_dtype: int64 (default), int32, int16 or uint8 (K <= 256) output.
+        %s
+            Greedy encoding only (beam_width > 1 with Sinkhorn raises ValueError).
         backend: "auto", "reference", "cpu", "cuda" or "triton".
 
     Returns:
@@ -326,6 +441,10 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
     device = _check_x_codebooks("rq_encode", x, codebooks)
     _checks.positive_int(beam_width, "beam_width")
     levels, k = codebooks.shape[0], codebooks.shape[1]
+    epsilons = _sk_epsilons("rq_encode", sk_epsilon, sk_iters, levels)
+    if epsilons and beam_width > 1:
+        raise ValueError("rq_encode: sk_epsilon > 0 (Sinkhorn) needs beam_width=1: the "
+                         "published balanced assignment is greedy, level by level")
     beam_width = min(beam_width, k ** levels)  # no more beams than encodings exist
     if beam_width * k > _MAX_BEAM_CANDIDATES:
         raise ValueError(f"rq_encode: beam_width * K = {beam_width * k} candidate scores per row; "
@@ -334,7 +453,7 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
     supported = _backends.BACKENDS if beam_width == 1 else ("reference", "cpu", "triton")
     name = _backends.resolve(backend, device, "rq_encode", gpu_order=("cuda", "triton"),
                              supported=supported)
-    codes = _rq_encode_op(x.contiguous(), _f32(codebooks), beam_width, name)
+    codes = _rq_encode_op(x.contiguous(), _f32(codebooks), beam_width, epsilons, sk_iters, name)
     return codes if code_dtype == torch.int64 else codes.to(code_dtype)
 
 
@@ -356,18 +475,31 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str = "a
 
 
 def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
+                reduction: str = "mean", sk_epsilon=0.0, sk_iters: int = 50,
                 backend: str = "auto"):
     """The whole training-time quantization step of an RQ-VAE in one call.
 
-    Greedy RQ encoding, the straight-through quantized vector and the RQ-VAE loss
-    ``sum_l [mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)]`` with each level's
-    residual detached (the convention of TIGER's open RQ-VAEs: LC-Rec, LETTER, MiniOneRec).
+    Greedy RQ encoding, the straight-through quantized vector and the RQ-VAE loss with each
+    level's residual detached (the convention of TIGER's open RQ-VAEs: LC-Rec, LETTER,
+    MiniOneRec). Per level ``loss_l = mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)``
+    (means over N x D); then
+
+    * ``reduction="mean"`` (default): ``loss = mean_l loss_l``, the mean over levels that
+      LC-Rec, LETTER and MiniOneRec take (``torch.stack(all_losses).mean()`` in their rq.py);
+    * ``reduction="sum"``: ``loss = sum_l loss_l`` (L times the mean, loss and gradients).
+
+    EdoardoBotta's RQ-VAE-Recommender sums the squared errors over D and levels and averages
+    over N only: that loss is ``D`` times the ``"sum"`` loss (multiply it by ``x.shape[1]``).
     See :func:`semid_fast.reference.quantize.rq_quantize` for the oracle.
 
     Args:
         x: (N, D) float32/float16/bfloat16 encoder output (requires grad in training).
         codebooks: (L, K, D) float codebooks (a parameter).
         beta: commitment weight.
+        reduction: "mean" or "sum" over levels, as above.
+        %s
+            The loss and its gradients are those of the chosen codes, as in the published
+            code.
 
     Returns:
         codes (N, L) int64; quantized (N, D) in x's dtype whose gradient passes straight to
@@ -376,11 +508,20 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
     device = _check_x_codebooks("rq_quantize", x, codebooks)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
         raise TypeError(f"beta must be a float, got {type(beta).__name__}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"rq_quantize: reduction must be 'mean' or 'sum', got {reduction!r}")
+    epsilons = _sk_epsilons("rq_quantize", sk_epsilon, sk_iters, codebooks.shape[0])
     name = _backends.resolve(backend, device, "rq_quantize")
     if name == "reference":
-        return ref.rq_quantize(x, codebooks, float(beta))
-    quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta), name)
+        return ref.rq_quantize(x, codebooks, float(beta), reduction, epsilons or 0.0, sk_iters)
+    quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta),
+                                             reduction, epsilons, sk_iters, name)
     return codes, quantized, loss
+
+
+if rq_encode.__doc__:  # None under python -OO
+    rq_encode.__doc__ %= _SK_DOC
+    rq_quantize.__doc__ %= _SK_DOC
 
 
 def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tensor | None = None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["philox_bits", "log_positive", "gumbel_noise", "gumbel_softmax", "gumbel_topk", "quantize_logits",
-           "gumbel_quantize"]
+           "centred_logits", "sinkhorn_select", "gumbel_quantize"]
 
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
@@ -169,9 +169,36 @@ def quantize_logits(x: torch.Tensor, codebook: torch.Tensor, distance: str = "l2
     return logits * logit_scale
 
 
+def centred_logits(x: torch.Tensor, codebook: torch.Tensor, distance: str = "l2",
+                   logit_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DIGER's logits when it assigns by Sinkhorn (its vq.py replaces the distances by the
+    centred ones before taking ``logits = -d``): (logits, d) with d = ``|x|^2 + |c|^2 - 2 x.c``
+    (l2) or ``-cos(x, c)`` (cosine) and logits = ``-logit_scale * center_distances(d)``,
+    differentiable through d and its global max and min as there."""
+    from .quantize import center_distances
+
+    if distance == "l2":
+        dist = ((x * x).sum(1, keepdim=True) + (codebook * codebook).sum(1, keepdim=True).T
+                - 2 * (x @ codebook.T))
+    else:
+        dist = -quantize_logits(x, codebook, distance)
+    return -center_distances(dist) * logit_scale, dist
+
+
+def sinkhorn_select(code: torch.Tensor, sk_code: torch.Tensor, noise_scale,
+                    rows: int) -> torch.Tensor:
+    """DIGER's choice between its sampled and its deterministic (Sinkhorn) codes: a row
+    drawn without noise (noise_scale 0: a cold row of the adaptive selection) keeps the
+    Sinkhorn code, a noisy row the argmax of its perturbed logits."""
+    if not isinstance(noise_scale, torch.Tensor):
+        return sk_code if float(noise_scale) == 0.0 else code
+    quiet = (noise_scale.detach().reshape(-1) == 0).expand(rows)
+    return torch.where(quiet, sk_code, code)
+
+
 def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: bool = True,
                     noise_scale=1.0, distance: str = "l2", logit_scale=1.0,
-                    seed: int = 0, offset: int = 0):
+                    seed: int = 0, offset: int = 0, sk_epsilon=0.0, sk_iters: int = 50):
     """DIGER's differentiable semantic-ID step, one level (codebook (K, D)) or a residual
     stack (codebook (L, K, D), level l drawing its noise at offset + l).
 
@@ -183,21 +210,35 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     that of the soft assignment, reaching x and every codeword. The next level quantizes
     residual - quantized.
 
+    A level with ``sk_epsilon`` > 0 (a float or one per level) follows DIGER with Sinkhorn:
+    its logits are :func:`centred_logits`, and rows drawn without noise take the codes of
+    :func:`semid_fast.reference.quantize.sinkhorn_codes` on the level's distances
+    (:func:`sinkhorn_select`).
+
     Returns codes (N,) / (N, L) int64, quantized (N, D) in x's dtype (summed over levels)
     and soft (N, K) / (N, L, K) in x's dtype.
     """
+    from .quantize import _level_epsilons, sinkhorn_codes
+
     stack = codebook.dim() == 3
     books = codebook if stack else codebook.unsqueeze(0)
+    epsilons = _level_epsilons(sk_epsilon, books.shape[0])
     dtype = _compute_dtype(x)
     residual = x.to(dtype)
     quantized = torch.zeros_like(residual)
     codes, softs = [], []
     for level in range(books.shape[0]):
         book = books[level].to(dtype)
-        logits = quantize_logits(residual, book, distance, logit_scale)
+        if epsilons[level] > 0:
+            logits, dist = centred_logits(residual, book, distance, logit_scale)
+        else:
+            logits = quantize_logits(residual, book, distance, logit_scale)
         z = _perturb(logits, tau, noise_scale, seed, offset + level)
         soft = z.softmax(-1)
         code = z.argmax(-1)
+        if epsilons[level] > 0:
+            sk_code = sinkhorn_codes(dist.detach(), epsilons[level], sk_iters)
+            code = sinkhorn_select(code, sk_code, noise_scale, code.shape[0])
         y = torch.zeros_like(soft).scatter_(-1, code[:, None], 1.0) - soft.detach() + soft \
             if hard else soft
         level_q = y @ book

@@ -8,6 +8,11 @@ Conventions
 -----------
 * Residual quantization (RQ) as in TIGER / RQ-VAE: level ``l`` picks the codeword nearest (L2)
   to the residual ``r_l`` and the next residual is ``r_{l+1} = r_l - e_l``, with ``r_0 = x``.
+* Balanced assignment (``sk_epsilon > 0`` at a level), as LC-Rec / LETTER / DIGER's vq.py:
+  the level's (N, K) float32 distances of the whole batch are centred to about [-1, 1]
+  (:func:`center_distances`), Sinkhorn-Knopp runs on ``exp(-centred / eps)`` in float64
+  (:func:`sinkhorn`) and each row takes the argmax of the resulting Q. Codes depend on the
+  batch.
 * Beam RQ encoding keeps the ``beam_width`` partial encodings of smallest total squared error
   at every level, as faiss ``ResidualQuantizer.max_beam_size`` does.
 * Product quantization (PQ): the (optionally rotated) vector is cut into ``M`` sub-vectors of
@@ -21,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode", "squared_distances"]
+__all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode", "squared_distances",
+           "sk_distances", "center_distances", "sinkhorn", "sinkhorn_codes"]
 
 
 def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -35,14 +41,72 @@ def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     ).clamp_min_(0.0)
 
 
-def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int = 1) -> torch.Tensor:
-    """Residual-quantization codes (N, L) int64 of x (N, D) with codebooks (L, K, D)."""
+def sk_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, K) float32 ``|x|^2 + |c|^2 - 2 x.c`` in that order and unclamped, as the published
+    vq.py computes the distances it centres."""
+    x = x.float()
+    codebook = codebook.float()
+    return ((x * x).sum(1, keepdim=True) + (codebook * codebook).sum(1, keepdim=True).T
+            - 2 * (x @ codebook.T))
+
+
+def center_distances(dist: torch.Tensor) -> torch.Tensor:
+    """``(dist - middle) / amplitude`` with middle the mean of the global max and min of the
+    batch's distances and amplitude = max - middle + 1e-5, in dist's dtype
+    (``center_distance_for_constraint`` of LC-Rec / LETTER / DIGER)."""
+    if dist.numel() == 0:
+        return dist.clone()
+    top, bottom = dist.max(), dist.min()
+    middle = (top + bottom) / 2
+    amplitude = top - middle + 1e-5
+    return (dist - middle) / amplitude
+
+
+def sinkhorn(dist: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
+    """Sinkhorn-Knopp on ``Q = exp(-dist / epsilon)`` (dist (N, K), float64 in the published
+    code): Q scaled to sum 1, then ``iters`` times rows scaled to sum 1/N and columns to
+    1/K; finally times N."""
+    q = torch.exp(-dist / epsilon)
+    n, k = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        q = q / q.sum(dim=1, keepdim=True) / n
+        q = q / q.sum(dim=0, keepdim=True) / k
+    return q * n
+
+
+def sinkhorn_codes(dist: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
+    """(N,) int64 balanced codes from (N, K) float32 distances: argmax over codewords of
+    ``sinkhorn(center_distances(dist).double(), epsilon, iters)``."""
+    return sinkhorn(center_distances(dist.float()).double(), epsilon, iters).argmax(dim=1)
+
+
+def _level_epsilons(sk_epsilon, levels: int) -> list[float]:
+    if isinstance(sk_epsilon, (int, float)):
+        return [float(sk_epsilon)] * levels
+    return [float(e) for e in sk_epsilon]
+
+
+def _level_codes(residual, codebook, epsilon: float, iters: int) -> torch.Tensor:
+    if epsilon > 0:
+        return sinkhorn_codes(sk_distances(residual, codebook), epsilon, iters)
+    return squared_distances(residual, codebook).argmin(dim=1)
+
+
+def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int = 1,
+              sk_epsilon=0.0, sk_iters: int = 50) -> torch.Tensor:
+    """Residual-quantization codes (N, L) int64 of x (N, D) with codebooks (L, K, D).
+
+    ``sk_epsilon``: a float or one per level; a level with epsilon > 0 assigns by
+    :func:`sinkhorn_codes` (``sk_iters`` iterations), the others by nearest codeword.
+    """
     if beam_width > 1:
         return _rq_encode_beam(x, codebooks, beam_width)
+    epsilons = _level_epsilons(sk_epsilon, codebooks.shape[0])
     residual = x.float()
     codes = []
-    for codebook in codebooks.float():
-        best = squared_distances(residual, codebook).argmin(dim=1)
+    for codebook, epsilon in zip(codebooks.float(), epsilons):
+        best = _level_codes(residual, codebook, epsilon, sk_iters)
         residual = residual - codebook[best]
         codes.append(best)
     return torch.stack(codes, dim=1) if codes else x.new_zeros((x.shape[0], 0), dtype=torch.long)
@@ -78,32 +142,40 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, beta: float = 0.25):
+def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, beta: float = 0.25,
+                reduction: str = "mean", sk_epsilon=0.0, sk_iters: int = 50):
     """The training-time quantization step of an RQ-VAE.
 
     Follows the RQ-VAE of TIGER as implemented by LC-Rec / LETTER / MiniOneRec: each level's
     residual is detached from the graph, so gradients reach the encoder only through the
     straight-through output and the first level's commitment term.
 
-    loss = sum_l [ mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2) ]
+    loss_l = mean((sg(r_l) - e_l)^2) + beta * mean((r_l - sg(e_l))^2)
+    loss = mean_l loss_l (reduction="mean", as those repos do) or sum_l loss_l ("sum").
+
+    Codes as :func:`rq_encode` with ``sk_epsilon`` / ``sk_iters``.
 
     Returns (codes (N, L) int64, quantized (N, D) in x's dtype with straight-through gradient
     to x, loss () float32).
     """
+    epsilons = _level_epsilons(sk_epsilon, codebooks.shape[0])
     x32 = x.float()
     residual = x32
     quantized = torch.zeros_like(x32)
-    loss = x32.new_zeros(())
+    losses = []
     codes = []
-    for codebook in codebooks.float():
+    for codebook, epsilon in zip(codebooks.float(), epsilons):
         with torch.no_grad():
-            best = squared_distances(residual, codebook).argmin(dim=1)
+            best = _level_codes(residual, codebook, epsilon, sk_iters)
         chosen = codebook[best]
-        loss = loss + torch.mean((residual.detach() - chosen) ** 2)
-        loss = loss + beta * torch.mean((residual - chosen.detach()) ** 2)
+        losses.append(torch.mean((residual.detach() - chosen) ** 2)
+                      + beta * torch.mean((residual - chosen.detach()) ** 2))
         quantized = quantized + chosen.detach()
         residual = (residual - chosen).detach()
         codes.append(best)
+    loss = torch.stack(losses).sum()
+    if reduction == "mean":
+        loss = loss / len(losses)
     straight_through = x32 + (quantized - x32).detach()
     return torch.stack(codes, dim=1), straight_through.to(x.dtype), loss
 

@@ -8,6 +8,13 @@
 //   quantized  (n, d)              float32, optional (nullptr): sum of the chosen codewords
 //   errors     (n, levels)         float32, optional (nullptr): ||residual after level l||^2
 //
+//   eps        (levels)            float64, optional (nullptr: no Sinkhorn): level l assigns
+//                                  codes by Sinkhorn-Knopp with epsilon eps[l] when > 0
+//                                  (greedy only; sk_iters iterations), by nearest codeword
+//                                  when 0
+//
+// sinkhorn_codes_f32: the Sinkhorn assignment of n rows from their (n, k) float32 distances.
+//
 // rq_quantize backward, from the codes of the forward: with r_0 = x, e_l = codebooks[l][code_l]
 // and r_{l+1} = r_l - e_l (so e_l - r_l = -r_{l+1}),
 //   grad_x = x_scale * (e_0 - r_0) + grad_quantized (nullptr: 0)                  (n, d)
@@ -29,8 +36,11 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 #define SEMID_FAST_DECLARE_CPU_QUANTIZE(ns)                                                   \
   namespace ns {                                                                             \
   int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks,             \
-                    int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,            \
-                    float* quantized, float* errors, int n_threads);                         \
+                    int64_t levels, int64_t k, int64_t beam_width, const double* eps,         \
+                    int64_t sk_iters, int64_t* codes, float* quantized, float* errors,        \
+                    int n_threads);                                                          \
+  int sinkhorn_codes_f32(const float* dist, int64_t n, int64_t k, double eps, int64_t iters,  \
+                         int64_t* codes, int n_threads);                                     \
   int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t m,  \
                     int64_t k, int64_t* codes, int n_threads);                               \
   int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,  \
