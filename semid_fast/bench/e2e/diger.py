@@ -13,7 +13,8 @@ This pipeline trains the RQ-VAE of :mod:`semid_fast.bench.e2e.tiger` on
 * ``ste``: :func:`semid_fast.rq_quantize` (plain straight-through), the collapse baseline;
 * one run per noise schedule of :mod:`semid_fast.schedules`, each level quantized by
   :func:`semid_fast.gumbel_quantize` (``hard=True``): exponentially decayed temperature,
-  cosine-decayed noise scale, and DIGER's two released runs at its constants (tau 2.0):
+  cosine-decayed noise scale, and DIGER's two released runs at its constants (tau 2.0,
+  Sinkhorn assignment with epsilon 0.003 and 50 iterations at every level):
   frequency-based noise (:class:`~semid_fast.schedules.FrequencyNoise`, ratio 1.5, momentum
   0.99: noise only for samples whose level-0 argmin code is over-used) and a learnable noise
   scale sigma per level (:func:`~semid_fast.schedules.sigma_noise_scale`,
@@ -71,6 +72,8 @@ class Settings:
     tau_start: float = 1.0        # exponential temperature decay: tau_start -> tau_end
     tau_end: float = 0.1
     diger_tau: float = 2.0        # DIGER's fixed temperature (frequency and sigma runs)
+    sk_epsilon: float = 0.003     # DIGER's Sinkhorn at every level (frequency and sigma runs)
+    sk_iters: int = 50
     sigma_start: float = 1.0      # learnable sigma's initial value (DIGER's initial_std)
     eval_every: int = 25          # steps between code-usage measurements over the catalog
     reps: int = 20                # timed calls of each quantizer in the micro-benchmark
@@ -85,16 +88,19 @@ class Settings:
 
 
 def gumbel_levels(z: torch.Tensor, codebooks: torch.Tensor, *, tau, noise_scales,
-                  logit_scale: float, seed: int, offset: int, backend: str):
+                  logit_scale: float, seed: int, offset: int, backend: str,
+                  sk_epsilon: float = 0.0, sk_iters: int = 50):
     """Residual Gumbel quantization of z (N, D) by codebooks (L, K, D), one
     :func:`semid_fast.gumbel_quantize` call per level (each level may have its own noise
-    scale); level l draws its noise at ``offset + l``. Returns (codes (N, L), quantized)."""
+    scale, and with ``sk_epsilon`` > 0 DIGER's Sinkhorn assignment); level l draws its noise
+    at ``offset + l``. Returns (codes (N, L), quantized)."""
     residual, quantized, codes = z, torch.zeros_like(z), []
     for level in range(codebooks.shape[0]):
         code, level_q, _ = sf.gumbel_quantize(residual, codebooks[level], tau=tau, hard=True,
                                               noise_scale=noise_scales[level],
                                               logit_scale=logit_scale, seed=seed,
-                                              offset=offset + level, backend=backend)
+                                              offset=offset + level, sk_epsilon=sk_epsilon,
+                                              sk_iters=sk_iters, backend=backend)
         quantized = quantized + level_q
         residual = residual - level_q
         codes.append(code)
@@ -158,7 +164,7 @@ class Run:
                                                    self.logit_scale)
             loss = vq_loss(model, batch, z, quantized, s.beta)
             return loss, loss, codes
-        tau, scales = 1.0, [1.0] * s.levels
+        tau, scales, sk_epsilon = 1.0, [1.0] * s.levels, 0.0
         backend = "reference" if self.name == "reference" else "auto"
         if self.name in ("exp_tau", "reference"):
             tau = self.tau(step)
@@ -166,14 +172,18 @@ class Run:
             scales = [self.noise(step)] * s.levels
         elif self.name == "frequency_noise":
             # DIGER's rule: decided once per sample from its level-0 argmin code, the usage
-            # counting argmin codes; the same noise scale for every level.
-            tau, scales = s.diger_tau, [self.frequency(z.detach(), model.codebooks)] * s.levels
+            # counting level 0's deterministic (Sinkhorn) codes; one scale for every level.
+            tau, sk_epsilon = s.diger_tau, s.sk_epsilon
+            level0 = sf.rq_encode(z.detach(), model.codebooks.detach()[:1],
+                                  sk_epsilon=s.sk_epsilon, sk_iters=s.sk_iters)[:, 0]
+            scales = [self.frequency(z.detach(), model.codebooks, usage_codes=level0)] * s.levels
         elif self.name == "learnable_sigma":
-            tau = s.diger_tau
+            tau, sk_epsilon = s.diger_tau, s.sk_epsilon
             scales = [schedules.sigma_noise_scale(sigma).reshape(1) for sigma in self.sigma]
         codes, quantized = gumbel_levels(z, model.codebooks, tau=tau, noise_scales=scales,
                                          logit_scale=self.logit_scale, seed=s.seed,
-                                         offset=step * s.levels, backend=backend)
+                                         offset=step * s.levels, backend=backend,
+                                         sk_epsilon=sk_epsilon, sk_iters=s.sk_iters)
         loss = vq_loss(model, batch, z, quantized, s.beta)
         if self.sigma is not None:  # DIGER weights the loss by its levels' mean sigma
             return schedules.learnable_sigma_loss(loss, self.sigma.mean()), loss, codes
