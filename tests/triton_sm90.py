@@ -235,6 +235,20 @@ def cases():
             sf.pq_decode(codes, randn(width, k, max(1, d // width)), backend="triton")
         yield f"rq_decode / pq_decode {n} x {width} K={k} D={d}", decode
 
+    # Paths added on top of the kernels above: Sinkhorn levels, k-means, a PQ centre.
+    yield "rq_encode / rq_quantize with Sinkhorn", lambda: (
+        sf.rq_encode(randn(40, 32), randn(2, 64, 32), sk_epsilon=[0.0, 0.01],
+                     backend="triton"),
+        _quantize_step(sf, randn(40, 32), randn(2, 64, 32), sk_epsilon=0.01))
+    yield "gumbel_quantize with Sinkhorn", lambda: sf.gumbel_quantize(
+        randn(40, 32), randn(2, 64, 32), tau=0.5, seed=3, sk_epsilon=0.01, backend="triton")
+    yield "kmeans / rq_init", lambda: (
+        sf.kmeans(randn(300, 16), 20, iters=2, backend="triton"),
+        sf.rq_init(randn(300, 16), 2, 20, iters=2, backend="triton"))
+    yield "pq_encode / pq_decode with a centre", lambda: sf.pq_decode(
+        sf.pq_encode(randn(37, 32), randn(4, 16, 8), center=randn(32), backend="triton"),
+        randn(4, 16, 8), center=randn(32), backend="triton")
+
     # longid: each code width, one query and a block of queries, the select and merge paths.
     code_dtypes = (torch.uint8, torch.int16, torch.int32, torch.int64)
     for b, m, k, n, topk in [(1, 8, 16, 37, 5), (3, 16, 256, 1000, 10), (9, 4, 7, 50, 60),
@@ -255,10 +269,10 @@ def cases():
         candidates=torch.zeros(70_000, 4, dtype=torch.long), backend="triton")
 
 
-def _quantize_step(sf, x, codebooks):
+def _quantize_step(sf, x, codebooks, **kwargs):
     x.requires_grad_()
     codebooks.requires_grad_()
-    _, quantized, loss = sf.rq_quantize(x, codebooks, beta=0.25, backend="triton")
+    _, quantized, loss = sf.rq_quantize(x, codebooks, beta=0.25, backend="triton", **kwargs)
     (quantized.sum() + loss).backward()
 
 
