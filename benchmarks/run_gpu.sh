@@ -11,11 +11,12 @@
 # step ends, a line "step=NAME rc=N seconds=S" is appended to $OUT/steps.txt and its log is
 # packed into $OUT/logs.tgz, so a command killed at its limit still returns what finished.
 # What comes back (at most 8 files): env.txt, steps.txt, logs.tgz (build log, one pytest log
-# and junit XML per family, bench log), bench.json (the rows so far, one JSON line each,
-# written as each row is measured) and, when the bench finishes, semid_fast_bench.json/png.
+# and junit XML per family, bench log) and bench/: semid_fast_bench_rows.jsonl (one JSON line
+# per row, appended as each row is measured) and, when the bench finishes,
+# semid_fast_bench.json and .png.
 #
-# GPU tests: one pytest per family, all four at once (16 cores: Triton compiles in parallel
-# processes), without -x, CUDA_LAUNCH_BLOCKING=1 so a faulting kernel is blamed on its own
+# GPU tests: one pytest per group of test files, all four at once (16 cores: Triton compiles
+# in parallel processes), without -x, CUDA_LAUNCH_BLOCKING=1 so a faulting kernel is blamed on its own
 # test, --junitxml and --durations. Set SKIP_BUILD=1 to use an installed semid_fast (the CPU
 # dry run of tests/test_build.py does).
 set -u
@@ -100,7 +101,7 @@ cat "$LOGS/build-info.log" >> "$OUT/env.txt"
 
 if [[ "$PLAN" == first-contact ]]; then
   # One pytest per family, concurrently; each under its own timeout.
-  families=(quantize gumbel "trie hf" longid)
+  families=("quantize kmeans sinkhorn interop" gumbel "trie hf" "longid e2e")
   budget=$(( $(left) - 150 ))  # keep about 2.5 minutes for the quick benchmark
   (( budget > 240 )) && budget=240
   pids=()
@@ -115,18 +116,13 @@ if [[ "$PLAN" == first-contact ]]; then
   done
   wait "${pids[@]}"
   step bench-quick $(( $(left) - 10 )) "$PY" -m semid_fast.bench --device cuda --quick \
-    --out "$LOGS/bench"
+    --out "$OUT/bench"
 elif [[ "$PLAN" == bench-full ]]; then
-  step bench-full $(( $(left) - 10 )) "$PY" -m semid_fast.bench --device cuda --out "$LOGS/bench"
+  step bench-full $(( $(left) - 10 )) "$PY" -m semid_fast.bench --device cuda --out "$OUT/bench"
 else
   echo "unknown PLAN=$PLAN (first-contact or bench-full)" | tee -a "$OUT/env.txt"
   exit 2
 fi
 
-[[ -f "$LOGS/bench/semid_fast_bench_rows.jsonl" ]] \
-  && cp "$LOGS/bench/semid_fast_bench_rows.jsonl" "$OUT/bench.json"
-for f in semid_fast_bench.json semid_fast_bench.png; do
-  [[ -f "$LOGS/bench/$f" ]] && cp "$LOGS/bench/$f" "$OUT/$f"
-done
 pack
 echo "steps:"; cat "$OUT/steps.txt"

@@ -318,12 +318,16 @@ int trie_pool_update(const float* pool_scores, const int64_t* pool_states,
                      int64_t* out_pool_states, int64_t* out_states, int n_threads) {
   if (b < 0 || p < 1 || w < 0 || s < 1 || n_threads < 1 || p + w >= (int64_t(1) << 32))
     return kBadArgument;
+  // Every thread's keys allocated here: a failed allocation throws before the parallel
+  // region (pybind turns it into MemoryError), never inside it.
+  const int64_t width = p + w;
+  std::vector<uint64_t> all_keys(size_t(n_threads) * size_t(width));
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<uint64_t> keys;
+    uint64_t* keys = all_keys.data() + int64_t(omp_get_thread_num()) * width;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < b; ++r) {
-      keys.assign(p + w, 0);
+      std::fill(keys, keys + width, uint64_t(0));
       for (int64_t i = 0; i < p; ++i)
         if (trie::is_id_state(pool_states[r * p + i], terminal, s))
           keys[i] = trie::candidate_key(pool_scores[r * p + i], uint32_t(i));
@@ -333,7 +337,7 @@ int trie_pool_update(const float* pool_scores, const int64_t* pool_states,
         if (done) keys[p + j] = trie::candidate_key(scores[r * w + j], uint32_t(p + j));
         out_states[r * w + j] = done ? -1 : st;
       }
-      std::partial_sort(keys.begin(), keys.begin() + p, keys.end(), std::greater<uint64_t>());
+      std::partial_sort(keys, keys + p, keys + width, std::greater<uint64_t>());
       for (int64_t k = 0; k < p; ++k) {
         const int64_t o = r * p + k;
         if (keys[k] == 0) {

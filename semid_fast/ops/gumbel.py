@@ -452,6 +452,9 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
             take the argmax of their logits there, the Sinkhorn code here.) Codes depend on
             the batch.
 
+    On a GPU, the NaN/inf scans of x, codebook and a ``logit_scale`` tensor sync with the host
+    (one each) while ``semid_fast.config.check_values`` is on; turn it off in a trusted loop.
+
     Returns:
         codes (N,) or (N, L) int64; quantized (N, D) in x's dtype; soft (N, K) or (N, L, K)
         in x's dtype: the Gumbel-softmax assignment (for balance losses).

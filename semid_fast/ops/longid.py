@@ -312,6 +312,8 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         raise ValueError(f"k must be <= beam_width={beam_width}, got {k}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if init is None or isinstance(init, str):
         if init not in (None, "distinct", "rpg"):
             raise ValueError(f"init must be 'distinct', 'rpg', None or a tensor, got {init!r}")
