@@ -446,6 +446,7 @@ def _rq_init_setup(inputs, s, backend):
         x = inputs.x(s.train_n, s.d)
         return lambda: semid_fast.rq_init(x, s.levels, s.k, iters=KMEANS_ITERS, seed=0,
                                           backend=backend)
+    return setup
 
 
 # ---------------------------------------------------------------------------------- Sinkhorn
