@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -78,3 +80,14 @@ def call_cuda(op: str, fn, *args, device: torch.device) -> None:
 def n_threads() -> int:
     """CPU kernels use as many threads as torch, so comparisons with torch are fair."""
     return torch.get_num_threads()
+
+
+def _one_thread_after_fork() -> None:
+    # GNU OpenMP's thread pool does not survive fork(): in the child of a process that has run
+    # a parallel region (ours or torch's, one runtime), the next multi-threaded region waits
+    # forever for threads that no longer exist. One thread in the child, as DataLoader
+    # workers set anyway; the parent keeps its count.
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)

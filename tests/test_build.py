@@ -173,3 +173,46 @@ def test_run_gpu_script_dry_run_on_cpu(tmp_path):
         names = {pathlib.PurePath(n).name for n in logs.getnames()}
     assert {f"gpu-tests-{f}.xml" for f in families} <= names and "bench-quick.log" in names
     assert len([p for p in out.rglob("*") if p.is_file()]) <= 8  # what the device tool returns
+
+
+def _ops_in_this_process():
+    """One call of an op of every family, multi-threaded where the kernels are."""
+    g = torch.Generator().manual_seed(0)
+    x, books = torch.randn(4000, 32, generator=g), torch.randn(2, 64, 32, generator=g)
+    codes = semid_fast.rq_encode(x, books)
+    semid_fast.pq_encode(x, torch.randn(4, 16, 8, generator=g))
+    semid_fast.kmeans(x, 16, iters=2)
+    semid_fast.gumbel_softmax(torch.randn(2000, 256, generator=g), 0.5, seed=1)
+    semid_fast.holistic_topk(torch.randn(8, 2, 64, generator=g), codes.to(torch.int32), 5)
+    trie = semid_fast.SemanticIDTrie.from_codes(codes)
+    semid_fast.constrained_beam_step(torch.randn(4, 64, generator=g).log_softmax(-1),
+                                     torch.zeros(4, 1), torch.zeros(4, 1, dtype=torch.long),
+                                     trie, 3)
+    return int(codes.sum())
+
+
+def test_ops_work_in_a_forked_child():
+    """After the parent ran multi-threaded kernels, a fork()ed child (multiprocessing's
+    default on Linux, DataLoader workers) runs every family instead of hanging on the
+    parent's OpenMP pool."""
+    import multiprocessing
+
+    want = _ops_in_this_process()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(_ops_in_this_process)
+        assert result.get(timeout=120) == want
+    assert torch.get_num_threads() >= 1  # the parent's count is untouched
+
+
+def test_dataloader_fork_workers_run_the_ops():
+    class Calls(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return _ops_in_this_process()
+
+    want = _ops_in_this_process()
+    loader = torch.utils.data.DataLoader(Calls(), num_workers=2, timeout=120,
+                                         multiprocessing_context="fork")
+    assert [int(v) for v in loader] == [want, want]

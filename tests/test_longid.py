@@ -487,3 +487,12 @@ def test_triton_launches_per_slice_of_queries_past_the_grid_limit(monkeypatch, w
     got = sf.holistic_topk(scores, codes, 7, item_mask=mask, candidates=cand, backend="triton")
     want = ref.holistic_topk(scores, codes, 7, item_mask=mask, candidates=cand)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
+def test_empty_candidates_score_no_item(backend):
+    # A (B, 0) candidate tensor has a null data pointer: it must not read as "no candidates".
+    scores, codes = make(3, 4, 16, 50, torch.int32, seed=11)
+    got = sf.holistic_topk(scores, codes, 5, candidates=torch.empty(3, 0, dtype=torch.long),
+                           backend=backend)
+    assert torch.equal(got[1], torch.full((3, 5), -1)) and torch.isinf(got[0]).all()

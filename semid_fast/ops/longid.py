@@ -22,9 +22,17 @@ __all__ = ["holistic_topk", "ItemGraph", "graph_decode"]
 _QUERY_LANES = 8  # the CPU kernel reads 8 queries' table entries with one vector load
 
 
+def _padding(b: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.full((b, k), -torch.inf, device=device),
+            torch.full((b, k), -1, dtype=torch.long, device=device))
+
+
 def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
     b, m, kc = token_scores.shape
     n = codes.shape[0]
+    if candidates is not None and candidates.shape[1] == 0:
+        # No candidate is no item; the kernel reads a null candidate pointer as "all items".
+        return _padding(b, k, token_scores.device)
     table = token_scores.float()
     interleaved = candidates is None and b >= 2
     if interleaved:
@@ -61,6 +69,8 @@ def _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask):
     """Per-block top-k keys from the CUDA kernel, merged by torch.topk (exact on int64)."""
     b, m, kc = token_scores.shape
     n = codes.shape[0]
+    if candidates is not None and candidates.shape[1] == 0:
+        return _padding(b, k, token_scores.device)
     table = token_scores.float().contiguous()
     codes = codes.contiguous()
     mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
