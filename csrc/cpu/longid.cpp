@@ -44,10 +44,10 @@ struct TopK {
   std::vector<Hit> heap;
   int64_t cap = 0;
 
-  void reset(int64_t c) {
+  void reset(int64_t c, int64_t most_items) {
     cap = c;
     heap.clear();
-    heap.reserve(c);
+    heap.reserve(size_t(most_items));
   }
   float threshold() const { return int64_t(heap.size()) < cap ? NEG_INF : heap.front().score; }
   void push(float score, int64_t id) {
@@ -209,11 +209,14 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
   const int64_t n_chunks = (p.n + ITEM_CHUNK - 1) / ITEM_CHUNK;
   n_threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, n_chunks)));
   std::vector<std::vector<TopK>> per_thread(n_threads, std::vector<TopK>(p.b));
+  // Allocated before the region (a failure throws here, not inside it); a heap never holds
+  // more than the N items.
+  for (auto& heaps : per_thread)
+    for (TopK& h : heaps) h.reset(p.topk, std::min(p.topk, p.n));
   bool all_ok = true;
 #pragma omp parallel num_threads(n_threads) reduction(&& : all_ok)
   {
     std::vector<TopK>& heaps = per_thread[omp_get_thread_num()];
-    for (TopK& h : heaps) h.reset(p.topk);
     bool ok = true;
     // Dynamic chunks balance the threads when a core is shared; the exact comparator in
     // TopK::push makes the result independent of the order items arrive in.

@@ -212,10 +212,15 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
                    int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
                    int n_threads) {
   if (b < 0 || w_in < 0 || v < 0 || s < 1 || w_out < 1 || n_threads < 1) return kBadArgument;
+  // A row offers at most w_in * (v + 1) candidates (each beam's children, or its finished
+  // ID), so no heap grows past that; every thread's heap is allocated here, where a failed
+  // allocation throws (MemoryError in Python) instead of aborting inside the region.
+  const int64_t heap_cap = std::min(w_out, w_in * (v + 1));
+  std::vector<std::vector<Hit>> heaps(n_threads);
+  for (auto& h : heaps) h.reserve(size_t(heap_cap));
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<Hit> heap;
-    heap.reserve(w_out);
+    std::vector<Hit>& heap = heaps[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < b; ++r) {
       heap.clear();
