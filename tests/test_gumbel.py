@@ -521,6 +521,8 @@ def test_bad_input_gets_clear_errors():
         sf.gumbel_softmax(x, torch.ones(5))
     with pytest.raises(ValueError, match="one value per row"):
         sf.gumbel_quantize(torch.randn(4, 3), torch.randn(5, 3), noise_scale=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="L >= 1 levels"):
+        sf.gumbel_quantize(torch.randn(4, 3), torch.randn(0, 5, 3))
     bad = x.clone()
     bad[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

@@ -472,6 +472,10 @@ def test_torch_compile_fullgraph_rqvae_step_matches_eager():
     (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), beta="0.25"), TypeError, "beta"),
     (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), reduction="none"), ValueError,
      "reduction"),
+    (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), beta=float("nan")), ValueError, "beta"),
+    (lambda: sf.rq_quantize(torch.randn(3, 4), torch.randn(1, 2, 4), beta=-0.5), ValueError, "beta"),
+    (lambda: sf.rq_decode(torch.zeros(3, 0, dtype=torch.long), torch.randn(0, 2, 4)), ValueError, "non-zero"),
+    (lambda: sf.pq_decode(torch.zeros(3, 2, dtype=torch.long), torch.randn(2, 0, 4)), ValueError, "non-zero"),
 ])
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):

@@ -469,6 +469,8 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     if codebook.shape[-1] != x.shape[1] or codebook.shape[-2] == 0:
         raise ValueError(f"{op}: codebook {tuple(codebook.shape)} must hold K >= 1 codewords "
                          f"of x's width D={x.shape[1]}")
+    if codebook.dim() == 3 and codebook.shape[0] == 0:
+        raise ValueError(f"{op}: a codebook stack needs L >= 1 levels, got {tuple(codebook.shape)}")
     if distance not in ("l2", "cosine"):
         raise ValueError(f"{op}: distance must be 'l2' or 'cosine', got {distance!r}")
     _checks.finite(x, "x")

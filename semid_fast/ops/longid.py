@@ -157,6 +157,8 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
     """
     device = _check_scores_codes("holistic_topk", token_scores, codes)
     _checks.positive_int(k, "k")
+    if k >= 2**63:
+        raise ValueError(f"k must be < 2**63, got {k}")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     b, n = token_scores.shape[0], codes.shape[0]
@@ -227,6 +229,7 @@ class ItemGraph:
             if token_embeddings.shape[0] != m:
                 raise ValueError(f"token_embeddings must have M={m} codebooks, got "
                                  f"{token_embeddings.shape[0]}")
+            _checks.finite(token_embeddings, "token_embeddings")
             k = token_embeddings.shape[1]
             table = ref.token_similarity(token_embeddings.to(codes.device))
         else:

@@ -349,6 +349,8 @@ def _check_codes(op: str, codes, codebooks, sub_dims: bool = False):
     _checks.tensor(codebooks, "codebooks", 3, _checks.FLOAT_DTYPES,
                    "(M, K, D/M)" if sub_dims else "(L, K, D)")
     device = _checks.same_device(op, codes=codes, codebooks=codebooks)
+    if 0 in codebooks.shape:
+        raise ValueError(f"{op}: codebooks must have non-zero sizes, got {tuple(codebooks.shape)}")
     if codes.shape[1] != codebooks.shape[0]:
         raise ValueError(f"{op}: codes have {codes.shape[1]} columns but codebooks have "
                          f"{codebooks.shape[0]} {'sub-spaces' if sub_dims else 'levels'}")
@@ -511,6 +513,8 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
     device = _check_x_codebooks("rq_quantize", x, codebooks)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
         raise TypeError(f"beta must be a float, got {type(beta).__name__}")
+    if not 0.0 <= beta < float("inf"):
+        raise ValueError(f"rq_quantize: beta must be finite and >= 0, got {beta}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"rq_quantize: reduction must be 'mean' or 'sum', got {reduction!r}")
     epsilons = _sk_epsilons("rq_quantize", sk_epsilon, sk_iters, codebooks.shape[0])
