@@ -279,7 +279,7 @@ int scan_candidates(const Problem& p, Reader code, float* out_scores, int64_t* o
 template <typename T, bool GUARD>
 int dispatch(const Problem& p, const void* codes, float* s, int64_t* ids, int n_threads) {
   const CodeReader<T, GUARD> code{static_cast<const T*>(codes), p.m, uint64_t(p.k)};
-  return p.candidates ? scan_candidates(p, code, s, ids, n_threads)
+  return p.c >= 0 ? scan_candidates(p, code, s, ids, n_threads)
                       : scan_catalog(p, code, s, ids, n_threads);
 }
 
@@ -290,6 +290,7 @@ int holistic_topk_f32(const float* table, int interleaved, int64_t b, int64_t m,
                       int64_t c, const uint8_t* item_mask, int64_t mask_stride, float divisor,
                       int64_t topk, float* out_scores, int64_t* out_ids, int n_threads) {
   if (b < 0 || m <= 0 || k <= 0 || n < 0 || topk < 0 || divisor <= 0.0f) return kBadArgument;
+  if (c > 0 && candidates == nullptr) return kBadArgument;
   if (b == 0 || topk == 0) return kOk;
   const Problem p{table, interleaved, b, m, k, n, candidates, c, item_mask, mask_stride, divisor, topk};
   switch (code_bytes) {

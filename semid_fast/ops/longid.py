@@ -30,9 +30,6 @@ def _padding(b: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
     b, m, kc = token_scores.shape
     n = codes.shape[0]
-    if candidates is not None and candidates.shape[1] == 0:
-        # No candidate is no item; the kernel reads a null candidate pointer as "all items".
-        return _padding(b, k, token_scores.device)
     table = token_scores.float()
     interleaved = candidates is None and b >= 2
     if interleaved:
@@ -49,7 +46,7 @@ def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
     mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
     status = _native.cpu().holistic_topk_f32(
         table.data_ptr(), int(interleaved), b, m, kc, codes.data_ptr(), codes.element_size(), n,
-        0 if cand is None else cand.data_ptr(), 0 if cand is None else cand.shape[1],
+        0 if cand is None else cand.data_ptr(), -1 if cand is None else cand.shape[1],
         0 if mask is None else mask.data_ptr(), 0 if mask is None or mask.dim() == 1 else n,
         float(m) if mean else 1.0, k, scores.data_ptr(), ids.data_ptr(), _native.n_threads())
     _native.check_cpu_status(status, "holistic_topk")
@@ -69,7 +66,7 @@ def _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask):
     """Per-block top-k keys from the CUDA kernel, merged by torch.topk (exact on int64)."""
     b, m, kc = token_scores.shape
     n = codes.shape[0]
-    if candidates is not None and candidates.shape[1] == 0:
+    if candidates is not None and candidates.shape[1] == 0:  # a launch of zero blocks fails
         return _padding(b, k, token_scores.device)
     table = token_scores.float().contiguous()
     codes = codes.contiguous()

@@ -9,7 +9,9 @@
 //   table        (B, M, K) float32, query-interleaved by the caller into
 //                (ceil(B/8), M, K, 8) when `interleaved` is set (see ops/longid.py)
 //   codes        (N, M) of 1, 2, 4 or 8-byte integers (code_bytes; 1 = unsigned)
-//   candidates   (B, C) int64 or nullptr: score only these ids (-1 = padding, duplicates once)
+//   candidates   (B, C) int64: score only these ids (-1 = padding, duplicates once); C < 0
+//                scores the whole catalog (candidates unread). C = 0 scores no item: an empty
+//                list has a null pointer too, so the pointer never says "absent".
 //   item_mask    uint8, nullptr, (N,) (mask_stride 0) or (B, N) (mask_stride N): 1 = exclude
 //   out_scores   (B, topk) float32, out_ids (B, topk) int64
 #pragma once
