@@ -1,8 +1,16 @@
-"""The one dispatch rule of DESIGN.md (decision 4) and `available_backends()`."""
+"""The one dispatch rule of DESIGN.md (decision 4), the table of which backend implements
+which launcher, and `available_backends()`.
+
+A backend is a package `semid_fast.backends.<backend>` with one module per op family; a
+launcher is a function of such a module, and the same launcher name takes the same arguments
+in every backend that defines it. Which backend implements what is read from the modules
+themselves, so adding a launcher to a backend's module is all it takes to dispatch to it.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 
@@ -11,6 +19,7 @@ import torch
 from . import _native
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}  # the reference comes last anywhere
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,3 +88,81 @@ def resolve(backend: str, device: torch.device, op: str,
     if reason is not None:
         raise RuntimeError(f"{op}: backend {backend!r} is unavailable: {reason}")
     return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _module(backend: str, family: str):
+    """semid_fast.backends.<backend>.<family>, or None when that backend has no such module."""
+    name = f"{__package__}.backends.{backend}.{family}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def implements(backend: str, family: str, launcher: str) -> bool:
+    """Whether `backend` defines `launcher` for `family` (imports that backend's module, so ask
+    only about a backend that is usable: the triton modules import triton)."""
+    module = _module(backend, family)
+    return module is not None and callable(getattr(module, launcher, None))
+
+
+def launcher(backend: str, family: str, name: str):
+    """The function `name` of backend `backend` for op family `family`."""
+    return getattr(_module(backend, family), name)
+
+
+def choose(backend: str, device: torch.device, family: str, name: str, *, op: str | None = None,
+           excluded: dict[str, str] | None = None) -> str:
+    """The backend that runs launcher `name` of `family` on `device`.
+
+    'auto' takes the first usable backend of the device's order that implements the launcher
+    and is not `excluded` (backend -> why it cannot take this call's arguments, e.g. a size
+    past a kernel's limit), else the reference. A named backend is checked and a clear error
+    names `op` (the public name; defaults to `name`) and the reason it cannot run."""
+    op = op or name
+    excluded = excluded or {}
+    if not isinstance(backend, str):
+        raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
+    if backend == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ()):
+            if (candidate not in excluded and _usable(candidate, device) is None
+                    and implements(candidate, family, name)):
+                return candidate
+        return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    reason = _usable(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"{op}: backend {backend!r} is unavailable: {reason}")
+    if not implements(backend, family, name):
+        raise ValueError(f"{op}: backend {backend!r} does not implement this op; use one of "
+                         f"{tuple(b for b in BACKENDS if _implements_if_importable(b, family, name))}")
+    if backend in excluded:
+        raise ValueError(f"{op}: backend {backend!r} cannot take this call: {excluded[backend]}")
+    return backend
+
+
+def _implements_if_importable(backend: str, family: str, name: str) -> bool:
+    if backend == "triton" and not _triton_importable():
+        return False
+    if backend == "cuda" and _native._C_cuda is None:
+        return False
+    return implements(backend, family, name)
+
+
+def table() -> dict[str, dict[str, tuple[str, ...]]]:
+    """{family: {launcher: backends that implement it}}, read from the backend modules built
+    and importable here (for docs and for tests that every backend is exercised)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for backend in BACKENDS:
+        if backend == "triton" and not _triton_importable():
+            continue
+        package = importlib.import_module(f"{__package__}.backends.{backend}")
+        for family in getattr(package, "FAMILIES", ()):
+            module = _module(backend, family)
+            for name in getattr(module, "__all__", ()):
+                out.setdefault(family, {}).setdefault(name, []).append(backend)
+    return {f: {n: tuple(b) for n, b in ops.items()} for f, ops in out.items()}

@@ -25,7 +25,7 @@ SOFTMAX_PATHS = ["cpu"] + (["triton-fits", "triton-streams"] if "triton" in CPU_
 def softmax_backend(request, monkeypatch):
     """The backend name of one softmax code path (patching Triton's limits for "streams")."""
     if request.param == "triton-streams":
-        from semid_fast.triton import gumbel as tg
+        from semid_fast.backends.triton import gumbel as tg
 
         monkeypatch.setattr(tg, "FIT_LIMIT", 64)
         monkeypatch.setattr(tg, "CHUNK", 64)
@@ -37,7 +37,7 @@ def _bits(backend, seed, offset, start, n):
         out = torch.empty(n, dtype=torch.int32)
         sf._native.cpu().gumbel_noise(seed, offset, start, n, out.data_ptr(), 0, 1)
         return out.long() & 0xFFFFFFFF
-    from semid_fast.triton import gumbel as tg
+    from semid_fast.backends.triton import gumbel as tg
 
     out = torch.empty(start + n, dtype=torch.int32)
     tg.noise(seed, offset, None, out)

@@ -485,7 +485,7 @@ def test_gpu_graph_decode_rpg_start_and_visited(backend):
 @pytest.mark.parametrize("with_candidates", [False, True])
 def test_triton_launches_per_slice_of_queries_past_the_grid_limit(monkeypatch, with_candidates):
     # Grid y (queries) is capped at 65,535 on CUDA; shrink the cap to run the slicing here.
-    from semid_fast.triton import longid as triton_longid
+    from semid_fast.backends.triton import longid as triton_longid
 
     monkeypatch.setattr(triton_longid, "_MAX_GRID_Y", 2)
     scores, codes = make(5, 4, 16, 60, torch.int32, seed=8)

@@ -312,7 +312,7 @@ def main(report_path: str, pattern: str | None = None) -> int:
 
     _backends._triton_interpreted = lambda: True  # accept CPU tensors for backend="triton"
     for module in ("_device", "gumbel", "longid", "quantize"):
-        mod = importlib.import_module(f"semid_fast.triton.{module}")
+        mod = importlib.import_module(f"semid_fast.backends.triton.{module}")
         if hasattr(mod, "num_sms"):
             mod.num_sms = lambda t: 132  # an H200's SM count drives the tile choices
     sf.config.check_values = False

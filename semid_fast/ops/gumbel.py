@@ -29,7 +29,7 @@ _MAX_SEED = 2 ** 63 - 1
 
 
 def _triton():
-    from ..triton import gumbel as tg  # imported lazily: triton is optional
+    from ..backends.triton import gumbel as tg  # imported lazily: triton is optional
 
     return tg
 

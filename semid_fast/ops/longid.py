@@ -101,7 +101,7 @@ def _holistic_topk_op(token_scores: torch.Tensor, codes: torch.Tensor, k: int, m
     if backend == "cuda":
         return _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask)
     if backend == "triton":
-        from ..triton import longid as tl_longid  # triton is optional: imported when used
+        from ..backends.triton import longid as tl_longid  # triton is optional: imported when used
 
         return tl_longid.holistic_topk(token_scores, codes, k, mean, candidates, item_mask)
     scores, ids = ref.holistic_topk(token_scores, codes, k, "mean" if mean else "sum",

@@ -24,7 +24,7 @@ _MAX_BEAM_CANDIDATES = 1 << 26  # beam_width * K: the candidate scores of one ro
 
 
 def _triton():
-    from ..triton import quantize as tq  # imported lazily: triton is optional
+    from ..backends.triton import quantize as tq  # imported lazily: triton is optional
 
     return tq
 

@@ -71,7 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _keys
+from ... import _keys
 from ._device import num_sms, on_device
 
 __all__ = ["holistic_topk"]

@@ -1,0 +1,3 @@
+"""The reference backend: launchers over the pure-PyTorch oracles of semid_fast.reference."""
+
+FAMILIES = ("quantize", "gumbel", "trie", "longid")

@@ -1,1 +1,0 @@
-"""Triton kernels; imported lazily, only when the triton backend runs."""
