@@ -114,22 +114,28 @@ def launcher(backend: str, family: str, name: str):
     return getattr(_module(backend, family), name)
 
 
+def refusal(backend: str, family: str, name: str, args: dict | None) -> str | None:
+    """Why `backend` cannot take this call's arguments, or None. A backend module states its
+    kernels' limits by defining `<name>_refuses(**args) -> str | None` beside the launcher."""
+    refuses = getattr(_module(backend, family), f"{name}_refuses", None)
+    return None if refuses is None or args is None else refuses(**args)
+
+
 def choose(backend: str, device: torch.device, family: str, name: str, *, op: str | None = None,
-           excluded: dict[str, str] | None = None) -> str:
+           args: dict | None = None) -> str:
     """The backend that runs launcher `name` of `family` on `device`.
 
     'auto' takes the first usable backend of the device's order that implements the launcher
-    and is not `excluded` (backend -> why it cannot take this call's arguments, e.g. a size
-    past a kernel's limit), else the reference. A named backend is checked and a clear error
-    names `op` (the public name; defaults to `name`) and the reason it cannot run."""
+    and does not refuse `args` (the call's size arguments, see `refusal`), else the reference.
+    A named backend is checked, and a clear error names `op` (the public name; defaults to
+    `name`) and the reason it cannot run."""
     op = op or name
-    excluded = excluded or {}
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
     if backend == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ()):
-            if (candidate not in excluded and _usable(candidate, device) is None
-                    and implements(candidate, family, name)):
+            if (_usable(candidate, device) is None and implements(candidate, family, name)
+                    and refusal(candidate, family, name, args) is None):
                 return candidate
         return "reference"
     if backend not in BACKENDS:
@@ -140,8 +146,9 @@ def choose(backend: str, device: torch.device, family: str, name: str, *, op: st
     if not implements(backend, family, name):
         raise ValueError(f"{op}: backend {backend!r} does not implement this op; use one of "
                          f"{tuple(b for b in BACKENDS if _implements_if_importable(b, family, name))}")
-    if backend in excluded:
-        raise ValueError(f"{op}: backend {backend!r} cannot take this call: {excluded[backend]}")
+    reason = refusal(backend, family, name, args)
+    if reason is not None:
+        raise ValueError(f"{op}: backend {backend!r} cannot take this call: {reason}")
     return backend
 
 
