@@ -121,6 +121,9 @@ def refusal(backend: str, family: str, name: str, args: dict | None) -> str | No
     return None if refuses is None or args is None else refuses(**args)
 
 
+# Under torch.compile the choice is made once, at trace time (it imports backend modules,
+# which dynamo cannot trace); a call with other sizes re-traces and chooses again.
+@torch.compiler.assume_constant_result
 def choose(backend: str, device: torch.device, family: str, name: str, *, op: str | None = None,
            args: dict | None = None) -> str:
     """The backend that runs launcher `name` of `family` on `device`.
