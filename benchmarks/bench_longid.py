@@ -6,5 +6,5 @@ from semid_fast.bench import harness
 FAMILY = "longid"
 
 
-def test_longid(benchmark, case, target_s):
-    harness.pytest_benchmark_case(benchmark, case, target_s)
+def test_longid(benchmark, case, min_time_s):
+    harness.pytest_benchmark_case(benchmark, case, min_time_s)

@@ -11,7 +11,7 @@ import importlib
 import pytest
 import torch
 
-from semid_fast.bench import FAMILIES, TARGET_S, harness
+from semid_fast.bench import FAMILIES, MIN_TIME_S, harness
 
 
 def pytest_addoption(parser):
@@ -46,6 +46,5 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def target_s(request, case) -> float:
-    quick = request.config.getoption("--bench-sizes") == "quick"
-    return TARGET_S[(case.device, quick)]
+def min_time_s(request) -> float:
+    return MIN_TIME_S[request.config.getoption("--bench-sizes") == "quick"]

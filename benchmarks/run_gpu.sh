@@ -11,9 +11,9 @@
 # step ends, a line "step=NAME rc=N seconds=S" is appended to $OUT/steps.txt and its log is
 # packed into $OUT/logs.tgz, so a command killed at its limit still returns what finished.
 # What comes back (at most 8 files): env.txt, steps.txt, logs.tgz (build log, one pytest log
-# and junit XML per family, bench log) and bench/: semid_fast_bench_rows.jsonl (one JSON line
-# per row, appended as each row is measured) and, when the bench finishes,
-# semid_fast_bench.json and .png.
+# and junit XML per family, bench log) and bench/: semid_fast_bench.json (rewritten after each
+# measured row, "complete": true once the bench finishes) and semid_fast_bench.png (at the
+# end, or when `timeout` stops the bench: it writes what it measured on SIGTERM).
 #
 # GPU tests: one pytest per group of test files, all four at once (16 cores: Triton compiles
 # in parallel processes), without -x, CUDA_LAUNCH_BLOCKING=1 so a faulting kernel is blamed on its own

@@ -1,13 +1,21 @@
-"""End-to-end pipelines at tiny sizes: their agreement checks must hold, on synthetic data
-and on the real data when it is there; data discovery and the command line."""
+"""End-to-end pipelines (benchmarks/e2e/, outside the package) at tiny sizes: their agreement
+checks must hold, on synthetic data and on the real data when it is there; data discovery,
+the command line and the scripts."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from semid_fast.bench import main as bench_main
-from semid_fast.bench.e2e import SYSTEMS, acerec, common, diger, rpg, tiger, varlen
+import semid_fast.bench
+from semid_fast.bench import load_e2e, main as bench_main
+
+E2E_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "e2e"
+load_e2e(E2E_DIR)
+from e2e_pipelines import SYSTEMS, acerec, common, diger, rpg, tiger, varlen  # noqa: E402
 
 
 def _has(module):
@@ -156,6 +164,27 @@ def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         bench_main(["bench", "--systems", "rpg"])  # --systems without --e2e
     assert set(SYSTEMS) == {"tiger", "rpg", "acerec", "diger", "varlen"}
+
+
+def test_script_wrapper_runs_from_any_directory(tmp_path):
+    """`python benchmarks/e2e/<system>.py` imports its pipeline from beside the script."""
+    out = subprocess.run([sys.executable, str(E2E_DIR / "tiger.py"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--quick" in out.stdout
+
+
+def test_e2e_outside_a_checkout_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(semid_fast.bench, "_CHECKOUT", tmp_path / "site-packages")
+    with pytest.raises(FileNotFoundError, match="source checkout"):
+        semid_fast.bench.find_e2e()
+    monkeypatch.delitem(sys.modules, "e2e_pipelines")  # as in a fresh process
+    with pytest.raises(SystemExit):
+        bench_main(["bench", "--e2e", "--systems", "rpg"])
+    assert "not part of the installed package" in capsys.readouterr().err
+    monkeypatch.chdir(E2E_DIR.parents[1] / "tests")  # found from a parent of the cwd
+    assert semid_fast.bench.find_e2e() == E2E_DIR
 
 
 def test_find_data_order(tmp_path, monkeypatch):

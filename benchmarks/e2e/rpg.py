@@ -1,11 +1,11 @@
-"""Runs the rpg end-to-end pipeline (semid_fast.bench.e2e.rpg); `--help` for flags.
+"""Runs the rpg end-to-end pipeline (e2e_pipelines/rpg.py); `--help` for flags.
 
-The same as `semid-fast bench --e2e --systems rpg`.
+The same as `semid-fast bench --e2e --systems rpg` run inside this checkout.
 """
 
 import sys
 
-from semid_fast.bench.e2e import common, rpg
+from e2e_pipelines import common, rpg  # this script's folder is first on sys.path
 
 if __name__ == "__main__":
     sys.exit(common.script_main(rpg, sys.argv[1:]))

@@ -1,6 +1,6 @@
 """Benchmark cases of the ``gumbel`` family: every backend and the plain-PyTorch way side by side.
 
-Sizes. The issue's two shapes, 65,536 x 256 (many short rows: a semantic-ID codebook level
+Sizes. Two shapes, 65,536 x 256 (many short rows: a semantic-ID codebook level
 of a big batch) and 4,096 x 32,768 (few long rows: a vocabulary), fp32, for the soft forward,
 the hard forward and forward + backward of ``gumbel_softmax``; ``gumbel_topk`` (k=50) on
 4,096 x 32,768; ``gumbel_quantize`` (3 levels of K=256, D=64) forward + backward on 16,384

@@ -1,22 +1,16 @@
-"""The timing harness shared by ``semid-fast bench`` and the pytest-benchmark files.
+"""The timing harness of ``semid-fast bench`` and of the pytest-benchmark files.
 
-A :class:`Case` is one (op, shape, backend-or-peer) combination. Its ``setup`` builds the
-inputs and returns a zero-argument callable; the harness times that callable and compares its
-median with the case it names as ``baseline`` (the reference backend by default) at the same
-op and shape. Every case runs in this one process, so backends and peers see the same
-machine, threads and inputs.
+A :class:`Case` is one row: an op at one shape, run by one implementation. Its ``setup``
+builds the inputs (untimed) and returns the callable to time. Rows of the same (family, op,
+shape) form a group, and every row of a group is compared with the one baseline row the group
+names (the reference backend unless a case says otherwise). All rows run in one process, so
+backends and peers see the same machine, threads and inputs.
 
-Timing rules (DESIGN.md, "Benchmarks"):
-
-* warm-up calls (one on CPU, two on CUDA, up to three for fast calls); the last one estimates
-  the cost of a call and is never counted;
-* then ``repeat`` timed calls when given, else as many as fit in ``target_s`` seconds, never
-  fewer than :data:`MIN_REPS` nor more than :data:`MAX_REPS` (a slow reference gets 3, and the
-  count is recorded per row: results are never extrapolated from a subset);
-* CPU calls are timed with ``time.perf_counter``; CUDA calls with CUDA events around each call,
-  the L2 cache flushed before each one (as ``triton.testing.do_bench`` does; we use our own
-  loop so that slow references and fast kernels follow the same repetition rule);
-* Triton is timed on GPUs only, never under ``TRITON_INTERPRET=1``.
+Timing uses standard timers: ``torch.utils.benchmark.Timer.blocked_autorange`` (its
+block-size estimate is the warm-up; the median is over its blocks) on CPU, and on CUDA
+``triton.testing.do_bench`` (CUDA events, L2 flushed before each call) when triton is
+installed, else the same Timer (which synchronizes the device). Triton kernels are timed on
+GPUs only, never under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -26,24 +20,23 @@ import gc
 import importlib.metadata
 import importlib.util
 import json
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
-# Calls slower than this are timed once (after their warm-up call) to keep the suite short.
-SLOW_CALL_S = 5.0
-MIN_REPS = 3
-MAX_REPS = 100
-FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2 cache
+KINDS = ("ours", "reference", "peer")
+# A GPU call slower than this is timed by the Timer: do_bench would first run it 5 times to
+# estimate its cost.
+SLOW_CALL_S = 1.0
 
 # Dense (no sparsity) peaks from NVIDIA's data sheets: FP32 CUDA-core TFLOP/s, BF16 tensor-core
 # TFLOP/s and memory GB/s. Matched by substring of the device name, most specific first.
@@ -69,14 +62,16 @@ def triton_interpreted() -> bool:
 
 @dataclass
 class Case:
-    """One benchmark row: an op at one shape, run by one backend of ours or one peer.
+    """One benchmark row: an op at one shape, run by one implementation.
 
-    ``setup()`` builds inputs (untimed) and returns the callable to time, or
-    ``(callable, note)`` where the note says something the reader must know (e.g. that a
-    peer's codes agree with the reference). ``backend`` names the semid_fast backend the case
-    runs (None for a peer); ``requires`` lists modules a peer needs (missing: skipped);
-    ``skip`` is a reason known when the case is made. ``flops`` / ``bytes`` give effective
-    TFLOP/s / GB/s; ``dtype`` picks the device limit they are compared with.
+    ``setup()`` returns the callable to time, or ``(callable, note)`` where the note says
+    something the reader must know (e.g. that a peer's codes agree with the reference).
+    ``backend`` names the semid_fast backend the case forces (None for a peer or an API
+    object); ``kind`` is "ours", "reference" or "peer" (default: from ``backend``);
+    ``baseline`` is the impl of the group's baseline row (None: the group has none);
+    ``requires`` lists modules a peer needs (missing: skipped); ``skip`` is a reason known when
+    the case is made. ``flops`` / ``bytes`` give TFLOP/s / GB/s; ``dtype`` picks the device
+    limit they are compared with.
     """
 
     family: str
@@ -86,12 +81,20 @@ class Case:
     setup: Callable[[], object]
     device: str = "cpu"
     backend: str | None = None
+    kind: str = ""
     requires: tuple[str, ...] = ()
     skip: str | None = None
     baseline: str | None = "reference"
     flops: float | None = None
     bytes: float | None = None
     dtype: str = "fp32"
+
+    def __post_init__(self):
+        if not self.kind:
+            self.kind = ("peer" if self.backend is None
+                         else "reference" if self.backend == "reference" else "ours")
+        if self.kind not in KINDS:
+            raise ValueError(f"Case {self.label}: kind must be one of {KINDS}, got {self.kind!r}")
 
     @property
     def label(self) -> str:
@@ -120,17 +123,29 @@ class Case:
         if self.backend is not None:
             from .. import _backends
 
-            reason = _backends._usable(self.backend, torch.device(self.device))
-            if reason is not None:
-                return reason
+            return _backends._usable(self.backend, torch.device(self.device))
         return None
 
     def prepare(self) -> tuple[Callable[[], object], str]:
         """Runs ``setup`` and returns (callable, note)."""
         made = self.setup()
-        if isinstance(made, tuple):
-            return made[0], made[1]
-        return made, ""
+        return made if isinstance(made, tuple) else (made, "")
+
+
+def check_groups(cases: list[Case]) -> None:
+    """Raises ValueError unless every group names one baseline, and that baseline is a row of
+    the group: a speed-up is always read against the same row."""
+    baselines: dict[tuple, set] = {}
+    impls: dict[tuple, set] = {}
+    for c in cases:
+        baselines.setdefault(c.group, set()).add(c.baseline)
+        impls.setdefault(c.group, set()).add(c.impl)
+    for group, names in baselines.items():
+        if len(names) != 1:
+            raise ValueError(f"group {group} names several baselines: {sorted(map(str, names))}")
+        (name,) = names
+        if name is not None and name not in impls[group]:
+            raise ValueError(f"group {group}: its baseline {name!r} is none of its rows")
 
 
 @dataclass
@@ -138,8 +153,8 @@ class Result:
     case: Case
     status: str  # "ok", "skipped" or "error"
     note: str = ""
-    times_s: list[float] = field(default_factory=list)
-    warmup: int = 0
+    times_s: tuple[float, ...] = ()  # seconds per call, one value per timed run (block)
+    calls: int = 0  # calls timed in all
     speedup: float | None = None
     limit: tuple[str, float] | None = None  # (name, value) of the device limit compared with
 
@@ -148,27 +163,19 @@ class Result:
         return statistics.median(self.times_s) if self.times_s else None
 
     @property
-    def min_s(self) -> float | None:
-        return min(self.times_s) if self.times_s else None
-
-    @property
     def iqr_s(self) -> float | None:
         if len(self.times_s) < 2:
-            return 0.0 if self.times_s else None
+            return None  # one timed run (a slow call) has no spread to report
         q = statistics.quantiles(self.times_s, n=4, method="inclusive")
         return q[2] - q[0]
 
     @property
     def tflops(self) -> float | None:
-        if self.case.flops is None or not self.median_s:
-            return None
-        return self.case.flops / self.median_s / 1e12
+        return self.case.flops / self.median_s / 1e12 if self.case.flops and self.median_s else None
 
     @property
     def gbps(self) -> float | None:
-        if self.case.bytes is None or not self.median_s:
-            return None
-        return self.case.bytes / self.median_s / 1e9
+        return self.case.bytes / self.median_s / 1e9 if self.case.bytes and self.median_s else None
 
     @property
     def pct_of_limit(self) -> float | None:
@@ -180,12 +187,11 @@ class Result:
     def to_json(self) -> dict:
         c = self.case
         return {
-            "family": c.family, "op": c.op, "shape": c.shape, "impl": c.impl,
-            "backend": c.backend, "device": c.device, "dtype": c.dtype,
-            "baseline": c.baseline, "status": self.status, "note": self.note,
-            "median_s": self.median_s, "min_s": self.min_s, "iqr_s": self.iqr_s,
-            "repetitions": len(self.times_s), "warmup_calls": self.warmup,
-            "times_s": self.times_s, "speedup_vs_baseline": self.speedup,
+            "family": c.family, "op": c.op, "shape": c.shape, "impl": c.impl, "kind": c.kind,
+            "backend": c.backend, "device": c.device, "dtype": c.dtype, "baseline": c.baseline,
+            "status": self.status, "note": self.note, "median_s": self.median_s,
+            "iqr_s": self.iqr_s, "runs": len(self.times_s), "calls": self.calls,
+            "times_s": list(self.times_s), "speedup_vs_baseline": self.speedup,
             "flops": c.flops, "bytes": c.bytes, "tflops": self.tflops, "gbps": self.gbps,
             "limit_name": self.limit[0] if self.limit else None,
             "limit_value": self.limit[1] if self.limit else None,
@@ -198,95 +204,92 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 
 
-def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
-    """fn followed by a device sync, for wall-clock timers (pytest-benchmark) on CUDA."""
-    if device != "cuda":
-        return fn
-
-    def call():
-        out = fn()
+def measure(fn: Callable[[], object], device: str, min_time_s: float) -> tuple[list[float], int]:
+    """(seconds per call of each timed run, calls timed) for fn on device."""
+    if device == "cuda" and importlib.util.find_spec("triton") is not None:
+        start = time.perf_counter()
+        fn()  # warm-up: a Triton JIT compile or lazy CUDA set-up is never timed
         torch.cuda.synchronize()
-        return out
+        if time.perf_counter() - start < SLOW_CALL_S:
+            from triton.testing import do_bench
 
-    return call
+            ms = do_bench(fn, rep=max(1, round(min_time_s * 1e3)), return_mode="all")
+            return [t / 1e3 for t in ms], len(ms)
+    from torch.utils.benchmark import Timer
 
-
-def plan_repetitions(estimate_s: float, target_s: float, repeat: int | None) -> int:
-    """Timed calls for a case whose one call costs about estimate_s."""
-    if repeat is not None:
-        return repeat
-    if estimate_s > SLOW_CALL_S:
-        return 1  # a pure-PyTorch reference at the headline size: one call after the warm-up
-    wanted = math.ceil(target_s / max(estimate_s, 1e-9))
-    return max(MIN_REPS, min(MAX_REPS, wanted))
+    # Timer's default is one thread; time with the threads every other row uses.
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_time_s)
+    return list(m.times), m.number_per_run * len(m.times)
 
 
-def _wall(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def run_case(case: Case, min_time_s: float) -> Result:
+    """Times one case; a case that cannot run here is skipped, one that fails is an error."""
+    reason = case.skip_reason()
+    if reason is not None:
+        return Result(case, "skipped", note=reason)
+    fn = None
+    try:
+        fn, note = case.prepare()
+        times, calls = measure(fn, case.device, min_time_s)
+        return Result(case, "ok", note=note, times_s=tuple(times), calls=calls)
+    except Exception as exc:  # one broken case must not hide the numbers of the others
+        return Result(case, "error", note=f"{type(exc).__name__}: {exc}")
+    finally:
+        del fn
+        gc.collect()
+        if case.device == "cuda":
+            torch.cuda.empty_cache()
 
 
-def _cuda_once(fn: Callable[[], object]) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3
+def run_cases(cases: list[Case], min_time_s: float,
+              on_row: Callable[[list[Result]], None] | None = None) -> tuple[list[Result], bool]:
+    """Times every case and returns (results, interrupted).
 
-
-def warm_up(fn: Callable[[], object], device: str) -> tuple[float, int]:
-    """Warm-up calls; returns the last one's seconds (the cost estimate) and their count.
-
-    At least two on CUDA (the first may include a Triton JIT compile or lazy CUDA set-up),
-    one on CPU; then more while calls are fast (up to three within 0.25 s).
+    The cases run in a worker thread while this (main) thread waits, so that Ctrl-C is seen at
+    once even while a native call holds the worker for minutes. ``on_row(results)`` runs after
+    each row (the caller writes its files there). On Ctrl-C this returns the finished rows with
+    ``interrupted`` True and leaves the worker behind: the caller writes what it got and ends
+    the process (see :func:`exit_now`).
     """
-    once = _cuda_once if device == "cuda" else _wall
-    min_calls = 2 if device == "cuda" else 1
-    estimate = spent = once(fn)
-    calls = 1
-    while calls < min_calls or (calls < 3 and spent < 0.25):
-        estimate = once(fn)
-        spent += estimate
-        calls += 1
-    return estimate, calls
+    results: list[Result] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def work():
+        for i, case in enumerate(cases, 1):
+            if stop.is_set():
+                return
+            print(f"[{i}/{len(cases)}] {case.label}", file=sys.stderr, flush=True)
+            result = run_case(case, min_time_s)
+            if result.status != "skipped":
+                print(f"  {fmt_time(result.median_s)}" if result.status == "ok"
+                      else f"  error: {result.note}", file=sys.stderr, flush=True)
+            with lock:
+                if stop.is_set():
+                    return
+                results.append(result)
+                fill_comparisons(results)
+                if on_row is not None:
+                    on_row(list(results))
+
+    worker = threading.Thread(target=work, name="semid_fast-bench", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        stop.set()
+        with lock:
+            return list(results), True
+    return results, False
 
 
-_flush_buffers: dict[int, torch.Tensor] = {}
-
-
-def _timed_cuda(fn: Callable[[], object], reps: int) -> list[float]:
-    index = torch.cuda.current_device()
-    if index not in _flush_buffers:
-        _flush_buffers[index] = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
-    flush = _flush_buffers[index]
-    events = []
-    for _ in range(reps):
-        flush.zero_()  # evict the previous call's data from L2: each call starts cold
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) / 1e3 for s, e in events]
-
-
-def measure(fn: Callable[[], object], device: str, target_s: float,
-            repeat: int | None) -> tuple[list[float], int]:
-    """(per-call seconds, warm-up calls) for fn on device."""
-    estimate, warm = warm_up(fn, device)
-    reps = plan_repetitions(estimate, target_s, repeat)
-    if device == "cuda":
-        return _timed_cuda(fn, reps), warm
-    return [_wall(fn) for _ in range(reps)], warm
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a suite
-# ---------------------------------------------------------------------------------------------
+def exit_now(status: int) -> None:
+    """Ends the process at once (after an interrupt the worker may be inside a native call
+    that no exception can stop)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def device_limits(device: str) -> dict | None:
@@ -300,80 +303,45 @@ def device_limits(device: str) -> dict | None:
     return None
 
 
-def _limit_for(case: Case, limits: dict | None) -> tuple[str, float] | None:
-    if limits is None:
-        return None
-    if case.flops is not None:
-        key = "fp32_tflops" if case.dtype == "fp32" else "bf16_tflops"
-        return key, limits[key]
-    if case.bytes is not None:
-        return "mem_gbps", limits["mem_gbps"]
-    return None
-
-
-def _progress(cases: list[Case]) -> Iterable[tuple[Case, Callable[[str], None]]]:
-    """Yields (case, write): a tqdm bar on a terminal when tqdm is installed, else numbered
-    lines (which also keep logs of non-interactive runs readable)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if not sys.stderr.isatty():
-        tqdm = None
-    if tqdm is None:
-        for i, case in enumerate(cases, 1):
-            print(f"[{i}/{len(cases)}] {case.label}", file=sys.stderr, flush=True)
-            yield case, lambda msg: print(msg, file=sys.stderr, flush=True)
-    else:
-        bar = tqdm(cases, unit="case", file=sys.stderr, dynamic_ncols=True)
-        for case in bar:
-            bar.set_description_str(f"{case.op} {case.impl}"[:48])
-            yield case, lambda msg: tqdm.write(msg, file=sys.stderr)
-
-
-def run_cases(cases: list[Case], target_s: float, repeat: int | None = None,
-              rows_path: Path | None = None) -> list[Result]:
-    """Times every case (skipping those that cannot run here) and fills in the speed-ups.
-
-    With ``rows_path``, each result is also appended there as one JSON line as soon as it is
-    measured (before speed-ups are known), so a run cut short still leaves its rows.
-    """
-    results = []
-    for case, write in _progress(cases):
-        reason = case.skip_reason()
-        fn = None
-        try:
-            if reason is not None:
-                results.append(Result(case, "skipped", note=reason))
-                continue
-            fn, note = case.prepare()
-            times, warm = measure(fn, case.device, target_s, repeat)
-            results.append(Result(case, "ok", note=note, times_s=times, warmup=warm))
-        except Exception as exc:  # one broken case must not hide the numbers of the others
-            results.append(Result(case, "error", note=f"{type(exc).__name__}: {exc}"))
-            write(f"error in {case.label}: {type(exc).__name__}: {exc}")
-        finally:
-            del fn
-            gc.collect()
-            if case.device == "cuda":
-                torch.cuda.empty_cache()
-            if rows_path is not None:
-                with open(rows_path, "a") as f:
-                    f.write(json.dumps(results[-1].to_json()) + "\n")
-    _fill_comparisons(results)
-    return results
-
-
-def _fill_comparisons(results: list[Result]) -> None:
+def fill_comparisons(results: list[Result]) -> None:
+    """Speed-up of each row over its group's baseline row, and its device limit."""
     by_key = {(r.case.group, r.case.impl): r for r in results}
     limits = device_limits(results[0].case.device) if results else None
     for r in results:
         if r.status != "ok":
             continue
-        r.limit = _limit_for(r.case, limits)
-        base = by_key.get((r.case.group, r.case.baseline)) if r.case.baseline else r
+        c = r.case
+        if limits is not None and (c.flops is not None or c.bytes is not None):
+            key = ("mem_gbps" if c.flops is None
+                   else "fp32_tflops" if c.dtype == "fp32" else "bf16_tflops")
+            r.limit = (key, limits[key])
+        base = by_key.get((c.group, c.baseline))
         if base is not None and base.status == "ok":
             r.speedup = base.median_s / r.median_s
+
+
+def pytest_benchmark_case(benchmark, case: Case, min_time_s: float) -> None:
+    """Times one case with pytest-benchmark's clock (one call per round, synchronized on CUDA;
+    rounds to fill about ``min_time_s`` after a warm-up call, at least 3)."""
+    import pytest
+
+    reason = case.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    fn, note = case.prepare()
+
+    def call():
+        fn()
+        if case.device == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    call()
+    once = time.perf_counter() - start
+    benchmark.group = f"{case.op} [{case.shape}]"
+    benchmark.extra_info.update(impl=case.impl, kind=case.kind, shape=case.shape, note=note)
+    benchmark.pedantic(call, rounds=max(3, min(100, round(min_time_s / max(once, 1e-9)))),
+                       iterations=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +356,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -400,10 +368,10 @@ def _cpu_name() -> str:
 
 def _git_commit() -> str | None:
     """The commit of the source tree semid_fast was imported from, when it is a checkout."""
-    root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "describe", "--always", "--dirty"],
+                             cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                             text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -423,26 +391,23 @@ def environment(device: str) -> dict:
     from .. import _native
 
     info = _native._build_info
-    build = ({k: getattr(info, k) for k in dir(info) if k.isupper()} if info else None)
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
-        "cpu": _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+        "cpu": cpu_name(),
         "cpu_isa": _native._C.isa() if _native._C is not None else None,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "triton": _version("triton"),
-        "faiss": _version("faiss-cpu") or _version("faiss-gpu") or _version("faiss"),
-        "vector_quantize_pytorch": _version("vector-quantize-pytorch"),
-        "numpy": _version("numpy"),
+        **{name.replace("-", "_"): _version(name)
+           for name in ("triton", "faiss-cpu", "vector-quantize-pytorch", "transformers")},
         "semid_fast": semid_fast.__version__,
-        "semid_fast_build": build,
+        "semid_fast_build": ({k: getattr(info, k) for k in dir(info) if k.isupper()}
+                             if info else None),
         "available_backends": semid_fast.available_backends(device),
         "value_checks": semid_fast.config.check_values,
-        "triton_interpret": triton_interpreted(),
         "git_commit": _git_commit(),
         "load_average": load_average(),
     }
@@ -461,8 +426,9 @@ def describe_environment(env: dict) -> str:
         f"cpu: {env['cpu']}, ISA {env['cpu_isa']}, torch threads {env['torch_threads']}",
         f"versions: python {env['python']}, torch {env['torch']}"
         + (f" (CUDA {env['torch_cuda']})" if env["torch_cuda"] else "")
-        + f", triton {env['triton']}, faiss {env['faiss']}, "
-        f"vector-quantize-pytorch {env['vector_quantize_pytorch']}",
+        + f", triton {env['triton']}, faiss-cpu {env['faiss_cpu']}, "
+        f"vector-quantize-pytorch {env['vector_quantize_pytorch']}, "
+        f"transformers {env['transformers']}",
         f"semid_fast {env['semid_fast']} (commit {env['git_commit']}): build "
         + ", ".join(f"{k.lower()}={v}" for k, v in build.items()),
         f"backends here: {', '.join(env['available_backends'])}; "
@@ -476,7 +442,7 @@ def describe_environment(env: dict) -> str:
     return "\n".join(lines)
 
 
-def _fmt_time(seconds: float | None) -> str:
+def fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds >= 1:
@@ -489,14 +455,13 @@ def _fmt_time(seconds: float | None) -> str:
 def _fmt_throughput(r: Result) -> str:
     if r.tflops is not None:
         return f"{r.tflops:.2f} TFLOP/s" if r.tflops >= 1 else f"{r.tflops * 1e3:.1f} GFLOP/s"
-    if r.gbps is not None:
-        return f"{r.gbps:.1f} GB/s"
-    return ""
+    return f"{r.gbps:.1f} GB/s" if r.gbps is not None else ""
 
 
 def format_table(results: list[Result]) -> str:
-    """The result table, then the notes and the skipped cases (grouped by reason)."""
-    headers = ["op", "shape", "backend/peer", "median", "min", "IQR", "reps", "vs ref",
+    """The result table (a blank line between groups; 'base' marks each group's baseline),
+    then the notes and the skipped rows grouped by reason."""
+    headers = ["op", "shape", "impl", "kind", "median", "IQR", "calls", "vs base",
                "throughput", "% limit", "note"]
     rows, notes, skipped = [], [], {}
     for r in results:
@@ -507,28 +472,24 @@ def format_table(results: list[Result]) -> str:
         if r.note:
             notes.append(r.note if r.status == "ok" else f"ERROR: {r.note}")
             mark = f"[{len(notes)}]"
+        vs = ("base" if r.case.impl == r.case.baseline and r.status == "ok"
+              else f"{r.speedup:.2f}x" if r.speedup is not None else "")
         pct = r.pct_of_limit
-        rows.append([
-            r.case.op, r.case.shape, r.case.impl,
-            _fmt_time(r.median_s) if r.status == "ok" else "ERROR",
-            _fmt_time(r.min_s), _fmt_time(r.iqr_s), str(len(r.times_s)) if r.times_s else "",
-            f"{r.speedup:.2f}x" if r.speedup is not None else "",
-            _fmt_throughput(r), f"{pct:.0f}%" if pct is not None else "", mark,
-        ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    right = {3, 4, 5, 6, 7, 8, 9}
+        rows.append([r.case.op, r.case.shape, r.case.impl, r.case.kind,
+                     fmt_time(r.median_s) if r.status == "ok" else "ERROR",
+                     fmt_time(r.iqr_s), str(r.calls or ""), vs, _fmt_throughput(r),
+                     f"{pct:.0f}%" if pct is not None else "", mark])
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    right = {4, 5, 6, 7, 8, 9}
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(headers), line(["-" * w for w in widths])]
-    previous = None
-    for row in rows:
-        if previous is not None and (row[0], row[1]) != previous:
-            out.append("")  # a blank line between (op, shape) groups
-        previous = (row[0], row[1])
+    for i, row in enumerate(rows):
+        if i and row[:2] != rows[i - 1][:2]:
+            out.append("")
         out.append(line(row))
     if notes:
         out.append("")
@@ -540,60 +501,57 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(out)
 
 
-def write_json(path: Path, env: dict, settings: dict, results: list[Result]) -> None:
-    payload = {"environment": env, "settings": settings,
+def write_json(path: Path, env: dict, settings: dict, results: list[Result],
+               complete: bool) -> None:
+    """Writes the whole file anew (atomically), so that it is valid after every row."""
+    payload = {"environment": env, "settings": settings, "complete": complete,
                "results": [r.to_json() for r in results]}
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+COLOURS = {"ours": "tab:blue", "reference": "tab:gray", "peer": "tab:orange"}
 
 
 def write_chart(path: Path, env: dict, results: list[Result]) -> bool:
-    """Speed-up over the baseline per case as horizontal bars (log scale). False without
-    matplotlib."""
+    """Speed-up of every row over its group's baseline row (log scale), coloured by kind, the
+    baseline rows hatched at 1x. Groups without a measured baseline are left out. False
+    without matplotlib or without a row to draw."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError:
         return False
-    shown = [r for r in results
-             if r.status == "ok" and r.speedup is not None and r.case.impl != r.case.baseline
-             and r.case.baseline is not None]
+    shown = [r for r in results if r.status == "ok" and r.speedup is not None]
     if not shown:
         return False
-    labels = [f"{r.case.op} [{r.case.shape}]  {r.case.impl}" for r in shown]
-    values = [r.speedup for r in shown]
-    colors = ["tab:blue" if r.case.backend is not None else "tab:gray" for r in shown]
-    fig, ax = plt.subplots(figsize=(11, 0.32 * len(shown) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.3 * len(shown) + 1.8))
     ys = range(len(shown))
-    ax.barh(ys, values, color=colors)
-    ax.set_yticks(list(ys), labels, fontsize=7)
-    ax.invert_yaxis()
+    values = [r.speedup for r in shown]
+    is_base = [r.case.impl == r.case.baseline for r in shown]
+    ax.barh(ys, values, color=[COLOURS[r.case.kind] for r in shown],
+            hatch=["//" if b else "" for b in is_base], edgecolor="black", linewidth=0.3)
+    ax.set_yticks(list(ys), [f"{r.case.op} [{r.case.shape}]  {r.case.impl}" for r in shown],
+                  fontsize=7)
+    for y in range(1, len(shown)):
+        if shown[y].case.group != shown[y - 1].case.group:
+            ax.axhline(y - 0.5, color="lightgray", linewidth=0.6)
+    ax.set_ylim(len(shown) - 0.5, -0.5)  # first row on top, no margins
     ax.set_xscale("log")
     ax.set_xlim(min(0.5, min(values) / 1.5), max(values) * 2.5)  # room for the value labels
     ax.axvline(1.0, color="black", linewidth=0.8)
     for y, v in zip(ys, values):
         ax.text(v, y, f" {v:.2f}x", va="center", fontsize=7)
-    ax.set_xlabel("speed-up over the reference (median time ratio; blue: semid_fast, "
-                  "gray: peers)")
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in COLOURS.items()]
+              + [Patch(facecolor="white", edgecolor="black", hatch="//",
+                       label="the group's baseline")], fontsize=7, loc="lower right")
+    ax.set_xlabel("speed-up over the baseline row of its group (median time ratio)")
     ax.set_title(f"semid_fast bench on {env['device_name']} ({env['torch_threads']} threads)",
                  fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
-
-
-def pytest_benchmark_case(benchmark, case: Case, target_s: float) -> None:
-    """Times one case with pytest-benchmark's clock under the suite's repetition rule."""
-    import pytest
-
-    reason = case.skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    fn, note = case.prepare()
-    fn = synchronized(fn, case.device)
-    estimate, _ = warm_up(fn, case.device)
-    rounds = plan_repetitions(estimate, target_s, None)
-    benchmark.group = f"{case.op} [{case.shape}]"
-    benchmark.extra_info.update(impl=case.impl, shape=case.shape, note=note)
-    benchmark.pedantic(fn, rounds=rounds, iterations=1)

@@ -1,15 +1,14 @@
 """Benchmark cases of the ``longid`` family: holistic top-k, graph build and graph decoding.
 
-Sizes. The issue's headline: N=1,000,000 items, M=64, K=256, top-100, at B=1 and B=8 (CPU)
-and B=1, 64 (GPU); the item graph at N=10,000 (CPU default, against the dense N x N build; the 100,000-item figure of the
-issue is a minutes-long run recorded in RESULTS.md); graph decoding on a 100,000-item
-catalog. The graph build's reference is RPG's public way: a dense (N, N) similarity matrix
-and topk. ``quick`` shrinks everything to seconds.
+Sizes. The headline case: N=1,000,000 items, M=64, K=256, top-100, at B=1 and B=8 (CPU)
+and B=1, 64 (GPU); the item graph at N=10,000 (CPU default, against the dense N x N build;
+100,000 items is a minutes-long run); graph decoding on a 100,000-item catalog. The graph
+build's reference is RPG's public way: a dense (N, N) similarity matrix and topk. ``quick``
+shrinks everything to seconds.
 
-Peer: faiss ``IndexPQ`` with inner product, the trick the issue names: sub-space m of a
-B-dimensional PQ holds token_scores[:, m, :] as centroids and query b is one-hot on
-coordinate b of every sub-space, so faiss's own scan returns the holistic top-k of all B
-queries in one search.
+Peer: faiss ``IndexPQ`` with inner product: sub-space m of a B-dimensional PQ holds
+token_scores[:, m, :] as centroids and query b is one-hot on coordinate b of every
+sub-space, so faiss's own scan returns the holistic top-k of all B queries in one search.
 
 Inputs are random from a fixed seed: token scores are log-softmax of N(0, 1) logits, codes
 uniform uint8.
@@ -67,7 +66,8 @@ def _topk_cases(device, ours, b, m, k, n, topk) -> list[Case]:
         return setup
 
     out = [Case(impl=be, backend=be, setup=ours_setup(be), **common) for be in ours]
-    out.append(Case(impl="faiss IndexPQ (IP)", requires=("faiss",), setup=_faiss_setup(b, m, k, n, topk),
+    out.append(Case(impl="faiss IndexPQ (IP)", requires=("faiss",),
+                    setup=_faiss_setup(b, m, k, n, topk),
                     skip=None if device == "cpu" else "faiss-cpu is compared in CPU runs",
                     **common))
     return out

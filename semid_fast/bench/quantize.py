@@ -1,6 +1,6 @@
 """Benchmark cases of the ``quantize`` family: every backend and every peer at the same sizes.
 
-Sizes. CPU default: the issue's headline size N=100,000, D=256, L=4, K=256 (fp32) for
+Sizes. CPU default: the headline size N=100,000, D=256, L=4, K=256 (fp32) for
 ``rq_encode``, ``pq_encode`` (M=32, 64), ``rq_decode`` and ``pq_decode``; beam encoding at
 N=10,000 and the training step ``rq_quantize`` at N=16,384 (a large RQ-VAE batch) keep the
 whole run within a few minutes on 2 cores. GPU default: N=1,000,000 (beam: 100,000), with

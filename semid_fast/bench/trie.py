@@ -1,7 +1,7 @@
 """Benchmark cases of the ``trie`` family: trie build, one constrained beam step and a whole
 constrained beam search.
 
-Sizes. The issue's headline: random IDs of length L=4 over K=256 codes; the build at 1M
+Sizes. The headline case: random IDs of length L=4 over K=256 codes; the build at 1M
 IDs against the reference (``torch.unique`` per level) and at 10M IDs alone (the reference
 takes minutes there); the beam step at batch 64 x beam 50 on a 1M-ID trie, at the widest
 step (every beam at a level-1 state: 256 children each, 819,200 candidates per call) and at

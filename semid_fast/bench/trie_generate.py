@@ -176,9 +176,9 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     return [
         Case(impl="unconstrained (model only)", setup=generate_setup("unconstrained"), **gen),
         Case(impl="transformers prefix fn (Python trie)", setup=generate_setup("prefix"), **gen),
-        Case(impl="SemanticIDLogitsProcessor", setup=generate_setup("ours"), **gen),
+        Case(impl="SemanticIDLogitsProcessor", kind="ours", setup=generate_setup("ours"), **gen),
         Case(impl="transformers prefix fn (Python trie)", setup=steps_setup("prefix"), **steps),
-        Case(impl="SemanticIDLogitsProcessor", setup=steps_setup("ours"), **steps),
-        Case(impl="SemanticIDLogitsProcessor (torch path)",
+        Case(impl="SemanticIDLogitsProcessor", kind="ours", setup=steps_setup("ours"), **steps),
+        Case(impl="SemanticIDLogitsProcessor (torch path)", kind="reference",
              setup=steps_setup("ours (torch path)"), **steps),
     ]

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 import semid_fast as sf
 from semid_fast.reference import quantize as ref_quantize
 
-from .common import DataSource, Report, fmt_time, median_time
-from .tiger import _mlp, standardised_items
+from .common import DataSource, Report, fmt_time, median_time, standardised_items
+from .models import mlp
 
 SYSTEM = "varlen"
 TITLE = "Variable-length IDs: soft Gumbel encoder + length head, trie-constrained T5 (eos)"
@@ -74,8 +74,8 @@ class VarLenEncoder(torch.nn.Module):
 
     def __init__(self, dim: int, hidden: tuple, latent: int, max_len: int, k: int):
         super().__init__()
-        self.encoder = _mlp([dim, *hidden, latent])
-        self.decoder = _mlp([latent, *hidden[::-1], dim])
+        self.encoder = mlp([dim, *hidden, latent])
+        self.decoder = mlp([latent, *hidden[::-1], dim])
         self.length_head = torch.nn.Linear(latent, max_len)
         self.codebook = torch.nn.Parameter(torch.zeros(k, latent))
         self.max_len = max_len
@@ -213,8 +213,8 @@ def decoding(report: Report, trie, ids: torch.Tensor, id_lengths: torch.Tensor, 
     try:
         import transformers
 
-        from ...hf import SemanticIDLogitsProcessor
-        from ..trie_generate import PythonPrefixTrie
+        from semid_fast.bench.trie_generate import PythonPrefixTrie
+        from semid_fast.hf import SemanticIDLogitsProcessor
     except ImportError:
         report.say("transformers is not installed: constrained T5 decoding skipped")
         return {}

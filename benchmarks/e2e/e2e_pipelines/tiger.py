@@ -20,8 +20,8 @@ transformers ``prefix_allowed_tokens_fn`` route (needs transformers; skipped wit
 from __future__ import annotations
 
 import copy
-import statistics
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -30,7 +30,8 @@ import torch
 import semid_fast as sf
 from semid_fast.reference import quantize as ref_quantize
 
-from .common import DataSource, Report, code_usage, fmt_time, item_embeddings, median_time
+from .common import DataSource, Report, code_usage, fmt_time, median_time, standardised_items
+from .models import RQVAE
 
 SYSTEM = "tiger"
 TITLE = "TIGER: RQ-VAE training (semid_fast vs reference quantizer), IDs, constrained T5"
@@ -63,33 +64,6 @@ class Settings:
         return cls(seed=seed)
 
 
-class RQVAE(torch.nn.Module):
-    """MLP encoder -> ``levels`` x ``k`` residual quantization -> MLP decoder (TIGER)."""
-
-    def __init__(self, dim: int, hidden: tuple, latent: int, levels: int, k: int):
-        super().__init__()
-        widths = [dim, *hidden, latent]
-        self.encoder = _mlp(widths)
-        self.decoder = _mlp(widths[::-1])
-        self.codebooks = torch.nn.Parameter(torch.zeros(levels, k, latent))
-
-    @torch.no_grad()
-    def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
-        """k-means on the encoded x, level by level on the residuals, as LC-Rec's RQ-VAE
-        initialises its quantizers on the first batch (k-means++, up to 100 iterations,
-        tolerance 1e-4): :func:`semid_fast.rq_init`."""
-        levels, k, _ = self.codebooks.shape
-        self.codebooks.copy_(sf.rq_init(self.encoder(x), levels, k, init="kmeans++", iters=100,
-                                        tol=1e-4, seed=seed))
-
-    def forward(self, x: torch.Tensor, backend: str, beta: float):
-        """(total loss, reconstruction loss, RQ loss, codes (N, levels))."""
-        codes, quantized, rq_loss = sf.rq_quantize(self.encoder(x), self.codebooks, beta=beta,
-                                                   backend=backend)
-        reconstruction = torch.nn.functional.mse_loss(self.decoder(quantized), x)
-        return reconstruction + rq_loss, reconstruction, rq_loss, codes
-
-
 def greedy_nearest(z: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> bool:
     """True when, at every level, each row's code is a nearest codeword of its residual
     (the residual left by its own earlier codes), up to float32 rounding of the distances."""
@@ -104,34 +78,12 @@ def greedy_nearest(z: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor
     return True
 
 
-def _mlp(widths: list[int]) -> torch.nn.Sequential:
-    layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
-
-
-def standardised_items(report: Report, data: DataSource, s, device: str) -> torch.Tensor:
-    """Yelp's item embeddings (s.n_items x s.dim), standardised per dimension, on `device`.
-
-    Standardised so that reconstruction and RQ losses are of one scale: unit-norm 384-d
-    sentence embeddings otherwise give a reconstruction loss of ~1/384 that the commitment
-    term overwhelms, and the codebooks collapse. Shared by the tiger, diger and varlen runs.
-    """
-    emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
-    report.say(f"items: {emb.origin}")
-    x = emb.value
-    return ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)
-
-
 def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = True) -> Report:
     s = settings
     report = Report(SYSTEM, TITLE, data, dataclasses.asdict(s), echo=echo)
     x = standardised_items(report, data, s, device)
     ours_backend = "auto"
-    resolved = sf._backends.resolve("auto", x.device, "rq_quantize")
+    resolved = sf._backends.choose("auto", x.device, "quantize", "rq_quantize")
     torch.manual_seed(s.seed)
     model = RQVAE(s.dim, s.hidden, s.latent, s.levels, s.k).to(device)
     g = torch.Generator().manual_seed(s.seed)
@@ -286,7 +238,7 @@ def ids_and_decoding(report: Report, codes: torch.Tensor, s: Settings, device: s
     try:
         import transformers
 
-        from ...hf import SemanticIDLogitsProcessor
+        from semid_fast.hf import SemanticIDLogitsProcessor
     except ImportError:
         report.say("transformers is not installed: constrained T5 decoding skipped")
         return {"suffix_codes": suffix_codes}

@@ -7,7 +7,7 @@ soft assignment's gradient backward), and decays the Gumbel noise during trainin
 early exploration of the codebook turns into exploitation. Its point is codebook collapse:
 a plain straight-through RQ-VAE ends up using few codes per level.
 
-This pipeline trains the RQ-VAE of :mod:`semid_fast.bench.e2e.tiger` on
+This pipeline trains the RQ-VAE of the tiger pipeline (:mod:`.models`) on
 ``yelp/title_cat_minilm384.npy`` from the same initial weights and the same batches:
 
 * ``ste``: :func:`semid_fast.rq_quantize` (plain straight-through), the collapse baseline;
@@ -44,8 +44,8 @@ import semid_fast as sf
 from semid_fast import schedules
 from semid_fast.reference import quantize as ref_quantize
 
-from .common import DataSource, Report, code_usage, fmt_time, median_time
-from .tiger import RQVAE, standardised_items
+from .common import DataSource, Report, code_usage, fmt_time, median_time, standardised_items
+from .models import RQVAE
 
 SYSTEM = "diger"
 TITLE = "DIGER: Gumbel-quantized RQ-VAE, noise schedules vs straight-through (code usage)"
@@ -210,7 +210,7 @@ def run(settings: Settings, data: DataSource, device: str = "cpu", echo: bool = 
     s = settings
     report = Report(SYSTEM, TITLE, data, dataclasses.asdict(s), echo=echo)
     x = standardised_items(report, data, s, device)
-    resolved = sf._backends.resolve("auto", x.device, "gumbel_quantize")
+    resolved = sf._backends.choose("auto", x.device, "gumbel", "gumbel_quantize")
     torch.manual_seed(s.seed)
     model = RQVAE(s.dim, s.hidden, s.latent, s.levels, s.k).to(device)
     g = torch.Generator().manual_seed(s.seed)

@@ -6,7 +6,7 @@ Data discovery, first match wins:
 1. ``--data PATH`` (an error when PATH is not a folder);
 2. the ``SEMID_FAST_DATA`` environment variable (an error when it names no folder);
 3. ``../shared/data`` relative to the current directory;
-4. ``../shared/data`` beside the source checkout this package was imported from;
+4. ``../shared/data`` beside the source checkout these pipelines are part of;
 5. else nothing: each pipeline builds a synthetic catalog of the real one's shape.
 
 The folder layout is the one of the project's shared test data (``amazon14_beauty/``,
@@ -142,6 +142,19 @@ def user_histories(data: DataSource, n_items: int, n_users: int, max_len: int,
         ids[row, max_len - len(history):] = torch.tensor(history, dtype=torch.long)
         targets[row] = seq[-1]
     return Loaded((ids, targets), origin)
+
+
+def standardised_items(report: Report, data: DataSource, s, device: str) -> torch.Tensor:
+    """Yelp's item embeddings (s.n_items x s.dim), standardised per dimension, on `device`.
+
+    Standardised so that reconstruction and RQ losses are of one scale: unit-norm 384-d
+    sentence embeddings otherwise give a reconstruction loss of ~1/384 that the commitment
+    term overwhelms, and the codebooks collapse. Shared by the tiger, diger and varlen runs.
+    """
+    emb = item_embeddings(data, "yelp", "title_cat_minilm384.npy", s.n_items, s.dim, s.seed)
+    report.say(f"items: {emb.origin}")
+    x = emb.value
+    return ((x - x.mean(0)) / x.std(0).clamp_min(1e-6)).to(device)
 
 
 def require_faiss(system: str):
@@ -301,9 +314,9 @@ def _jsonable(value):
 
 def environment() -> dict:
     """Enough to interpret the timings: machine, threads, versions, load."""
-    from .. import harness
+    from semid_fast.bench import harness
 
-    return {"cpu": harness._cpu_name(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": harness.cpu_name(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "load_average": harness.load_average(),
