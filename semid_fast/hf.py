@@ -228,7 +228,8 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
                              f"input_ids")
         launcher = self._launcher(scores.dtype)
         generation = self._generation()
-        self._warn_if_dead(generation, stacklevel=3)
+        if generation.dead_event is not None:  # a GPU flag may have landed since
+            self._warn_if_dead(generation, stacklevel=3)
         prev = generation.prev
         if prev is not None and prev.shape != (rows, length - 1):
             prev = None  # another shape: a new generation for sure
@@ -255,7 +256,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             flag = generation.dead_host
         else:
             return
-        if int(flag[0]):
+        if flag.item():
             self._warned = True
             warnings.warn("SemanticIDLogitsProcessor: a row had no allowed token (its "
                           "generated tokens are no prefix of an ID of the catalog, e.g. a "

@@ -859,6 +859,31 @@ def test_beam_step_op_passes_opcheck_and_compiles():
     assert all(torch.equal(x, y) for x, y in zip(compiled(lp, scores, states), want))
 
 
+def test_traced_steps_keep_their_custom_ops(unchecked):
+    """Eager calls skip the torch.library dispatcher; tracing (make_fx here, a dispatch
+    mode) still records the registered ops."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    g = torch.Generator().manual_seed(8)
+    trie = random_trie(g, 300, 3, 12, True)
+    lp = torch.randn(12, 12, generator=g).log_softmax(-1)
+    scores = torch.randn(3, 4, generator=g)
+    states = random_states(trie, 12, g)
+
+    def step(lp, scores, states):
+        out, _, _, next_states = sf.constrained_beam_step(lp, scores, states, trie, 4,
+                                                          backend="cpu")
+        return sf.constrained_pool_update(out, next_states, out, next_states, trie,
+                                          backend="cpu")
+
+    graph = make_fx(step)(lp, scores, states)
+    targets = {str(node.target) for node in graph.graph.nodes}
+    assert {"semid_fast.trie_beam_step.default",
+            "semid_fast.trie_pool_update.default"} <= targets
+    assert all(torch.equal(a, c) for a, c in zip(graph(lp, scores, states),
+                                                 step(lp, scores, states)))
+
+
 @pytest.mark.gpu
 def test_beam_step_is_cuda_graph_capturable():
     g = torch.Generator().manual_seed(6)

@@ -16,6 +16,7 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
 import warnings
@@ -455,11 +456,19 @@ def dedup_suffix(codes, lengths=None, *, scheme: str = "same", order=None):
 
 # ---- beam step ----------------------------------------------------------------------------
 
-@torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())
-def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
-                  child_offsets: torch.Tensor, child_codes: torch.Tensor,
-                  terminal: torch.Tensor, max_children: int, beam_width: int, renormalize: bool,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _direct(*tensors: torch.Tensor) -> bool:
+    """Whether a decode step may run its op's body as a Python call. The torch.library
+    dispatcher costs tens of microseconds per call, several times the kernel of a small step,
+    but tracing needs the registered op: torch.compile and export, a dispatch mode (fake
+    tensors, make_fx) and tensor subclasses go through it."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(type(t) is torch.Tensor for t in tensors))
+
+
+def _beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
+               child_offsets: torch.Tensor, child_codes: torch.Tensor, terminal: torch.Tensor,
+               max_children: int, beam_width: int, renormalize: bool,
+               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, device = beam_scores.shape[0], beam_scores.device
     out = (torch.empty((b, beam_width), dtype=torch.float32, device=device),
            *(torch.empty((b, beam_width), dtype=torch.long, device=device) for _ in range(3)))
@@ -476,6 +485,9 @@ def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: to
     return out
 
 
+_beam_step_op = torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())(_beam_step)
+
+
 @_beam_step_op.register_fake
 def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_children,
       beam_width, renormalize, backend):
@@ -484,16 +496,19 @@ def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_
             *(beam_scores.new_empty((b, beam_width), dtype=torch.long) for _ in range(3)))
 
 
-@torch.library.custom_op("semid_fast::trie_pool_update", mutates_args=())
-def _pool_update_op(pool_scores: torch.Tensor, pool_states: torch.Tensor,
-                    scores: torch.Tensor, states: torch.Tensor, terminal: torch.Tensor,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor, scores: torch.Tensor,
+                 states: torch.Tensor, terminal: torch.Tensor,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out = (torch.empty(pool_scores.shape, dtype=torch.float32, device=pool_scores.device),
            torch.empty_like(pool_states, memory_format=torch.contiguous_format),
            torch.empty_like(states, memory_format=torch.contiguous_format))
     _backends.launcher(backend, "trie", "pool_update")(pool_scores, pool_states, scores,
                                                        states, terminal, *out)
     return out
+
+
+_pool_update_op = torch.library.custom_op("semid_fast::trie_pool_update",
+                                          mutates_args=())(_pool_update)
 
 
 @_pool_update_op.register_fake
@@ -507,7 +522,12 @@ def _(pool_scores, pool_states, scores, states, terminal, backend):
 # Dynamo does not trace).
 @torch.compiler.assume_constant_result
 def _choose(backend: str, device: torch.device, name: str, op: str, **args) -> str:
-    return _backends.choose(backend, device, "trie", name, op=op, args=args)
+    return _chosen(backend, device, name, op, tuple(args.items()))
+
+
+@functools.lru_cache(maxsize=256)  # a decode step is called thousands of times
+def _chosen(backend, device, name, op, args) -> str:
+    return _backends.choose(backend, device, "trie", name, op=op, args=dict(args))
 
 
 def _check_step(log_probs, beam_scores, states, trie, beam_width):
@@ -600,8 +620,9 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
         raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
     name = _choose(backend, device, "beam_step", "constrained_beam_step",
                    w_in=beam_scores.shape[1], w_out=beam_width)
-    return _beam_step_op(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
-                         trie.terminal, trie.max_children, beam_width, renormalize, name)
+    step = _beam_step if _direct(log_probs, beam_scores, states) else _beam_step_op
+    return step(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
+                trie.terminal, trie.max_children, beam_width, renormalize, name)
 
 
 def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor,
@@ -650,7 +671,9 @@ def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor
                                  trie=trie.terminal)
     name = _choose(backend, device, "pool_update", "constrained_pool_update", p=p,
                    w=scores.shape[1])
-    return _pool_update_op(pool_scores, pool_states, scores, states, trie.terminal, name)
+    update = _pool_update if _direct(pool_scores, pool_states, scores, states) else \
+        _pool_update_op
+    return update(pool_scores, pool_states, scores, states, trie.terminal, name)
 
 
 def _takes_states(step_fn) -> bool:
@@ -782,11 +805,12 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         # Shapes, dtypes and devices every step (a tensor on another device would hand the
         # kernel a foreign pointer); value scans (host syncs) only with config.check_values.
         _check_step(log_probs, step_scores, step_states, trie, w)
-        scores, parent, token, states = _beam_step_op(
+        direct = _direct(log_probs)
+        scores, parent, token, states = (_beam_step if direct else _beam_step_op)(
             log_probs, step_scores, step_states, trie.child_offsets, trie.child_codes,
             trie.terminal, trie.max_children, w, renormalize, name)
         if pool:
-            pool_scores, pool_states, states = _pool_update_op(
+            pool_scores, pool_states, states = (_pool_update if direct else _pool_update_op)(
                 pool_scores, pool_states, scores, states, trie.terminal, pool_name)
         else:
             history = history.gather(
