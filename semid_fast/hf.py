@@ -188,6 +188,13 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         self._local = threading.local()  # .generation: this thread's _Generation
         self._warned = False
 
+    def __getstate__(self) -> dict:
+        # A copy (copy.deepcopy, pickle) starts without a generation in any thread.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_launchers")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _local=threading.local(), _launchers={})
+
     def reset(self) -> None:
         """Forget the calling thread's current generation: its next call starts a new one."""
         self._local.generation = _Generation(self._device)

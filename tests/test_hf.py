@@ -7,6 +7,7 @@ initialised models (a T5 encoder-decoder, a GPT-2 decoder-only), on real catalog
 synthetic variable-length one (IDs that are prefixes of others, ended by eos).
 """
 
+import copy
 import math
 import threading
 import warnings
@@ -608,6 +609,9 @@ def test_one_processor_shared_by_two_threads(backend):
     for thread in range(2):
         for mine, theirs in zip(got[thread], alone[thread], strict=True):
             assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    # A copy (the state is per thread) starts afresh, like a new processor.
+    ids, sc = work[0][0][1]
+    assert torch.equal(copy.deepcopy(shared)(ids, sc), make()(ids, sc))
 
 
 # --- suffix_token_ids (MiniOneRec) ------------------------------------------------------
