@@ -15,7 +15,7 @@ Needs ``transformers`` (``pip install semid_fast[hf]``); ``import semid_fast`` d
 
 from __future__ import annotations
 
-import math
+import threading
 import warnings
 
 import torch
@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
     raise ImportError("semid_fast.hf needs transformers: pip install 'semid_fast[hf]' "
                       "(or pip install 'transformers>=4.40')") from e
 
-from . import _backends, _native
+from . import _backends
 from .ops.trie import SemanticIDTrie
 
 __all__ = ["SemanticIDLogitsProcessor"]
@@ -43,11 +43,12 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
     number of rows, one more column, and every row begins with one of the previous call's
     rows (compared on the device, no host sync; any previous row, as beam search reorders
     them). Any other call starts a new generation whose ID starts after its ``input_ids``.
-    So one processor serves consecutive ``generate`` calls, whatever their prompt lengths;
-    it holds the state of one generation at a time (use one instance per concurrent
-    ``generate``, e.g. per thread). Only a prompt that extends a row of the previous call by
-    one token (feeding a ``generate`` output back as the next prompt) reads as a
-    continuation: call :meth:`reset` between such calls.
+    So one processor serves consecutive ``generate`` calls, whatever their prompt lengths.
+    It keeps one generation per thread, so threads may share it (each thread's calls are a
+    sequence of their own); two generations interleaved in one thread (e.g. coroutines)
+    need one instance each. Only a prompt that extends a row of the previous call by one
+    token (feeding a ``generate`` output back as the next prompt) reads as a continuation:
+    call :meth:`reset` between such calls.
 
     Each call maps the generated tokens back to codes and walks the trie from the root (at
     most ``depth`` gathers on the device), so the result depends on ``input_ids`` alone and is
@@ -89,12 +90,15 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
             every allowed token of every beam of a batch item at -inf, those tokens get score
             0. Without it that case stays at -inf.
         backend: "auto" (one fused kernel per step for float32 scores: C++ on the CPU, CUDA
-            on a GPU when built; else the torch path), "cpu", "cuda" or "reference" (the
-            torch path: a few dozen small ops per step, any device; it compares every pair
-            of rows with the previous call's, R * R * T booleans). No path syncs with the
-            host.
+            on a GPU when built; else the reference), "cpu", "cuda" or "reference" (torch
+            ops: a few dozen small ones per step, any device and dtype; it compares every
+            pair of rows with the previous call's, R * R * T booleans). No path syncs with
+            the host.
 
     Raises:
+        ValueError / RuntimeError: a backend that has no such kernel or cannot run on the
+        trie's device (at construction), or whose kernel cannot take the scores' dtype (at
+        the call).
         TypeError / ValueError: a trie that is not a SemanticIDTrie, a token map of the wrong
         shape, a code of the trie without a token, two codes of one level with the same token,
         an eos or suffix token that is also an SID token, or variable-length IDs without eos.
@@ -106,11 +110,10 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
 
     def __init__(self, trie, token_ids, *, eos_token_id: int | None = None,
                  suffix_token_ids=None, num_beams: int | None = None, backend: str = "auto"):
-        if backend not in ("auto", "reference", "cpu", "cuda"):
-            raise ValueError(f"backend must be 'auto', 'reference', 'cpu' or 'cuda', got "
-                             f"{backend!r}")
         if not isinstance(trie, SemanticIDTrie):
             raise TypeError(f"trie must be a semid_fast.SemanticIDTrie, got {type(trie).__name__}")
+        # A named backend is checked now; which one runs also depends on the scores' dtype.
+        _backends.choose(backend, trie.device, "trie", "constrain_logits", op=_OP)
         if eos_token_id is not None and not _is_token(eos_token_id):
             raise TypeError(f"eos_token_id must be a non-negative int or None, got "
                             f"{eos_token_id!r}")
@@ -177,22 +180,39 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         # The suffix, padded with eos (or "no token") for the position after it.
         after = -1 if eos_token_id is None else eos_token_id
         self._suffix = torch.tensor([*suffix, after], dtype=torch.int64)
-        self._to_device(trie.device)
-        self.reset()
-        self._warned = False
-        self._dead_host = self._dead_event = None
-
-    def _to_device(self, device) -> None:
-        self._device = torch.device(device)
+        self._device = trie.device
         self._inverse = self._inverse.to(self._device)
         self._token_table = self._token_table.to(self._device)
         self._suffix = self._suffix.to(self._device)
+        self._launchers = {}  # scores dtype -> the launcher that masks them
+        self._local = threading.local()  # .generation: this thread's _Generation
+        self._warned = False
+
+    def __getstate__(self) -> dict:
+        # A copy (copy.deepcopy, pickle) starts without a generation in any thread.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_launchers")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _local=threading.local(), _launchers={})
 
     def reset(self) -> None:
-        """Forget the current generation: the next call starts a new one."""
-        self._prev = None
-        self._start = torch.zeros(1, dtype=torch.int64, device=self._device)
-        self._dead = torch.zeros(1, dtype=torch.int32, device=self._device)
+        """Forget the calling thread's current generation: its next call starts a new one."""
+        self._local.generation = _Generation(self._device)
+
+    def _generation(self) -> "_Generation":
+        generation = getattr(self._local, "generation", None)
+        if generation is None:
+            generation = self._local.generation = _Generation(self._device)
+        return generation
+
+    def _launcher(self, dtype: torch.dtype):
+        launcher = self._launchers.get(dtype)
+        if launcher is None:
+            name = _backends.choose(self.backend, self._device, "trie", "constrain_logits",
+                                    op=_OP, args={"dtype": dtype})
+            launcher = self._launchers[dtype] = _backends.launcher(name, "trie",
+                                                                   "constrain_logits")
+        return launcher
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids (R, T) int64, scores (R, V) float -> (R, V) scores with the tokens that
@@ -213,34 +233,37 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         if self.num_beams and rows % self.num_beams:
             raise ValueError(f"num_beams={self.num_beams} does not divide the {rows} rows of "
                              f"input_ids")
-        self._warn_if_dead(stacklevel=3)
-        prev = self._prev
+        launcher = self._launcher(scores.dtype)
+        generation = self._generation()
+        if generation.dead_event is not None:  # a GPU flag may have landed since
+            self._warn_if_dead(generation, stacklevel=3)
+        prev = generation.prev
         if prev is not None and prev.shape != (rows, length - 1):
             prev = None  # another shape: a new generation for sure
         input_ids = input_ids.long()  # the kernels read int64 rows with unit column stride
         if input_ids.stride(1) != 1:
             input_ids = input_ids.contiguous()
-        kernel = self._kernel(scores)
-        if kernel is not None:
-            out = self._native_call(kernel, input_ids, scores, prev)
-        else:
-            out = self._torch_call(input_ids, scores, prev)
-        self._prev = input_ids.clone(memory_format=torch.contiguous_format)
-        self._publish_dead()
+        scores = scores.contiguous()
+        out = torch.empty_like(scores)
+        launcher(input_ids, prev, self.trie, self._inverse, self._token_table, self._suffix,
+                 -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
+                 generation.start, generation.dead, scores, out)
+        generation.prev = input_ids.clone(memory_format=torch.contiguous_format)
+        self._publish_dead(generation)
         return out
 
-    def _warn_if_dead(self, stacklevel: int) -> None:
+    def _warn_if_dead(self, generation: "_Generation", stacklevel: int) -> None:
         """Warns once when an earlier call met a row with no allowed token; reads the flag
         only when it is on the host already (never waits for the device)."""
         if self._warned:
             return
-        if self._dead.device.type == "cpu":
-            flag = self._dead
-        elif self._dead_event is not None and self._dead_event.query():
-            flag = self._dead_host
+        if generation.dead.device.type == "cpu":
+            flag = generation.dead
+        elif generation.dead_event is not None and generation.dead_event.query():
+            flag = generation.dead_host
         else:
             return
-        if int(flag[0]):
+        if flag.item():
             self._warned = True
             warnings.warn("SemanticIDLogitsProcessor: a row had no allowed token (its "
                           "generated tokens are no prefix of an ID of the catalog, e.g. a "
@@ -248,156 +271,33 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
                           "beams, or a token another processor forced); it may only emit "
                           "eos", RuntimeWarning, stacklevel=stacklevel)
 
-    def _publish_dead(self) -> None:
+    def _publish_dead(self, generation: "_Generation") -> None:
         """CPU: warn now. GPU: start copying the flag to the host without waiting."""
-        if self._dead.device.type == "cpu":
-            self._warn_if_dead(stacklevel=4)
+        if generation.dead.device.type == "cpu":
+            self._warn_if_dead(generation, stacklevel=4)
             return
         if self._warned:
             return
-        if self._dead_host is None:
-            self._dead_host = torch.zeros(1, dtype=torch.int32).pin_memory()
-            self._dead_event = torch.cuda.Event()
-        self._dead_host.copy_(self._dead, non_blocking=True)
-        self._dead_event.record(torch.cuda.current_stream(self._device))
+        if generation.dead_host is None:
+            generation.dead_host = torch.zeros(1, dtype=torch.int32).pin_memory()
+            generation.dead_event = torch.cuda.Event()
+        generation.dead_host.copy_(generation.dead, non_blocking=True)
+        generation.dead_event.record(torch.cuda.current_stream(self._device))
 
-    def _kernel(self, scores: torch.Tensor) -> str | None:
-        """The native backend ("cpu" or "cuda") that runs this call, None for the torch path."""
-        if self.backend == "reference":
-            return None
-        name = self.backend if self.backend != "auto" else (
-            "cuda" if scores.device.type == "cuda" else "cpu")
-        reason = _backends._usable(name, scores.device)
-        if reason is None and scores.dtype != torch.float32:
-            reason = f"its kernel takes float32 scores, got {scores.dtype}"
-        if reason is not None and self.backend != "auto":
-            raise RuntimeError(f"SemanticIDLogitsProcessor: backend {self.backend!r} is "
-                               f"unavailable: {reason}")
-        return name if reason is None else None
 
-    def _native_call(self, kernel: str, input_ids: torch.Tensor, scores: torch.Tensor,
-                     prev: torch.Tensor | None) -> torch.Tensor:
-        """One fused kernel (two launches on the GPU): find the start, walk every row and
-        write its masked scores."""
-        scores = scores.contiguous()
-        out = torch.empty_like(scores)
-        trie = self.trie
-        rows, length = input_ids.shape
-        match = None
-        if prev is not None and kernel == "cuda":
-            match = torch.empty(rows, dtype=torch.int32, device=self._device)
-        args = (input_ids.data_ptr(), rows, input_ids.stride(0), length,
-                0 if prev is None else prev.data_ptr(), length - 1,
-                0 if match is None else match.data_ptr(), self._start.data_ptr(),
-                self._inverse.data_ptr(), self._vocab, trie.depth, trie.child_offsets.data_ptr(),
-                trie.child_codes.data_ptr(), trie.terminal.data_ptr(), trie.num_states,
-                self._token_table.data_ptr(), self._token_table.shape[1],
-                self._suffix.data_ptr(), len(self.suffix_token_ids),
-                -1 if self.eos_token_id is None else self.eos_token_id, self.num_beams or 0,
-                scores.data_ptr(), scores.shape[1], out.data_ptr(), self._dead.data_ptr())
-        if kernel == "cuda":
-            _native.call_cuda("SemanticIDLogitsProcessor", _native._C_cuda.sid_constrain_f32,
-                              *args, device=scores.device)
-        else:
-            status = _native.cpu().sid_constrain_f32(*args, self._threads(scores))
-            _native.check_cpu_status(status, "SemanticIDLogitsProcessor")
-        return out
+_OP = "SemanticIDLogitsProcessor"
 
-    @staticmethod
-    def _threads(scores: torch.Tensor) -> int:
-        """OpenMP threads for a step: one per 256k scores (a thread team costs more than
-        masking a few beams over a small vocabulary)."""
-        return max(1, min(_native.n_threads(), scores.numel() >> 18))
 
-    def _torch_call(self, input_ids: torch.Tensor, scores: torch.Tensor,
-                    prev: torch.Tensor | None) -> torch.Tensor:
-        """The same masks as the kernels with fixed-shape torch ops (start and step stay on
-        the device)."""
-        rows, length = input_ids.shape
-        device, trie = self._device, self.trie
-        n_suffix = len(self.suffix_token_ids)
-        if prev is None:
-            start = torch.full((1,), length, dtype=torch.int64, device=device)
-        else:
-            extends = (input_ids[:, None, :length - 1] == prev[None]).all(dim=2).any(dim=1)
-            start = torch.where(extends.all(), self._start, length)
-        self._start = start
-        step = length - start  # (1,)
+class _Generation:
+    """What one thread's current generation carries between calls: the previous call's rows,
+    where the ID starts (written by the kernels), the flag "a row had no allowed token", and
+    on a GPU the flag's host copy with the event that says when it has landed."""
 
-        # Walk: (state, suffix tokens read) per row over the at most depth + n_suffix
-        # generated tokens a live row holds.
-        longest = min(length, trie.depth + n_suffix)
-        columns = (start + torch.arange(longest, device=device)).clamp(max=max(length - 1, 0))
-        tokens = input_ids[:, columns] if longest else input_ids[:, :0]
-        eos = -1 if self.eos_token_id is None else self.eos_token_id
-        state = torch.zeros(rows, dtype=torch.int64, device=device)
-        read = torch.full_like(state, -1)
-        for j in range(longest):
-            token = tokens[:, j]
-            live = state >= 0
-            complete = live & (trie.terminal_item(state) >= 0)
-            in_suffix = live & (read >= 0)
-            # inside the suffix: the next suffix token, else dead
-            expected = self._suffix[read.clamp(0, n_suffix)]
-            suffix_ok = (read < n_suffix) & (token == expected)
-            # at a complete ID: the first suffix token enters the suffix
-            enters = ~in_suffix & complete & (n_suffix > 0) & (token == self._suffix[0])
-            if j < trie.depth:
-                known = (token >= 0) & (token < self._vocab)
-                code = torch.where(known, self._inverse[j, token.clamp(0, self._vocab - 1)], -1)
-                child = trie.advance(state, code)
-            else:
-                child = torch.full_like(state, -1)
-            new_state = torch.where(in_suffix, torch.where(suffix_ok, state, -1),
-                                    torch.where(enters, state, child))
-            new_read = torch.where(in_suffix, torch.where(suffix_ok, read + 1, -1),
-                                   torch.where(enters, 1, -1))
-            new_state = torch.where(token == eos, -1, new_state)
-            active = j < step
-            state = torch.where(active, new_state, state)
-            read = torch.where(active, new_read, read)
-        state = torch.where(step > trie.depth + n_suffix, -1, state)
-        generated = torch.arange(length, device=device) >= start
-        finished = ((input_ids == eos) & generated).any(dim=1) if eos >= 0 else \
-            torch.zeros(rows, dtype=torch.bool, device=device)
-        state = torch.where(finished, -1, state)
-
-        # Allowed tokens as a (rows, V + 1) mask; column V takes the writes of "no token".
-        vocab = scores.shape[1]
-        in_id = (state >= 0) & (read < 0)
-        children = trie.valid_next(torch.where(in_id, state, -1))  # (rows, max_vocab)
-        level = self._token_table[step.clamp(max=trie.depth)]  # (1, k): the step's tokens
-        child_tokens = level[:, :children.shape[1]].expand(rows, -1)
-        has_token = children & (child_tokens >= 0)
-        none = vocab
-        after_id = self._suffix[0] if n_suffix else self._suffix[-1]
-        single = torch.full_like(state, none)
-        complete = in_id & (trie.terminal_item(torch.where(in_id, state, -1)) >= 0)
-        single = torch.where(complete, after_id, single)
-        in_suffix = (state >= 0) & (read >= 0)
-        single = torch.where(in_suffix, self._suffix[read.clamp(0, n_suffix)], single)
-        single = torch.where(finished, eos, single)
-        single = torch.where(single < 0, none, single)
-        dead = (single == none) & ~has_token.any(dim=1)
-        if eos >= 0:
-            single = torch.where(dead, eos, single)
-        self._dead |= dead.any().int()
-        mask = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=device)
-        mask.scatter_(1, torch.where(has_token, child_tokens, none), True)
-        mask.scatter_(1, single[:, None], True)
-        allowed = mask[:, :vocab]
-        kept = torch.where(allowed, scores, -math.inf)
-        if self.num_beams is not None:
-            kept = self._force_unsatisfiable(kept, allowed)
-        return kept
-
-    def _force_unsatisfiable(self, kept: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """PrefixConstrainedLogitsProcessor's rule: a batch item whose allowed tokens are all
-        -inf in every beam gets score 0 on them."""
-        dead = kept.amax(dim=1).isneginf().view(-1, self.num_beams).all(dim=1)
-        dead = dead.repeat_interleave(self.num_beams)[:, None]
-        return torch.where(dead & allowed, torch.zeros((), dtype=kept.dtype,
-                                                        device=kept.device), kept)
+    def __init__(self, device: torch.device):
+        self.prev = None
+        self.start = torch.zeros(1, dtype=torch.int64, device=device)
+        self.dead = torch.zeros(1, dtype=torch.int32, device=device)
+        self.dead_host = self.dead_event = None
 
 
 def _is_token(value) -> bool:

@@ -7,7 +7,9 @@ initialised models (a T5 encoder-decoder, a GPT-2 decoder-only), on real catalog
 synthetic variable-length one (IDs that are prefixes of others, ended by eos).
 """
 
+import copy
 import math
+import threading
 import warnings
 
 import pytest
@@ -552,6 +554,66 @@ def test_continuation_is_told_by_content_not_shape(backend):
     assert torch.equal(ours(longer, scores), fresh()(longer, scores))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_processor_shared_by_two_threads(backend):
+    """Two threads that interleave their generations on one processor get, call for call,
+    the masks of the same calls run alone on a fresh processor."""
+    catalog = variable_length_catalog(15)
+    make = lambda: SemanticIDLogitsProcessor(catalog.trie, catalog.token_ids,  # noqa: E731
+                                             eos_token_id=EOS, backend=backend)
+    shared = make()
+    n_generations = 12
+
+    def generations(thread):
+        """Per generation its calls: prompt (thread 0: 2 tokens, thread 1: 3 and other
+        ones, so the threads' rows never extend each other's) then a growing ID."""
+        g = torch.Generator().manual_seed(100 + thread)
+        calls = []
+        for _ in range(n_generations):
+            rows = random_rows(catalog, 4, g, dead_share=0.0)[:, 1:]
+            prompt = torch.full((4, 2 + thread), UNK + thread)
+            full = torch.cat([prompt, rows], dim=1)
+            scores = torch.randn(4, catalog.vocab_size, generator=g).log_softmax(-1)
+            calls.append([(full[:, :length], scores)
+                          for length in range(prompt.shape[1], full.shape[1] + 1)])
+        return calls
+
+    work = [generations(0), generations(1)]
+    alone = []
+    for calls in work:
+        one = make()
+        alone.append([[one(ids, sc) for ids, sc in generation] for generation in calls])
+    # Both threads call step j before either calls step j + 1, so every call follows a call
+    # of the other thread.
+    barrier = threading.Barrier(2, timeout=60)
+    got = [[], []]
+    errors = []
+
+    def run(thread):
+        try:
+            for generation in work[thread]:
+                got[thread].append([])
+                for ids, sc in generation:
+                    got[thread][-1].append(shared(ids, sc))
+                    barrier.wait()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for thread in range(2):
+        for mine, theirs in zip(got[thread], alone[thread], strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    # A copy (the state is per thread) starts afresh, like a new processor.
+    ids, sc = work[0][0][1]
+    assert torch.equal(copy.deepcopy(shared)(ids, sc), make()(ids, sc))
+
+
 # --- suffix_token_ids (MiniOneRec) ------------------------------------------------------
 
 
@@ -759,9 +821,13 @@ def test_bad_arguments():
         with pytest.raises(ValueError, match="does not divide"):
             fallback(torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, catalog.vocab_size))
     with pytest.raises(ValueError, match="backend must be"):
+        SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="tensorrt")
+    # triton has no kernel for it; the error says so, or that triton cannot run here
+    with pytest.raises((ValueError, RuntimeError), match="'triton' (does not implement|is "
+                                                         "unavailable)"):
         SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="triton")
     cpu_only = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=EOS, backend="cpu")
-    with pytest.raises(RuntimeError, match="float32"):
+    with pytest.raises(ValueError, match="float32"):
         cpu_only(torch.zeros(2, 1, dtype=torch.long),
                  torch.zeros(2, catalog.vocab_size, dtype=torch.float16))
     # auto falls back to the torch path for other dtypes, with the same masks

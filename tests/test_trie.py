@@ -14,9 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import semid_fast as sf
+from semid_fast import _backends
 from semid_fast.ops import trie as ops
+from semid_fast.reference import trie as ref
 
-STEP_BACKENDS = [b for b in ("cpu",) if b in sf.available_backends("cpu")]
+# Every backend of the trie family that runs on CPU tensors here, besides the reference.
+STEP_BACKENDS = [b for b in _backends.table()["trie"]["beam_step"]
+                 if b != "reference" and b in sf.available_backends("cpu")]
+
+
+def launcher(backend, name):
+    return _backends.launcher(backend, "trie", name)
 
 
 def build(codes, lengths=None, **kw):
@@ -851,6 +859,31 @@ def test_beam_step_op_passes_opcheck_and_compiles():
     assert all(torch.equal(x, y) for x, y in zip(compiled(lp, scores, states), want))
 
 
+def test_traced_steps_keep_their_custom_ops(unchecked):
+    """Eager calls skip the torch.library dispatcher; tracing (make_fx here, a dispatch
+    mode) still records the registered ops."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    g = torch.Generator().manual_seed(8)
+    trie = random_trie(g, 300, 3, 12, True)
+    lp = torch.randn(12, 12, generator=g).log_softmax(-1)
+    scores = torch.randn(3, 4, generator=g)
+    states = random_states(trie, 12, g)
+
+    def step(lp, scores, states):
+        out, _, _, next_states = sf.constrained_beam_step(lp, scores, states, trie, 4,
+                                                          backend="cpu")
+        return sf.constrained_pool_update(out, next_states, out, next_states, trie,
+                                          backend="cpu")
+
+    graph = make_fx(step)(lp, scores, states)
+    targets = {str(node.target) for node in graph.graph.nodes}
+    assert {"semid_fast.trie_beam_step.default",
+            "semid_fast.trie_pool_update.default"} <= targets
+    assert all(torch.equal(a, c) for a, c in zip(graph(lp, scores, states),
+                                                 step(lp, scores, states)))
+
+
 @pytest.mark.gpu
 def test_beam_step_is_cuda_graph_capturable():
     g = torch.Generator().manual_seed(6)
@@ -1164,13 +1197,16 @@ def test_renormalized_beam_step_equals_reference_exactly(backend, b, w_in, w_out
     states = random_states(trie, b * w_in, g)
     # The kernel given a shift: bit for bit the reference's.
     csr = (trie.child_offsets, trie.child_codes, trie.terminal)
-    shift = ops.ref.children_logsumexp(logits, states, trie.child_offsets, trie.child_codes,
-                                       trie.max_children)
-    want = ops.ref.beam_step(logits, scores, states, *csr, trie.max_children, w_out, shift)
-    got = ops._cpu_beam_step(logits, scores, states, shift, *csr, trie.max_children, w_out)
+    shift = ref.children_logsumexp(logits, states, trie.child_offsets, trie.child_codes,
+                                   trie.max_children)
+    want = ref.beam_step(logits, scores, states, *csr, trie.max_children, w_out, shift)
+    got = (torch.empty(b, w_out), *(torch.empty(b, w_out, dtype=torch.long) for _ in range(3)))
+    launcher(backend, "beam_step")(logits, scores, states, shift, *csr, trie.max_children, *got)
     assert all(torch.equal(a, c) for a, c in zip(got, want))
-    # The native shift: the torch one up to rounding.
-    native = ops._cpu_children_logsumexp(logits, states, trie.child_offsets, trie.child_codes)
+    # The backend's own shift: the torch one up to rounding.
+    native = torch.empty(b * w_in)
+    launcher(backend, "children_logsumexp")(logits, states, trie.child_offsets,
+                                            trie.child_codes, trie.max_children, native)
     torch.testing.assert_close(native, shift, atol=1e-6, rtol=1e-6)
     args = (logits, scores, states, trie, w_out)
     want = sf.constrained_beam_step(*args, renormalize=True, backend="reference")

@@ -16,6 +16,7 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
 import warnings
@@ -25,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import _backends, _checks, _native
-from ..reference import trie as ref
+from .. import _backends, _checks
 
 __all__ = ["SemanticIDTrie", "dedup_suffix", "constrained_beam_step", "constrained_pool_update",
            "constrained_beam_search"]
@@ -160,19 +160,12 @@ class SemanticIDTrie:
         if (1 + n * depth) * max(max(vocab_sizes), 1) >= 2**63:
             raise ValueError("too many IDs for this vocabulary: (1 + N * L) * max(vocab_sizes) "
                              "must be < 2**63 (the edge lookup keys are int64)")
-        name = _backends.resolve(backend, torch.device("cpu"), "SemanticIDTrie.from_codes",
-                                 supported=("reference", "cpu"))
-        if name == "cpu":
-            arrays, ranked = _native_build(codes, lengths, vocab_sizes)
-        else:
-            *arrays, item_state = ref.build(codes, lengths)
-            arrays = (*arrays, None)
-            order = torch.sort(item_state, stable=True).indices
-            ended = item_state[order]
-            ranked = (order, torch.cat([ended.new_zeros(1, dtype=torch.bool),
-                                        ended[1:] == ended[:-1]]))
+        name = _backends.choose(backend, torch.device("cpu"), "trie", "build",
+                                op="SemanticIDTrie.from_codes")
+        *arrays, order, same_as_previous = _backends.launcher(name, "trie", "build")(
+            codes, lengths, vocab_sizes)
         child_offsets, child_codes, terminal, level_starts, edge_keys = arrays
-        collisions = _collision_groups(*ranked)
+        collisions = _collision_groups(order, same_as_previous)
         if collisions:
             count = sum(len(g) for g in collisions)
             warnings.warn(f"SemanticIDTrie.from_codes: {count} items share a full ID with "
@@ -388,38 +381,6 @@ def _checked_layout(path, tensors, num_items, vocab_sizes):
     return tensors
 
 
-def _native_build(codes, lengths, vocab_sizes):
-    """CSR arrays, edge keys, and (order, duplicate flags) of the sorted items."""
-    c = _native.cpu()
-    n, depth = codes.shape
-    vocab = torch.tensor(vocab_sizes, dtype=torch.long)
-    order = torch.empty(n, dtype=torch.long)
-    sorted_codes = torch.empty((n, depth), dtype=torch.long)
-    sorted_lengths = torch.empty(n, dtype=torch.long)
-    lcp = torch.empty(n, dtype=torch.long)
-    counts = torch.empty(depth, dtype=torch.long)
-    status = c.trie_sort(codes.data_ptr(), lengths.data_ptr(), n, depth, vocab.data_ptr(),
-                         order.data_ptr(), sorted_codes.data_ptr(), sorted_lengths.data_ptr(),
-                         lcp.data_ptr(), counts.data_ptr(), _native.n_threads())
-    _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
-    level_starts = torch.zeros(depth + 2, dtype=torch.long)
-    level_starts[1] = 1
-    level_starts[2:] = 1 + counts.cumsum(0)
-    n_states = int(level_starts[-1])
-    child_offsets = torch.empty(n_states + 1, dtype=torch.long)
-    child_codes = torch.empty(n_states - 1, dtype=torch.int32)
-    edge_keys = torch.empty(n_states - 1, dtype=torch.long)
-    terminal = torch.empty(n_states, dtype=torch.long)
-    status = c.trie_fill(sorted_codes.data_ptr(), sorted_lengths.data_ptr(), n, depth,
-                         order.data_ptr(), lcp.data_ptr(), level_starts.data_ptr(),
-                         max(max(vocab_sizes), 1), child_offsets.data_ptr(),
-                         child_codes.data_ptr(), edge_keys.data_ptr(), terminal.data_ptr())
-    _native.check_cpu_status(status, "SemanticIDTrie.from_codes")
-    same_as_previous = lcp == sorted_lengths  # the whole ID equals the previous item's
-    arrays = (child_offsets, child_codes, terminal, level_starts, edge_keys)
-    return arrays, (order, same_as_previous)
-
-
 def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:
     """Groups of items with equal full IDs (each ascending, ordered by their smallest item),
     from the items in an order where equal IDs are adjacent in ascending item order and a
@@ -493,82 +454,38 @@ def dedup_suffix(codes, lengths=None, *, scheme: str = "same", order=None):
     return out, lengths + 1
 
 
-# ---- beam step ---------------------------------------------------------------------------
+# ---- beam step ----------------------------------------------------------------------------
 
-# Below this many candidate slots (rows x beams x max children) a step takes well under a
-# millisecond on one core: waking OpenMP threads would cost more than it saves.
-_PARALLEL_MIN_WORK = 1 << 18
-
-
-def _cpu_beam_step(log_probs, beam_scores, states, shift, child_offsets, child_codes, terminal,
-                   max_children, beam_width):
-    b, w_in = beam_scores.shape
-    threads = _native.n_threads() if b * w_in * max_children >= _PARALLEL_MIN_WORK else 1
-    lp = log_probs.float().contiguous()
-    sc = beam_scores.float().contiguous()
-    st = states.contiguous()
-    out = (torch.empty((b, beam_width), dtype=torch.float32),
-           *(torch.empty((b, beam_width), dtype=torch.long) for _ in range(3)))
-    sh = None if shift is None else shift.float().contiguous()
-    status = _native.cpu().trie_beam_step(
-        lp.data_ptr(), sc.data_ptr(), st.data_ptr(), 0 if sh is None else sh.data_ptr(), b,
-        w_in, lp.shape[1],
-        child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
-        terminal.shape[0], beam_width, *(t.data_ptr() for t in out), max(1, min(threads, b)))
-    _native.check_cpu_status(status, "constrained_beam_step")
-    return out
+def _direct(*tensors: torch.Tensor) -> bool:
+    """Whether a decode step may run its op's body as a Python call. The torch.library
+    dispatcher costs tens of microseconds per call, several times the kernel of a small step,
+    but tracing needs the registered op: torch.compile and export, a dispatch mode (fake
+    tensors, make_fx) and tensor subclasses go through it."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(type(t) is torch.Tensor for t in tensors))
 
 
-def _cuda_beam_step(log_probs, beam_scores, states, shift, child_offsets, child_codes,
-                    terminal, beam_width):
-    b, w_in = beam_scores.shape
-    lp = log_probs.float().contiguous()
-    sc = beam_scores.float().contiguous()
-    st = states.contiguous()
-    dev = lp.device
-    out = (torch.empty((b, beam_width), dtype=torch.float32, device=dev),
-           *(torch.empty((b, beam_width), dtype=torch.long, device=dev) for _ in range(3)))
-    sh = None if shift is None else shift.float().contiguous()
-    _native.call_cuda("constrained_beam_step", _native._C_cuda.trie_beam_step,
-                      lp.data_ptr(), sc.data_ptr(), st.data_ptr(),
-                      0 if sh is None else sh.data_ptr(), b, w_in, lp.shape[1],
-                      child_offsets.data_ptr(), child_codes.data_ptr(), terminal.data_ptr(),
-                      terminal.shape[0], beam_width, *(t.data_ptr() for t in out), device=dev)
-    return out
-
-
-def _cpu_children_logsumexp(log_probs, states, child_offsets, child_codes):
-    r = states.shape[0]
-    threads = _native.n_threads() if r * log_probs.shape[1] >= _PARALLEL_MIN_WORK else 1
-    lp = log_probs.float().contiguous()
-    st = states.contiguous()
-    out = torch.empty(r, dtype=torch.float32)
-    status = _native.cpu().trie_children_logsumexp(
-        lp.data_ptr(), st.data_ptr(), r, lp.shape[1], child_offsets.data_ptr(),
-        child_codes.data_ptr(), child_offsets.shape[0] - 1, out.data_ptr(), max(1, threads))
-    _native.check_cpu_status(status, "constrained_beam_step")
-    return out
-
-
-@torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())
-def _beam_step_op(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
-                  child_offsets: torch.Tensor, child_codes: torch.Tensor,
-                  terminal: torch.Tensor, max_children: int, beam_width: int, renormalize: bool,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch.Tensor,
+               child_offsets: torch.Tensor, child_codes: torch.Tensor, terminal: torch.Tensor,
+               max_children: int, beam_width: int, renormalize: bool,
+               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, device = beam_scores.shape[0], beam_scores.device
+    out = (torch.empty((b, beam_width), dtype=torch.float32, device=device),
+           *(torch.empty((b, beam_width), dtype=torch.long, device=device) for _ in range(3)))
     # The renormalising shift (per beam, the log-sum-exp over its valid children) is an
-    # input of every kernel: native on the CPU, torch ops elsewhere.
-    trie_args = (child_offsets, child_codes, terminal)
-    if backend == "cpu":
-        shift = (_cpu_children_logsumexp(log_probs, states, child_offsets, child_codes)
-                 if renormalize else None)
-        return _cpu_beam_step(log_probs, beam_scores, states, shift, *trie_args, max_children,
-                              beam_width)
-    shift = (ref.children_logsumexp(log_probs, states, child_offsets, child_codes, max_children)
-             if renormalize else None)
-    if backend == "cuda":
-        return _cuda_beam_step(log_probs, beam_scores, states, shift, *trie_args, beam_width)
-    return ref.beam_step(log_probs, beam_scores, states, *trie_args, max_children, beam_width,
-                         shift)
+    # input of every backend's step.
+    shift = None
+    if renormalize:
+        shift = torch.empty(states.shape[0], dtype=torch.float32, device=device)
+        _backends.launcher(backend, "trie", "children_logsumexp")(
+            log_probs, states, child_offsets, child_codes, max_children, shift)
+    _backends.launcher(backend, "trie", "beam_step")(
+        log_probs, beam_scores, states, shift, child_offsets, child_codes, terminal,
+        max_children, *out)
+    return out
+
+
+_beam_step_op = torch.library.custom_op("semid_fast::trie_beam_step", mutates_args=())(_beam_step)
 
 
 @_beam_step_op.register_fake
@@ -579,48 +496,19 @@ def _(log_probs, beam_scores, states, child_offsets, child_codes, terminal, max_
             *(beam_scores.new_empty((b, beam_width), dtype=torch.long) for _ in range(3)))
 
 
-def _cpu_pool_update(pool_scores, pool_states, scores, states, terminal):
-    b, p = pool_scores.shape
-    w = scores.shape[1]
-    threads = _native.n_threads() if b * (p + w) >= _PARALLEL_MIN_WORK else 1
-    ps, pst = pool_scores.float().contiguous(), pool_states.contiguous()
-    sc, st = scores.float().contiguous(), states.contiguous()
-    out = (torch.empty((b, p), dtype=torch.float32), torch.empty((b, p), dtype=torch.long),
-           torch.empty((b, w), dtype=torch.long))
-    status = _native.cpu().trie_pool_update(
-        ps.data_ptr(), pst.data_ptr(), sc.data_ptr(), st.data_ptr(), b, p, w,
-        terminal.data_ptr(), terminal.shape[0], *(t.data_ptr() for t in out),
-        max(1, min(threads, b)))
-    _native.check_cpu_status(status, "constrained_pool_update")
+def _pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor, scores: torch.Tensor,
+                 states: torch.Tensor, terminal: torch.Tensor,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = (torch.empty(pool_scores.shape, dtype=torch.float32, device=pool_scores.device),
+           torch.empty_like(pool_states, memory_format=torch.contiguous_format),
+           torch.empty_like(states, memory_format=torch.contiguous_format))
+    _backends.launcher(backend, "trie", "pool_update")(pool_scores, pool_states, scores,
+                                                       states, terminal, *out)
     return out
 
 
-def _cuda_pool_update(pool_scores, pool_states, scores, states, terminal):
-    b, p = pool_scores.shape
-    w = scores.shape[1]
-    ps, pst = pool_scores.float().contiguous(), pool_states.contiguous()
-    sc, st = scores.float().contiguous(), states.contiguous()
-    dev = ps.device
-    out = (torch.empty((b, p), dtype=torch.float32, device=dev),
-           torch.empty((b, p), dtype=torch.long, device=dev),
-           torch.empty((b, w), dtype=torch.long, device=dev))
-    _native.call_cuda("constrained_pool_update", _native._C_cuda.trie_pool_update,
-                      ps.data_ptr(), pst.data_ptr(), sc.data_ptr(), st.data_ptr(), b, p, w,
-                      terminal.data_ptr(), terminal.shape[0], *(t.data_ptr() for t in out),
-                      device=dev)
-    return out
-
-
-@torch.library.custom_op("semid_fast::trie_pool_update", mutates_args=())
-def _pool_update_op(pool_scores: torch.Tensor, pool_states: torch.Tensor,
-                    scores: torch.Tensor, states: torch.Tensor, terminal: torch.Tensor,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (pool_scores, pool_states, scores, states, terminal)
-    if backend == "cpu":
-        return _cpu_pool_update(*args)
-    if backend == "cuda":
-        return _cuda_pool_update(*args)
-    return ref.pool_update(*args)
+_pool_update_op = torch.library.custom_op("semid_fast::trie_pool_update",
+                                          mutates_args=())(_pool_update)
 
 
 @_pool_update_op.register_fake
@@ -629,16 +517,17 @@ def _(pool_scores, pool_states, scores, states, terminal, backend):
             pool_states.new_empty(pool_states.shape), states.new_empty(states.shape))
 
 
-# Limits of the CUDA kernel (csrc/include/semid_fast/cuda_trie.h); beyond them "auto" on
-# a GPU falls back to the reference.
-_CUDA_MAX_BEAMS = 1024
-_CUDA_MAX_BEAMS_IN = 8192
+# The choice depends only on these arguments, which torch.compile guards on: it calls the
+# function while tracing and keeps the name (the backend table imports modules, which
+# Dynamo does not trace).
+@torch.compiler.assume_constant_result
+def _choose(backend: str, device: torch.device, name: str, op: str, **args) -> str:
+    return _chosen(backend, device, name, op, tuple(args.items()))
 
 
-def _resolve(backend: str, device: torch.device, op: str, w_in: int, w_out: int) -> str:
-    cuda_fits = w_out <= _CUDA_MAX_BEAMS and w_in <= _CUDA_MAX_BEAMS_IN
-    supported = ("reference", "cpu", "cuda") if cuda_fits else ("reference", "cpu")
-    return _backends.resolve(backend, device, op, gpu_order=("cuda",), supported=supported)
+@functools.lru_cache(maxsize=256)  # a decode step is called thousands of times
+def _chosen(backend, device, name, op, args) -> str:
+    return _backends.choose(backend, device, "trie", name, op=op, args=dict(args))
 
 
 def _check_step(log_probs, beam_scores, states, trie, beam_width):
@@ -729,9 +618,11 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
     device, states = _check_step(log_probs, beam_scores, states, trie, beam_width)
     if not isinstance(renormalize, bool):
         raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
-    name = _resolve(backend, device, "constrained_beam_step", beam_scores.shape[1], beam_width)
-    return _beam_step_op(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
-                         trie.terminal, trie.max_children, beam_width, renormalize, name)
+    name = _choose(backend, device, "beam_step", "constrained_beam_step",
+                   w_in=beam_scores.shape[1], w_out=beam_width)
+    step = _beam_step if _direct(log_probs, beam_scores, states) else _beam_step_op
+    return step(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
+                trie.terminal, trie.max_children, beam_width, renormalize, name)
 
 
 def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor,
@@ -778,11 +669,11 @@ def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor
     device = _checks.same_device("constrained_pool_update", pool_scores=pool_scores,
                                  pool_states=pool_states, scores=scores, states=states,
                                  trie=trie.terminal)
-    # The CUDA kernel sorts P + W keys per row in shared memory: both at most its beam limit.
-    name = _resolve(backend, device, "constrained_pool_update", 0, max(p, scores.shape[1]))
-    if scores.shape[1] == 0 and name == "cuda":
-        name = "reference"  # nothing to merge; the kernel wants W >= 1
-    return _pool_update_op(pool_scores, pool_states, scores, states, trie.terminal, name)
+    name = _choose(backend, device, "pool_update", "constrained_pool_update", p=p,
+                   w=scores.shape[1])
+    update = _pool_update if _direct(pool_scores, pool_states, scores, states) else \
+        _pool_update_op
+    return update(pool_scores, pool_states, scores, states, trie.terminal, name)
 
 
 def _takes_states(step_fn) -> bool:
@@ -883,7 +774,9 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
     pool = finished == "pool"
     device = trie.device
-    name = _resolve(backend, device, "constrained_beam_search", w, w)
+    name = _choose(backend, device, "beam_step", "constrained_beam_search", w_in=w, w_out=w)
+    if pool:
+        pool_name = _choose(backend, device, "pool_update", "constrained_beam_search", p=w, w=w)
     with_states = _takes_states(step_fn)
     states = torch.full((b, w), -1, dtype=torch.long, device=device)
     states[:, 0] = 0
@@ -912,12 +805,13 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         # Shapes, dtypes and devices every step (a tensor on another device would hand the
         # kernel a foreign pointer); value scans (host syncs) only with config.check_values.
         _check_step(log_probs, step_scores, step_states, trie, w)
-        scores, parent, token, states = _beam_step_op(
+        direct = _direct(log_probs)
+        scores, parent, token, states = (_beam_step if direct else _beam_step_op)(
             log_probs, step_scores, step_states, trie.child_offsets, trie.child_codes,
             trie.terminal, trie.max_children, w, renormalize, name)
         if pool:
-            pool_scores, pool_states, states = _pool_update_op(
-                pool_scores, pool_states, scores, states, trie.terminal, name)
+            pool_scores, pool_states, states = (_pool_update if direct else _pool_update_op)(
+                pool_scores, pool_states, scores, states, trie.terminal, pool_name)
         else:
             history = history.gather(
                 1, parent.clamp(min=0)[..., None].expand(-1, -1, trie.depth))
