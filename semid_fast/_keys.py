@@ -22,15 +22,17 @@ def dedupe_rows(candidates: torch.Tensor) -> torch.Tensor:
     return torch.where(repeat, -1, ids).contiguous()
 
 
-def decode_keys(keys: torch.Tensor, k: int):
-    """(B, k') keys sorted best first -> (scores (B, k) float32, ids (B, k) int64), padded
-    with (-inf, -1) where there is no item."""
+def decode_keys(keys: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor) -> None:
+    """(B, k') keys sorted best first (k' <= k) -> scores (B, k) float32 and ids (B, k) int64,
+    written in place and padded with (-inf, -1) where there is no item."""
+    k = scores.shape[1]
     if keys.shape[1] < k:
         pad = keys.new_full((keys.shape[0], k - keys.shape[1]), SENTINEL)
         keys = torch.cat([keys, pad], dim=1)
     missing = keys == SENTINEL
     high = keys >> 32
-    bits = torch.where(high >= 0, high, high ^ 0x7FFFFFFF).to(torch.int32)
-    scores = torch.where(missing, -torch.inf, bits.view(torch.float32))
-    ids = torch.where(missing, -1, 0xFFFFFFFF - (keys & 0xFFFFFFFF))
-    return scores, ids
+    # ord32 is its own inverse; the float's bits go straight into the output.
+    scores.view(torch.int32).copy_(torch.where(high >= 0, high, high ^ 0x7FFFFFFF))
+    scores.masked_fill_(missing, -torch.inf)
+    # The low word is 2**32 - 1 - item, its complement within 32 bits.
+    torch.bitwise_not(keys, out=ids).bitwise_and_(0xFFFFFFFF).masked_fill_(missing, -1)

@@ -365,12 +365,58 @@ def test_graph_decode_is_reproducible_from_a_seed_and_finds_the_best_with_a_full
     assert torch.equal(a[1], exhaustive[1]) and torch.equal(a[0], exhaustive[0])
 
 
-def test_opcheck_holistic_topk():
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+def test_opcheck_holistic_topk(backend):
     scores, codes = make(3, 4, 16, 40, torch.uint8, seed=1)
     cand = torch.randint(-1, 40, (3, 9))
-    for args in ((scores, codes, 5, False, None, None, "cpu"),
-                 (scores, codes, 5, True, cand, torch.rand(40) < 0.2, "cpu")):
+    for args in ((scores, codes, 5, False, None, None, backend),
+                 (scores, codes, 5, True, cand, torch.rand(40) < 0.2, backend)):
         torch.library.opcheck(ops._holistic_topk_op, args)
+
+
+def test_every_launcher_of_the_family_is_a_backend_tested_here():
+    from semid_fast import _backends
+
+    launchers = _backends.table()["longid"]
+    assert set(launchers) == {"holistic_topk"}
+    assert set(launchers["holistic_topk"]) <= {"reference", "cpu", "cuda", "triton"}
+
+
+def test_compiled_holistic_topk_and_graph_decode_run_the_custom_op():
+    # fullgraph: eager calls the op's body directly (raw pointers), which dynamo could not
+    # trace, so a compiled call must go through the custom op.
+    scores, codes = make(3, 4, 16, 60, torch.int64, seed=12)
+    graph = sf.ItemGraph.build(codes, n_edges=6)
+    init = torch.stack([torch.randperm(60, generator=torch.Generator().manual_seed(r))[:5]
+                        for r in range(3)])
+
+    def run(s):
+        top = sf.holistic_topk(s, codes, 7, reduce="mean", backend="cpu")
+        walk = sf.graph_decode(s, codes, graph, beam_width=5, steps=2, k=3, init=init,
+                               backend="cpu")
+        return (*top, *walk)
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    for got, want in zip(compiled(scores), run(scores)):
+        assert torch.equal(got, want)
+
+
+def test_token_scores_that_require_grad_go_through_the_op_as_before():
+    scores, codes = make(2, 4, 16, 30, torch.int64, seed=13)
+    got, _ = sf.holistic_topk(scores.requires_grad_(), codes, 4, backend="cpu")
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        got.sum().backward()
+
+
+def test_cuda_launcher_states_its_k_limit_from_the_extension(monkeypatch):
+    from types import SimpleNamespace
+
+    from semid_fast import _native
+    from semid_fast.backends.cuda import longid as cuda_longid
+
+    monkeypatch.setattr(_native, "_C_cuda", SimpleNamespace(HOLISTIC_MAX_K=4096))
+    assert cuda_longid.holistic_topk_refuses(4096) is None
+    assert "k <= 4096" in cuda_longid.holistic_topk_refuses(4097)
 
 
 @pytest.mark.parametrize("call,error,match", [
@@ -395,6 +441,34 @@ def test_opcheck_holistic_topk():
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_graph_ids_are_checked_once_per_state_of_the_neighbors_tensor(monkeypatch):
+    from semid_fast import _checks
+
+    scores, codes = make(2, 4, 16, 30, torch.int64, seed=14)
+    graph = sf.ItemGraph(torch.randint(0, 30, (30, 3), generator=torch.Generator().manual_seed(1)))
+    scans = []
+    real = _checks.codes_in_range
+    monkeypatch.setattr(_checks, "codes_in_range",
+                        lambda t, k, name: (scans.append(name), real(t, k, name)))
+
+    def decode(g):
+        return sf.graph_decode(scores, codes, g, beam_width=4, steps=2, k=2, seed=1)
+
+    decode(graph)
+    decode(graph)
+    decode(graph.to("cpu"))
+    assert scans.count("graph.neighbors") == 1
+    graph.neighbors[3, 1] = 30  # an in-place write is seen
+    with pytest.raises(ValueError, match=r"graph.neighbors must lie in \[0, 30\)"):
+        decode(graph)
+    graph.neighbors = torch.zeros(30, 3, dtype=torch.long)  # so is a new tensor
+    decode(graph)
+    assert scans.count("graph.neighbors") == 3
+    built = sf.ItemGraph.build(codes, n_edges=3)  # valid by construction: never scanned
+    decode(built)
+    assert scans.count("graph.neighbors") == 3
 
 
 def test_native_scan_never_reads_out_of_bounds():

@@ -9,104 +9,36 @@ keep a running top-k, so no (B, N) score matrix exists for a whole catalog.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import _backends, _checks, _keys, _native
-from ..reference import longid as ref
+from .. import _backends, _checks, _keys
+from ..reference.longid import token_similarity
 
 __all__ = ["holistic_topk", "ItemGraph", "graph_decode"]
 
-_QUERY_LANES = 8  # the CPU kernel reads 8 queries' table entries with one vector load
+_FAMILY = "longid"
 
 
-def _padding(b: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.full((b, k), -torch.inf, device=device),
-            torch.full((b, k), -1, dtype=torch.long, device=device))
-
-
-def _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask):
-    b, m, kc = token_scores.shape
-    n = codes.shape[0]
-    table = token_scores.float()
-    interleaved = candidates is None and b >= 2
-    if interleaved:
-        # (B, M, K) -> (ceil(B/8), M, K, 8): the 8 queries of a group sit side by side.
-        groups = -(-b // _QUERY_LANES)
-        padded = table.new_zeros((groups * _QUERY_LANES, m, kc))
-        padded[:b] = table
-        table = padded.reshape(groups, _QUERY_LANES, m, kc).permute(0, 2, 3, 1)
-    table = table.contiguous()
-    codes = codes.contiguous()
-    scores = torch.empty((b, k), dtype=torch.float32)
-    ids = torch.empty((b, k), dtype=torch.long)
-    cand = None if candidates is None else candidates.long().contiguous()
-    mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
-    status = _native.cpu().holistic_topk_f32(
-        table.data_ptr(), int(interleaved), b, m, kc, codes.data_ptr(), codes.element_size(), n,
-        0 if cand is None else cand.data_ptr(), -1 if cand is None else cand.shape[1],
-        0 if mask is None else mask.data_ptr(), 0 if mask is None or mask.dim() == 1 else n,
-        float(m) if mean else 1.0, k, scores.data_ptr(), ids.data_ptr(), _native.n_threads())
-    _native.check_cpu_status(status, "holistic_topk")
+def _holistic(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
+              candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
+              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    b = token_scores.shape[0]
+    scores = token_scores.new_empty((b, k), dtype=torch.float32)
+    ids = token_scores.new_empty((b, k), dtype=torch.long)
+    _backends.launcher(backend, _FAMILY, "holistic_topk")(token_scores, codes, k, mean,
+                                                          candidates, item_mask, scores, ids)
     return scores, ids
-
-
-_CUDA_MAX_K = 4096  # the CUDA kernel sorts item blocks of at most 4096 keys
-
-
-def _resolve(backend: str, device: torch.device, op: str, k: int) -> str:
-    """The backend for a top-k of k items (the cuda kernel takes k <= _CUDA_MAX_K)."""
-    supported = _backends.BACKENDS if k <= _CUDA_MAX_K else ("reference", "cpu", "triton")
-    return _backends.resolve(backend, device, op, supported=supported)
-
-
-def _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask):
-    """Per-block top-k keys from the CUDA kernel, merged by torch.topk (exact on int64)."""
-    b, m, kc = token_scores.shape
-    n = codes.shape[0]
-    if candidates is not None and candidates.shape[1] == 0:  # a launch of zero blocks fails
-        return _padding(b, k, token_scores.device)
-    table = token_scores.float().contiguous()
-    codes = codes.contiguous()
-    mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
-    mask_args = (0 if mask is None else mask.data_ptr(),
-                 0 if mask is None or mask.dim() == 1 else n)
-    divisor = float(m) if mean else 1.0
-    common = (table.data_ptr(), b, m, kc, codes.data_ptr(), codes.element_size(), n)
-    if candidates is not None:
-        cand = _keys.dedupe_rows(candidates)
-        keys = torch.empty_like(cand)
-        _native.call_cuda("holistic_topk", _native._C_cuda.holistic_candidate_keys, *common,
-                          cand.data_ptr(), cand.shape[1], *mask_args, divisor, keys.data_ptr(),
-                          device=table.device)
-    else:
-        per_block = max(2048, 1 << (k - 1).bit_length())  # few blocks: a small merge
-        n_blocks = -(-n // per_block)
-        keys = torch.empty((b, n_blocks, k), dtype=torch.long, device=table.device)
-        _native.call_cuda("holistic_topk", _native._C_cuda.holistic_block_topk, *common,
-                          *mask_args, divisor, k, per_block, keys.data_ptr(),
-                          device=table.device)
-        keys = keys.reshape(b, -1)
-    return _keys.decode_keys(keys.topk(min(k, keys.shape[1]), dim=1).values, k)
 
 
 @torch.library.custom_op("semid_fast::holistic_topk", mutates_args=())
 def _holistic_topk_op(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                       candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend == "cpu":
-        return _cpu_holistic(token_scores, codes, k, mean, candidates, item_mask)
-    if backend == "cuda":
-        return _cuda_holistic(token_scores, codes, k, mean, candidates, item_mask)
-    if backend == "triton":
-        from ..backends.triton import longid as tl_longid  # triton is optional: imported when used
-
-        return tl_longid.holistic_topk(token_scores, codes, k, mean, candidates, item_mask)
-    scores, ids = ref.holistic_topk(token_scores, codes, k, "mean" if mean else "sum",
-                                    candidates, item_mask)
-    return scores.to(token_scores.device), ids.to(token_scores.device)
+    return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend)
 
 
 @_holistic_topk_op.register_fake
@@ -114,6 +46,21 @@ def _(token_scores, codes, k, mean, candidates, item_mask, backend):
     b = token_scores.shape[0]
     return (token_scores.new_empty((b, k), dtype=torch.float32),
             token_scores.new_empty((b, k), dtype=torch.long))
+
+
+def _topk(token_scores, codes, k, mean, candidates, item_mask, backend):
+    """The custom op under torch.compile (and where autograd would see it); else its body
+    itself: in eager the op's dispatch costs about as much as a candidates step of
+    graph_decode on the CPU (benchmarks/graph_decode_overhead.py)."""
+    if torch.compiler.is_compiling() or token_scores.requires_grad:
+        return _holistic_topk_op(token_scores, codes, k, mean, candidates, item_mask, backend)
+    return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend)
+
+
+# Dynamo cannot trace the choice (module imports): under torch.compile it runs once, at trace time.
+@torch.compiler.assume_constant_result
+def _choose(backend: str, device: torch.device, op: str, k: int) -> str:
+    return _backends.choose(backend, device, _FAMILY, "holistic_topk", op=op, args={"k": k})
 
 
 def _check_scores_codes(op, token_scores, codes):
@@ -177,8 +124,8 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
                              f"{tuple(item_mask.shape)}")
     if n >= _keys.MAX_ITEMS:
         raise ValueError(f"holistic_topk: at most 2**32 - 1 items, got N={n}")
-    name = _resolve(backend, device, "holistic_topk", k)
-    return _holistic_topk_op(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
+    name = _choose(backend, device, "holistic_topk", k)
+    return _topk(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
 
 
 class ItemGraph:
@@ -191,6 +138,22 @@ class ItemGraph:
     def __init__(self, neighbors: torch.Tensor):
         _checks.tensor(neighbors, "neighbors", 2, (torch.int64,), "(N, n_edges)")
         self.neighbors = neighbors
+        self._valid = None  # weak reference and version of neighbours found in [0, N)
+
+    def _checked(self) -> bool:
+        valid = self._valid
+        return (valid is not None and valid[0]() is self.neighbors
+                and valid[1] == self.neighbors._version)  # in-place writes bump the version
+
+    def _mark_checked(self) -> None:
+        self._valid = (weakref.ref(self.neighbors), self.neighbors._version)
+
+    def _check_ids(self) -> None:
+        """graph_decode's check that the ids lie in [0, N): a scan of the whole graph (on a GPU
+        also a host sync) that costs far more than a decode, so once per state of the tensor."""
+        if _checks.scanning() and not self._checked():
+            _checks.codes_in_range(self.neighbors, self.num_items, "graph.neighbors")
+            self._mark_checked()
 
     @property
     def num_items(self) -> int:
@@ -228,7 +191,7 @@ class ItemGraph:
                                  f"{token_embeddings.shape[0]}")
             _checks.finite(token_embeddings, "token_embeddings")
             k = token_embeddings.shape[1]
-            table = ref.token_similarity(token_embeddings.to(codes.device))
+            table = token_similarity(token_embeddings.to(codes.device))
         else:
             k = int(codes.max()) + 1 if codes.numel() else 1
             table = None
@@ -236,7 +199,7 @@ class ItemGraph:
         if n >= _keys.MAX_ITEMS:
             raise ValueError(f"ItemGraph.build: at most 2**32 - 1 items, got N={n}")
         # Checked once here; every block then calls the op directly (no per-block scans).
-        name = _resolve(backend, codes.device, "ItemGraph.build", n_edges)
+        name = _choose(backend, codes.device, "ItemGraph.build", n_edges)
         positions = torch.arange(m, device=codes.device)
         blocks = []
         for start in range(0, n, block_size):
@@ -247,12 +210,16 @@ class ItemGraph:
             else:
                 queries = table[positions[None, :], block]  # (Q, M, K)
                 reduce = "mean"
-            blocks.append(_holistic_topk_op(queries, codes, n_edges, reduce == "mean", None,
-                                            None, name)[1])
-        return cls(torch.cat(blocks))
+            blocks.append(_topk(queries, codes, n_edges, reduce == "mean", None, None, name)[1])
+        graph = cls(torch.cat(blocks))
+        graph._mark_checked()  # ids of real items by construction
+        return graph
 
     def to(self, device) -> "ItemGraph":
-        return ItemGraph(self.neighbors.to(device))
+        moved = ItemGraph(self.neighbors.to(device))
+        if self._checked():
+            moved._mark_checked()
+        return moved
 
     def save(self, path) -> None:
         torch.save({"neighbors": self.neighbors.cpu()}, Path(path))
@@ -343,13 +310,13 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         _checks.codes_in_range(init, n, "init")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    name = _resolve(backend, device, "graph_decode", beam_width)
+    name = _choose(backend, device, "graph_decode", beam_width)
     beam = init.long().to(device)
+    graph._check_ids()
     neighbors = graph.neighbors.to(device)
-    _checks.codes_in_range(neighbors, n, "graph.neighbors")
     scored = []
     scores = None
-    # Inputs were checked once above; each step calls the op directly (no per-step scans,
+    # Inputs were checked once above; each step runs the top-k directly (no per-step scans,
     # so no host sync inside the loop).
     for _ in range(steps):
         # A beam slot can be empty (-1) when init repeats items: it has no neighbours.
@@ -357,8 +324,8 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         candidates = torch.cat([beam, around.reshape(b, -1)], dim=1)
         if return_visited:
             scored.append(candidates)
-        scores, beam = _holistic_topk_op(token_scores, codes, beam_width, reduce == "mean",
-                                         candidates, None, name)
+        scores, beam = _topk(token_scores, codes, beam_width, reduce == "mean", candidates,
+                             None, name)
     out = (scores[:, :k], beam[:, :k])
     if not return_visited:
         return out

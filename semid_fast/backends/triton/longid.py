@@ -52,20 +52,9 @@ are untuned heuristics for Hopper.
 Limits: N <= 2**32 items (the id is the low 32 bits of the key; checked on the host);
 K * 16 < 2**31 (per-position table offsets are int32; item, query and group offsets are
 int64).
-
-VERIFICATION STATUS: these kernels were verified ONLY under the Triton interpreter
-(``TRITON_INTERPRET=1``, CPU tensors, float32/float16 token scores, every code dtype, sum and
-mean, both item-mask shapes, candidates with padding and repeats, -inf entries, ties, k > N)
-against ``semid_fast.reference.longid.holistic_topk`` with exact equality of scores and ids.
-They have never been compiled or run on a GPU (none was available), so GPU correctness,
-performance and the tile-size choices are unchecked there, and bfloat16 was not exercised
-(the interpreter has no bfloat16). Note: the mean is a true division; the reference run on
-CUDA tensors divides by a Python scalar, which PyTorch's CUDA kernel computes as a
-multiplication by the reciprocal, so compare against the reference on CPU.
 """
 
 from __future__ import annotations
-
 
 import torch
 import triton
@@ -296,7 +285,8 @@ def _scan_config(b: int, n: int):
 
 
 def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
-                  candidates: torch.Tensor | None, item_mask: torch.Tensor | None):
+                  candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
+                  scores: torch.Tensor, ids: torch.Tensor) -> None:
     """Top-k items by holistic score (see ``semid_fast.reference.longid.holistic_topk``).
 
     Args:
@@ -306,9 +296,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
         mean: divide the sum by M.
         candidates: None or (B, C) int64/int32 item ids (-1 = padding, repeats count once).
         item_mask: None or (N,) / (B, N) bool, True = exclude.
-
-    Returns:
-        (scores (B, k) float32, ids (B, k) int64), best first, ties toward the smaller id.
+        scores, ids: (B, k) float32 and int64 outputs: best first, ties toward the smaller id.
     """
     b, m, kc = token_scores.shape
     n = codes.shape[0]
@@ -316,16 +304,18 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
     if n > _MAX_ITEMS:
         raise ValueError(f"holistic_topk (triton): at most 2**32 items, got N={n}")
     if b > _MAX_GRID_Y:  # one launch per slice of queries
-        parts = [holistic_topk(
-            token_scores[i:i + _MAX_GRID_Y], codes, k, mean,
-            None if candidates is None else candidates[i:i + _MAX_GRID_Y],
-            item_mask if item_mask is None or item_mask.dim() == 1
-            else item_mask[i:i + _MAX_GRID_Y]) for i in range(0, b, _MAX_GRID_Y)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        for i in range(0, b, _MAX_GRID_Y):
+            rows = slice(i, i + _MAX_GRID_Y)
+            holistic_topk(token_scores[rows], codes, k, mean,
+                          None if candidates is None else candidates[rows],
+                          item_mask if item_mask is None or item_mask.dim() == 1
+                          else item_mask[rows], scores[rows], ids[rows])
+        return
     no_items = n == 0 or (candidates is not None and candidates.shape[1] == 0)
     if b == 0 or no_items:
-        return (torch.full((b, k), -torch.inf, device=dev),
-                torch.full((b, k), -1, dtype=torch.long, device=dev))
+        scores.fill_(-torch.inf)
+        ids.fill_(-1)
+        return
     token_scores = token_scores.contiguous()
     code_rows, words, cpw, wide = _code_rows(codes)
     m_div = float(m) if mean else 1.0
@@ -333,15 +323,16 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
     with on_device(token_scores):
         if candidates is not None:
             c = candidates.shape[1]
-            ids = _keys.dedupe_rows(candidates)
+            cand_ids = _keys.dedupe_rows(candidates)
             keys = torch.empty((b, c), dtype=torch.long, device=dev)
             mask, mask_mode = _mask_arg(item_mask, keys)
             block_c = max(16, min(1024, triton.next_power_of_2(c)))
             _candidates_kernel[(triton.cdiv(c, block_c), b)](
-                token_scores, code_rows, ids, mask, keys, n, m, kc, words, c, m_div,
+                token_scores, code_rows, cand_ids, mask, keys, n, m, kc, words, c, m_div,
                 BLOCK_C=block_c, CPW=cpw, WIDE=wide, MASK_MODE=mask_mode, MEAN=mean,
                 num_warps=4)
-            return _keys.decode_keys(torch.topk(keys, min(k, c), dim=1).values, k)
+            _keys.decode_keys(torch.topk(keys, min(k, c), dim=1).values, scores, ids)
+            return
 
         block_b, block_n, warps = _scan_config(b, n)
         table = token_scores if block_b == 1 else _interleave(token_scores, block_b)
@@ -360,7 +351,8 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
                 cand.stride(0), k, m_div,
                 BLOCK_B=block_b, BLOCK_N=block_n, CPW=cpw, WIDE=wide, MASK_MODE=mask_mode,
                 MEAN=mean, SELECT=True, KEEP=triton.next_power_of_2(k), num_warps=warps)
-            return _keys.decode_keys(torch.topk(cand, k, dim=1).values, k)
+            _keys.decode_keys(torch.topk(cand, k, dim=1).values, scores, ids)
+            return
 
         # Large k: every key of a chunk, merged into the running top-k by torch.topk.
         keep = min(k, n)
@@ -379,4 +371,4 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
             top = torch.topk(buf[:, :keep + n1 - n0], keep, dim=1, sorted=last).values
             if not last:
                 buf[:, :keep].copy_(top)
-        return _keys.decode_keys(top, k)
+        _keys.decode_keys(top, scores, ids)
