@@ -15,8 +15,9 @@ import torch
 import semid_fast as sf
 from semid_fast import _native
 from semid_fast.reference import kmeans as ref
+from tests.conftest import cpu_backends, skip_unavailable
 
-CPU_BACKENDS = [b for b in sf.available_backends("cpu") if b != "reference"]
+CPU_BACKENDS = cpu_backends()
 
 # (N, D, K): ragged sizes around the cpu kernel's 6-row tiles / 48-row blocks and 16-codeword
 # panels, K = N, K = 1, D = 1.
@@ -32,7 +33,7 @@ SHAPES = [
 
 def pairs(shapes):
     out = []
-    for backend in CPU_BACKENDS:
+    for backend in cpu_backends(reference=True):
         for shape in shapes:
             if backend == "triton" and shape[0] * shape[2] > 20_000:
                 continue  # the interpreter runs about 12 ms per program instance
@@ -42,11 +43,6 @@ def pairs(shapes):
             out.append(pytest.param("cuda", backend, shape, id=f"cuda-{backend}-{shape}",
                                     marks=pytest.mark.gpu))
     return out
-
-
-def skip_unavailable(device, backend):
-    if backend not in sf.available_backends(device):
-        pytest.skip(f"backend {backend} is not available on {device} in this build")
 
 
 def blobs(n, d, seed, centers=8):

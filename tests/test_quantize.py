@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import semid_fast as sf
+from semid_fast import _backends
 from semid_fast.ops import quantize as ops
 from semid_fast.reference import quantize as ref
+from tests.conftest import backend_pairs, cpu_backends, rq_inputs, skip_unavailable
 
-CPU_BACKENDS = [b for b in sf.available_backends("cpu") if b != "reference"]
+CPU_BACKENDS = cpu_backends()
 
 # (N, D, K, L): N off every block size, D in {7, 32, 64, 384}, K in {2, 256, 1024}, L in {1, 3, 4}.
 SHAPES = [
@@ -25,28 +27,6 @@ SHAPES = [
     (49, 32, 16, 2),   # plus one
     (65, 64, 100, 1),  # triton row block of 64, plus one; K off the codeword tile
 ]
-
-
-def pairs():
-    """(device, backend) for every non-reference backend usable here or on a GPU."""
-    out = [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS]
-    for b in ("cuda", "triton"):
-        out.append(pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.gpu))
-    return out
-
-
-def skip_unavailable(device, backend):
-    if backend not in sf.available_backends(device):
-        pytest.skip(f"backend {backend} is not available on {device} in this build")
-
-
-def make_inputs(n, d, k, levels, device, seed, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    # Codebooks on the scale of the residuals of each level, as trained RQ codebooks are.
-    scale = torch.tensor([0.7 ** level for level in range(levels)])[:, None, None]
-    codebooks = torch.randn(levels, k, d, generator=g) * scale
-    return x.to(device=device, dtype=dtype), codebooks.to(device)
 
 
 def level_distances(x, codebooks, codes):
@@ -72,11 +52,11 @@ def assert_greedy_optimal(x, codebooks, codes):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("n,d,k,levels", SHAPES)
 def test_rq_encode_picks_the_nearest_codeword_each_level(device, backend, n, d, k, levels):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(n, d, k, levels, device, seed=n * 1000 + d)
+    x, codebooks = rq_inputs(n, d, k, levels, device, seed=n * 1000 + d)
     codes = sf.rq_encode(x, codebooks, backend=backend)
     assert codes.shape == (n, levels) and codes.dtype == torch.int64
     assert_greedy_optimal(x, codebooks, codes)
@@ -87,21 +67,22 @@ def test_rq_encode_picks_the_nearest_codeword_each_level(device, backend, n, d, 
 
 @pytest.mark.parametrize("device,backend,dtype", [
     pytest.param(*p.values, dtype, marks=p.marks, id=f"{p.id}-{str(dtype)[6:]}")
-    for p in pairs() for dtype in (torch.float16, torch.bfloat16)
+    for p in backend_pairs(reference=True) for dtype in (torch.float16, torch.bfloat16)
     if not (p.id == "cpu-triton" and dtype == torch.bfloat16)])  # the interpreter lacks bf16
 def test_rq_encode_half_inputs_get_the_float32_choice(device, backend, dtype):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(53, 64, 256, 3, device, seed=7, dtype=dtype)
+    x, codebooks = rq_inputs(53, 64, 256, 3, device, seed=7, dtype=dtype)
     codes = sf.rq_encode(x, codebooks, backend=backend)
     assert_greedy_optimal(x.float(), codebooks, codes)
 
 
-@pytest.mark.parametrize("device,backend", [p for p in pairs() if "cuda-cuda" not in p.id])
+@pytest.mark.parametrize("device,backend",
+                         [p for p in backend_pairs(reference=True) if p.id != "cuda-cuda"])
 @pytest.mark.parametrize("beam_width", [2, 5])
 @pytest.mark.parametrize("n,d,k,levels", [(29, 16, 64, 3), (7, 7, 2, 4), (33, 32, 256, 2)])
 def test_rq_encode_beam_matches_reference(device, backend, beam_width, n, d, k, levels):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(n, d, k, levels, device, seed=beam_width + n)
+    x, codebooks = rq_inputs(n, d, k, levels, device, seed=beam_width + n)
     codes = sf.rq_encode(x, codebooks, beam_width=beam_width, backend=backend)
     expected = ref.rq_encode(x, codebooks, beam_width=beam_width)
     ours = (x - ref.rq_decode(codes, codebooks)).pow(2).sum(1)
@@ -112,7 +93,7 @@ def test_rq_encode_beam_matches_reference(device, backend, beam_width, n, d, k, 
 
 def test_beam_wider_than_every_encoding_equals_the_exhaustive_beam():
     """B > K^L keeps every encoding, as B = K^L does (cpu and reference)."""
-    x, codebooks = make_inputs(40, 6, 3, 3, "cpu", seed=5)
+    x, codebooks = rq_inputs(40, 6, 3, 3, "cpu", seed=5)
     for backend in ("cpu", "reference"):
         exhaustive = sf.rq_encode(x, codebooks, beam_width=27, backend=backend)
         assert torch.equal(sf.rq_encode(x, codebooks, beam_width=1000, backend=backend), exhaustive)
@@ -122,19 +103,25 @@ def test_beam_wider_than_every_encoding_equals_the_exhaustive_beam():
 
 
 def test_beam_search_beats_greedy_on_average():
-    x, codebooks = make_inputs(300, 16, 32, 4, "cpu", seed=3)
+    x, codebooks = rq_inputs(300, 16, 32, 4, "cpu", seed=3)
     err = {b: (x - sf.rq_decode(sf.rq_encode(x, codebooks, beam_width=b, backend="cpu"),
                                 codebooks)).pow(2).sum() for b in (1, 8)}
     assert err[8] < err[1]
 
 
 def test_beam_search_is_not_in_the_cuda_kernel():
-    x, codebooks = make_inputs(5, 4, 8, 2, "cpu", seed=1)
+    assert not _backends.implements("cuda", "quantize", "rq_encode_beam")
+
+
+@pytest.mark.gpu
+def test_beam_search_on_the_cuda_backend_raises():
+    skip_unavailable("cuda", "cuda")
+    x, codebooks = rq_inputs(5, 4, 8, 2, "cuda", seed=1)
     with pytest.raises(ValueError, match="does not implement"):
         sf.rq_encode(x, codebooks, beam_width=2, backend="cuda")
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 # Sub-vectors of 1, 2, 4 and 8 dims take the CPU lane kernel (K=37 and K=9: a codebook that
 # is not a whole number of the 4 or 2 codewords it scores side by side); 3, 16 and 96 the
 # panel kernel.
@@ -155,7 +142,7 @@ def test_pq_encode_picks_the_nearest_codeword_per_subspace(device, backend, n, d
     assert (codes == ref.pq_encode(x, codebooks)).float().mean() >= 0.99
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 def test_pq_encode_and_decode_with_opq_rotation(device, backend):
     skip_unavailable(device, backend)
     g = torch.Generator().manual_seed(11)
@@ -173,7 +160,7 @@ def test_pq_encode_and_decode_with_opq_rotation(device, backend):
     torch.testing.assert_close((x - out).norm(), rotated_error, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("rotate", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pq_center_is_subtracted_after_the_rotation_and_added_back(device, backend, rotate, dtype):
@@ -217,7 +204,7 @@ def test_pq_center_is_subtracted_after_the_rotation_and_added_back(device, backe
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("code_dtype", [torch.uint8, torch.int16, torch.int32])
 def test_narrow_code_dtypes(backend, code_dtype):
-    x, codebooks = make_inputs(20, 8, 256, 2, "cpu", seed=5)
+    x, codebooks = rq_inputs(20, 8, 256, 2, "cpu", seed=5)
     wide = sf.rq_encode(x, codebooks, backend=backend)
     narrow = sf.rq_encode(x, codebooks, code_dtype=code_dtype, backend=backend)
     assert narrow.dtype == code_dtype and torch.equal(narrow.long(), wide)
@@ -230,7 +217,7 @@ def test_narrow_code_dtypes(backend, code_dtype):
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_empty_batch_returns_empty(backend):
-    x, codebooks = make_inputs(0, 8, 4, 2, "cpu", seed=1)
+    x, codebooks = rq_inputs(0, 8, 4, 2, "cpu", seed=1)
     assert sf.rq_encode(x, codebooks, backend=backend).shape == (0, 2)
     assert sf.pq_encode(x, codebooks[0].reshape(2, 4, 4), backend=backend).shape == (0, 2)
     codes, quantized, loss = sf.rq_quantize(x, codebooks, backend=backend)
@@ -239,7 +226,7 @@ def test_empty_batch_returns_empty(backend):
 
 
 def test_encode_is_deterministic_and_thread_count_independent():
-    x, codebooks = make_inputs(500, 32, 256, 3, "cpu", seed=9)
+    x, codebooks = rq_inputs(500, 32, 256, 3, "cpu", seed=9)
     first = sf.rq_encode(x, codebooks, backend="cpu")
     threads = torch.get_num_threads()
     try:
@@ -265,7 +252,7 @@ def test_ties_go_to_the_smaller_code():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("n,d,k,levels", [(37, 32, 256, 3), (130, 7, 2, 4), (1, 384, 1024, 1)])
 def test_rq_decode_and_its_gradient(device, backend, n, d, k, levels):
     skip_unavailable(device, backend)
@@ -283,13 +270,13 @@ def test_rq_decode_and_its_gradient(device, backend, n, d, k, levels):
     torch.testing.assert_close(ours_cb.grad, ref_cb.grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("n,d,k,levels", [(37, 32, 256, 3), (130, 7, 2, 4), (20, 64, 64, 1)])
 def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n, d, k, levels,
                                                               reduction):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(n, d, k, levels, device, seed=levels * 31 + d)
+    x, codebooks = rq_inputs(n, d, k, levels, device, seed=levels * 31 + d)
     g = torch.Generator().manual_seed(2)
     upstream = torch.randn(n, d, generator=g).to(device)
     loss_weight = 1.7
@@ -309,11 +296,11 @@ def test_rq_quantize_forward_and_backward_equal_the_reference(device, backend, n
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 @pytest.mark.parametrize("use", ["loss", "quantized"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_rq_quantize_backward_of_one_output_equals_the_reference(backend, use, reduction):
-    x, codebooks = make_inputs(300, 24, 16, 3, "cpu", seed=9)
+    x, codebooks = rq_inputs(300, 24, 16, 3, "cpu", seed=9)
     grads = []
     for fn in (lambda *a: sf.rq_quantize(*a, beta=0.4, reduction=reduction, backend=backend),
                lambda *a: ref.rq_quantize(*a, beta=0.4, reduction=reduction)):
@@ -353,7 +340,7 @@ def lcrec_rq_step(x, codebooks, beta):
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 @pytest.mark.parametrize("n,d,k,levels", [(257, 32, 64, 3), (40, 7, 5, 4)])
 def test_rq_quantize_mean_matches_lcrec_rq_vae_step(backend, n, d, k, levels):
-    x, codebooks = make_inputs(n, d, k, levels, "cpu", seed=n + k)
+    x, codebooks = rq_inputs(n, d, k, levels, "cpu", seed=n + k)
     g = torch.Generator().manual_seed(5)
     upstream = torch.randn(n, d, generator=g)
 
@@ -373,7 +360,7 @@ def test_rq_quantize_mean_matches_lcrec_rq_vae_step(backend, n, d, k, levels):
 
 
 def test_rq_quantize_keeps_half_dtype():
-    x, codebooks = make_inputs(16, 8, 4, 2, "cpu", seed=4, dtype=torch.bfloat16)
+    x, codebooks = rq_inputs(16, 8, 4, 2, "cpu", seed=4, dtype=torch.bfloat16)
     codes, quantized, loss = sf.rq_quantize(x.requires_grad_(), codebooks, backend="cpu")
     assert quantized.dtype == torch.bfloat16 and loss.dtype == torch.float32
     quantized.float().sum().backward()
@@ -385,9 +372,9 @@ def test_rq_quantize_keeps_half_dtype():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_opcheck_every_registered_op(backend):
-    x, codebooks = make_inputs(13, 16, 32, 2, "cpu", seed=12)
+    x, codebooks = rq_inputs(13, 16, 32, 2, "cpu", seed=12)
     codes = ref.rq_encode(x, codebooks)
     torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, [], 50, backend))
     torch.library.opcheck(ops._rq_encode_op, (x, codebooks, 1, [0.0, 0.01], 20, backend))
@@ -402,10 +389,13 @@ def test_opcheck_every_registered_op(backend):
                           (x, codebooks.detach().requires_grad_(), 0.25, "sum", [0.003, 0.05], 10,
                            backend))
     upstream, weight = torch.randn_like(x), torch.tensor(1.5)
+    backward = ops._own_or_reference(backend, "rq_quantize_backward")
     torch.library.opcheck(ops._rq_quantize_backward_op,
-                          (x.detach(), codebooks.detach(), codes, upstream, weight, 0.25, "mean"))
+                          (x.detach(), codebooks.detach(), codes, upstream, weight, 0.25, "mean",
+                           backward))
     torch.library.opcheck(ops._rq_quantize_backward_op,
-                          (x.detach(), codebooks.detach(), codes, None, weight, 0.25, "sum"))
+                          (x.detach(), codebooks.detach(), codes, None, weight, 0.25, "sum",
+                           backward))
 
 
 def test_torch_compile_fullgraph_rqvae_step_matches_eager():

@@ -18,22 +18,11 @@ import semid_fast as sf
 from semid_fast.ops import quantize as ops
 from semid_fast.reference import gumbel as gref
 from semid_fast.reference import quantize as ref
+from tests.conftest import backend_pairs, cpu_backends, rq_inputs, skip_unavailable
 
-CPU_BACKENDS = [b for b in sf.available_backends("cpu") if b != "reference"]
+CPU_BACKENDS = cpu_backends()
 MIN_AGREEMENT = 0.999  # fraction of the rows that are no tie with all codes equal to the oracle's
 TIE_RTOL = 1e-6  # a tie: the Q entry picked is within this (relative) of the row's largest
-
-
-def pairs():
-    out = [pytest.param("cpu", b, id=f"cpu-{b}") for b in ["reference"] + CPU_BACKENDS]
-    for b in ("cuda", "triton"):
-        out.append(pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.gpu))
-    return out
-
-
-def skip_unavailable(device, backend):
-    if backend not in sf.available_backends(device):
-        pytest.skip(f"backend {backend} is not available on {device} in this build")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,13 +101,6 @@ def assert_matches_oracle(ours: torch.Tensor, x, codebooks, epsilons, iters,
     return agreement, int(tie.sum())
 
 
-def make_inputs(n, d, k, levels, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    scale = torch.tensor([0.7 ** level for level in range(levels)])[:, None, None]
-    return x, torch.randn(levels, k, d, generator=g) * scale
-
-
 # (N, D, K, L, sk_epsilon, sk_iters): N off the cpu row block (48) and tiny, K ragged and 256,
 # LC-Rec's / LETTER's configs (0.003 at the last level only; here with vq.py's default of 100
 # iterations), DIGER's (0.003 at every level, 50), LETTER's vq.py default 0.01, larger ones.
@@ -140,12 +122,12 @@ CASES = [
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("n,d,k,levels,eps,iters", CASES)
 def test_rq_encode_codes_equal_the_published_algorithm(device, backend, n, d, k, levels, eps,
                                                        iters):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(n, d, k, levels, seed=n + 7 * k)
+    x, codebooks = rq_inputs(n, d, k, levels, seed=n + 7 * k)
     codes = sf.rq_encode(x.to(device), codebooks.to(device), sk_epsilon=eps, sk_iters=iters,
                          backend=backend)
     assert codes.shape == (n, levels) and codes.dtype == torch.int64
@@ -156,7 +138,7 @@ def test_rq_encode_codes_equal_the_published_algorithm(device, backend, n, d, k,
         assert (codes.cpu() == reference).all(1).float().mean() >= MIN_AGREEMENT
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_sinkhorn_codes_of_every_backend_equal_the_published_algorithm(backend):
     """The Sinkhorn step alone, on the oracle's own float32 distances."""
     g = torch.Generator().manual_seed(3)
@@ -173,7 +155,7 @@ def test_sinkhorn_codes_of_every_backend_equal_the_published_algorithm(backend):
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_empty_and_one_row_batches(backend):
-    x, codebooks = make_inputs(1, 8, 5, 2, seed=1)
+    x, codebooks = rq_inputs(1, 8, 5, 2, seed=1)
     for rows in (x[:0], x):
         codes = sf.rq_encode(rows, codebooks, sk_epsilon=0.01, backend=backend)
         assert codes.shape == (rows.shape[0], 2) and ((codes >= 0) & (codes < 5)).all()
@@ -200,14 +182,14 @@ def test_sinkhorn_balances_a_skewed_batch():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("n,d,k,levels,eps",
                          [(200, 16, 64, 3, 0.003), (61, 32, 10, 2, [0.0, 0.01])])
 def test_rq_quantize_with_sinkhorn_equals_the_reference(device, backend, reduction, n, d, k,
                                                         levels, eps):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(n, d, k, levels, seed=d + k)
+    x, codebooks = rq_inputs(n, d, k, levels, seed=d + k)
     upstream = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
 
     def run(fn, dev):
@@ -238,14 +220,14 @@ def noise_patterns(n):
     return {"noisy": 1.0, "quiet": 0.0, "per-row": per_row}
 
 
-@pytest.mark.parametrize("device,backend", pairs())
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
 @pytest.mark.parametrize("noise", ["noisy", "quiet", "per-row"])
 @pytest.mark.parametrize("n,d,k,levels,eps",
                          [(150, 16, 32, 2, 0.003), (47, 8, 5, 3, [0.0, 0.01, 0.003])])
 def test_gumbel_quantize_with_sinkhorn_equals_the_reference(device, backend, noise, n, d, k,
                                                             levels, eps):
     skip_unavailable(device, backend)
-    x, codebooks = make_inputs(n, d, k, levels, seed=3 * n)
+    x, codebooks = rq_inputs(n, d, k, levels, seed=3 * n)
     scale = noise_patterns(n)[noise]
 
     def run(fn, dev):
@@ -270,7 +252,7 @@ def test_gumbel_quantize_quiet_rows_follow_digers_sinkhorn(backend):
     """DIGER's vq.py VectorQuantizer.forward (use_gumbel, sk_epsilon > 0): rows without noise
     take the Sinkhorn argmax on the centred distances, and the soft assignment is
     softmax(-centred / tau); noisy rows take the argmax of the perturbed centred logits."""
-    x, codebooks = make_inputs(300, 16, 64, 1, seed=5)
+    x, codebooks = rq_inputs(300, 16, 64, 1, seed=5)
     scale = noise_patterns(300)["per-row"]
     codes, _, soft = sf.gumbel_quantize(x, codebooks[0], tau=2.0, noise_scale=scale, seed=4,
                                         sk_epsilon=0.003, backend=backend)
@@ -336,6 +318,6 @@ def test_real_embeddings_codes_equal_the_published_algorithm(shared_data, backen
     (lambda x, cb: sf.gumbel_quantize(x, cb[0], sk_epsilon=True), TypeError, "sk_epsilon"),
 ])
 def test_bad_sinkhorn_arguments_raise_clear_errors(call, error, match):
-    x, codebooks = make_inputs(10, 4, 3, 2, seed=0)
+    x, codebooks = rq_inputs(10, 4, 3, 2, seed=0)
     with pytest.raises(error, match=match):
         call(x, codebooks)

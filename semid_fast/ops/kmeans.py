@@ -3,15 +3,17 @@
 One driver runs every backend: the random numbers (initial rows, k-means++ draws,
 empty-cluster splits) are drawn by :mod:`semid_fast.reference.kmeans` from a CPU generator
 seeded with ``seed``, so a seed gives the same centroids on every backend up to float rounding
-(and ties). The backends differ in the heavy steps:
+(and ties). The heavy steps are launchers of the quantize family
+(semid_fast/backends/<backend>/quantize.py); a backend without a launcher for a step runs the
+reference's, in torch ops on x's device:
 
-- k-means++ (pick by pick, each scoring every row against its candidates): ``cpu`` in C++,
-  one pass over x per pick; the others in torch on x's device;
-- assignment (nearest centroid in float32): the reference by a distance matrix; ``cpu`` by the
-  register-blocked AVX2 kernel of ``rq_encode`` with one level (never an (N, K) matrix);
-  ``cuda``/``triton`` by ``rq_encode`` on the device;
-- update (cluster sums in float64 and counts): the reference and the GPU backends by
-  ``index_add_``/``bincount`` on x's device; ``cpu`` by a C++ pass with per-thread sums.
+- ``kmeanspp`` (pick by pick, each scoring every row against its candidates): ``cpu`` in C++,
+  one pass over x per pick;
+- ``kmeans_assign`` (nearest centroid in float32): the reference by a distance matrix; ``cpu``
+  by the register-blocked AVX2 kernel of ``rq_encode`` with one level (never an (N, K)
+  matrix); ``cuda``/``triton`` by their one-level ``rq_encode`` kernel;
+- ``kmeans_update`` (cluster sums in float64 and counts): ``cpu`` by a C++ pass with
+  per-thread sums; the reference by ``index_add_``/``bincount``.
 
 Each iteration reads the cluster counts on the host (K integers, to find empty clusters):
 one device sync per iteration on GPU. k-means is an initialisation, not a per-step op.
@@ -21,84 +23,58 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backends, _checks, _native
+from .. import _checks
 from ..reference import kmeans as ref
 from ..reference.kmeans import KMeansResult
-from .quantize import MAX_K, rq_encode  # the GPU assignment step is rq_encode, one level
+from .quantize import MAX_K, _choose, _launcher, _own_or_reference
 
 __all__ = ["KMeansResult", "kmeans", "rq_init"]
 
 INITS = ("kmeans++", "random")
 
 
-def _assign_cpu(x: torch.Tensor, centroids: torch.Tensor):
-    n, d = x.shape
-    codes = torch.empty((n, 1), dtype=torch.long)
-    dist = torch.empty((n, 1), dtype=torch.float32)
-    status = _native.cpu().rq_encode_f32(x.data_ptr(), n, d, centroids.data_ptr(), 1,
-                                         centroids.shape[0], 1, 0, 0, codes.data_ptr(), 0,
-                                         dist.data_ptr(), _native.n_threads())
-    _native.check_cpu_status(status, "kmeans")
-    return codes[:, 0], dist[:, 0]
-
-
-def _update_cpu(x: torch.Tensor, codes: torch.Tensor, k: int):
-    sums = torch.empty((k, x.shape[1]), dtype=torch.float64)
-    counts = torch.empty(k, dtype=torch.long)
-    status = _native.cpu().kmeans_update_f32(x.data_ptr(), x.shape[0], x.shape[1],
-                                             codes.data_ptr(), k, sums.data_ptr(),
-                                             counts.data_ptr(), _native.n_threads())
-    _native.check_cpu_status(status, "kmeans")
-    return sums, counts
-
-
-def _init_cpu(x: torch.Tensor, k: int, init: str, generator: torch.Generator) -> torch.Tensor:
+def _init(backend: str, x: torch.Tensor, k: int, init: str,
+          generator: torch.Generator) -> torch.Tensor:
     if init == "random":
         return ref.init_centroids(x, k, init, generator)
     first, draws = ref.kmeanspp_draws(x.shape[0], k, generator)
-    picks = torch.empty(k, dtype=torch.long)
-    status = _native.cpu().kmeanspp_f32(x.data_ptr(), x.shape[0], x.shape[1], k, first,
-                                        draws.data_ptr(), draws.shape[1], picks.data_ptr(),
-                                        _native.n_threads())
-    _native.check_cpu_status(status, "kmeans")
+    picks = torch.empty(k, dtype=torch.long, device=x.device)
+    _launcher(_own_or_reference(backend, "kmeanspp"), "kmeanspp")(x, first, draws, picks)
     return x[picks]
 
 
-def _assign_device(backend: str):
-    def assign(x: torch.Tensor, centroids: torch.Tensor):
-        codes = rq_encode(x, centroids[None], backend=backend)[:, 0]
-        return codes, ((x - centroids[codes]) ** 2).sum(1)
+def _assign(backend: str, x: torch.Tensor, centroids: torch.Tensor):
+    codes = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    _launcher(backend, "kmeans_assign")(x, centroids, codes, dist)
+    return codes, dist
 
-    return assign
 
-
-def _steps(backend: str):
-    """(init, assign, update) of a backend."""
-    if backend == "reference":
-        return ref.init_centroids, ref.assign, ref.update
-    if backend == "cpu":
-        return _init_cpu, _assign_cpu, _update_cpu
-    return ref.init_centroids, _assign_device(backend), ref.update
+def _update(backend: str, x: torch.Tensor, codes: torch.Tensor, k: int):
+    sums = torch.empty((k, x.shape[1]), dtype=torch.float64, device=x.device)
+    counts = torch.empty(k, dtype=torch.long, device=x.device)
+    _launcher(_own_or_reference(backend, "kmeans_update"), "kmeans_update")(x, codes, sums,
+                                                                            counts)
+    return sums, counts
 
 
 def _fit(x: torch.Tensor, k: int, iters: int, seed: int, init: str, tol: float,
          backend: str) -> KMeansResult:
     """Lloyd's loop on float32 contiguous x (the order of reference.kmeans)."""
-    init_centroids, assign, update = _steps(backend)
     generator = torch.Generator().manual_seed(seed)
-    centroids = init_centroids(x, k, init, generator).contiguous()
+    centroids = _init(backend, x, k, init, generator).contiguous()
     limit = ref.tolerance(x, tol)
     n_iter = 0
     for _ in range(iters):
-        codes, _ = assign(x, centroids)
-        sums, counts = update(x, codes, k)
+        codes, _ = _assign(backend, x, centroids)
+        sums, counts = _update(backend, x, codes, k)
         previous = centroids
         centroids = ref.split_empty(ref.new_centroids(sums, counts, previous), counts.cpu(),
                                     generator).contiguous()
         n_iter += 1
         if tol > 0 and float(((centroids - previous) ** 2).sum()) <= limit:
             break
-    codes, dist = assign(x, centroids)
+    codes, dist = _assign(backend, x, centroids)
     return KMeansResult(centroids, codes, dist.double().sum(), n_iter)
 
 
@@ -121,7 +97,7 @@ def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a float >= 0, got {tol!r}")
     _checks.finite(x, "x")
-    name = _backends.resolve(backend, x.device, op)
+    name = _choose(backend, x.device, "kmeans_assign", op)
     return x.detach().float().contiguous(), name
 
 
@@ -169,8 +145,6 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0, init: str
       clusters take a random row there).
     """
     x32, name = _check("kmeans", x, k, iters, seed, init, tol, backend)
-    if name == "reference":
-        return ref.kmeans(x32, k, iters, seed, init, float(tol))
     return _fit(x32, k, iters, seed, init, float(tol), name)
 
 
@@ -208,8 +182,6 @@ def rq_init(x: torch.Tensor, levels: int, k: int, *, iters: int = 20, seed: int 
     x32, name = _check("rq_init", x, k, iters, seed, init, tol, backend)
     if seed + levels - 1 >= 2**63:
         raise ValueError(f"seed + levels - 1 must be < 2**63, got {seed + levels - 1}")
-    if name == "reference":
-        return ref.rq_init(x32, levels, k, iters, seed, init, float(tol))
     residual = x32
     books = torch.empty((levels, k, x32.shape[1]), dtype=torch.float32, device=x32.device)
     for level in range(levels):

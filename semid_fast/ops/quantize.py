@@ -1,9 +1,10 @@
 """Residual and product quantization: item embeddings to semantic IDs and back.
 
-Public functions check their arguments, pick a backend (DESIGN.md decision 4), and call one
-``torch.library`` custom op per function, so ``torch.compile(fullgraph=True)`` sees one op
-and ``torch.library.opcheck`` passes. Distances are always float32: a float16/bfloat16 ``x``
-gets the codes that its float32 value gets.
+Public functions check their arguments, allocate the outputs, pick a backend (DESIGN.md
+decision 4) and call one ``torch.library`` custom op per function, so
+``torch.compile(fullgraph=True)`` sees one op and ``torch.library.opcheck`` passes. The op runs
+the launcher of that backend (semid_fast/backends/<backend>/quantize.py). Distances are always
+float32: a float16/bfloat16 ``x`` gets the codes that its float32 value gets.
 """
 
 from __future__ import annotations
@@ -11,147 +12,67 @@ from __future__ import annotations
 import torch
 
 from .. import _backends, _checks, _native
-from ..reference import quantize as ref
 
 __all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode"]
 
+FAMILY = "quantize"
 MAX_K = 65536
 _MAX_BEAM_CANDIDATES = 1 << 26  # beam_width * K: the candidate scores of one row (256 MB)
 
-# ---------------------------------------------------------------------------------------------
-# Backend kernels. Each writes into outputs allocated here, on contiguous float32 codebooks.
-# ---------------------------------------------------------------------------------------------
+
+def _launcher(backend: str, name: str):
+    return _backends.launcher(backend, FAMILY, name)
 
 
-def _triton():
-    from ..backends.triton import quantize as tq  # imported lazily: triton is optional
+@torch.compiler.assume_constant_result
+def _choose(backend: str, device: torch.device, name: str, op: str) -> str:
+    """_backends.choose, a constant for torch.compile (dynamo does not trace its imports)."""
+    return _backends.choose(backend, device, FAMILY, name, op=op)
 
-    return tq
+
+@torch.compiler.assume_constant_result
+def _own_or_reference(backend: str, name: str) -> str:
+    """`backend` when it has launcher `name`, else the reference, whose torch ops run on any
+    device: the steps a backend has no kernel for (rq_quantize's backward on a GPU, the k-means
+    update) run there."""
+    return backend if _backends.implements(backend, FAMILY, name) else "reference"
+
+
+def _encode_launcher(beam_width: int, sk_epsilons) -> str:
+    """The launcher that _encode calls for these arguments."""
+    if beam_width > 1:
+        return "rq_encode_beam"
+    return "rq_encode_sinkhorn" if sk_epsilons else "rq_encode"
 
 
 def _encode(backend: str, x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
-            with_details: bool, sk_epsilons=(), sk_iters: int = 0):
-    """codes (N, L) int64 and, with_details, quantized (N, D) and errors (N, L) float32.
-
-    with_details (the rq_quantize step) is greedy and never the reference: rq_quantize runs
-    the reference through its own autograd graph. sk_epsilons: empty (no Sinkhorn level) or
-    one epsilon per level (greedy only).
-    """
-    if backend == "reference":
-        return ref.rq_encode(x, codebooks, beam_width, list(sk_epsilons) or 0.0,
-                             sk_iters), None, None
-    if sk_epsilons and backend != "cpu":
-        return _encode_sk_device(backend, x, codebooks, sk_epsilons, sk_iters, with_details)
+            sk_epsilons, sk_iters: int, with_details: bool):
+    """codes (N, L) int64 and, with_details (greedy only), quantized (N, D) and errors (N, L)
+    float32. sk_epsilons: empty (no Sinkhorn level) or one epsilon per level (greedy only)."""
     n, d = x.shape
     levels = codebooks.shape[0]
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
     quantized = _native.empty_output((n, d), device=x.device) if with_details else None
     errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
-    if backend == "cpu":
-        x32 = x.float().contiguous()
-        eps = torch.tensor(sk_epsilons, dtype=torch.float64) if sk_epsilons else None
-        status = _native.cpu().rq_encode_f32(
-            x32.data_ptr(), n, d, codebooks.data_ptr(), levels, codebooks.shape[1], beam_width,
-            _ptr(eps), sk_iters, codes.data_ptr(), _ptr(quantized), _ptr(errors),
-            _native.n_threads())
-        _native.check_cpu_status(status, "rq_encode")
-    elif backend == "cuda":
-        _native.call_cuda("rq_encode", _native._C_cuda.rq_encode, x.data_ptr(),
-                          _native.DTYPE_CODES[x.dtype], n, d, codebooks.data_ptr(), levels,
-                          codebooks.shape[1], codes.data_ptr(), _ptr(quantized), _ptr(errors),
-                          device=x.device)
-    elif beam_width > 1:
-        _triton().rq_encode_beam(x, codebooks, beam_width, codes)
+    if beam_width > 1:
+        _launcher(backend, "rq_encode_beam")(x, codebooks, beam_width, codes)
+    elif sk_epsilons:
+        _launcher(backend, "rq_encode_sinkhorn")(x, codebooks, list(sk_epsilons), sk_iters,
+                                                 codes, quantized, errors)
     else:
-        _triton().rq_encode(x, codebooks, codes, quantized, errors)
-    return codes, quantized, errors
-
-
-def _encode_sk_device(backend, x, codebooks, sk_epsilons, sk_iters, with_details):
-    """Greedy RQ with Sinkhorn levels on a GPU backend: level by level in torch ops on the
-    device (Sinkhorn levels) or the backend's one-level kernel (nearest-codeword levels)."""
-    n, levels = x.shape[0], codebooks.shape[0]
-    residual = x.float()
-    codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
-    quantized = torch.zeros_like(residual) if with_details else None
-    errors = x.new_empty((n, levels), dtype=torch.float32) if with_details else None
-    for level, epsilon in enumerate(sk_epsilons):
-        book = codebooks[level]
-        if epsilon > 0:
-            code = sinkhorn_codes(backend, ref.sk_distances(residual, book), epsilon, sk_iters)
-        else:
-            code = _encode(backend, residual.contiguous(), codebooks[level:level + 1], 1,
-                           False)[0][:, 0]
-        chosen = book[code]
-        residual = residual - chosen
-        codes[:, level] = code
-        if with_details:
-            quantized += chosen
-            errors[:, level] = (residual * residual).sum(1)
+        _launcher(backend, "rq_encode")(x, codebooks, codes, quantized, errors)
     return codes, quantized, errors
 
 
 def sinkhorn_codes(backend: str, dist: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
     """(N,) int64 codes of :func:`semid_fast.reference.quantize.sinkhorn_codes` from (N, K)
-    float32 distances (detached): the cpu kernel, or torch ops on dist's device.
-
-    Both keep Q as the kernel scaled by a row and a column vector (see csrc/cpu/quantize.cpp),
-    so an iteration is two matrix-vector products and writes nothing of size (N, K). Memory:
-    the cpu path holds the (N, K) float64 kernel (8 N K bytes); the GPU path about three
-    (N, K) float64 buffers (centred distances, kernel, final Q).
-    """
+    float32 distances (detached), by the launcher of `backend` (the backend the calling op
+    chose; every backend has one). Memory: the cpu kernel holds the (N, K) float64 kernel
+    (8 N K bytes); the GPU backends' torch ops about three (N, K) float64 buffers."""
     dist = dist.detach().float().contiguous()
-    n, k = dist.shape
-    if backend == "reference":
-        return ref.sinkhorn_codes(dist, epsilon, iters)
-    if backend == "cpu":
-        codes = torch.empty(n, dtype=torch.long)
-        status = _native.cpu().sinkhorn_codes_f32(dist.data_ptr(), n, k, float(epsilon),
-                                                  int(iters), codes.data_ptr(),
-                                                  _native.n_threads())
-        _native.check_cpu_status(status, "sinkhorn")
-        return codes
-    centred = ref.center_distances(dist).double()
-    kern = torch.exp((centred.amin(dim=1, keepdim=True) - centred) / epsilon)
-    if iters == 0:
-        return kern.argmax(dim=1)
-    b = kern.new_ones(k)
-    for _ in range(iters):
-        row = kern @ b
-        a = torch.where(row > 0, 1.0 / row, 0.0)
-        col = a @ kern
-        b = torch.where(col > 0, 1.0 / col, 0.0)
-        b = b / b.max().clamp_min(torch.finfo(torch.float64).tiny)
-    # The last column normalisation as published: a column one row dominates gives it exactly 1.
-    q = (a[:, None] * kern) / torch.where(col > 0, col, float("inf"))
-    return q.argmax(dim=1)
-
-
-def _decode(backend: str, codes: torch.Tensor, codebooks: torch.Tensor, product: bool):
-    """rq: sum over levels; pq: concatenation over sub-spaces. Float32 (N, D) out."""
-    n, groups = codes.shape
-    k, width = codebooks.shape[1], codebooks.shape[2]
-    out_dim = groups * width if product else width
-    if backend == "reference":
-        return ref.pq_decode(codes, codebooks) if product else ref.rq_decode(codes, codebooks)
-    out = _native.empty_output((n, out_dim), codebooks.dtype, codebooks.device)
-    if backend == "cpu":
-        fn = _native.cpu().pq_decode_f32 if product else _native.cpu().rq_decode_f32
-        status = fn(codes.data_ptr(), n, groups, codebooks.data_ptr(), k, width, out.data_ptr(),
-                    _native.n_threads())
-        _native.check_cpu_status(status, "pq_decode" if product else "rq_decode")
-    elif backend == "cuda":
-        fn = _native._C_cuda.pq_decode if product else _native._C_cuda.rq_decode
-        _native.call_cuda("pq_decode" if product else "rq_decode", fn, codes.data_ptr(), n,
-                          groups, codebooks.data_ptr(), k, width, out.data_ptr(),
-                          device=codes.device)
-    else:
-        (_triton().pq_decode if product else _triton().rq_decode)(codes, codebooks, out)
-    return out
-
-
-def _ptr(t):
-    return 0 if t is None else t.data_ptr()
+    codes = torch.empty(dist.shape[0], dtype=torch.long, device=dist.device)
+    _launcher(backend, "sinkhorn_codes")(dist, float(epsilon), int(iters), codes)
+    return codes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +83,7 @@ def _ptr(t):
 @torch.library.custom_op("semid_fast::rq_encode", mutates_args=())
 def _rq_encode_op(x: torch.Tensor, codebooks: torch.Tensor, beam_width: int,
                   sk_epsilons: list[float], sk_iters: int, backend: str) -> torch.Tensor:
-    return _encode(backend, x, codebooks, beam_width, False, sk_epsilons, sk_iters)[0]
+    return _encode(backend, x, codebooks, beam_width, sk_epsilons, sk_iters, False)[0]
 
 
 @_rq_encode_op.register_fake
@@ -172,22 +93,8 @@ def _(x, codebooks, beam_width, sk_epsilons, sk_iters, backend):
 
 @torch.library.custom_op("semid_fast::pq_encode", mutates_args=())
 def _pq_encode_op(x: torch.Tensor, codebooks: torch.Tensor, backend: str) -> torch.Tensor:
-    n, m = x.shape[0], codebooks.shape[0]
-    codes = torch.empty((n, m), dtype=torch.long, device=x.device)
-    if backend == "reference":
-        return ref.pq_encode(x, codebooks)
-    if backend == "cpu":
-        x32 = x.float().contiguous()
-        status = _native.cpu().pq_encode_f32(x32.data_ptr(), n, x.shape[1], codebooks.data_ptr(),
-                                             m, codebooks.shape[1], codes.data_ptr(),
-                                             _native.n_threads())
-        _native.check_cpu_status(status, "pq_encode")
-    elif backend == "cuda":
-        _native.call_cuda("pq_encode", _native._C_cuda.pq_encode, x.data_ptr(),
-                          _native.DTYPE_CODES[x.dtype], n, x.shape[1], codebooks.data_ptr(), m,
-                          codebooks.shape[1], codes.data_ptr(), device=x.device)
-    else:
-        _triton().pq_encode(x, codebooks, codes)
+    codes = torch.empty((x.shape[0], codebooks.shape[0]), dtype=torch.long, device=x.device)
+    _launcher(backend, "pq_encode")(x, codebooks, codes)
     return codes
 
 
@@ -199,7 +106,11 @@ def _(x, codebooks, backend):
 @torch.library.custom_op("semid_fast::codebook_decode", mutates_args=())
 def _decode_op(codes: torch.Tensor, codebooks: torch.Tensor, product: bool,
                backend: str) -> torch.Tensor:
-    return _decode(backend, codes, codebooks, product)
+    """rq: sum over levels; pq: concatenation over sub-spaces. Float32 (N, D) out."""
+    width = codebooks.shape[2] * (codes.shape[1] if product else 1)
+    out = _native.empty_output((codes.shape[0], width), codebooks.dtype, codebooks.device)
+    _launcher(backend, "pq_decode" if product else "rq_decode")(codes, codebooks, out)
+    return out
 
 
 @_decode_op.register_fake
@@ -234,11 +145,7 @@ _decode_op.register_autograd(_decode_backward, setup_context=_decode_setup)
 def _rq_quantize_op(x: torch.Tensor, codebooks: torch.Tensor, beta: float, reduction: str,
                     sk_epsilons: list[float], sk_iters: int,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "reference":
-        codes, quantized, loss = ref.rq_quantize(x, codebooks, beta, reduction,
-                                                 list(sk_epsilons) or 0.0, sk_iters)
-        return quantized.detach(), loss.detach(), codes
-    codes, quantized, errors = _encode(backend, x, codebooks, 1, True, sk_epsilons, sk_iters)
+    codes, quantized, errors = _encode(backend, x, codebooks, 1, sk_epsilons, sk_iters, True)
     loss = errors.sum() * ((1.0 + beta) * _loss_scale(x, codebooks, reduction))
     return quantized.to(x.dtype), loss, codes
 
@@ -258,25 +165,19 @@ def _(x, codebooks, beta, reduction, sk_epsilons, sk_iters, backend):
 @torch.library.custom_op("semid_fast::rq_quantize_backward", mutates_args=())
 def _rq_quantize_backward_op(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
                              grad_quantized: torch.Tensor | None, grad_loss: torch.Tensor,
-                             beta: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cpu kernel of rq_quantize's backward: float32 (grad_x, grad_codebooks)."""
-    scale = 2.0 * _loss_scale(x, codebooks, reduction)
-    weight = float(grad_loss)  # a CPU scalar: no device sync
-    x32, books = x.float().contiguous(), codebooks.float().contiguous()
-    codes = codes.long().contiguous()
-    upstream = None if grad_quantized is None else grad_quantized.float().contiguous()
+                             beta: float, reduction: str,
+                             backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """rq_quantize's backward from the saved codes: float32 (grad_x, grad_codebooks)."""
     grad_x = _native.empty_output(x.shape, device=x.device)
     grad_codebooks = torch.empty(codebooks.shape, dtype=torch.float32, device=x.device)
-    status = _native.cpu().rq_quantize_bwd_f32(
-        x32.data_ptr(), x.shape[0], x.shape[1], books.data_ptr(), codebooks.shape[0],
-        codebooks.shape[1], codes.data_ptr(), _ptr(upstream), -beta * scale * weight,
-        scale * weight, grad_x.data_ptr(), grad_codebooks.data_ptr(), _native.n_threads())
-    _native.check_cpu_status(status, "rq_quantize backward")
+    _launcher(backend, "rq_quantize_backward")(
+        x, codebooks.float().contiguous(), codes.long().contiguous(), grad_quantized, grad_loss,
+        beta, 2.0 * _loss_scale(x, codebooks, reduction), grad_x, grad_codebooks)
     return grad_x, grad_codebooks
 
 
 @_rq_quantize_backward_op.register_fake
-def _(x, codebooks, codes, grad_quantized, grad_loss, beta, reduction):
+def _(x, codebooks, codes, grad_quantized, grad_loss, beta, reduction, backend):
     return (x.new_empty(x.shape, dtype=torch.float32),
             codebooks.new_empty(codebooks.shape, dtype=torch.float32))
 
@@ -286,34 +187,18 @@ def _quantize_setup(ctx, inputs, output):
     codes = output[2]
     ctx.mark_non_differentiable(codes)
     ctx.save_for_backward(x, codebooks, codes)
-    ctx.beta, ctx.reduction, ctx.backend = beta, reduction, backend
+    ctx.beta, ctx.reduction = beta, reduction
+    ctx.backend = _own_or_reference(backend, "rq_quantize_backward")
 
 
 def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
-    """Gradients of the reference's loss, recomputing residuals from the saved codes."""
     x, codebooks, codes = ctx.saved_tensors
-    scale = 2.0 * _loss_scale(x, codebooks, ctx.reduction)
-    if ctx.backend == "cpu":  # one pass, no (N, D) temporaries
-        weight = torch.zeros(()) if grad_loss is None else grad_loss
-        grad_x, grad_codebooks = _rq_quantize_backward_op(x, codebooks, codes, grad_quantized,
-                                                          weight, ctx.beta, ctx.reduction)
-        return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None, None, None, None
-    residual = x.float()
-    grad_codebooks = torch.zeros_like(codebooks, dtype=torch.float32)
-    grad_x = None
-    for level in range(codebooks.shape[0]):
-        chosen = codebooks[level].float()[codes[:, level]]
-        gap = chosen - residual  # e_l - r_l
-        if level == 0:  # only the first residual is attached to x (commitment term)
-            grad_x = (-ctx.beta * scale) * gap * grad_loss
-        grad_codebooks[level].index_add_(0, codes[:, level], gap)
-        residual = residual - chosen
-    grad_codebooks = (grad_codebooks * (scale * grad_loss)).to(codebooks.dtype)
-    if grad_x is None:
-        grad_x = torch.zeros_like(x, dtype=torch.float32)
-    if grad_quantized is not None:
-        grad_x = grad_x + grad_quantized.float()
-    return grad_x.to(x.dtype), grad_codebooks, None, None, None, None, None
+    if grad_loss is None:
+        grad_loss = x.new_zeros((), dtype=torch.float32)
+    grad_x, grad_codebooks = _rq_quantize_backward_op(x, codebooks, codes, grad_quantized,
+                                                      grad_loss, ctx.beta, ctx.reduction,
+                                                      ctx.backend)
+    return grad_x.to(x.dtype), grad_codebooks.to(codebooks.dtype), None, None, None, None, None
 
 
 _rq_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
@@ -455,9 +340,8 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
         raise ValueError(f"rq_encode: beam_width * K = {beam_width * k} candidate scores per row; "
                          f"at most {_MAX_BEAM_CANDIDATES} are supported")
     _checks.code_dtype(code_dtype, k)
-    supported = _backends.BACKENDS if beam_width == 1 else ("reference", "cpu", "triton")
-    name = _backends.resolve(backend, device, "rq_encode", gpu_order=("cuda", "triton"),
-                             supported=supported)
+    name = _choose(backend, device, _encode_launcher(beam_width, epsilons),
+                   "rq_encode (beam_width > 1)" if beam_width > 1 else "rq_encode")
     codes = _rq_encode_op(x.contiguous(), _f32(codebooks), beam_width, epsilons, sk_iters, name)
     return codes if code_dtype == torch.int64 else codes.to(code_dtype)
 
@@ -474,7 +358,7 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str = "a
         entry is the sum of the output gradients of the rows that use it.
     """
     device = _check_codes("rq_decode", codes, codebooks)
-    name = _backends.resolve(backend, device, "rq_decode")
+    name = _choose(backend, device, "rq_decode", "rq_decode")
     out = _decode_op(codes.long().contiguous(), _f32(codebooks), False, name)
     return out.to(codebooks.dtype)
 
@@ -518,9 +402,7 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
     if reduction not in ("mean", "sum"):
         raise ValueError(f"rq_quantize: reduction must be 'mean' or 'sum', got {reduction!r}")
     epsilons = _sk_epsilons("rq_quantize", sk_epsilon, sk_iters, codebooks.shape[0])
-    name = _backends.resolve(backend, device, "rq_quantize")
-    if name == "reference":
-        return ref.rq_quantize(x, codebooks, float(beta), reduction, epsilons or 0.0, sk_iters)
+    name = _choose(backend, device, _encode_launcher(1, epsilons), "rq_quantize")
     quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta),
                                              reduction, epsilons, sk_iters, name)
     return codes, quantized, loss
@@ -556,7 +438,7 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tenso
     _check_rotation("pq_encode", rotation, x.shape[1], device)
     _check_center("pq_encode", center, x.shape[1], device)
     _checks.code_dtype(code_dtype, codebooks.shape[1])
-    name = _backends.resolve(backend, device, "pq_encode")
+    name = _choose(backend, device, "pq_encode", "pq_encode")
     if rotation is not None:
         x = x.float() @ rotation.float().T
         if center is not None:  # on the fresh product, rounded after it as faiss does
@@ -580,7 +462,7 @@ def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *,
     dim = codes.shape[1] * codebooks.shape[2]
     _check_rotation("pq_decode", rotation, dim, device)
     _check_center("pq_decode", center, dim, device)
-    name = _backends.resolve(backend, device, "pq_decode")
+    name = _choose(backend, device, "pq_decode", "pq_decode")
     out = _decode_op(codes.long().contiguous(), _f32(codebooks), True, name)
     out = out.to(codebooks.dtype)
     if center is not None:

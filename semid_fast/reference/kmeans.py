@@ -63,13 +63,20 @@ def init_centroids(x: torch.Tensor, k: int, init: str, generator: torch.Generato
     if init == "random":
         return x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()
     first, draws = kmeanspp_draws(n, k, generator)
+    return x[kmeanspp_picks(x, first, draws)]
+
+
+def kmeanspp_picks(x: torch.Tensor, first: int, draws: torch.Tensor) -> torch.Tensor:
+    """The (K,) int64 rows of x that greedy k-means++ picks from :func:`kmeanspp_draws`'s
+    first row and (K - 1, trials) draws, on x's device."""
+    n = x.shape[0]
     draws = draws.to(x.device)
     x_sq = (x * x).sum(1)
-    centroids = x.new_empty((k, x.shape[1]))
-    centroids[0] = x[first]
-    closest = _squared_distances(x, x_sq, centroids[:1])[0].double()
+    picks = torch.empty(draws.shape[0] + 1, dtype=torch.long, device=x.device)
+    picks[0] = first
+    closest = _squared_distances(x, x_sq, x[first:first + 1])[0].double()
     potential = closest.sum()
-    for c in range(1, k):
+    for c in range(1, picks.shape[0]):
         # First row whose cumulative mass reaches the draw: a row at distance 0 is never picked
         # while the potential is positive.
         thresholds = draws[c - 1] * potential
@@ -79,8 +86,8 @@ def init_centroids(x: torch.Tensor, k: int, init: str, generator: torch.Generato
         potentials = after.sum(1)
         best = torch.argmin(potentials)
         closest, potential = after[best], potentials[best]
-        centroids[c] = x[candidates[best]]
-    return centroids
+        picks[c] = candidates[best]
+    return picks
 
 
 def split_empty(centroids: torch.Tensor, counts: torch.Tensor,

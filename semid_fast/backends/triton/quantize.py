@@ -40,23 +40,21 @@ Block sizes are fixed heuristics for Hopper (see ``_rq_config`` / ``_pq_config``
 ``triton.autotune`` because its first call benchmarks and synchronises with the host. None of
 the launchers synchronises with the host.
 
-VERIFICATION STATUS: these kernels were verified ONLY under the Triton interpreter
-(``TRITON_INTERPRET=1``, CPU tensors, float32/float16 inputs) against
-``semid_fast.reference.quantize``. They have never been compiled or run on a GPU (none was
-available), so neither GPU correctness nor the block-size choices have been checked there, and
-bfloat16 inputs were not exercised (the interpreter has no bfloat16).
+Sinkhorn has no Triton kernel: ``sinkhorn_codes`` is the cuda backend's torch-op version, and
+``rq_encode_sinkhorn`` runs the Sinkhorn levels in it and the others in ``_rq_encode_kernel``.
 """
 
 from __future__ import annotations
-
 
 import torch
 import triton
 import triton.language as tl
 
+from ..cuda.quantize import encode_sinkhorn_levels, sinkhorn_codes
 from ._device import num_sms, on_device
 
-__all__ = ["rq_encode", "rq_encode_beam", "pq_encode", "rq_decode", "pq_decode"]
+__all__ = ["rq_encode", "rq_encode_beam", "rq_encode_sinkhorn", "sinkhorn_codes", "pq_encode",
+           "rq_decode", "pq_decode", "kmeans_assign"]
 
 # Codebook dims up to this (after padding to a power of two) keep the whole residual / x tile
 # in registers; wider ones are streamed in chunks.
@@ -257,6 +255,21 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor,
             STORE_Q=quantized is not None, STORE_ERR=errors is not None,
             num_warps=warps, num_stages=stages,
         )
+
+
+def rq_encode_sinkhorn(x: torch.Tensor, codebooks: torch.Tensor, sk_epsilons: list[float],
+                       sk_iters: int, codes: torch.Tensor, quantized: torch.Tensor | None,
+                       errors: torch.Tensor | None) -> None:
+    """Greedy RQ whose levels with epsilon > 0 assign by Sinkhorn; outputs as rq_encode."""
+    encode_sinkhorn_levels(rq_encode, sinkhorn_codes, x, codebooks, sk_epsilons, sk_iters,
+                           codes, quantized, errors)
+
+
+def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, codes: torch.Tensor,
+                  dist: torch.Tensor) -> None:
+    """Nearest centroid (N,) by the one-level greedy kernel; its exact squared distance."""
+    rq_encode(x, centroids[None], codes[:, None], None, None)
+    torch.sum((x - centroids[codes]) ** 2, dim=1, out=dist)
 
 
 # ---------------------------------------------------------------------------------------------
