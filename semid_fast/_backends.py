@@ -22,6 +22,7 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}  # the reference comes last anywhere
 
 
+@torch.compiler.assume_constant_result  # torch.compile takes the answer, not the lookup
 @functools.lru_cache(maxsize=None)
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
@@ -90,18 +91,25 @@ def resolve(backend: str, device: torch.device, op: str,
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+_MODULES: dict[tuple[str, str], object] = {}
+
+
 def _module(backend: str, family: str):
-    """semid_fast.backends.<backend>.<family>, or None when that backend has no such module."""
-    name = f"{__package__}.backends.{backend}.{family}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
+    """semid_fast.backends.<backend>.<family>, or None when that backend has no such module.
+    A plain dict cache: torch.compile traces its lookup (`implements`, which every dispatch
+    asks first, does the import outside the trace)."""
+    if (backend, family) not in _MODULES:
+        name = f"{__package__}.backends.{backend}.{family}"
+        try:
+            _MODULES[backend, family] = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            _MODULES[backend, family] = None
+    return _MODULES[backend, family]
 
 
+@torch.compiler.assume_constant_result  # torch.compile takes the answer, not the import
 def implements(backend: str, family: str, launcher: str) -> bool:
     """Whether `backend` defines `launcher` for `family` (imports that backend's module, so ask
     only about a backend that is usable: the triton modules import triton)."""

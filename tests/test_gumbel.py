@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import semid_fast as sf
+from semid_fast import _backends
 from semid_fast.ops import gumbel as ops
 from semid_fast.reference import gumbel as ref
 
@@ -33,14 +34,9 @@ def softmax_backend(request, monkeypatch):
 
 
 def _bits(backend, seed, offset, start, n):
-    if backend == "cpu":
-        out = torch.empty(n, dtype=torch.int32)
-        sf._native.cpu().gumbel_noise(seed, offset, start, n, out.data_ptr(), 0, 1)
-        return out.long() & 0xFFFFFFFF
-    from semid_fast.backends.triton import gumbel as tg
-
+    """The 32-bit words of elements [start, start + n) from a backend's noise launcher."""
     out = torch.empty(start + n, dtype=torch.int32)
-    tg.noise(seed, offset, None, out)
+    _backends.launcher(backend, "gumbel", "noise")(seed, offset, None, out)
     return out[start:].long() & 0xFFFFFFFF
 
 
@@ -55,7 +51,7 @@ def test_reference_philox_is_philox4x32_10():
     assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 @pytest.mark.parametrize("seed,offset,start,n", [
     (0, 0, 0, 64), (1, 0, 3, 37), (2**40 + 12345, 7, 1, 1000), (2**63 - 1, 2**33 + 1, 5, 300),
     (99, 2**63 - 1, 0, 9)])
@@ -65,7 +61,9 @@ def test_philox_words_equal_the_reference(backend, seed, offset, start, n):
 
 def test_cpu_words_far_into_the_stream():
     start = 2**35 + 3  # counter groups beyond 32 bits
-    assert torch.equal(_bits("cpu", 5, 1, start, 50), ref.philox_bits(5, 1, start, 50))
+    out = torch.empty(50, dtype=torch.int32)
+    sf._native.cpu().gumbel_noise(5, 1, start, 50, out.data_ptr(), 0, 1)
+    assert torch.equal(out.long() & 0xFFFFFFFF, ref.philox_bits(5, 1, start, 50))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -197,11 +195,83 @@ def test_half_inputs_against_the_float32_reference(backend, dtype):
     torch.testing.assert_close(xr.grad.float(), xf.grad, rtol=5 * tol, atol=5 * tol)
 
 
-def test_float64_logits_run_in_float32_on_cpu_and_float64_on_the_reference():
-    x = torch.randn(5, 30, dtype=torch.float64)
-    got = sf.gumbel_softmax(x, seed=2, backend="cpu")
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, ref.gumbel_softmax(x, seed=2), rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_logits_run_in_float32_on_the_kernels_and_float64_on_the_reference(backend):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 30, dtype=torch.float64, generator=g)
+    tau = (torch.rand(5, generator=g) + 0.5).double()
+    weight = torch.randn(5, 30, dtype=torch.float64, generator=g)
+    grads = []
+    for fn in (lambda *a, **k: sf.gumbel_softmax(*a, backend=backend, **k), ref.gumbel_softmax):
+        xr, tr = x.clone().requires_grad_(), tau.clone().requires_grad_()
+        y = fn(xr, tr, noise_scale=0.7, seed=2)
+        assert y.dtype == torch.float64
+        (y * weight).sum().backward()
+        grads.append((y.detach(), xr.grad, tr.grad))
+    for got, want in zip(*grads):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # gumbel_quantize runs its levels in float64 around the float32 kernels.
+    book = torch.randn(2, 6, 4, dtype=torch.float64, generator=g)
+    got = sf.gumbel_quantize(x[:, :4], book, tau=0.8, seed=3, backend=backend)
+    want = ref.gumbel_quantize(x[:, :4], book, tau=0.8, seed=3)
+    assert torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:]):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_backend_runs_the_oracle_through_the_custom_ops():
+    # backend="reference" is one backend like the others: the custom ops call its launchers,
+    # which return the oracle's forward bit for bit and spell out its backward.
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 9, generator=g)
+    tau, scale = torch.rand(4, generator=g) + 0.5, torch.tensor(0.8)
+    for hard in (False, True):
+        got = sf.gumbel_softmax(x, tau, hard=hard, noise_scale=scale, seed=5, backend="reference")
+        assert torch.equal(got, ref.gumbel_softmax(x, tau, hard=hard, noise_scale=scale, seed=5))
+    assert torch.equal(sf.gumbel_topk(x, 3, tau=tau, seed=5, backend="reference")[1],
+                       ref.gumbel_topk(x, 3, tau=tau, seed=5)[1])
+    assert torch.equal(sf.gumbel_noise((4, 9), seed=5, backend="reference"),
+                       ref.gumbel_noise(5, 0, 4, 9))
+    # float64 logits stay float64 there (tau and noise_scale are float32 on every backend).
+    assert torch.autograd.gradcheck(
+        lambda a: sf.gumbel_softmax(a, tau, noise_scale=scale, seed=1, backend="reference"),
+        (x.double().requires_grad_(),))
+    grads = []
+    for fn in (lambda *a, **k: sf.gumbel_softmax(*a, backend="reference", **k),
+               ref.gumbel_softmax):
+        leaves = [t.clone().requires_grad_() for t in (x, tau, scale)]
+        (fn(leaves[0], leaves[1], noise_scale=leaves[2], seed=1) * x).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_every_backend_defines_the_launchers_of_the_ops_it_runs():
+    table = _backends.table()["gumbel"]
+    # The forward's backend runs the backward too.
+    assert set(table["softmax_forward"]) == set(table["softmax_backward"])
+    for launcher in ("noise", "softmax_forward", "softmax_backward", "topk"):
+        assert "reference" in table[launcher] and "cpu" in table[launcher]
+    if "triton" in CPU_BACKENDS:
+        assert all("triton" in backends for backends in table.values())
+    if sf._native._C_cuda is not None:
+        assert set(n for n, backends in table.items() if "cuda" in backends) == {
+            "softmax_forward", "softmax_backward"}
+
+
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton is not importable")
+def test_triton_refuses_a_grid_it_cannot_launch():
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="columns"):
+        _backends.choose("triton", cpu, "gumbel", "topk", op="gumbel_topk",
+                         args={"rows": 2, "vocab": 2**27, "k": 1})
+    with pytest.raises(ValueError, match="rows"):
+        _backends.choose("triton", cpu, "gumbel", "softmax_forward", op="gumbel_softmax",
+                         args={"rows": 2**31, "vocab": 3})
+    assert _backends.choose("triton", cpu, "gumbel", "topk",
+                            args={"rows": 2**20, "vocab": 2**25, "k": 1}) == "triton"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,6 +710,24 @@ def test_gpu_softmax_matches_reference(backend, rows, vocab, dtype):
     for a, b in zip(leaves, ref_leaves):
         torch.testing.assert_close(a.grad.float(), b.grad, rtol=max(1e-4, 10 * tol),
                                    atol=max(1e-5, 10 * tol))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_float64_logits_match_the_float64_reference(backend):
+    # cuda converts float64 around its kernels; triton reads and writes float64 directly.
+    x = torch.randn(6, 300, dtype=torch.float64, device="cuda", requires_grad=True)
+    tau = torch.rand(6, dtype=torch.float64, device="cuda").add(0.5).requires_grad_()
+    y = sf.gumbel_softmax(x, tau, noise_scale=0.7, seed=3, backend=backend)
+    xr, tr = x.detach().clone().requires_grad_(), tau.detach().clone().requires_grad_()
+    want = ref.gumbel_softmax(xr, tr, noise_scale=0.7, seed=3)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-6)
+    weight = torch.randn_like(want)
+    (y * weight).sum().backward()
+    (want * weight).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tau.grad, tr.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu

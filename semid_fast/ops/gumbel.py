@@ -9,7 +9,9 @@ nothing but the inputs is saved.
 
 Each public function checks its arguments, picks a backend (decision 4) and calls
 ``torch.library`` custom ops (registered with fake implementations and autograd), so
-``torch.compile(fullgraph=True)`` sees them as single ops.
+``torch.compile(fullgraph=True)`` sees them as single ops; an op allocates its outputs and
+runs the chosen backend's launcher. gumbel_quantize runs the reference's level loop
+(:func:`semid_fast.reference.gumbel.quantize_levels`) with these ops as its sampling step.
 """
 
 from __future__ import annotations
@@ -26,108 +28,45 @@ __all__ = ["gumbel_softmax", "gumbel_topk", "gumbel_quantize", "gumbel_noise"]
 
 _SEED_HIGH = 2 ** 62  # seeds drawn from torch's generator lie in [0, 2^62)
 _MAX_SEED = 2 ** 63 - 1
+_FAMILY = "gumbel"  # the launchers live in semid_fast/backends/<backend>/gumbel.py
 
 
-def _triton():
-    from ..backends.triton import gumbel as tg  # imported lazily: triton is optional
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 logits (the reference computes in it, the kernels convert around
+    float32), else float32: the dtype of tau, noise_scale and the backward's outputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    return tg
 
-
-def _stride(param: torch.Tensor, rows: int, name: str) -> int:
-    """0 for one value, 1 for one per row. The kernels read param[i * stride] for every row,
-    so the length is checked here, whatever ``check_values`` says (a shape check, no sync)."""
-    if param.dtype != torch.float32 or not param.is_contiguous() or param.numel() not in (1, rows):
-        raise ValueError(f"{name} must be a contiguous float32 tensor of 1 or {rows} values, "
+def _check_per_row(param: torch.Tensor, rows: int, name: str, dtype: torch.dtype) -> None:
+    """The launchers read one value (stride 0) or param[row] for every row, so the custom
+    ops check the length whatever ``check_values`` says (a shape check, no sync)."""
+    if param.dtype != dtype or not param.is_contiguous() or param.numel() not in (1, rows):
+        raise ValueError(f"{name} must be a contiguous {dtype} tensor of 1 or {rows} values, "
                          f"got {param.dtype} {tuple(param.shape)}")
-    return 0 if param.numel() == 1 else 1
 
 
 # ---------------------------------------------------------------------------------------------
-# Backend kernels on (rows, vocab) contiguous logits and float32 (1,) or (rows,) parameters.
-# ---------------------------------------------------------------------------------------------
-
-
-def _forward(backend, x, tau, scale, seed, offset, hard):
-    """y (rows, vocab) in x's dtype (one-hot when hard) and argmax (rows,) int64."""
-    rows, vocab = x.shape
-    tau_stride, scale_stride = _stride(tau, rows, "tau"), _stride(scale, rows, "noise_scale")
-    x = x.contiguous()
-    argmax = torch.empty(rows, dtype=torch.long, device=x.device)
-    if backend == "cpu":
-        x32 = x.float()
-        y = _native.empty_output(x32.shape, device=x32.device)
-        if rows:
-            status = _native.cpu().gumbel_softmax_fwd_f32(
-                x32.data_ptr(), rows, vocab, tau.data_ptr(), tau_stride, scale.data_ptr(),
-                scale_stride, seed, offset, int(hard), y.data_ptr(), argmax.data_ptr(),
-                _native.n_threads())
-            _native.check_cpu_status(status, "gumbel_softmax")
-        return y.to(x.dtype), argmax
-    y = _native.empty_output(x.shape, x.dtype, x.device)
-    if rows == 0:
-        return y, argmax
-    if backend == "cuda":
-        _native.call_cuda("gumbel_softmax", _native._C_cuda.gumbel_softmax_fwd, x.data_ptr(),
-                          _native.DTYPE_CODES[x.dtype], rows, vocab, tau.data_ptr(), tau_stride,
-                          scale.data_ptr(), scale_stride, seed, offset, int(hard), y.data_ptr(),
-                          argmax.data_ptr(), device=x.device)
-    else:
-        _triton().softmax_forward(x, tau, scale, seed, offset, hard, y, argmax)
-    return y, argmax
-
-
-def _backward(backend, x, dy, tau, scale, seed, offset, need_sums):
-    """dx (rows, vocab) float32 and, when need_sums, the per-row sums sum(dz * g) and
-    sum(dz * z) (float32 (rows,)) that the gradients of noise_scale and tau need."""
-    rows, vocab = x.shape
-    tau_stride, scale_stride = _stride(tau, rows, "tau"), _stride(scale, rows, "noise_scale")
-    if dy.shape != x.shape:
-        raise ValueError(f"gumbel_softmax backward: dy {tuple(dy.shape)} must have x's shape "
-                         f"{tuple(x.shape)}")
-    x = x.contiguous()
-    dx = _native.empty_output((rows, vocab), device=x.device)
-    gz = torch.empty(rows if need_sums else 0, dtype=torch.float32, device=x.device)
-    zz = torch.empty_like(gz)
-    if rows == 0:
-        return dx, gz, zz
-    gz_ptr = gz.data_ptr() if need_sums else 0
-    zz_ptr = zz.data_ptr() if need_sums else 0
-    if backend == "cpu":
-        x32, dy32 = x.float(), dy.float().contiguous()
-        status = _native.cpu().gumbel_softmax_bwd_f32(
-            x32.data_ptr(), dy32.data_ptr(), rows, vocab, tau.data_ptr(), tau_stride,
-            scale.data_ptr(), scale_stride, seed, offset, dx.data_ptr(), gz_ptr, zz_ptr,
-            _native.n_threads())
-        _native.check_cpu_status(status, "gumbel_softmax backward")
-    elif backend == "cuda":
-        dy = dy.to(x.dtype).contiguous()
-        _native.call_cuda("gumbel_softmax backward", _native._C_cuda.gumbel_softmax_bwd,
-                          x.data_ptr(), dy.data_ptr(), _native.DTYPE_CODES[x.dtype], rows, vocab,
-                          tau.data_ptr(), tau_stride, scale.data_ptr(), scale_stride, seed,
-                          offset, dx.data_ptr(), gz_ptr, zz_ptr, device=x.device)
-    else:
-        _triton().softmax_backward(x, dy.to(x.dtype).contiguous(), tau, scale, seed, offset, dx,
-                                   gz if need_sums else None, zz if need_sums else None)
-    return dx, gz, zz
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.library registration. The seed travels as a (1,) int64 CPU tensor, so that a seed
-# drawn from torch's generator needs no host read inside a compiled graph.
+# torch.library registration: each op allocates its outputs and calls the launcher of the
+# backend chosen by the public function. The seed travels as a (1,) int64 CPU tensor, so that
+# a seed drawn from torch's generator needs no host read inside a compiled graph.
 # ---------------------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("semid_fast::gumbel_softmax", mutates_args=())
 def _softmax_op(x: torch.Tensor, tau: torch.Tensor, scale: torch.Tensor, seed: torch.Tensor,
                 offset: int, hard: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend == "reference":
-        rows = x.shape[0]
-        y = ref.gumbel_softmax(x, tau, hard=hard, noise_scale=scale, seed=int(seed),
-                               offset=offset).detach()
-        z = ref._perturb(x, tau, scale, int(seed), offset)
-        return y, z.argmax(-1) if rows else torch.empty(0, dtype=torch.long, device=x.device)
-    return _forward(backend, x, tau, scale, int(seed), offset, hard)
+    """y (rows, vocab) in x's dtype (one-hot when hard) and the argmax (rows,) int64 of the
+    perturbed logits, for x (rows, vocab) and (1,) or (rows,) tau and scale of x's
+    compute dtype."""
+    rows, dtype = x.shape[0], _compute_dtype(x)
+    _check_per_row(tau, rows, "tau", dtype)
+    _check_per_row(scale, rows, "noise_scale", dtype)
+    y = _native.empty_output(x.shape, x.dtype, x.device)
+    argmax = torch.empty(rows, dtype=torch.long, device=x.device)
+    if rows:
+        _backends.launcher(backend, _FAMILY, "softmax_forward")(
+            x.contiguous(), tau, scale, int(seed), offset, hard, y, argmax)
+    return y, argmax
 
 
 @_softmax_op.register_fake
@@ -139,32 +78,30 @@ def _(x, tau, scale, seed, offset, hard, backend):
 def _softmax_backward_op(x: torch.Tensor, dy: torch.Tensor, tau: torch.Tensor,
                          scale: torch.Tensor, seed: torch.Tensor, offset: int, need_sums: bool,
                          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "reference":
-        return _reference_backward(x, dy, tau, scale, int(seed), offset, need_sums)
-    return _backward(backend, x, dy, tau, scale, int(seed), offset, need_sums)
+    """dx (rows, vocab) and, when need_sums, the per-row sums sum(dz * g) and sum(dz * z)
+    ((rows,), else empty) that the gradients of noise_scale and tau need."""
+    rows, dtype = x.shape[0], _compute_dtype(x)
+    _check_per_row(tau, rows, "tau", dtype)
+    _check_per_row(scale, rows, "noise_scale", dtype)
+    if dy.shape != x.shape:
+        raise ValueError(f"gumbel_softmax backward: dy {tuple(dy.shape)} must have x's shape "
+                         f"{tuple(x.shape)}")
+    dx = _native.empty_output(x.shape, dtype, x.device)
+    gz = torch.empty(rows if need_sums else 0, dtype=dtype, device=x.device)
+    zz = torch.empty_like(gz)
+    if rows:
+        _backends.launcher(backend, _FAMILY, "softmax_backward")(
+            x.contiguous(), dy.to(x.dtype).contiguous(), tau, scale, int(seed), offset, dx,
+            gz if need_sums else None, zz if need_sums else None)
+    return dx, gz, zz
 
 
 @_softmax_backward_op.register_fake
 def _(x, dy, tau, scale, seed, offset, need_sums, backend):
     rows = x.shape[0] if need_sums else 0
-    return (x.new_empty(x.shape, dtype=torch.float32), x.new_empty((rows,), dtype=torch.float32),
-            x.new_empty((rows,), dtype=torch.float32))
-
-
-def _reference_backward(x, dy, tau, scale, seed, offset, need_sums):
-    """The kernels' outputs in plain torch: dz = y * (dy - sum(dy * y)), dx = dz / tau.
-    (Custom ops run below autograd, so this spells out the softmax backward.)"""
-    dtype = ref._compute_dtype(x)
-    rows, vocab = x.shape
-    z = ref._perturb(x, tau, scale, seed, offset)
-    y = z.softmax(-1)
-    dy = dy.to(dtype)
-    dz = y * (dy - (dy * y).sum(-1, keepdim=True))
-    dx = dz / tau.to(dtype).reshape(-1, 1)
-    if not need_sums:
-        return dx, dx.new_empty(0), dx.new_empty(0)
-    g = ref.gumbel_noise(seed, offset, rows, vocab, x.device).to(dtype)
-    return dx, (dz * g).sum(-1), (dz * z).sum(-1)
+    dtype = _compute_dtype(x)
+    return (x.new_empty(x.shape, dtype=dtype), x.new_empty((rows,), dtype=dtype),
+            x.new_empty((rows,), dtype=dtype))
 
 
 def _softmax_setup(ctx, inputs, output):
@@ -197,24 +134,17 @@ _softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
 @torch.library.custom_op("semid_fast::gumbel_topk", mutates_args=())
 def _topk_op(x: torch.Tensor, k: int, tau: torch.Tensor, seed: torch.Tensor, offset: int,
              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (rows, k) float32, indices (rows, k) int64) of x (rows, vocab), best first."""
     rows, vocab = x.shape
-    if backend == "reference" or rows == 0:
-        values, indices = ref.gumbel_topk(x, k, tau=tau, seed=int(seed), offset=offset)
-        return values.contiguous(), indices.contiguous()
     if not 1 <= k <= vocab:
         raise ValueError(f"gumbel_topk: k={k} must be in [1, {vocab}]")
-    tau_stride = _stride(tau, rows, "tau")
-    x = x.float().contiguous()
+    _check_per_row(tau, rows, "tau", torch.float32)
     values = torch.empty((rows, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((rows, k), dtype=torch.long, device=x.device)
-    if backend == "cpu":
-        status = _native.cpu().gumbel_topk_f32(x.data_ptr(), rows, vocab, tau.data_ptr(),
-                                               tau_stride, int(seed), offset, k,
-                                               values.data_ptr(), indices.data_ptr(),
-                                               _native.n_threads())
-        _native.check_cpu_status(status, "gumbel_topk")
-        return values, indices
-    return _triton().topk(x, k, tau, int(seed), offset)
+    if rows:
+        _backends.launcher(backend, _FAMILY, "topk")(
+            x.float().contiguous(), k, tau, int(seed), offset, values, indices)
+    return values, indices
 
 
 @_topk_op.register_fake
@@ -247,8 +177,9 @@ def _check_not_nan(op: str, t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{op}: {name} contains NaN or +inf (-inf is allowed: a masked entry)")
 
 
-def _param(op: str, value, name: str, rows: int, batch_shape, device, positive: bool):
-    """A float or tensor parameter as a float32 (1,) or (rows,) tensor on `device`."""
+def _param(op: str, value, name: str, rows: int, batch_shape, device, positive: bool,
+           dtype: torch.dtype = torch.float32):
+    """A float or tensor parameter as a (1,) or (rows,) tensor of `dtype` on `device`."""
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{op}: {name} must be a float or a floating-point tensor, "
@@ -266,20 +197,18 @@ def _param(op: str, value, name: str, rows: int, batch_shape, device, positive: 
             if bool(bad):
                 raise ValueError(f"{op}: {name} must be finite and "
                                  f"{'> 0' if positive else '>= 0'} everywhere")
-        return value.float().reshape(-1).contiguous()  # the kernels read value[row]
+        return value.to(dtype).reshape(-1).contiguous()  # the launchers read value[row]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{op}: {name} must be a float or a tensor, got {type(value).__name__}")
     value = float(value)
     if not (value > 0 if positive else value >= 0) or value == float("inf"):
         raise ValueError(f"{op}: {name} must be finite and {'> 0' if positive else '>= 0'}, "
                          f"got {value}")
-    return torch.full((1,), value, dtype=torch.float32, device=device)
+    return torch.full((1,), value, dtype=dtype, device=device)
 
 
 def _seed(op: str, seed, offset) -> tuple[torch.Tensor, int]:
     """The seed as a (1,) int64 CPU tensor (drawn from torch's generator when None)."""
-    if isinstance(seed, torch.Tensor):  # already drawn (gumbel_quantize's levels)
-        return seed, offset
     if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= _MAX_SEED:
         raise ValueError(f"{op}: offset must be an int in [0, 2^63), got {offset!r}")
     if seed is None:
@@ -296,7 +225,8 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_s
 
     Args:
         logits: float32/float16/bfloat16 tensor of any shape (float64 runs in float32 on
-            the cpu backend, in float64 on the reference); -inf marks masked entries.
+            the cpu, cuda and triton backends, in float64 on the reference); -inf marks
+            masked entries.
         tau: temperature > 0: a float, a one-value tensor, or one value per row (shape
             ``logits.shape`` without ``dim``, or (rows,)). A tensor that requires grad gets
             its gradient.
@@ -321,13 +251,7 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_s
     (one-hot to within an ulp). Masked (-inf) entries contribute nothing to the gradient of a
     tensor ``tau`` in the native backends, where the reference's autograd gives NaN (0 * inf).
     """
-    y, _ = _softmax_call("gumbel_softmax", logits, tau, hard, noise_scale, dim, seed, offset,
-                         backend)
-    return y
-
-
-def _softmax_call(op, logits, tau, hard, noise_scale, dim, seed, offset, backend, scan=True):
-    """Checks, runs the op on (rows, vocab) and returns (y in logits' layout, argmax (rows,))."""
+    op = "gumbel_softmax"
     _check_logits(op, logits)
     if isinstance(dim, bool) or not isinstance(dim, int) or not -logits.dim() <= dim < logits.dim():
         raise ValueError(f"{op}: dim must be an int in [{-logits.dim()}, {logits.dim()}), got {dim!r}")
@@ -340,18 +264,17 @@ def _softmax_call(op, logits, tau, hard, noise_scale, dim, seed, offset, backend
                          f"(shape {tuple(logits.shape)})")
     batch_shape = moved.shape[:-1]
     rows = moved.numel() // vocab
-    tau_t = _param(op, tau, "tau", rows, batch_shape, logits.device, positive=True)
-    scale_t = _param(op, noise_scale, "noise_scale", rows, batch_shape, logits.device,
-                     positive=False)
+    dtype = _compute_dtype(logits)
+    tau_t = _param(op, tau, "tau", rows, batch_shape, logits.device, True, dtype)
+    scale_t = _param(op, noise_scale, "noise_scale", rows, batch_shape, logits.device, False,
+                     dtype)
     seed_t, offset = _seed(op, seed, offset)
-    name = _backends.resolve(backend, logits.device, op)
-    if scan:
-        _check_not_nan(op, logits, "logits")
-    x = moved.reshape(rows, vocab)
-    if name != "reference" and logits.dtype == torch.float64:
-        x = x.float()
-    y, argmax = _softmax_op(x.contiguous(), tau_t, scale_t, seed_t, offset, hard, name)
-    return y.to(logits.dtype).reshape(moved.shape).movedim(-1, dim), argmax
+    name = _backends.choose(backend, logits.device, _FAMILY, "softmax_forward", op=op,
+                            args={"rows": rows, "vocab": vocab})
+    _check_not_nan(op, logits, "logits")
+    x = moved.reshape(rows, vocab).contiguous()  # saved for backward as such
+    y, _ = _softmax_op(x, tau_t, scale_t, seed_t, offset, hard, name)
+    return y.reshape(moved.shape).movedim(-1, dim)
 
 
 def gumbel_topk(logits: torch.Tensor, k: int, *, tau=1.0, seed: int | None = None,
@@ -385,12 +308,10 @@ def gumbel_topk(logits: torch.Tensor, k: int, *, tau=1.0, seed: int | None = Non
     rows = logits.numel() // vocab
     tau_t = _param(op, tau, "tau", rows, logits.shape[:-1], logits.device, positive=True)
     seed_t, offset = _seed(op, seed, offset)
-    name = _backends.resolve(backend, logits.device, op, supported=("reference", "cpu", "triton"))
+    name = _backends.choose(backend, logits.device, _FAMILY, "topk", op=op,
+                            args={"rows": rows, "vocab": vocab, "k": k})
     _check_not_nan(op, logits, "logits")
-    x = logits.reshape(rows, vocab)
-    if name != "reference":
-        x = x.float()
-    values, indices = _topk_op(x.contiguous(), k, tau_t, seed_t, offset, name)
+    values, indices = _topk_op(logits.reshape(rows, vocab), k, tau_t, seed_t, offset, name)
     out_shape = (*logits.shape[:-1], k)
     return values.reshape(out_shape), indices.reshape(out_shape)
 
@@ -475,45 +396,25 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
         raise ValueError(f"{op}: distance must be 'l2' or 'cosine', got {distance!r}")
     _checks.finite(x, "x")
     _checks.finite(codebook, "codebook")
-    logit_scale = _logit_scale(op, logit_scale, x.shape[0], x.device)
-    epsilons = _quantize._sk_epsilons(op, sk_epsilon, sk_iters,
-                                      codebook.shape[0] if codebook.dim() == 3 else 1)
-    name = _backends.resolve(backend, x.device, op)
+    rows, vocab = x.shape[0], codebook.shape[-2]
+    logit_scale = _logit_scale(op, logit_scale, rows, x.device)
+    _quantize._sk_epsilons(op, sk_epsilon, sk_iters, codebook.shape[0] if codebook.dim() == 3 else 1)
+    dtype = _compute_dtype(x)
+    tau_t = _param(op, tau, "tau", rows, (rows,), x.device, True, dtype)
+    scale_t = _param(op, noise_scale, "noise_scale", rows, (rows,), x.device, False, dtype)
+    name = _backends.choose(backend, x.device, _FAMILY, "softmax_forward", op=op,
+                            args={"rows": rows, "vocab": vocab})
     seed_t, offset = _seed(op, seed, offset)  # one seed for all levels: they differ by offset
-    if name == "reference":
-        return ref.gumbel_quantize(x, codebook, tau=tau, hard=hard, noise_scale=noise_scale,
-                                   distance=distance, logit_scale=logit_scale, seed=int(seed_t),
-                                   offset=offset, sk_epsilon=epsilons or 0.0, sk_iters=sk_iters)
-    stack = codebook.dim() == 3
-    books = codebook if stack else codebook.unsqueeze(0)
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    residual = x.to(dtype)
-    quantized = torch.zeros_like(residual)
-    codes, softs = [], []
-    for level in range(books.shape[0]):
-        book = books[level].to(dtype)
-        sk = bool(epsilons) and epsilons[level] > 0
-        if sk:
-            logits, dist = ref.centred_logits(residual, book, distance, logit_scale)
-        else:
-            logits = ref.quantize_logits(residual, book, distance, logit_scale)
-        soft, code = _softmax_call(op, logits, tau, False, noise_scale, -1, seed_t,
-                                   offset + level, name, scan=False)
-        if sk:
-            sk_code = _quantize.sinkhorn_codes(name, dist, epsilons[level], sk_iters)
-            code = ref.sinkhorn_select(code, sk_code, noise_scale, code.shape[0])
-        soft = soft.to(dtype)
-        if hard:  # the chosen codeword forward, the soft assignment's gradient backward
-            level_q = book[code] + (soft - soft.detach()) @ book
-        else:
-            level_q = soft @ book
-        quantized = quantized + level_q
-        residual = residual - level_q
-        codes.append(code)
-        softs.append(soft)
-    if not stack:
-        return codes[0], quantized.to(x.dtype), softs[0].to(x.dtype)
-    return torch.stack(codes, 1), quantized.to(x.dtype), torch.stack(softs, 1).to(x.dtype)
+
+    def sample(logits, level):
+        return _softmax_op(logits, tau_t, scale_t, seed_t, offset + level, False, name)
+
+    def sinkhorn(dist, epsilon):
+        return _quantize.sinkhorn_codes(name, dist, epsilon, sk_iters)
+
+    return ref.quantize_levels(x, codebook, sample, sinkhorn, hard=hard, distance=distance,
+                               logit_scale=logit_scale, noise_scale=noise_scale,
+                               sk_epsilon=sk_epsilon)
 
 
 def gumbel_noise(shape, *, seed: int, offset: int = 0, device=None,
@@ -526,13 +427,8 @@ def gumbel_noise(shape, *, seed: int, offset: int = 0, device=None,
         n *= s
     seed_t, offset = _seed("gumbel_noise", seed, offset)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    name = _backends.resolve(backend, dev, "gumbel_noise", supported=("reference", "cpu", "triton"))
-    if name == "reference":
-        return ref.gumbel_noise(int(seed_t), offset, 1, n, dev).reshape(shape)
+    name = _backends.choose(backend, dev, _FAMILY, "noise", op="gumbel_noise", args={"n": n})
     out = _native.empty_output(n, device=dev)
-    if name == "cpu":
-        _native.cpu().gumbel_noise(int(seed_t), offset, 0, n, 0, out.data_ptr(),
-                                   _native.n_threads())
-    else:
-        _triton().noise(int(seed_t), offset, out, None)
+    if n:
+        _backends.launcher(name, _FAMILY, "noise")(int(seed_t), offset, out, None)
     return out.reshape(shape)

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["philox_bits", "log_positive", "gumbel_noise", "gumbel_softmax", "gumbel_topk", "quantize_logits",
-           "centred_logits", "sinkhorn_select", "gumbel_quantize"]
+from .quantize import _level_epsilons, center_distances, sinkhorn_codes
+
+__all__ = ["philox_bits", "log_positive", "gumbel_noise", "perturb", "gumbel_softmax",
+           "gumbel_topk", "quantize_logits", "centred_logits", "sinkhorn_select",
+           "quantize_levels", "gumbel_quantize"]
 
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
@@ -108,7 +111,7 @@ def _per_row(value, rows: int, dtype: torch.dtype, device) -> torch.Tensor:
     return value.to(dtype).reshape(-1, 1).expand(rows, 1)
 
 
-def _perturb(x: torch.Tensor, tau, noise_scale, seed: int, offset: int) -> torch.Tensor:
+def perturb(x: torch.Tensor, tau, noise_scale, seed: int, offset: int) -> torch.Tensor:
     """z = (x + noise_scale * g) / tau for x (rows, vocab), each operation rounded once."""
     dtype = _compute_dtype(x)
     rows, vocab = x.shape
@@ -128,7 +131,7 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_s
     torch.nn.functional.gumbel_softmax) with y_hard the one-hot of the first argmax of z.
     Computed in float32 (float64 for float64 logits); returned in the logits' dtype.
     """
-    z = _perturb(_rows(logits, dim), tau, noise_scale, seed, offset)
+    z = perturb(_rows(logits, dim), tau, noise_scale, seed, offset)
     y = z.softmax(-1)
     if hard:
         y_hard = torch.zeros_like(y).scatter_(-1, z.argmax(-1, keepdim=True), 1.0)
@@ -175,8 +178,6 @@ def centred_logits(x: torch.Tensor, codebook: torch.Tensor, distance: str = "l2"
     centred ones before taking ``logits = -d``): (logits, d) with d = ``|x|^2 + |c|^2 - 2 x.c``
     (l2) or ``-cos(x, c)`` (cosine) and logits = ``-logit_scale * center_distances(d)``,
     differentiable through d and its global max and min as there."""
-    from .quantize import center_distances
-
     if distance == "l2":
         dist = ((x * x).sum(1, keepdim=True) + (codebook * codebook).sum(1, keepdim=True).T
                 - 2 * (x @ codebook.T))
@@ -196,6 +197,44 @@ def sinkhorn_select(code: torch.Tensor, sk_code: torch.Tensor, noise_scale,
     return torch.where(quiet, sk_code, code)
 
 
+def quantize_levels(x: torch.Tensor, codebook: torch.Tensor, sample, sinkhorn, *,
+                    hard: bool = True, distance: str = "l2", logit_scale=1.0, noise_scale=1.0,
+                    sk_epsilon=0.0):
+    """The residual level loop of :func:`gumbel_quantize`, with its two steps that a backend
+    runs passed in (the ops run this very loop with their kernels):
+    ``sample(logits, level) -> (soft, code)``, the Gumbel-softmax of a level's (N, K) logits
+    and the first argmax of its perturbed logits, drawn at ``offset + level``; and
+    ``sinkhorn(dist, epsilon) -> (N,) int64``, the balanced codes of a level's distances,
+    called only at levels whose ``sk_epsilon`` is > 0. Returns what gumbel_quantize returns.
+    """
+    stack = codebook.dim() == 3
+    books = codebook if stack else codebook.unsqueeze(0)
+    dtype = _compute_dtype(x)
+    residual = x.to(dtype)
+    quantized = torch.zeros_like(residual)
+    codes, softs = [], []
+    for level, epsilon in enumerate(_level_epsilons(sk_epsilon, books.shape[0])):
+        book = books[level].to(dtype)
+        if epsilon > 0:
+            logits, dist = centred_logits(residual, book, distance, logit_scale)
+        else:
+            logits = quantize_logits(residual, book, distance, logit_scale)
+        soft, code = sample(logits, level)
+        if epsilon > 0:
+            code = sinkhorn_select(code, sinkhorn(dist, epsilon), noise_scale, code.shape[0])
+        if hard:  # DIGER's (onehot(code) - soft.detach() + soft) @ book, its one-hot term exact
+            level_q = book[code] + (soft - soft.detach()) @ book
+        else:
+            level_q = soft @ book
+        quantized = quantized + level_q
+        residual = residual - level_q
+        codes.append(code)
+        softs.append(soft)
+    if not stack:
+        return codes[0], quantized.to(x.dtype), softs[0].to(x.dtype)
+    return torch.stack(codes, 1), quantized.to(x.dtype), torch.stack(softs, 1).to(x.dtype)
+
+
 def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: bool = True,
                     noise_scale=1.0, distance: str = "l2", logit_scale=1.0,
                     seed: int = 0, offset: int = 0, sk_epsilon=0.0, sk_iters: int = 50):
@@ -206,9 +245,9 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     the Gumbel-softmax of the logits over codewords; codes = the first argmax of the
     perturbed logits; the indicator straight-through
     ``y = onehot(codes) - soft.detach() + soft`` (soft itself when hard=False) and
-    quantized = y @ codebook: the forward value is the chosen codeword, the backward pass is
-    that of the soft assignment, reaching x and every codeword. The next level quantizes
-    residual - quantized.
+    quantized = y @ codebook: the forward value is the chosen codeword (taken exactly, as
+    ``codebook[codes]``), the backward pass is that of the soft assignment, reaching x and
+    every codeword. The next level quantizes residual - quantized.
 
     A level with ``sk_epsilon`` > 0 (a float or one per level) follows DIGER with Sinkhorn:
     its logits are :func:`centred_logits`, and rows drawn without noise take the codes of
@@ -218,34 +257,11 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
     Returns codes (N,) / (N, L) int64, quantized (N, D) in x's dtype (summed over levels)
     and soft (N, K) / (N, L, K) in x's dtype.
     """
-    from .quantize import _level_epsilons, sinkhorn_codes
+    def sample(logits, level):
+        z = perturb(logits, tau, noise_scale, seed, offset + level)
+        return z.softmax(-1), z.argmax(-1)
 
-    stack = codebook.dim() == 3
-    books = codebook if stack else codebook.unsqueeze(0)
-    epsilons = _level_epsilons(sk_epsilon, books.shape[0])
-    dtype = _compute_dtype(x)
-    residual = x.to(dtype)
-    quantized = torch.zeros_like(residual)
-    codes, softs = [], []
-    for level in range(books.shape[0]):
-        book = books[level].to(dtype)
-        if epsilons[level] > 0:
-            logits, dist = centred_logits(residual, book, distance, logit_scale)
-        else:
-            logits = quantize_logits(residual, book, distance, logit_scale)
-        z = _perturb(logits, tau, noise_scale, seed, offset + level)
-        soft = z.softmax(-1)
-        code = z.argmax(-1)
-        if epsilons[level] > 0:
-            sk_code = sinkhorn_codes(dist.detach(), epsilons[level], sk_iters)
-            code = sinkhorn_select(code, sk_code, noise_scale, code.shape[0])
-        y = torch.zeros_like(soft).scatter_(-1, code[:, None], 1.0) - soft.detach() + soft \
-            if hard else soft
-        level_q = y @ book
-        quantized = quantized + level_q
-        residual = residual - level_q
-        codes.append(code)
-        softs.append(soft)
-    if not stack:
-        return codes[0], quantized.to(x.dtype), softs[0].to(x.dtype)
-    return torch.stack(codes, 1), quantized.to(x.dtype), torch.stack(softs, 1).to(x.dtype)
+    return quantize_levels(
+        x, codebook, sample, lambda dist, epsilon: sinkhorn_codes(dist.detach(), epsilon, sk_iters),
+        hard=hard, distance=distance, logit_scale=logit_scale, noise_scale=noise_scale,
+        sk_epsilon=sk_epsilon)

@@ -22,6 +22,8 @@ import triton.language as tl
 
 from ._device import on_device
 
+__all__ = ["noise", "softmax_forward", "softmax_backward", "topk"]
+
 FIT_LIMIT = 8192  # rows up to this length stay in registers
 CHUNK = 2048  # block width of the streaming path
 TOPK_CHUNK = 1024  # columns per program of gumbel_topk
@@ -235,9 +237,18 @@ _MAX_GRID_X = 2**31 - 1  # CUDA's grid limits: rows go on x, top-k chunks on y
 _MAX_GRID_Y = 65535
 
 
-def _check_rows(rows: int) -> None:
+def softmax_forward_refuses(rows: int, vocab: int) -> str | None:
+    """One program per row: the rows must fit on the grid."""
     if rows > _MAX_GRID_X:
-        raise ValueError(f"triton gumbel kernels take at most {_MAX_GRID_X} rows, got {rows}")
+        return f"the triton gumbel kernels take at most {_MAX_GRID_X} rows, got {rows}"
+    return None
+
+
+def topk_refuses(rows: int, vocab: int, k: int) -> str | None:
+    """Rows on the grid's x, TOPK_CHUNK-wide chunks of a row on its y."""
+    if triton.cdiv(vocab, TOPK_CHUNK) > _MAX_GRID_Y:
+        return f"triton gumbel_topk takes at most {_MAX_GRID_Y * TOPK_CHUNK} columns, got {vocab}"
+    return softmax_forward_refuses(rows, vocab)
 
 
 def _offset_words(offset: int) -> tuple[int, int]:
@@ -253,21 +264,27 @@ def _stride(param: torch.Tensor) -> int:
 
 
 def noise(seed: int, offset: int, out: torch.Tensor | None, bits: torch.Tensor | None) -> None:
-    """Fills the float32 noise `out` or the int32 words `bits` of elements [0, n)."""
+    """Fills the float32 noise `out` or the int32 words `bits` (the other is None) of the
+    elements [0, n) of the stream keyed by (seed, offset)."""
     target = bits if bits is not None else out
     n = target.numel()
     block = 1024
     lo, hi = _offset_words(offset)
     with on_device(target):
         _noise_kernel[(triton.cdiv(n, block),)](
-            target if bits is not None else out, target, n, seed, lo, hi,
-            WRITE_BITS=bits is not None, BLOCK=block, enable_fp_fusion=False)
+            target, target, n, seed, lo, hi, WRITE_BITS=bits is not None, BLOCK=block,
+            enable_fp_fusion=False)
 
 
 def softmax_forward(x, tau, scale, seed, offset, hard, y, argmax) -> None:
-    """x, y (rows, vocab) contiguous; tau, scale float32 (1,) or (rows,); argmax (rows,)."""
+    """x, y (rows, vocab) contiguous of one dtype; tau, scale (1,) or (rows,), float32 (float64
+    with float64 x); argmax (rows,) int64."""
+    if x.dtype == torch.float64:  # the kernels compute in float32, as cpu and cuda do
+        y32 = torch.empty(y.shape, dtype=torch.float32, device=y.device)
+        softmax_forward(x.float(), tau.float(), scale.float(), seed, offset, hard, y32, argmax)
+        y.copy_(y32)
+        return
     rows, vocab = x.shape
-    _check_rows(rows)
     fits = vocab <= FIT_LIMIT
     block = triton.next_power_of_2(vocab) if fits else CHUNK
     lo, hi = _offset_words(offset)
@@ -278,9 +295,18 @@ def softmax_forward(x, tau, scale, seed, offset, hard, y, argmax) -> None:
 
 
 def softmax_backward(x, dy, tau, scale, seed, offset, dx, gz, zz) -> None:
-    """dx float32 (rows, vocab); gz, zz float32 (rows,) or None (not wanted)."""
+    """x, dy (rows, vocab) contiguous of one dtype; dx (rows, vocab) and gz, zz (rows,) (or
+    None: not wanted) float32, float64 with float64 x (as tau and scale)."""
+    if x.dtype == torch.float64:  # the kernels compute in float32
+        outs = (dx, gz, zz)
+        bufs = [None if t is None else torch.empty(t.shape, dtype=torch.float32, device=t.device)
+                for t in outs]
+        softmax_backward(x.float(), dy.float(), tau.float(), scale.float(), seed, offset, *bufs)
+        for t, buf in zip(outs, bufs):
+            if t is not None:
+                t.copy_(buf)
+        return
     rows, vocab = x.shape
-    _check_rows(rows)
     fits = vocab <= FIT_LIMIT
     block = triton.next_power_of_2(vocab) if fits else CHUNK
     lo, hi = _offset_words(offset)
@@ -292,26 +318,25 @@ def softmax_backward(x, dy, tau, scale, seed, offset, dx, gz, zz) -> None:
                                      enable_fp_fusion=False)
 
 
-def topk(x, k, tau, seed, offset):
-    """(scores (rows, k) float32, indices (rows, k) int64) of Gumbel-top-k on float32 x."""
+def topk(x, k, tau, seed, offset, values, indices) -> None:
+    """x (rows, vocab) float32 contiguous; values (rows, k) float32, indices (rows, k) int64."""
     rows, vocab = x.shape
     block = min(TOPK_CHUNK, triton.next_power_of_2(vocab))
     n_chunks = triton.cdiv(vocab, block)
-    _check_rows(rows)
-    if n_chunks > _MAX_GRID_Y:
-        raise ValueError(f"triton gumbel_topk takes at most {_MAX_GRID_Y * TOPK_CHUNK} columns, "
-                         f"got {vocab}")
     per_chunk = min(k, block)
-    scores = torch.empty((rows, n_chunks * per_chunk), dtype=torch.float32, device=x.device)
-    indices = torch.empty((rows, n_chunks * per_chunk), dtype=torch.long, device=x.device)
+    if n_chunks == 1:  # the one chunk's picks are the answer (per_chunk = k)
+        scores, picks = values, indices
+    else:
+        scores = torch.empty((rows, n_chunks * per_chunk), dtype=torch.float32, device=x.device)
+        picks = torch.empty((rows, n_chunks * per_chunk), dtype=torch.long, device=x.device)
     lo, hi = _offset_words(offset)
     with on_device(x):
         _topk_kernel[(rows, n_chunks)](x, tau, _stride(tau), vocab, seed, lo, hi, per_chunk,
-                                       n_chunks, scores, indices, BLOCK=block,
+                                       n_chunks, scores, picks, BLOCK=block,
                                        num_warps=_warps(block), enable_fp_fusion=False)
-    if n_chunks == 1:
-        return scores, indices
-    # Candidates lie in column order within equal scores: a stable sort keeps ties toward the
-    # smaller index.
-    scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    return scores[:, :k].contiguous(), indices.gather(1, order[:, :k])
+    if n_chunks > 1:
+        # Candidates lie in column order within equal scores: a stable sort keeps ties toward
+        # the smaller index.
+        scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+        values.copy_(scores[:, :k])
+        torch.gather(picks, 1, order[:, :k], out=indices)
