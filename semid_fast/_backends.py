@@ -68,29 +68,6 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return [b for b in BACKENDS if any(_usable(b, d) is None for d in devices)]
 
 
-def resolve(backend: str, device: torch.device, op: str,
-            gpu_order: tuple[str, ...] = ("cuda", "triton"),
-            supported: tuple[str, ...] = BACKENDS) -> str:
-    """The backend that runs `op` on `device`: 'auto' picks, a named one is checked."""
-    if not isinstance(backend, str):
-        raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
-    if backend == "auto":
-        order = gpu_order if device.type == "cuda" else ("cpu",)
-        for name in order:
-            if name in supported and _usable(name, device) is None:
-                return name
-        return "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    if backend not in supported:
-        raise ValueError(f"{op}: backend {backend!r} does not implement this call; "
-                         f"use one of {supported}")
-    reason = _usable(backend, device)
-    if reason is not None:
-        raise RuntimeError(f"{op}: backend {backend!r} is unavailable: {reason}")
-    return backend
-
-
 _MODULES: dict[tuple[str, str], object] = {}
 
 
@@ -129,8 +106,8 @@ def refusal(backend: str, family: str, name: str, args: dict | None) -> str | No
     return None if refuses is None or args is None else refuses(**args)
 
 
-# Under torch.compile the choice is made once, at trace time (it imports backend modules,
-# which dynamo cannot trace); a call with other sizes re-traces and chooses again.
+# Under torch.compile the choice is made at trace time (it imports backend modules, which
+# dynamo cannot trace) and kept as a constant; the arguments it depends on are guarded.
 @torch.compiler.assume_constant_result
 def choose(backend: str, device: torch.device, family: str, name: str, *, op: str | None = None,
            args: dict | None = None) -> str:
@@ -139,10 +116,18 @@ def choose(backend: str, device: torch.device, family: str, name: str, *, op: st
     'auto' takes the first usable backend of the device's order that implements the launcher
     and does not refuse `args` (the call's size arguments, see `refusal`), else the reference.
     A named backend is checked, and a clear error names `op` (the public name; defaults to
-    `name`) and the reason it cannot run."""
+    `name`) and the reason it cannot run. Answers are cached: decode steps ask thousands of
+    times."""
     op = op or name
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
+    return _chosen(backend, device, family, name, op, tuple(sorted((args or {}).items())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _chosen(backend: str, device: torch.device, family: str, name: str, op: str,
+            args: tuple) -> str:
+    args = dict(args) if args else None
     if backend == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ()):
             if (_usable(candidate, device) is None and implements(candidate, family, name)
@@ -161,6 +146,14 @@ def choose(backend: str, device: torch.device, family: str, name: str, *, op: st
     if reason is not None:
         raise ValueError(f"{op}: backend {backend!r} cannot take this call: {reason}")
     return backend
+
+
+@torch.compiler.assume_constant_result
+def own_or_reference(backend: str, family: str, name: str) -> str:
+    """`backend` when it defines launcher `name`, else the reference, whose torch ops run on any
+    device: for the steps of an op that a backend has no kernel for (e.g. a GPU backend
+    without a backward kernel)."""
+    return backend if implements(backend, family, name) else "reference"
 
 
 def _implements_if_importable(backend: str, family: str, name: str) -> bool:

@@ -2,9 +2,14 @@
 
 TRITON_INTERPRET must be set before anything imports triton, so it is set here, at
 collection time, before the test modules import semid_fast.
+
+torch.compile tests get a fresh Inductor cache: its key does not cover the Python autograd
+formula of a custom op, so a graph cached by an older semid_fast (another op signature) would
+be replayed.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="semid_fast_inductor_"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

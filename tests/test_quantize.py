@@ -389,7 +389,7 @@ def test_opcheck_every_registered_op(backend):
                           (x, codebooks.detach().requires_grad_(), 0.25, "sum", [0.003, 0.05], 10,
                            backend))
     upstream, weight = torch.randn_like(x), torch.tensor(1.5)
-    backward = ops._own_or_reference(backend, "rq_quantize_backward")
+    backward = _backends.own_or_reference(backend, "quantize", "rq_quantize_backward")
     torch.library.opcheck(ops._rq_quantize_backward_op,
                           (x.detach(), codebooks.detach(), codes, upstream, weight, 0.25, "mean",
                            backward))

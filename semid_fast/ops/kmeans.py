@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
+from .. import _backends, _checks
 from ..reference import kmeans as ref
 from ..reference.kmeans import KMeansResult
-from .quantize import MAX_K, _choose, _launcher, _own_or_reference
+from .quantize import FAMILY, MAX_K, _launcher
 
 __all__ = ["KMeansResult", "kmeans", "rq_init"]
 
@@ -39,7 +39,8 @@ def _init(backend: str, x: torch.Tensor, k: int, init: str,
         return ref.init_centroids(x, k, init, generator)
     first, draws = ref.kmeanspp_draws(x.shape[0], k, generator)
     picks = torch.empty(k, dtype=torch.long, device=x.device)
-    _launcher(_own_or_reference(backend, "kmeanspp"), "kmeanspp")(x, first, draws, picks)
+    own = _backends.own_or_reference(backend, FAMILY, "kmeanspp")
+    _launcher(own, "kmeanspp")(x, first, draws, picks)
     return x[picks]
 
 
@@ -53,8 +54,8 @@ def _assign(backend: str, x: torch.Tensor, centroids: torch.Tensor):
 def _update(backend: str, x: torch.Tensor, codes: torch.Tensor, k: int):
     sums = torch.empty((k, x.shape[1]), dtype=torch.float64, device=x.device)
     counts = torch.empty(k, dtype=torch.long, device=x.device)
-    _launcher(_own_or_reference(backend, "kmeans_update"), "kmeans_update")(x, codes, sums,
-                                                                            counts)
+    own = _backends.own_or_reference(backend, FAMILY, "kmeans_update")
+    _launcher(own, "kmeans_update")(x, codes, sums, counts)
     return sums, counts
 
 
@@ -97,7 +98,7 @@ def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a float >= 0, got {tol!r}")
     _checks.finite(x, "x")
-    name = _choose(backend, x.device, "kmeans_assign", op)
+    name = _backends.choose(backend, x.device, FAMILY, "kmeans_assign", op=op)
     return x.detach().float().contiguous(), name
 
 

@@ -57,12 +57,6 @@ def _topk(token_scores, codes, k, mean, candidates, item_mask, backend):
     return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend)
 
 
-# Dynamo cannot trace the choice (module imports): under torch.compile it runs once, at trace time.
-@torch.compiler.assume_constant_result
-def _choose(backend: str, device: torch.device, op: str, k: int) -> str:
-    return _backends.choose(backend, device, _FAMILY, "holistic_topk", op=op, args={"k": k})
-
-
 def _check_scores_codes(op, token_scores, codes):
     _checks.tensor(token_scores, "token_scores", 3, _checks.FLOAT_DTYPES, "(B, M, K)")
     _checks.tensor(codes, "codes", 2, _checks.INT_DTYPES, "(N, M)")
@@ -124,7 +118,8 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
                              f"{tuple(item_mask.shape)}")
     if n >= _keys.MAX_ITEMS:
         raise ValueError(f"holistic_topk: at most 2**32 - 1 items, got N={n}")
-    name = _choose(backend, device, "holistic_topk", k)
+    name = _backends.choose(backend, device, _FAMILY, "holistic_topk", op="holistic_topk",
+                            args={"k": k})
     return _topk(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
 
 
@@ -199,7 +194,8 @@ class ItemGraph:
         if n >= _keys.MAX_ITEMS:
             raise ValueError(f"ItemGraph.build: at most 2**32 - 1 items, got N={n}")
         # Checked once here; every block then calls the op directly (no per-block scans).
-        name = _choose(backend, codes.device, "ItemGraph.build", n_edges)
+        name = _backends.choose(backend, codes.device, _FAMILY, "holistic_topk", op="ItemGraph.build",
+                            args={"k": n_edges})
         positions = torch.arange(m, device=codes.device)
         blocks = []
         for start in range(0, n, block_size):
@@ -310,7 +306,8 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
         _checks.codes_in_range(init, n, "init")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    name = _choose(backend, device, "graph_decode", beam_width)
+    name = _backends.choose(backend, device, _FAMILY, "holistic_topk", op="graph_decode",
+                            args={"k": beam_width})
     beam = init.long().to(device)
     graph._check_ids()
     neighbors = graph.neighbors.to(device)

@@ -24,20 +24,6 @@ def _launcher(backend: str, name: str):
     return _backends.launcher(backend, FAMILY, name)
 
 
-@torch.compiler.assume_constant_result
-def _choose(backend: str, device: torch.device, name: str, op: str) -> str:
-    """_backends.choose, a constant for torch.compile (dynamo does not trace its imports)."""
-    return _backends.choose(backend, device, FAMILY, name, op=op)
-
-
-@torch.compiler.assume_constant_result
-def _own_or_reference(backend: str, name: str) -> str:
-    """`backend` when it has launcher `name`, else the reference, whose torch ops run on any
-    device: the steps a backend has no kernel for (rq_quantize's backward on a GPU, the k-means
-    update) run there."""
-    return backend if _backends.implements(backend, FAMILY, name) else "reference"
-
-
 def _encode_launcher(beam_width: int, sk_epsilons) -> str:
     """The launcher that _encode calls for these arguments."""
     if beam_width > 1:
@@ -188,7 +174,7 @@ def _quantize_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(codes)
     ctx.save_for_backward(x, codebooks, codes)
     ctx.beta, ctx.reduction = beta, reduction
-    ctx.backend = _own_or_reference(backend, "rq_quantize_backward")
+    ctx.backend = _backends.own_or_reference(backend, FAMILY, "rq_quantize_backward")
 
 
 def _quantize_backward(ctx, grad_quantized, grad_loss, grad_codes):
@@ -340,8 +326,8 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
         raise ValueError(f"rq_encode: beam_width * K = {beam_width * k} candidate scores per row; "
                          f"at most {_MAX_BEAM_CANDIDATES} are supported")
     _checks.code_dtype(code_dtype, k)
-    name = _choose(backend, device, _encode_launcher(beam_width, epsilons),
-                   "rq_encode (beam_width > 1)" if beam_width > 1 else "rq_encode")
+    name = _backends.choose(backend, device, FAMILY, _encode_launcher(beam_width, epsilons),
+                            op="rq_encode (beam_width > 1)" if beam_width > 1 else "rq_encode")
     codes = _rq_encode_op(x.contiguous(), _f32(codebooks), beam_width, epsilons, sk_iters, name)
     return codes if code_dtype == torch.int64 else codes.to(code_dtype)
 
@@ -358,7 +344,7 @@ def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str = "a
         entry is the sum of the output gradients of the rows that use it.
     """
     device = _check_codes("rq_decode", codes, codebooks)
-    name = _choose(backend, device, "rq_decode", "rq_decode")
+    name = _backends.choose(backend, device, FAMILY, "rq_decode", op="rq_decode")
     out = _decode_op(codes.long().contiguous(), _f32(codebooks), False, name)
     return out.to(codebooks.dtype)
 
@@ -402,7 +388,8 @@ def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
     if reduction not in ("mean", "sum"):
         raise ValueError(f"rq_quantize: reduction must be 'mean' or 'sum', got {reduction!r}")
     epsilons = _sk_epsilons("rq_quantize", sk_epsilon, sk_iters, codebooks.shape[0])
-    name = _choose(backend, device, _encode_launcher(1, epsilons), "rq_quantize")
+    name = _backends.choose(backend, device, FAMILY, _encode_launcher(1, epsilons),
+                            op="rq_quantize")
     quantized, loss, codes = _rq_quantize_op(x.contiguous(), _f32(codebooks), float(beta),
                                              reduction, epsilons, sk_iters, name)
     return codes, quantized, loss
@@ -438,7 +425,7 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tenso
     _check_rotation("pq_encode", rotation, x.shape[1], device)
     _check_center("pq_encode", center, x.shape[1], device)
     _checks.code_dtype(code_dtype, codebooks.shape[1])
-    name = _choose(backend, device, "pq_encode", "pq_encode")
+    name = _backends.choose(backend, device, FAMILY, "pq_encode", op="pq_encode")
     if rotation is not None:
         x = x.float() @ rotation.float().T
         if center is not None:  # on the fresh product, rounded after it as faiss does
@@ -462,7 +449,7 @@ def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *,
     dim = codes.shape[1] * codebooks.shape[2]
     _check_rotation("pq_decode", rotation, dim, device)
     _check_center("pq_decode", center, dim, device)
-    name = _choose(backend, device, "pq_decode", "pq_decode")
+    name = _backends.choose(backend, device, FAMILY, "pq_decode", op="pq_decode")
     out = _decode_op(codes.long().contiguous(), _f32(codebooks), True, name)
     out = out.to(codebooks.dtype)
     if center is not None:

@@ -16,7 +16,6 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import pickle
 import warnings
@@ -517,19 +516,6 @@ def _(pool_scores, pool_states, scores, states, terminal, backend):
             pool_states.new_empty(pool_states.shape), states.new_empty(states.shape))
 
 
-# The choice depends only on these arguments, which torch.compile guards on: it calls the
-# function while tracing and keeps the name (the backend table imports modules, which
-# Dynamo does not trace).
-@torch.compiler.assume_constant_result
-def _choose(backend: str, device: torch.device, name: str, op: str, **args) -> str:
-    return _chosen(backend, device, name, op, tuple(args.items()))
-
-
-@functools.lru_cache(maxsize=256)  # a decode step is called thousands of times
-def _chosen(backend, device, name, op, args) -> str:
-    return _backends.choose(backend, device, "trie", name, op=op, args=dict(args))
-
-
 def _check_step(log_probs, beam_scores, states, trie, beam_width):
     if not isinstance(trie, SemanticIDTrie):
         raise TypeError(f"trie must be a SemanticIDTrie, got {type(trie).__name__}")
@@ -618,8 +604,8 @@ def constrained_beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor,
     device, states = _check_step(log_probs, beam_scores, states, trie, beam_width)
     if not isinstance(renormalize, bool):
         raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
-    name = _choose(backend, device, "beam_step", "constrained_beam_step",
-                   w_in=beam_scores.shape[1], w_out=beam_width)
+    name = _backends.choose(backend, device, "trie", "beam_step", op="constrained_beam_step",
+                            args=dict(w_in=beam_scores.shape[1], w_out=beam_width))
     step = _beam_step if _direct(log_probs, beam_scores, states) else _beam_step_op
     return step(log_probs, beam_scores, states, trie.child_offsets, trie.child_codes,
                 trie.terminal, trie.max_children, beam_width, renormalize, name)
@@ -669,8 +655,8 @@ def constrained_pool_update(pool_scores: torch.Tensor, pool_states: torch.Tensor
     device = _checks.same_device("constrained_pool_update", pool_scores=pool_scores,
                                  pool_states=pool_states, scores=scores, states=states,
                                  trie=trie.terminal)
-    name = _choose(backend, device, "pool_update", "constrained_pool_update", p=p,
-                   w=scores.shape[1])
+    name = _backends.choose(backend, device, "trie", "pool_update", op="constrained_pool_update",
+                            args=dict(p=p, w=scores.shape[1]))
     update = _pool_update if _direct(pool_scores, pool_states, scores, states) else \
         _pool_update_op
     return update(pool_scores, pool_states, scores, states, trie.terminal, name)
@@ -774,9 +760,11 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
     pool = finished == "pool"
     device = trie.device
-    name = _choose(backend, device, "beam_step", "constrained_beam_search", w_in=w, w_out=w)
+    name = _backends.choose(backend, device, "trie", "beam_step", op="constrained_beam_search",
+                            args=dict(w_in=w, w_out=w))
     if pool:
-        pool_name = _choose(backend, device, "pool_update", "constrained_beam_search", p=w, w=w)
+        pool_name = _backends.choose(backend, device, "trie", "pool_update",
+                                     op="constrained_beam_search", args=dict(p=w, w=w))
     with_states = _takes_states(step_fn)
     states = torch.full((b, w), -1, dtype=torch.long, device=device)
     states[:, 0] = 0
