@@ -44,6 +44,48 @@ def test_cuda_is_built_where_nvcc_exists():
     assert _build_info.CUDA_BUILT
 
 
+def test_build_info_names_the_commit():
+    """A build from a git checkout records its commit; any other build records None."""
+    commit = _build_info.GIT_COMMIT
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit), commit
+
+
+def test_kernel_limits_are_module_attributes():
+    """The limits that Python reads from the extensions instead of mirroring them."""
+    cpu = _native.cpu()
+    assert cpu.HOLISTIC_QUERY_LANES == 8
+    assert cpu.RQ_MAX_BEAM_CANDIDATES == 1 << 26
+    assert cpu.TRIE_MAX_CANDIDATES == 2**32 - 1
+    assert (cpu.STATUS_OK, cpu.STATUS_CODE_OUT_OF_RANGE, cpu.STATUS_BAD_ARGUMENT) == (0, 1, 2)
+    assert set(_native.CPU_STATUS) == {cpu.STATUS_CODE_OUT_OF_RANGE, cpu.STATUS_BAD_ARGUMENT}
+    if _build_info.CUDA_BUILT:
+        cuda = importlib.import_module("semid_fast._C_cuda")
+        assert cuda.HOLISTIC_MAX_K == 4096
+        assert (cuda.TRIE_MAX_BEAMS, cuda.TRIE_MAX_BEAMS_IN) == (1024, 8192)
+        assert _native.DTYPE_CODES == {torch.float32: cuda.DTYPE_FLOAT32,
+                                       torch.float16: cuda.DTYPE_FLOAT16,
+                                       torch.bfloat16: cuda.DTYPE_BFLOAT16}
+
+
+def test_rq_encode_kernel_bounds_the_beam_by_the_encodings():
+    """A beam wider than the k**levels encodings that exist (the kernel's own bound, not only
+    the Python one) sizes its buffers by the encodings: the same codes, no huge allocation
+    inside the threads."""
+    g = torch.Generator().manual_seed(0)
+    x, books = torch.randn(50, 4, generator=g), torch.randn(1, 2, 4, generator=g)
+    cpu = _native.cpu()
+
+    def codes_with(beam_width):
+        codes = torch.empty(50, 1, dtype=torch.long)
+        status = cpu.rq_encode_f32(x.data_ptr(), 50, 4, books.data_ptr(), 1, 2, beam_width, 0,
+                                   0, codes.data_ptr(), 0, 0, 2)
+        assert status == 0
+        return codes
+
+    # The widest beam the kernel accepts for K = 2 (RQ_MAX_BEAM_CANDIDATES / K).
+    assert torch.equal(codes_with(cpu.RQ_MAX_BEAM_CANDIDATES // 2), codes_with(2))
+
+
 # Kernels allowed a stack frame, with why. Every other kernel of _C_cuda must have none: a
 # frame there usually means registers spilled to local memory.
 CUDA_STACK_ALLOWED = {

@@ -187,10 +187,6 @@ void fill_noise(uint64_t seed, uint64_t offset, int64_t e0, int64_t n, uint32_t*
   }
 }
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
-
 // z = (x + scale * g) / tau into z, and the first index of the largest z, in one pass (8
 // lanes, each keeping its first maximum; rows too long for int32 lanes take a scalar scan).
 int64_t perturb_argmax(const float* x, const float* g, int64_t v, float tau, float scale,
@@ -202,9 +198,8 @@ int64_t perturb_argmax(const float* x, const float* g, int64_t v, float tau, flo
     v8f lane_best = kNegInf - v8f{};
     v8i lane_at = v8i{}, index = v8i{0, 1, 2, 3, 4, 5, 6, 7};
     for (; j + 8 <= v; j += 8) {  // philox::perturb lane by lane: one rounding per operation
-      const v8f zz = (*reinterpret_cast<const v8f_unaligned*>(x + j) +
-                      scale * *reinterpret_cast<const v8f_unaligned*>(g + j)) / tau;
-      *reinterpret_cast<v8f_unaligned*>(z + j) = zz;
+      const v8f zz = (load8(x + j) + scale * load8(g + j)) / tau;
+      store8(z + j, zz);
       const v8i gt = zz > lane_best;
       lane_best = gt ? zz : lane_best;
       lane_at = gt ? index : lane_at;
@@ -256,8 +251,7 @@ float lane_dot(const float* a, const float* b, int64_t v) {
   v8f acc = v8f{};
   int64_t j = 0;
   for (; j + 8 <= v; j += 8)
-    acc += *reinterpret_cast<const v8f_unaligned*>(a + j) *
-           *reinterpret_cast<const v8f_unaligned*>(b + j);
+    acc += load8(a + j) * load8(b + j);
   float sum = 0.f;
   for (int l = 0; l < 8; ++l) sum += acc[l];
   for (; j < v; ++j) sum += a[j] * b[j];
@@ -280,12 +274,12 @@ void exp_sum_dot(float* z, const float* dy, int64_t v, float max, float& sum, fl
       ds = dy ? dd : nullptr;
     }
     v8f e[4];
-    for (int k = 0; k < 4; ++k) e[k] = *reinterpret_cast<const v8f_unaligned*>(zs + 8 * k) - max;
+    for (int k = 0; k < 4; ++k) e[k] = load8(zs + 8 * k) - max;
     exp_nonpositive_4x8(e);
     for (int k = 0; k < 4; ++k) {
       acc_sum += e[k];
-      if (ds) acc_dot += e[k] * *reinterpret_cast<const v8f_unaligned*>(ds + 8 * k);
-      if (n == 32) *reinterpret_cast<v8f_unaligned*>(z + j + 8 * k) = e[k];
+      if (ds) acc_dot += e[k] * load8(ds + 8 * k);
+      if (n == 32) store8(z + j + 8 * k, e[k]);
       else std::copy(&e[k][0], &e[k][0] + 8, zz + 8 * k);
     }
     if (n < 32) std::copy(zz, zz + n, z + j);
@@ -300,11 +294,13 @@ void exp_sum_dot(float* z, const float* dy, int64_t v, float max, float& sum, fl
 template <typename Body>
 void for_rows(int64_t rows, int64_t v, int n_threads, Body body) {
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, rows)));
+  // Two rows of scratch per thread, allocated before the region (a failure throws here).
+  std::vector<float> scratch(size_t(threads) * 2 * size_t(v));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> a(static_cast<size_t>(v)), b(static_cast<size_t>(v));
+    float* a = scratch.data() + size_t(omp_get_thread_num()) * 2 * size_t(v);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < rows; ++i) body(i, a.data(), b.data());
+    for (int64_t i = 0; i < rows; ++i) body(i, a, a + v);
   }
 }
 
@@ -312,7 +308,7 @@ void for_rows(int64_t rows, int64_t v, int n_threads, Body body) {
 
 int gumbel_noise(uint64_t seed, uint64_t offset, int64_t start, int64_t n, uint32_t* bits,
                  float* noise, int n_threads) {
-  if (n < 0 || start < 0 || n > INT64_MAX - 64 - start) return 2;  // element indices fit
+  if (n < 0 || start < 0 || n > INT64_MAX - 64 - start) return kBadArgument;  // element indices fit
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
@@ -321,14 +317,14 @@ int gumbel_noise(uint64_t seed, uint64_t offset, int64_t start, int64_t n, uint3
     fill_noise(seed, offset, start + lo, len, bits ? bits + lo : nullptr,
                noise ? noise + lo : nullptr);
   }
-  return 0;
+  return kOk;
 }
 
 int gumbel_softmax_fwd_f32(const float* x, int64_t rows, int64_t v, const float* tau,
                            int64_t tau_stride, const float* scale, int64_t scale_stride,
                            uint64_t seed, uint64_t offset, int hard, float* y, int64_t* argmax,
                            int n_threads) {
-  if (rows < 0 || v <= 0 || !tau || !scale) return 2;
+  if (rows < 0 || v <= 0 || !tau || !scale) return kBadArgument;
   for_rows(rows, v, n_threads, [&](int64_t i, float* g, float*) {
     const float* xi = x + i * v;
     float* yi = y + i * v;
@@ -345,14 +341,14 @@ int gumbel_softmax_fwd_f32(const float* x, int64_t rows, int64_t v, const float*
     const float inv = 1.f / total;
     for (int64_t j = 0; j < v; ++j) yi[j] *= inv;
   });
-  return 0;
+  return kOk;
 }
 
 int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_t v,
                            const float* tau, int64_t tau_stride, const float* scale,
                            int64_t scale_stride, uint64_t seed, uint64_t offset, float* dx,
                            float* row_gz, float* row_zz, int n_threads) {
-  if (rows < 0 || v <= 0 || !tau || !scale) return 2;
+  if (rows < 0 || v <= 0 || !tau || !scale) return kBadArgument;
   for_rows(rows, v, n_threads, [&](int64_t i, float* g, float* y) {
     const float* xi = x + i * v;
     const float* dyi = dy + i * v;
@@ -379,22 +375,25 @@ int gumbel_softmax_bwd_f32(const float* x, const float* dy, int64_t rows, int64_
       if (row_zz) row_zz[i] = zz;
     }
   });
-  return 0;
+  return kOk;
 }
 
 int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
                     int64_t tau_stride, uint64_t seed, uint64_t offset, int64_t k,
                     float* out_scores, int64_t* out_idx, int n_threads) {
-  if (rows < 0 || v <= 0 || k <= 0 || k > v || !tau) return 2;
+  if (rows < 0 || v <= 0 || k <= 0 || k > v || !tau) return kBadArgument;
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, rows)));
+  // Every thread's row of scores (and of indices for k > 1) allocated before the region.
+  std::vector<float> all_scores(size_t(threads) * size_t(v));
+  std::vector<int64_t> all_orders(k > 1 ? size_t(threads) * size_t(v) : 0);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> scores(static_cast<size_t>(v));
-    std::vector<int64_t> order(k > 1 ? static_cast<size_t>(v) : 0);
+    const size_t mine = size_t(omp_get_thread_num()) * size_t(v);
+    float* si = all_scores.data() + mine;
+    int64_t* order = k > 1 ? all_orders.data() + mine : nullptr;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < rows; ++i) {
       const float* xi = x + i * v;
-      float* si = scores.data();
       const float t = tau[i * tau_stride];
       fill_noise(seed, offset, i * v, v, nullptr, si);
       for (int64_t j = 0; j < v; ++j) si[j] = xi[j] / t + si[j];
@@ -405,7 +404,7 @@ int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
         out_idx[i] = at;
         continue;
       }
-      std::iota(order.begin(), order.end(), int64_t(0));
+      std::iota(order, order + v, int64_t(0));
       // A strict total order even on unchecked NaN scores (ranked first, as torch.topk
       // does): std::partial_sort needs one.
       const auto better = [si](int64_t a, int64_t b) {
@@ -414,14 +413,14 @@ int gumbel_topk_f32(const float* x, int64_t rows, int64_t v, const float* tau,
         if (!nan_a && si[a] != si[b]) return si[a] > si[b];
         return a < b;
       };
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+      std::partial_sort(order, order + k, order + v, better);
       for (int64_t r = 0; r < k; ++r) {
         out_idx[i * k + r] = order[r];
         out_scores[i * k + r] = si[order[r]];
       }
     }
   }
-  return 0;
+  return kOk;
 }
 
 }  // namespace SEMID_FAST_ISA

@@ -18,10 +18,6 @@ namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
-inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
-
 constexpr int kMaxTrials = 64;
 
 // out[t] = row . cands[t] for t < count (count <= 4; cands row-major with width d).

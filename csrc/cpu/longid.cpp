@@ -16,19 +16,14 @@
 #include <vector>
 
 #include "semid_fast/longid.h"
-#include "semid_fast/quantize.h"
 
 namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
-constexpr int LANES = 8;
+constexpr int LANES = kHolisticQueryLanes;
 constexpr int64_t ITEM_CHUNK = 1024;
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
-
-inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
 
 struct Hit {
   float score;
@@ -38,30 +33,13 @@ struct Hit {
 inline bool better(const Hit& a, const Hit& b) {
   return a.score > b.score || (a.score == b.score && a.id < b.id);
 }
-
-// The best `cap` hits seen so far; a heap whose front is the worst kept hit.
-struct TopK {
-  std::vector<Hit> heap;
-  int64_t cap = 0;
-
-  void reset(int64_t c, int64_t most_items) {
-    cap = c;
-    heap.clear();
-    heap.reserve(size_t(most_items));
-  }
-  float threshold() const { return int64_t(heap.size()) < cap ? NEG_INF : heap.front().score; }
-  void push(float score, int64_t id) {
-    const Hit h{score, id};
-    if (int64_t(heap.size()) < cap) {
-      heap.push_back(h);
-      std::push_heap(heap.begin(), heap.end(), better);
-    } else if (better(h, heap.front())) {
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = h;
-      std::push_heap(heap.begin(), heap.end(), better);
-    }
-  }
+struct Better {
+  bool operator()(const Hit& a, const Hit& b) const { return better(a, b); }
 };
+using Hits = TopK<Hit, Better>;
+
+// The score an item must reach to enter (NaN never does: it fails every comparison).
+inline float threshold(const Hits& h) { return h.full() ? h.worst().score : NEG_INF; }
 
 // Reads codes as unsigned offsets. GUARD (every type but uint8 with K = 256) clamps a code
 // outside [0, k) to 0, so nothing is read out of bounds, and remembers it in `bad`.
@@ -119,17 +97,17 @@ inline float score_one(const Problem& p, const float* tq, int64_t stride, Reader
 // Items [lo, hi) against the 8 queries of group g (interleaved tables).
 template <typename Reader>
 bool scan_group(const Problem& p, Reader code, int64_t g, int64_t lo, int64_t hi,
-                TopK* heaps) {
+                Hits* heaps) {
   const float* tg = p.table + g * p.m * p.k * LANES;
   const int64_t lanes = std::min<int64_t>(LANES, p.b - g * LANES);
   float thr[LANES];
-  for (int q = 0; q < LANES; ++q) thr[q] = q < lanes ? heaps[q].threshold() : 0.0f;
+  for (int q = 0; q < LANES; ++q) thr[q] = q < lanes ? threshold(heaps[q]) : 0.0f;
   auto offer = [&](v8f s, int64_t item) {
     if (p.divisor != 1.0f) s = s / p.divisor;
     for (int q = 0; q < lanes; ++q)
       if (s[q] >= thr[q] && !excluded(p, g * LANES + q, item)) {
-        heaps[q].push(s[q], item);
-        thr[q] = heaps[q].threshold();
+        heaps[q].offer({s[q], item});
+        thr[q] = threshold(heaps[q]);
       }
   };
   int64_t i = lo;
@@ -162,7 +140,7 @@ bool scan_group(const Problem& p, Reader code, int64_t g, int64_t lo, int64_t hi
 // Kept scalar: gcc's SLP pass would pack the eight lookups into a vector one lane at a time.
 template <typename Reader>
 __attribute__((optimize("no-tree-slp-vectorize"))) bool scan_single(
-    const Problem& p, Reader code, int64_t q, int64_t lo, int64_t hi, TopK& heap) {
+    const Problem& p, Reader code, int64_t q, int64_t lo, int64_t hi, Hits& heap) {
   const float* tq = p.table + q * p.m * p.k;
   const int64_t slice = std::max<int64_t>(1, (16 * 1024 / 4) / p.k);
   float partial[ITEM_CHUNK];
@@ -183,19 +161,20 @@ __attribute__((optimize("no-tree-slp-vectorize"))) bool scan_single(
     for (; i < hi; ++i)
       for (int64_t mm = m0; mm < m1; ++mm) partial[i - lo] += tq[mm * p.k + code(i, mm)];
   }
-  float thr = heap.threshold();
+  float thr = threshold(heap);
   for (int64_t i = lo; i < hi; ++i) {
     const float s = partial[i - lo] / p.divisor;
     if (s >= thr && !excluded(p, q, i)) {
-      heap.push(s, i);
-      thr = heap.threshold();
+      heap.offer({s, i});
+      thr = threshold(heap);
     }
   }
   return !code.bad;
 }
 
-void write_sorted(std::vector<Hit>& hits, int64_t topk, float* scores, int64_t* ids) {
-  std::sort(hits.begin(), hits.end(), better);
+// The best hits of `best`, best first, padded with (-inf, -1) to topk.
+void write_sorted(Hits& best, int64_t topk, float* scores, int64_t* ids) {
+  const std::vector<Hit>& hits = best.sorted();
   for (int64_t j = 0; j < topk; ++j) {
     const bool have = j < int64_t(hits.size());
     scores[j] = have ? hits[j].score : NEG_INF;
@@ -208,18 +187,21 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
                  int n_threads) {
   const int64_t n_chunks = (p.n + ITEM_CHUNK - 1) / ITEM_CHUNK;
   n_threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, n_chunks)));
-  std::vector<std::vector<TopK>> per_thread(n_threads, std::vector<TopK>(p.b));
-  // Allocated before the region (a failure throws here, not inside it); a heap never holds
-  // more than the N items.
+  // Every list is allocated here, before the regions (a failure throws here, not inside
+  // them); no list holds more than the N items.
+  const int64_t keep = std::min(p.topk, p.n);
+  std::vector<std::vector<Hits>> per_thread(n_threads, std::vector<Hits>(p.b));
   for (auto& heaps : per_thread)
-    for (TopK& h : heaps) h.reset(p.topk, std::min(p.topk, p.n));
+    for (Hits& h : heaps) h.reserve(keep);
+  std::vector<Hits> merged(n_threads);
+  for (Hits& h : merged) h.reserve(keep);
   bool all_ok = true;
 #pragma omp parallel num_threads(n_threads) reduction(&& : all_ok)
   {
-    std::vector<TopK>& heaps = per_thread[omp_get_thread_num()];
+    std::vector<Hits>& heaps = per_thread[omp_get_thread_num()];
     bool ok = true;
-    // Dynamic chunks balance the threads when a core is shared; the exact comparator in
-    // TopK::push makes the result independent of the order items arrive in.
+    // Dynamic chunks balance the threads when a core is shared; the exact comparator makes
+    // the result independent of the order items arrive in.
 #pragma omp for schedule(dynamic, 8)
     for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
       const int64_t lo = chunk * ITEM_CHUNK, hi = std::min(p.n, lo + ITEM_CHUNK);
@@ -232,11 +214,16 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
     }
     all_ok = all_ok && ok;
   }
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-  for (int64_t q = 0; q < p.b; ++q) {
-    std::vector<Hit> hits;
-    for (auto& heaps : per_thread) hits.insert(hits.end(), heaps[q].heap.begin(), heaps[q].heap.end());
-    write_sorted(hits, p.topk, out_scores + q * p.topk, out_ids + q * p.topk);
+#pragma omp parallel num_threads(n_threads)
+  {
+    Hits& best = merged[omp_get_thread_num()];
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < p.b; ++q) {
+      best.clear();
+      for (auto& heaps : per_thread)
+        for (const Hit& h : heaps[q].items()) best.offer(h);
+      write_sorted(best, p.topk, out_scores + q * p.topk, out_ids + q * p.topk);
+    }
   }
   return all_ok ? kOk : kCodeOutOfRange;
 }
@@ -245,11 +232,19 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
 template <typename Reader>
 int scan_candidates(const Problem& p, Reader code, float* out_scores, int64_t* out_ids,
                     int n_threads) {
+  // Every thread's buffers are allocated here, before the region.
+  n_threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, p.b)));
+  std::vector<std::vector<int64_t>> thread_ids(n_threads);
+  std::vector<Hits> thread_best(n_threads);
+  for (int t = 0; t < n_threads; ++t) {
+    thread_ids[t].reserve(size_t(p.c));
+    thread_best[t].reserve(std::min(p.topk, p.c));
+  }
   bool all_ok = true;
 #pragma omp parallel num_threads(n_threads) reduction(&& : all_ok)
   {
-    std::vector<int64_t> ids;
-    std::vector<Hit> hits;
+    std::vector<int64_t>& ids = thread_ids[omp_get_thread_num()];
+    Hits& best = thread_best[omp_get_thread_num()];
     Reader reader = code;  // per thread: it records bad codes
     bool ok = true;
 #pragma omp for schedule(dynamic, 4)
@@ -264,12 +259,12 @@ int scan_candidates(const Problem& p, Reader code, float* out_scores, int64_t* o
       ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
       int64_t stride;
       const float* tq = query_table(p, q, stride);
-      hits.clear();
-      for (int64_t id : ids) hits.push_back({score_one(p, tq, stride, reader, id), id});
-      const int64_t keep = std::min<int64_t>(p.topk, hits.size());
-      std::partial_sort(hits.begin(), hits.begin() + keep, hits.end(), better);
-      hits.resize(keep);
-      write_sorted(hits, p.topk, out_scores + q * p.topk, out_ids + q * p.topk);
+      best.clear();
+      for (int64_t id : ids) {
+        const float s = score_one(p, tq, stride, reader, id);
+        if (s >= threshold(best)) best.offer({s, id});
+      }
+      write_sorted(best, p.topk, out_scores + q * p.topk, out_ids + q * p.topk);
     }
     all_ok = all_ok && ok && !reader.bad;
   }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -25,18 +26,10 @@ namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
-
 constexpr int TR = 6;   // rows per register tile (12 accumulators + 2 panel vectors + 1 broadcast)
 constexpr int TC = 16;  // codewords per panel (two 8-float vectors)
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
 static_assert(ROW_BLOCK % 16 == 0, "the PQ lane kernel takes rows 16 at a time");
-
-inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
-inline v8f splat(float s) { return v8f{s, s, s, s, s, s, s, s}; }
-inline v8i splat_i(int32_t s) { return v8i{s, s, s, s, s, s, s, s}; }
 
 // Maximum (minimum) of the 8 lanes, broadcast to every lane, by three swap-and-compare steps.
 template <typename V>
@@ -176,37 +169,39 @@ inline int32_t argmax_scores(const float* scores, int64_t count) {
 
 // Short sub-vectors (PQ): so few multiply-adds per score that keeping a running argmax in
 // memory would cost more than the scores. Each tile instead writes its scores for all codes
-// to an L1-resident buffer, then one max pass and one find pass pick the code.
+// to an L1-resident buffer (`scores`, TR * n_panels * TC floats), then one max pass and one
+// find pass pick the code.
 template <int FIXED_D>
 void nearest_codes_short(const float* rows, int64_t count, int64_t ld, const Panels& cb,
-                         int32_t* out) {
+                         float* scores, int32_t* out) {
   const int64_t kp = cb.n_panels * TC;
-  thread_local std::vector<float> scores;
-  scores.resize(TR * kp);
   v8f acc[TR][2];
   for (int64_t t = 0; t < count / TR; ++t) {
     for (int64_t p = 0; p < cb.n_panels; ++p) {
       score_tile<FIXED_D>(rows + t * TR * ld, ld, cb.panel(p), cb.d, cb.bias.data() + p * TC,
                           acc);
       for (int r = 0; r < TR; ++r) {
-        *reinterpret_cast<v8f_unaligned*>(&scores[r * kp + p * TC]) = acc[r][0];
-        *reinterpret_cast<v8f_unaligned*>(&scores[r * kp + p * TC + 8]) = acc[r][1];
+        store8(&scores[r * kp + p * TC], acc[r][0]);
+        store8(&scores[r * kp + p * TC + 8], acc[r][1]);
       }
     }
     for (int r = 0; r < TR; ++r) out[t * TR + r] = argmax_scores(&scores[r * kp], kp);
   }
 }
 
+// Floats of scratch that nearest_codes needs for a codebook of k codewords.
+int64_t nearest_scratch(int64_t k) { return TR * ((k + TC - 1) / TC * TC); }
+
 void nearest_codes(const float* rows, int64_t count, int64_t ld, const Panels& cb,
-                   int32_t* out) {
+                   float* scratch, int32_t* out) {
   switch (cb.d) {
-    case 1: return nearest_codes_short<1>(rows, count, ld, cb, out);
-    case 2: return nearest_codes_short<2>(rows, count, ld, cb, out);
-    case 4: return nearest_codes_short<4>(rows, count, ld, cb, out);
-    case 8: return nearest_codes_short<8>(rows, count, ld, cb, out);
-    case 16: return nearest_codes_short<16>(rows, count, ld, cb, out);
+    case 1: return nearest_codes_short<1>(rows, count, ld, cb, scratch, out);
+    case 2: return nearest_codes_short<2>(rows, count, ld, cb, scratch, out);
+    case 4: return nearest_codes_short<4>(rows, count, ld, cb, scratch, out);
+    case 8: return nearest_codes_short<8>(rows, count, ld, cb, scratch, out);
+    case 16: return nearest_codes_short<16>(rows, count, ld, cb, scratch, out);
     default:
-      return cb.d < 16 ? nearest_codes_short<0>(rows, count, ld, cb, out)
+      return cb.d < 16 ? nearest_codes_short<0>(rows, count, ld, cb, scratch, out)
                        : nearest_codes_fixed<0>(rows, count, ld, cb, out);
   }
 }
@@ -269,13 +264,13 @@ void nearest_codes_lanes(const float* rows, int64_t count, int64_t ld, const flo
 // Nearest codeword per row for PQ: the lane kernel for 1-8 dims (count a multiple of 16
 // and of TR).
 void nearest_codes_pq(const float* rows, int64_t count, int64_t ld, const float* codebook,
-                      const Panels& cb, int32_t* out) {
+                      const Panels& cb, float* scratch, int32_t* out) {
   switch (cb.d) {
     case 1: return nearest_codes_lanes<1, 2, 2>(rows, count, ld, codebook, cb, out);
     case 2: return nearest_codes_lanes<2, 2, 2>(rows, count, ld, codebook, cb, out);
     case 4: return nearest_codes_lanes<4, 2, 1>(rows, count, ld, codebook, cb, out);
     case 8: return nearest_codes_lanes<8, 1, 4>(rows, count, ld, codebook, cb, out);
-    default: return nearest_codes(rows, count, ld, cb, out);
+    default: return nearest_codes(rows, count, ld, cb, scratch, out);
   }
 }
 
@@ -292,23 +287,28 @@ int rq_encode_greedy(const float* x, int64_t n, int64_t d, const float* codebook
   panels.reserve(levels);
   for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
   const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+  // Every thread's buffers (residuals, sums, scratch) allocated before the region.
+  const int64_t per_thread = 2 * ROW_BLOCK * d + nearest_scratch(k);
+  std::vector<float> buffers(size_t(n_threads) * size_t(per_thread));
 
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<float> residual(ROW_BLOCK * d), sum(ROW_BLOCK * d);
+    float* residual = buffers.data() + int64_t(omp_get_thread_num()) * per_thread;
+    float* sum = residual + ROW_BLOCK * d;
+    float* scratch = sum + ROW_BLOCK * d;
     int32_t best[ROW_BLOCK];
 #pragma omp for schedule(dynamic, 4)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
-      const int64_t padded = load_rows(x + row0 * d, rows, d, residual.data());
-      std::fill(sum.begin(), sum.begin() + rows * d, 0.0f);
+      const int64_t padded = load_rows(x + row0 * d, rows, d, residual);
+      std::fill(sum, sum + rows * d, 0.0f);
       for (int64_t l = 0; l < levels; ++l) {
-        nearest_codes(residual.data(), padded, d, panels[l], best);
+        nearest_codes(residual, padded, d, panels[l], scratch, best);
         const float* cb = codebooks + l * k * d;
         for (int64_t r = 0; r < rows; ++r) {
           const float* c = cb + int64_t(best[r]) * d;
-          float* res = residual.data() + r * d;
-          float* acc = sum.data() + r * d;
+          float* res = residual + r * d;
+          float* acc = sum + r * d;
           for (int64_t j = 0; j < d; ++j) {
             res[j] -= c[j];
             acc[j] += c[j];
@@ -317,15 +317,51 @@ int rq_encode_greedy(const float* x, int64_t n, int64_t d, const float* codebook
           if (errors) errors[(row0 + r) * levels + l] = squared_norm(res, d);
         }
       }
-      if (quantized) std::memcpy(quantized + row0 * d, sum.data(), sizeof(float) * rows * d);
+      if (quantized) std::memcpy(quantized + row0 * d, sum, sizeof(float) * rows * d);
     }
   }
   return kOk;
 }
 
+// A beam candidate is one key, (order_word(error) << 32) | (beam * kp + code): the smaller
+// key is the smaller error, ties toward the earlier (beam, code) pair.
+using Candidates = TopK<uint64_t, std::less<uint64_t>>;
+
+// Offers the candidates of one row, `beams` runs of kp scores (the first k of each real), in
+// (beam, code) order; most lose to the worst kept one at the first compare. A function of its
+// own so that the scan keeps its few values in registers.
+void best_candidates(const float* scores, int64_t beams, int64_t k, int64_t kp,
+                     Candidates& best) {
+  // The worst kept error once the list is full; NaN (no compare holds) until then.
+  float worst = __builtin_nanf("");
+  for (int64_t b = 0; b < beams; ++b) {
+    const float* run = scores + b * kp;
+    for (int64_t c = 0; c < k; ++c) {
+      // Worse in float, or equal and later in the scan: worse in key order too.
+      if (run[c] >= worst) continue;
+      best.offer((uint64_t(order_word(run[c])) << 32) | uint64_t(b * kp + c));
+      if (best.full()) worst = scores[best.worst() & 0xFFFFFFFFu];
+    }
+  }
+}
+
+// One thread's buffers of the beam search: beams of a group of rows (slot r * beams + b holds
+// beam b of row r), their candidate scores, and the kept candidates of a row.
+struct BeamBuffers {
+  std::vector<float> res, next, cand, err, next_err, errs_hist, next_errs_hist;
+  std::vector<int32_t> hist, next_hist;
+  Candidates best;
+
+  BeamBuffers(int64_t slot_rows, int64_t d, int64_t kp, int64_t levels, int64_t beam_width)
+      : res(slot_rows * d), next(slot_rows * d), cand(slot_rows * kp), err(slot_rows),
+        next_err(slot_rows), errs_hist(slot_rows * levels), next_errs_hist(slot_rows * levels),
+        hist(slot_rows * levels), next_hist(slot_rows * levels) {
+    best.reserve(beam_width);
+  }
+};
+
 // Beam search: per row, the `beam_width` partial encodings of smallest total squared error.
-// Rows go in groups whose beams are scored together (slot r * beams + b holds beam b of row r;
-// every row has the same number of beams at a level), so each codebook panel is read once per
+// Rows go in groups whose beams are scored together, so each codebook panel is read once per
 // group rather than once per row.
 int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
                    int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
@@ -333,21 +369,34 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
   std::vector<Panels> panels;
   panels.reserve(levels);
   for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
-  const int64_t kp = panels.empty() ? 0 : panels[0].n_panels * TC;
+  const int64_t kp = panels[0].n_panels * TC;
+  // No more beams than encodings exist (k^levels): the buffers below scale with the width.
+  int64_t encodings = 1;
+  for (int64_t l = 0; l < levels && encodings < beam_width; ++l) encodings *= k;
+  beam_width = std::min(beam_width, encodings);
   // About 64 beams per group, and the candidate scores within ~4 MB.
   const int64_t group = std::max<int64_t>(
       1, std::min<int64_t>(64 / beam_width, (int64_t(1) << 20) / (beam_width * kp)));
   const int64_t slot_rows = (group * beam_width + TR - 1) / TR * TR;
   const int64_t n_groups = (n + group - 1) / group;
+  n_threads = int(std::min<int64_t>(n_threads, n_groups));
+  // Every thread's buffers allocated here: a failure throws before the region.
+  std::vector<BeamBuffers> buffers;
+  buffers.reserve(n_threads);
+  for (int t = 0; t < n_threads; ++t) buffers.emplace_back(slot_rows, d, kp, levels, beam_width);
 
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<float> res(slot_rows * d), next(slot_rows * d), cand(slot_rows * kp);
-    std::vector<float> err(slot_rows), next_err(slot_rows);
-    std::vector<float> errs_hist(slot_rows * levels), next_errs_hist(slot_rows * levels);
-    std::vector<int32_t> hist(slot_rows * levels), next_hist(slot_rows * levels);
-    std::vector<int64_t> order(beam_width);
-    std::vector<float> kept_value(beam_width);
+    BeamBuffers& buf = buffers[omp_get_thread_num()];
+    std::vector<float>& res = buf.res;
+    std::vector<float>& next = buf.next;
+    std::vector<float>& cand = buf.cand;
+    std::vector<float>& err = buf.err;
+    std::vector<float>& next_err = buf.next_err;
+    std::vector<float>& errs_hist = buf.errs_hist;
+    std::vector<float>& next_errs_hist = buf.next_errs_hist;
+    std::vector<int32_t>& hist = buf.hist;
+    std::vector<int32_t>& next_hist = buf.next_hist;
     v8f acc[TR][2];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < n_groups; ++g) {
@@ -367,38 +416,26 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
             for (int r = 0; r < TR && t * TR + r < slots; ++r) {
               float* out = cand.data() + (t * TR + r) * kp + p * TC;
               const v8f e = splat(err[t * TR + r]);
-              *reinterpret_cast<v8f_unaligned*>(out) = e - 2.0f * acc[r][0];
-              *reinterpret_cast<v8f_unaligned*>(out + 8) = e - 2.0f * acc[r][1];
+              store8(out, e - 2.0f * acc[r][0]);
+              store8(out + 8, e - 2.0f * acc[r][1]);
             }
           }
         const int64_t keep = std::min<int64_t>(beam_width, beams * k);
         const float* cbl = codebooks + l * k * d;
         for (int64_t r = 0; r < rows; ++r) {
-          // Row r's `keep` best (beam, code) pairs, ordered by error, then beam, then code:
-          // a sorted insertion list, scanned in (beam, code) order so that ties keep the
-          // earlier pair; most candidates lose to the worst kept one at the first compare.
+          buf.best.clear(keep);
+          best_candidates(cand.data() + r * beams * kp, beams, k, kp, buf.best);
           const float* row_cand = cand.data() + r * beams * kp;
-          int64_t kept = 0;
-          for (int64_t b = 0; b < beams; ++b)
-            for (int64_t c = 0; c < k; ++c) {
-              const float value = row_cand[b * kp + c];
-              if (kept == keep && !(value < kept_value[keep - 1])) continue;
-              int64_t at = kept < keep ? kept++ : keep - 1;
-              for (; at > 0 && value < kept_value[at - 1]; --at) {
-                kept_value[at] = kept_value[at - 1];
-                order[at] = order[at - 1];
-              }
-              kept_value[at] = value;
-              order[at] = b * kp + c;
-            }
+          const std::vector<uint64_t>& kept = buf.best.sorted();
           for (int64_t j = 0; j < keep; ++j) {
-            const int64_t parent = r * beams + order[j] / kp, code = order[j] % kp;
+            const int64_t pair = int64_t(kept[j] & 0xFFFFFFFFu);
+            const int64_t parent = r * beams + pair / kp, code = pair % kp;
             const int64_t slot = r * keep + j;
             const float* src = res.data() + parent * d;
             const float* c = cbl + code * d;
             float* dst = next.data() + slot * d;
             for (int64_t e = 0; e < d; ++e) dst[e] = src[e] - c[e];
-            next_err[slot] = kept_value[j];
+            next_err[slot] = row_cand[pair];
             std::copy_n(hist.begin() + parent * levels, l, next_hist.begin() + slot * levels);
             std::copy_n(errs_hist.begin() + parent * levels, l,
                         next_errs_hist.begin() + slot * levels);
@@ -529,7 +566,8 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
   }
   const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
   std::vector<float> residual(x, x + n * d);
-  std::vector<float> blocks(int64_t(n_threads) * ROW_BLOCK * d);
+  const int64_t per_thread = ROW_BLOCK * d + nearest_scratch(k);
+  std::vector<float> blocks(size_t(n_threads) * size_t(per_thread));
   std::vector<int32_t> best(n);
   std::vector<double> kern(any_sk ? n * k : 0), partial(any_sk ? int64_t(n_threads) * k : 0);
   std::vector<double> a(any_sk ? n : 0), b(2 * k);
@@ -541,7 +579,8 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
     const bool sk = eps[l] > 0.0;
 #pragma omp parallel num_threads(n_threads)
     {
-      float* buf = blocks.data() + int64_t(omp_get_thread_num()) * ROW_BLOCK * d;
+      float* buf = blocks.data() + int64_t(omp_get_thread_num()) * per_thread;
+      float* scratch = buf + ROW_BLOCK * d;
       v8f acc[TR][2];
 #pragma omp for schedule(dynamic, 4)
       for (int64_t blk = 0; blk < n_blocks; ++blk) {
@@ -549,7 +588,7 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
         const int64_t padded = load_rows(residual.data() + row0 * d, rows, d, buf);
         if (!sk) {
           int32_t block_best[ROW_BLOCK];  // the padding rows get codes too
-          nearest_codes(buf, padded, d, cb, block_best);
+          nearest_codes(buf, padded, d, cb, scratch, block_best);
           std::copy_n(block_best, rows, best.data() + row0);
           continue;
         }
@@ -603,7 +642,7 @@ int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
     for (int64_t l = 0; l < levels; ++l)
       if (!(eps[l] >= 0.0) || std::isinf(eps[l])) return kBadArgument;
   if (n == 0) return kOk;
-  if (beam_width > (int64_t(1) << 26) / k) return kBadArgument;  // candidate scores of a row
+  if (beam_width > kRqMaxBeamCandidates / k) return kBadArgument;
   if (beam_width == 1 && eps)
     return rq_encode_sk(x, n, d, codebooks, levels, k, eps, sk_iters, codes, quantized, errors,
                         n_threads);
@@ -626,30 +665,35 @@ int sinkhorn_codes_f32(const float* dist, int64_t n, int64_t k, double eps, int6
 
 int pq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, int64_t m,
                   int64_t k, int64_t* codes, int n_threads) {
-  if (n < 0 || m <= 0 || k <= 0 || k > (int64_t(1) << 24) || d % m != 0) return kBadArgument;
+  if (n < 0 || m <= 0 || k <= 0 || k > (int64_t(1) << 24) || d % m != 0 || n_threads <= 0)
+    return kBadArgument;
   if (n == 0) return kOk;
   const int64_t dsub = d / m;
   std::vector<Panels> panels;
   panels.reserve(m);
   for (int64_t s = 0; s < m; ++s) panels.emplace_back(codebooks + s * k * dsub, k, dsub);
   const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+  // Every thread's row block and scratch allocated before the region.
+  const int64_t per_thread = ROW_BLOCK * d + nearest_scratch(k);
+  std::vector<float> buffers(size_t(n_threads) * size_t(per_thread));
 
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<float> block(ROW_BLOCK * d);
+    float* block = buffers.data() + int64_t(omp_get_thread_num()) * per_thread;
+    float* scratch = block + ROW_BLOCK * d;
     int32_t best[ROW_BLOCK];
 #pragma omp for schedule(dynamic, 4)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t row0 = b * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
-      load_rows(x + row0 * d, rows, d, block.data());
+      load_rows(x + row0 * d, rows, d, block);
       // A short last block is zero-padded to a whole block: ROW_BLOCK is a multiple of both
       // the lane kernel's 16 rows and the panel kernel's TR.
       const int64_t padded = ROW_BLOCK;
-      std::fill(block.begin() + rows * d, block.end(), 0.0f);
+      std::fill(block + rows * d, block + ROW_BLOCK * d, 0.0f);
       for (int64_t s = 0; s < m; ++s) {
         // Sub-vector s of each row: columns [s*dsub, (s+1)*dsub) with the full row stride.
-        nearest_codes_pq(block.data() + s * dsub, padded, d, codebooks + s * k * dsub,
-                         panels[s], best);
+        nearest_codes_pq(block + s * dsub, padded, d, codebooks + s * k * dsub, panels[s],
+                         scratch, best);
         for (int64_t r = 0; r < rows; ++r) codes[(row0 + r) * m + s] = best[r];
       }
     }
@@ -670,13 +714,14 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
   const int threads = int(std::max<int64_t>(
       1, std::min<int64_t>({n_threads, std::max<int64_t>(n, 1), (int64_t(64) << 20) / book})));
   std::vector<float> partial(threads * book, 0.0f);
+  std::vector<float> residuals(size_t(threads) * size_t(d));  // allocated before the region
 #pragma omp parallel num_threads(threads)
   {
     float* mine = partial.data() + omp_get_thread_num() * book;
-    std::vector<float> residual(d);
+    float* residual = residuals.data() + int64_t(omp_get_thread_num()) * d;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
-      std::copy(x + i * d, x + (i + 1) * d, residual.begin());
+      std::copy(x + i * d, x + (i + 1) * d, residual);
       for (int64_t l = 0; l < levels; ++l) {
         const int64_t c = codes[i * levels + l];
         const float* e = codebooks + (l * k + c) * d;

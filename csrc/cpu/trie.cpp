@@ -9,8 +9,8 @@
 // the states of levels lcp[i] + 1 .. length[i] (lcp: codes shared with the previous item),
 // and numbering them level by level in item order is breadth-first with sorted children.
 //
-// Beam step: one row per OpenMP iteration; the candidates of a row stream through a
-// min-heap of the beam_width best keys (one uint64 compare each), then the heap is sorted.
+// Beam step: one row per OpenMP iteration; the candidates of a row stream through a top-k
+// list of the beam_width best keys (one uint64 compare each), then the list is sorted.
 //
 // Logits processor (semid_fast.hf): walk + mask in one pass per row, so a generate() step
 // costs one call instead of a few dozen small torch ops. Row logic and ABI: trie_hf.h.
@@ -26,7 +26,7 @@
 #include <numeric>
 #include <vector>
 
-#include "semid_fast/quantize.h"
+#include "semid_fast/common.h"
 #include "semid_fast/trie.h"
 #include "semid_fast/trie_hf.h"
 
@@ -73,7 +73,10 @@ struct Hit {
   float score;
   int64_t parent, token, state;
 };
-inline bool worse(const Hit& a, const Hit& b) { return a.key > b.key; }  // min-heap on key
+struct LargerKey {
+  bool operator()(const Hit& a, const Hit& b) const { return a.key > b.key; }
+};
+using Hits = TopK<Hit, LargerKey>;
 
 }  // namespace
 
@@ -212,34 +215,32 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
                    int64_t* out_parents, int64_t* out_tokens, int64_t* out_states,
                    int n_threads) {
   if (b < 0 || w_in < 0 || v < 0 || s < 1 || w_out < 1 || n_threads < 1) return kBadArgument;
+  if (b == 0) return kOk;
+  n_threads = int(std::min<int64_t>(n_threads, b));
   // A row offers at most w_in * (v + 1) candidates (each beam's children, or its finished
-  // ID), so no heap grows past that; every thread's heap is allocated here, where a failed
-  // allocation throws (MemoryError in Python) instead of aborting inside the region.
-  const int64_t heap_cap = std::min(w_out, w_in * (v + 1));
-  std::vector<std::vector<Hit>> heaps(n_threads);
-  for (auto& h : heaps) h.reserve(size_t(heap_cap));
+  // ID): no list is longer. Every thread's list is allocated here, where a failed allocation
+  // throws (MemoryError in Python) instead of aborting inside the region.
+  int64_t offers;
+  if (__builtin_mul_overflow(w_in, v + 1, &offers)) offers = w_out;
+  const int64_t keep = std::min(w_out, offers);
+  std::vector<Hits> lists(n_threads);
+  for (Hits& h : lists) h.reserve(keep);
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<Hit>& heap = heaps[omp_get_thread_num()];
+    Hits& best = lists[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < b; ++r) {
-      heap.clear();
-      uint64_t threshold = 0;  // the worst kept key once the heap is full
+      best.clear();
+      uint64_t threshold = 0;  // the worst kept key once the list is full
       float threshold_score = -__builtin_inff();  // and its score: a cheap first test
       auto offer = [&](float score, uint32_t rank, int64_t parent, int64_t token,
                        int64_t state) {
         const uint64_t key = trie::candidate_key(score, rank);
         if (key <= threshold) return;
-        if (int64_t(heap.size()) == w_out) {
-          std::pop_heap(heap.begin(), heap.end(), worse);
-          heap.back() = {key, score, parent, token, state};
-        } else {
-          heap.push_back({key, score, parent, token, state});
-        }
-        std::push_heap(heap.begin(), heap.end(), worse);
-        if (int64_t(heap.size()) == w_out) {
-          threshold = heap.front().key;
-          threshold_score = heap.front().score;
+        best.offer({key, score, parent, token, state});
+        if (best.full()) {
+          threshold = best.worst().key;
+          threshold_score = best.worst().score;
         }
       };
       uint32_t rank = 0;
@@ -262,14 +263,14 @@ int trie_beam_step(const float* log_probs, const float* beam_scores, const int64
           offer(sigma, rank++, j, -1, st);  // a finished hypothesis carries on
         }
       }
-      std::sort_heap(heap.begin(), heap.end(), worse);  // ascending in `worse` = best first
+      const std::vector<Hit>& hits = best.sorted();
       for (int64_t k = 0; k < w_out; ++k) {
         const int64_t o = r * w_out + k;
-        if (k < int64_t(heap.size())) {
-          out_scores[o] = heap[k].score;
-          out_parents[o] = heap[k].parent;
-          out_tokens[o] = heap[k].token;
-          out_states[o] = heap[k].state;
+        if (k < int64_t(hits.size())) {
+          out_scores[o] = hits[k].score;
+          out_parents[o] = hits[k].parent;
+          out_tokens[o] = hits[k].token;
+          out_states[o] = hits[k].state;
         } else {
           out_scores[o] = -__builtin_inff();
           out_parents[o] = -1;
@@ -321,7 +322,7 @@ int trie_pool_update(const float* pool_scores, const int64_t* pool_states,
                      const float* scores, const int64_t* states, int64_t b, int64_t p, int64_t w,
                      const int64_t* terminal, int64_t s, float* out_pool_scores,
                      int64_t* out_pool_states, int64_t* out_states, int n_threads) {
-  if (b < 0 || p < 1 || w < 0 || s < 1 || n_threads < 1 || p + w >= (int64_t(1) << 32))
+  if (b < 0 || p < 1 || w < 0 || s < 1 || n_threads < 1 || p + w > trie::kMaxCandidates)
     return kBadArgument;
   // Every thread's keys allocated here: a failed allocation throws before the parallel
   // region (pybind turns it into MemoryError), never inside it.

@@ -1,9 +1,6 @@
 // CUDA kernels of the gumbel family: fused Gumbel-softmax forward and backward (see
 // cuda_gumbel.h and gumbel.h for the math, philox.h for the noise).
 //
-// STATUS: compiled for sm_90 but NEVER RUN on a GPU in the session that wrote it; the GPU
-// tests of tests/test_gumbel.py check it against the reference on a device.
-//
 // Design: one 256-thread block per row. Thread t takes the Philox counter groups
 // first + t, first + t + 256, ... of its row, so one Philox call yields the noise of four
 // consecutive elements, held in registers. Each thread keeps an online (max, first argmax,
@@ -21,6 +18,7 @@
 
 #include "semid_fast/cuda_common.cuh"
 #include "semid_fast/cuda_gumbel.h"
+#include "semid_fast/common.h"
 #include "semid_fast/philox.h"
 
 namespace semid_fast {
@@ -245,7 +243,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 bool bad_sizes(int64_t rows, int64_t v, int dtype) {
-  return rows < 0 || rows > INT_MAX || v <= 0 || dtype < 0 || dtype > 2;
+  return rows < 0 || rows > INT_MAX || v <= 0 ||
+         (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16);
 }
 
 template <typename T>
@@ -285,10 +284,10 @@ cudaError_t gumbel_softmax_fwd(const void* x, int dtype, int64_t rows, int64_t v
                                void* y, int64_t* argmax, cudaStream_t stream) {
   if (bad_sizes(rows, v, dtype)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  if (dtype == 1)
+  if (dtype == kFloat16)
     return launch_fwd<__half>(x, rows, v, tau, tau_stride, scale, scale_stride, seed, offset,
                               hard, y, argmax, stream);
-  if (dtype == 2)
+  if (dtype == kBFloat16)
     return launch_fwd<__nv_bfloat16>(x, rows, v, tau, tau_stride, scale, scale_stride, seed,
                                      offset, hard, y, argmax, stream);
   return launch_fwd<float>(x, rows, v, tau, tau_stride, scale, scale_stride, seed, offset, hard,
@@ -302,10 +301,10 @@ cudaError_t gumbel_softmax_bwd(const void* x, const void* dy, int dtype, int64_t
   if (bad_sizes(rows, v, dtype) || (row_gz == nullptr) != (row_zz == nullptr))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  if (dtype == 1)
+  if (dtype == kFloat16)
     return launch_bwd<__half>(x, dy, rows, v, tau, tau_stride, scale, scale_stride, seed, offset,
                               dx, row_gz, row_zz, stream);
-  if (dtype == 2)
+  if (dtype == kBFloat16)
     return launch_bwd<__nv_bfloat16>(x, dy, rows, v, tau, tau_stride, scale, scale_stride, seed,
                                      offset, dx, row_gz, row_zz, stream);
   return launch_bwd<float>(x, dy, rows, v, tau, tau_stride, scale, scale_stride, seed, offset,

@@ -1,9 +1,6 @@
 // CUDA kernels of the longid family: holistic scoring of long semantic IDs with a fused
 // per-block top-k, on raw pointers (see cuda_longid.h for layouts and the key format).
 //
-// STATUS: compiled (sm_80 and sm_90, ptxas checked for spills) but NEVER RUN on a GPU in the
-// session that wrote it. Treat it as untested until the GPU tests have passed on a device.
-//
 // Design
 // ------
 // holistic_block_topk: one thread block per (item block of items_per_block items, group of
@@ -657,7 +654,7 @@ cudaError_t holistic_block_topk(const float* table, int64_t b, int64_t m, int64_
                                 cudaStream_t stream) {
   if (!valid_common(b, m, k, code_bytes, n, mask_stride, divisor)) return cudaErrorInvalidValue;
   const int64_t ipb = items_per_block;
-  if (ipb < 256 || ipb > 4096 || (ipb & (ipb - 1)) != 0) return cudaErrorInvalidValue;
+  if (ipb < 256 || ipb > kHolisticMaxK || (ipb & (ipb - 1)) != 0) return cudaErrorInvalidValue;
   if (topk < 0 || topk > ipb) return cudaErrorInvalidValue;
   if (n == 0 || b == 0 || topk == 0) return cudaSuccess;
   if (!table || !codes || !block_keys) return cudaErrorInvalidValue;

@@ -1,12 +1,5 @@
 // CUDA kernels of the quantize family: RQ / PQ encode and decode on raw pointers.
 //
-// STATUS: these kernels were compiled (sm_80 and sm_90, ptxas: no spills) but were NEVER RUN
-// on a GPU in the session that wrote them. Their logic was only exercised by a host
-// emulation (each CUDA thread a fiber, barriers and shuffles emulated, forward / reverse /
-// random thread orders, AddressSanitizer on exact-size global and shared buffers) against a
-// brute-force oracle. Treat them as untested until the GPU tests have passed on a device;
-// the tile-size heuristic in encode() is untuned.
-//
 // Design
 // ------
 // Encode (rq_encode, pq_encode) is a small SGEMM fused with an argmin, so no (n, k) distance
@@ -51,7 +44,7 @@
 
 #include "semid_fast/cuda_common.cuh"
 #include "semid_fast/cuda_quantize.h"
-#include "semid_fast/quantize.h"
+#include "semid_fast/common.h"
 
 namespace semid_fast {
 namespace cuda {

@@ -1,14 +1,6 @@
 // CUDA kernel of the trie family: the fused constrained beam step (see cuda_trie.h and
 // trie.h for the layout, the beam states and the ranking).
 //
-// STATUS: compiled for sm_90 (ptxas: 32 registers, no spills) but NEVER RUN on a GPU in the
-// session that wrote it. Its logic was exercised only by a host emulation (each CUDA thread a
-// std::thread, barriers and the warp shuffle emulated, exact-size shared memory) under
-// AddressSanitizer and ThreadSanitizer, bit-exact against the reference on the shapes of the
-// GPU tests (TSan found a real race in an earlier version: the staging count was read after
-// other threads had added to it). Treat it as untested until the GPU tests
-// (tests/test_trie.py, marked gpu) have passed on a device.
-//
 // One thread block per batch row:
 //  1. Every beam's candidate count (stop + children) goes to shared memory and one warp
 //     scans it into each beam's first rank, so rank r belongs to the beam found by a binary

@@ -1,5 +1,5 @@
 // CUDA launchers of the gumbel family: the math and layouts of gumbel.h, noise from
-// philox.h. x, dy and y are float32 (dtype 0), float16 (1) or bfloat16 (2), row-major
+// philox.h. x, dy and y are float32, float16 or bfloat16 (dtype: DType of common.h), row-major
 // (rows, v); dx, row_gz, row_zz are float32; argmax int64. Each launcher enqueues on `stream`,
 // never synchronises or allocates, and returns cudaErrorInvalidValue for bad sizes or the
 // launch's cudaGetLastError().

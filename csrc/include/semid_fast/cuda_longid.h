@@ -28,11 +28,15 @@
 namespace semid_fast {
 namespace cuda {
 
+// The most items one block sorts (items_per_block), so the largest topk of the block scan.
+constexpr int64_t kHolisticMaxK = 4096;
+
 // Top `topk` keys of every block of `items_per_block` consecutive items, for every query,
 // in descending key order, padded with INT64_MIN:
 //   block_keys[(q * n_blocks + blk) * topk + j].
-// Requirements: items_per_block a power of two in [256, 4096]; 0 <= topk <= items_per_block
-// (topk == 0 writes nothing); N < 2^32; divisor > 0. n == 0 or b == 0: nothing is launched.
+// Requirements: items_per_block a power of two in [256, kHolisticMaxK];
+// 0 <= topk <= items_per_block (topk == 0 writes nothing); N < 2^32; divisor > 0.
+// n == 0 or b == 0: nothing is launched.
 // The caller merges the (B, n_blocks * topk) keys (torch.topk) and decodes them.
 cudaError_t holistic_block_topk(const float* table, int64_t b, int64_t m, int64_t k,
                                 const void* codes, int code_bytes, int64_t n,

@@ -1,6 +1,7 @@
 // CUDA launchers of the quantize family. Same layouts as quantize.h; x may be float32,
-// float16 or bfloat16 (DType). Each launcher enqueues on `stream`, never synchronises, and
-// returns the launch's cudaError_t. Out-of-range codes in the decoders contribute nothing.
+// float16 or bfloat16 (x_dtype: DType of common.h). Each launcher enqueues on `stream`,
+// never synchronises, and returns the launch's cudaError_t. Out-of-range codes in the
+// decoders contribute nothing.
 #pragma once
 #include <cstdint>
 #include <cuda_runtime.h>

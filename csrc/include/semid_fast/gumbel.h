@@ -13,9 +13,11 @@
 //                row_zz[i] = sum_j dz*z (nullptr: not computed).
 //   topk:        scores = x / tau_i + g; the k best per row, best first, ties toward the
 //                smaller index: out_scores (rows, k) float32, out_idx (rows, k) int64.
-// Return 0, or 2 for a bad argument.
+// Return kOk, or kBadArgument (common.h).
 #pragma once
 #include <cstdint>
+
+#include "semid_fast/common.h"
 
 namespace semid_fast {
 

@@ -18,7 +18,7 @@
 #pragma once
 #include <cstdint>
 
-#include "semid_fast/quantize.h"
+#include "semid_fast/common.h"
 
 namespace semid_fast {
 

@@ -7,7 +7,7 @@
 //
 // Layouts (row-major, contiguous):
 //   table        (B, M, K) float32, query-interleaved by the caller into
-//                (ceil(B/8), M, K, 8) when `interleaved` is set (see ops/longid.py)
+//                (ceil(B/L), M, K, L), L = kHolisticQueryLanes, when `interleaved` is set
 //   codes        (N, M) of 1, 2, 4 or 8-byte integers (code_bytes; 1 = unsigned)
 //   candidates   (B, C) int64: score only these ids (-1 = padding, duplicates once); C < 0
 //                scores the whole catalog (candidates unread). C = 0 scores no item: an empty
@@ -17,7 +17,12 @@
 #pragma once
 #include <cstdint>
 
+#include "semid_fast/common.h"
+
 namespace semid_fast {
+
+// The catalog scan reads the table entries of this many queries with one vector load.
+constexpr int kHolisticQueryLanes = 8;
 
 #define SEMID_FAST_DECLARE_CPU_LONGID(ns)                                                      \
   namespace ns {                                                                              \

@@ -23,15 +23,12 @@
 #pragma once
 #include <cstdint>
 
+#include "semid_fast/common.h"
+
 namespace semid_fast {
 
-enum Status : int {
-  kOk = 0,
-  kCodeOutOfRange = 1,  // a code outside [0, k) was skipped (decoders)
-  kBadArgument = 2,
-};
-
-enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// Beam search scores beam_width * k candidates per row (256 MB at this bound).
+constexpr int64_t kRqMaxBeamCandidates = int64_t(1) << 26;
 
 #define SEMID_FAST_DECLARE_CPU_QUANTIZE(ns)                                                   \
   namespace ns {                                                                             \

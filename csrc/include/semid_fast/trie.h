@@ -20,8 +20,8 @@
 // beam_score + log_prob[code], state = child). The candidates of a row are numbered in that
 // order (their rank); the best beam_width win: higher float32 score first, ties toward the
 // smaller rank (= the smaller (parent, code), stop counting as code -1). Each candidate is
-// one uint64 key, (order_word(score) << 32) | (0xFFFFFFFF - rank), so the larger key wins;
-// 0 means "no candidate".
+// one uint64 key, (order_word(score) << 32) | (0xFFFFFFFF - rank) (order_word: common.h),
+// so the larger key wins; 0 means "no candidate".
 //
 // Pool of finished IDs (decoding that records every ID the step completes and never
 // expands it again): per row, the pool (p entries: a terminal state and its score; any
@@ -31,24 +31,13 @@
 #pragma once
 #include <cstdint>
 
-#include "semid_fast/host_device.h"
+#include "semid_fast/common.h"
 
 namespace semid_fast {
 namespace trie {
 
-// Unsigned word with the order of the float score; -0.0 ties with +0.0; every NaN (only
-// reachable with value checks off) ranks above +inf, all NaNs equal, as torch.sort orders
-// them (the reference); 0 is kept free for "no candidate".
-SEMID_FAST_HD uint32_t order_word(float score) {
-  if (score != score) return 0xFFFFFFFFu;
-  union {
-    float f;
-    uint32_t u;
-  } v{score};
-  uint32_t bits = v.u == 0x80000000u ? 0u : v.u;
-  const uint32_t ord = (bits & 0x80000000u) ? (bits ^ 0x7FFFFFFFu) : bits;
-  return ord ^ 0x80000000u;  // >= 0x007FFFFF (-inf): never 0
-}
+// Ranks are 32-bit: a row offers at most this many candidates (beam step, pool update).
+constexpr int64_t kMaxCandidates = int64_t(0xFFFFFFFF);
 
 SEMID_FAST_HD uint64_t candidate_key(float score, uint32_t rank) {
   return (uint64_t(order_word(score)) << 32) | uint64_t(0xFFFFFFFFu - rank);
