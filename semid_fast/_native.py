@@ -24,9 +24,13 @@ try:
 except ImportError:
     _build_info = None
 
-CPU_STATUS = {1: "a code outside [0, K) was found", 2: "bad argument"}
+# The kernels' status and dtype codes, as the extension modules export them.
+CPU_STATUS = {} if _C is None else {_C.STATUS_CODE_OUT_OF_RANGE: "a code outside [0, K) was found",
+                                    _C.STATUS_BAD_ARGUMENT: "bad argument"}
 
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+DTYPE_CODES = {} if _C_cuda is None else {torch.float32: _C_cuda.DTYPE_FLOAT32,
+                                          torch.float16: _C_cuda.DTYPE_FLOAT16,
+                                          torch.bfloat16: _C_cuda.DTYPE_BFLOAT16}
 
 
 def cpu():

@@ -17,7 +17,6 @@ __all__ = ["rq_encode", "rq_decode", "rq_quantize", "pq_encode", "pq_decode"]
 
 FAMILY = "quantize"
 MAX_K = 65536
-_MAX_BEAM_CANDIDATES = 1 << 26  # beam_width * K: the candidate scores of one row (256 MB)
 
 
 def _launcher(backend: str, name: str):
@@ -322,9 +321,10 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
         raise ValueError("rq_encode: sk_epsilon > 0 (Sinkhorn) needs beam_width=1: the "
                          "published balanced assignment is greedy, level by level")
     beam_width = min(beam_width, k ** levels)  # no more beams than encodings exist
-    if beam_width * k > _MAX_BEAM_CANDIDATES:
+    max_candidates = _native.cpu().RQ_MAX_BEAM_CANDIDATES  # one row's candidate scores
+    if beam_width * k > max_candidates:
         raise ValueError(f"rq_encode: beam_width * K = {beam_width * k} candidate scores per row; "
-                         f"at most {_MAX_BEAM_CANDIDATES} are supported")
+                         f"at most {max_candidates} are supported")
     _checks.code_dtype(code_dtype, k)
     name = _backends.choose(backend, device, FAMILY, _encode_launcher(beam_width, epsilons),
                             op="rq_encode (beam_width > 1)" if beam_width > 1 else "rq_encode")

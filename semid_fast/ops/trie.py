@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import _backends, _checks
+from .. import _backends, _checks, _native
 
 __all__ = ["SemanticIDTrie", "dedup_suffix", "constrained_beam_step", "constrained_pool_update",
            "constrained_beam_search"]
@@ -542,7 +542,7 @@ def _check_step(log_probs, beam_scores, states, trie, beam_width):
     if log_probs.shape[1] < trie.max_vocab:
         raise ValueError(f"log_probs must have V >= max(vocab_sizes)={trie.max_vocab} "
                          f"columns (the first ones are the codes), got {log_probs.shape[1]}")
-    if w_in * (trie.max_children + 1) >= 2**32:
+    if w_in * (trie.max_children + 1) > _native.cpu().TRIE_MAX_CANDIDATES:
         raise ValueError(f"constrained_beam_step: W * (max children + 1) must be < 2**32, "
                          f"got W={w_in}, max children={trie.max_children}")
     if _checks.scanning():
