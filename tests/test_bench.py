@@ -142,8 +142,10 @@ def test_ctrl_c_stops_at_once_and_keeps_the_finished_rows(tiny_family, tmp_path)
     code = ("import sys, semid_fast.bench as b; b.FAMILIES['tiny'] = 'tiny_bench_family'; "
             f"sys.exit(b.main(['bench', '--families', 'tiny', '--device', 'cpu', '--out', "
             f"{str(out)!r}, '--min-time', '0.02']))")
+    # From tmp_path: from the repository root, `python -c` would import the source tree (which
+    # has no built extension, so the cpu row would be skipped) instead of the installed package.
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     json_path = out / "semid_fast_bench.json"
     deadline = time.monotonic() + 300  # importing torch on a loaded machine
     try:
@@ -167,7 +169,7 @@ def test_ctrl_c_stops_at_once_and_keeps_the_finished_rows(tiny_family, tmp_path)
     payload = json.loads(json_path.read_text())
     assert payload["complete"] is False and payload["settings"]["interrupted"] is True
     assert [r["impl"] for r in payload["results"]] == ["reference", "cpu", "a peer"]
-    assert all(r["status"] == "ok" for r in payload["results"])
+    assert all(r["status"] == "ok" for r in payload["results"]), payload["results"]
 
 
 def test_bench_rejects_bad_arguments(tmp_path):

@@ -179,7 +179,8 @@ def test_token_id_map_errors(tmp_path):
         sid_files.token_id_map([{0: "<a_0>"}], {"<a_0>": -4})
 
 
-def test_import_semid_fast_does_not_import_transformers():
+def test_import_semid_fast_does_not_import_transformers(tmp_path):
     code = "import sys, semid_fast; print('transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)  # the installed package, not the source tree
     assert out.stdout.strip() == "False"
