@@ -26,7 +26,7 @@ import pytest
 import torch
 
 # Per op and mode (valid/invalid x checks on/off) examples; the child prints its timing.
-EXAMPLES = 8
+EXAMPLES = 20
 CHILD_TIMEOUT_S = 300  # a hang is reported like a crash, with the input that was running
 CHILD_MEMORY_BYTES = 12 << 30  # an address-space cap so a runaway allocation fails, not OOMs
 
@@ -39,7 +39,7 @@ OPS = ["rq_encode", "rq_quantize", "rq_decode", "pq_encode", "pq_decode", "gumbe
 
 # ---------------------------------------------------------------------------------------------
 # The cases (run in the child). Each op: make(draw) -> kwargs of a valid call, and
-# compare(ours, reference, kwargs) -> raises AssertionError when they differ.
+# _compare_outputs(op, ours, reference) raises AssertionError when they differ.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -58,7 +58,8 @@ def _grid(gen, *shape, lo=-3, hi=3):
 
 
 def _eq(a, b, what=""):
-    assert a.shape == b.shape and a.dtype == b.dtype, f"{what}: {a.shape}/{a.dtype} vs {b.shape}/{b.dtype}"
+    assert a.shape == b.shape and a.dtype == b.dtype, \
+        f"{what}: {a.shape}/{a.dtype} vs {b.shape}/{b.dtype}"
     assert torch.equal(a, b), f"{what}: differ\n{a}\n{b}"
 
 
@@ -249,11 +250,12 @@ def make_logits_processor(draw):
                 scores=_grid(gen, trie.depth + 1, rows, trie.depth * k + 3, lo=-5, hi=0))
 
 
-def call_logits_processor(trie, token_ids, eos_token_id, rows, prompt, scores, backend,
-                          suffix_token_ids=None):
+def call_logits_processor(trie, token_ids, eos_token_id, rows, prompt, scores, backend):
+    """A processor fed its own argmax for depth + 1 steps: the (steps, rows, V) masked
+    scores."""
     from semid_fast.hf import SemanticIDLogitsProcessor
     proc = SemanticIDLogitsProcessor(trie, token_ids, eos_token_id=eos_token_id,
-                                     suffix_token_ids=suffix_token_ids, backend=backend)
+                                     backend=backend)
     ids, out = prompt, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rows with no allowed token
@@ -273,14 +275,15 @@ def _call(op):
             "SemanticIDLogitsProcessor": call_logits_processor}.get(op) or getattr(sf, op)
 
 
-def _compare_outputs(op, ours, ref, kw):
+def _compare_outputs(op, ours, ref):
     if op == "ItemGraph.build":
         return _eq(ours.neighbors, ref.neighbors, op)
     if op == "SemanticIDTrie.from_codes":
         for a, b in zip((*ours._tensors(), ours.edge_keys), (*ref._tensors(), ref.edge_keys)):
             _eq(a, b, op)
-        return _eq(torch.tensor([g.tolist() for g in ours.collisions] or [0]).flatten(),
-                   torch.tensor([g.tolist() for g in ref.collisions] or [0]).flatten(), op)
+        groups = ([g.tolist() for g in ours.collisions], [g.tolist() for g in ref.collisions])
+        assert groups[0] == groups[1], f"{op}: collisions {groups[0]} vs {groups[1]}"
+        return None
     if op == "kmeans":
         _close(ours.centroids, ref.centroids, op, 1e-4)
         return _eq(ours.assignments, ref.assignments, op)
@@ -289,8 +292,9 @@ def _compare_outputs(op, ours, ref, kw):
     assert len(outs) == len(refs)
     for i, (a, b) in enumerate(zip(outs, refs)):
         if a.dtype.is_floating_point:
-            soft = op.startswith("gumbel") and a.dtype.is_floating_point
-            _close(a, b, f"{op} output {i}", 1e-4 if soft or op == "rq_init" else 1e-5)
+            # Soft Gumbel outputs and k-means centroids: float32 rounding (exp, sums).
+            loose = op.startswith("gumbel") or op == "rq_init"
+            _close(a, b, f"{op} output {i}", 1e-4 if loose else 1e-5)
         else:
             _eq(a, b, f"{op} output {i}")
 
@@ -410,7 +414,7 @@ def run_op(op, log):
                         ours, ref = fn(**kw), fn(**kw)
                     else:
                         ours, ref = fn(**kw, backend="cpu"), fn(**kw, backend="reference")
-                _compare_outputs(op, ours, ref, kw)
+                _compare_outputs(op, ours, ref)
             except Exception as e:
                 record(f"valid, checks={checks}", kw, f"{type(e).__name__}: {str(e)[:300]}")
 
