@@ -47,10 +47,14 @@ def same_device(op: str, **tensors) -> torch.device:
 
 
 def positive_int(value, name: str, minimum: int = 1) -> int:
+    """value as an int in [minimum, 2**63) (sizes reach torch and the kernels as int64, where
+    a larger Python int would fail in torch's argument parser)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value >= 2**63:
+        raise ValueError(f"{name} must be < 2**63, got {value}")
     return value
 
 

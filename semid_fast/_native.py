@@ -25,8 +25,10 @@ except ImportError:
     _build_info = None
 
 # The kernels' status and dtype codes, as the extension modules export them.
-CPU_STATUS = {} if _C is None else {_C.STATUS_CODE_OUT_OF_RANGE: "a code outside [0, K) was found",
-                                    _C.STATUS_BAD_ARGUMENT: "bad argument"}
+CPU_STATUS = {} if _C is None else {
+    _C.STATUS_CODE_OUT_OF_RANGE: "a code or item id outside its range was found (value checks "
+                                 "off: semid_fast.config.check_values)",
+    _C.STATUS_BAD_ARGUMENT: "bad argument (a size or option the kernel cannot take)"}
 
 DTYPE_CODES = {} if _C_cuda is None else {torch.float32: _C_cuda.DTYPE_FLOAT32,
                                           torch.float16: _C_cuda.DTYPE_FLOAT16,
@@ -64,8 +66,14 @@ def cuda_device_count() -> int:
 
 
 def check_cpu_status(status: int, op: str) -> None:
-    if status != 0:
-        raise RuntimeError(f"semid_fast.{op} (cpu): {CPU_STATUS.get(status, status)}")
+    """Raises for a CPU kernel's failure status. Every status the kernels define means an input
+    that the Python checks let through (value checks off, or a case they do not cover):
+    ValueError, as if the check had run. An unknown status is a bug: RuntimeError."""
+    if status == 0:
+        return
+    if status in CPU_STATUS:
+        raise ValueError(f"semid_fast.{op} (cpu): {CPU_STATUS[status]}")
+    raise RuntimeError(f"semid_fast.{op} (cpu): unknown kernel status {status}")
 
 
 def check_cuda_status(status: int, op: str) -> None:

@@ -26,8 +26,36 @@ import torch
 
 __all__ = ["SIDTable", "load_index_json", "load_sid_leaf_json", "token_id_map"]
 
-_LEVEL_TOKEN = re.compile(r"<([a-z])_(\d+)>\Z")
-_LEAF_TOKEN = re.compile(r"Leaf(\d+)\Z")
+# Codes and item ids in canonical ASCII decimal ("7", not "07", " 7" or a non-ASCII digit), so
+# that one string names one item or token, and below 2**63 (they become int64).
+_DECIMAL = "(0|[1-9][0-9]*)"
+_LEVEL_TOKEN = re.compile(rf"<([a-z])_{_DECIMAL}>\Z")
+_LEAF_TOKEN = re.compile(rf"Leaf{_DECIMAL}\Z")
+_ITEM_KEY = re.compile(rf"{_DECIMAL}\Z")
+_INT64_END = 2**63
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    """json object hook: a dict, refusing repeated keys (json keeps the last one silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _code(path, item, what: str, value) -> int:
+    """A code (an int, or the decimal digits of a token) below 2**63."""
+    if isinstance(value, str):  # 20 digits or more can only be too large (no int() of a huge one)
+        value = _INT64_END if len(value) > 19 else int(value)
+    if value >= _INT64_END:
+        raise ValueError(f"{path}: item {item}: {what} is not below 2**63 (codes are int64)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -69,20 +97,22 @@ def _read_items(path) -> tuple[Path, list[tuple[int, list]]]:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
+            data = json.load(f, object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    except ValueError as e:  # JSONDecodeError, or an integer literal too long for int()
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"{path}: key {e.args[0]!r} appears twice in one JSON object") from None
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON object {{item id: [tokens]}}, "
                          f"got {type(data).__name__}" + (" (empty)" if not data else ""))
     items = []
     for key, value in data.items():
-        try:
-            item = int(key)
-        except ValueError:
-            item = -1
-        if item < 0 or str(item) != key.strip():
-            raise ValueError(f"{path}: item key {key!r} is not a non-negative integer id")
+        if not _ITEM_KEY.match(key) or len(key) > 19 or int(key) >= _INT64_END:
+            raise ValueError(f"{path}: item key {key[:40]!r} is not a non-negative integer id in "
+                             "canonical decimal below 2**63 (e.g. '0', '17')")
+        item = int(key)
         if not isinstance(value, list) or not value:
             raise ValueError(f"{path}: item {key}: expected a non-empty list of tokens, "
                              f"got {value!r}")
@@ -119,7 +149,8 @@ def load_index_json(path) -> SIDTable:
                 raise ValueError(
                     f"{path}: item {item}: token {level} is {token!r}, expected "
                     f"'<{expected}_CODE>' (level {level} is letter '{expected}')")
-            code = int(match.group(2))
+            code = _code(path, item, f"the code of token {level} ({token[:40]!r})",
+                         match.group(2))
             if level == len(tokens):
                 tokens.append({})
             tokens[level].setdefault(code, token)
@@ -149,11 +180,12 @@ def load_sid_leaf_json(path) -> SIDTable:
             if isinstance(code, bool) or not isinstance(code, int) or code < 0:
                 raise ValueError(f"{path}: item {item}: entry {level} is {code!r}, expected a "
                                  f"non-negative integer code")
+            _code(path, item, f"entry {level}", code)
         match = _LEAF_TOKEN.match(leaf) if isinstance(leaf, str) else None
         if match is None:
             raise ValueError(f"{path}: item {item}: last entry is {leaf!r}, expected a "
                              f"'Leaf<n>' token")
-        leaf_code = int(match.group(1))
+        leaf_code = _code(path, item, f"the Leaf token ({leaf[:40]!r})", match.group(1))
         leaf_tokens.setdefault(leaf_code, leaf)
         rows.append([*ints, leaf_code])
     return _table(path, items, rows, [{} for _ in range(n_codes)] + [leaf_tokens])

@@ -476,7 +476,7 @@ def test_native_scan_never_reads_out_of_bounds():
     codes = torch.tensor([[0, 1, 9], [0, -2, 1]], dtype=torch.int32)
     sf.config.check_values = False
     try:
-        with pytest.raises(RuntimeError, match="outside"):
+        with pytest.raises(ValueError, match="outside"):
             sf.holistic_topk(scores, codes, 2, backend="cpu")
     finally:
         sf.config.check_values = True

@@ -118,6 +118,52 @@ def test_malformed_sid_leaf_json(tmp_path, content, message):
     assert str(path) in str(info.value)
 
 
+# Raw file texts that json would read silently in a way the user did not mean (last
+# duplicate wins, " 0" and "0" both item 0, Arabic-Indic digits as codes) or that overflow.
+BIG = str(2**63)
+RAW_INDEX = [
+    ('{"0": ["<a_1>"], "0": ["<a_2>"]}', "key '0' appears twice"),
+    ('{"0": ["<a_1>"], " 0": ["<a_2>"]}', "item key ' 0'"),
+    ('{"0 ": ["<a_1>"]}', "item key '0 '"),
+    ('{"07": ["<a_1>"]}', "item key '07'"),
+    ('{"+1": ["<a_1>"]}', "item key '\\+1'"),
+    ('{"\u0661": ["<a_1>"]}', "item key"),
+    ('{"0": ["<a_\u0661>"]}', "item 0: token 0"),
+    ('{"0": ["<a_01>"]}', "item 0: token 0"),
+    ('{"0": ["<a_' + BIG + '>"]}', "item 0: the code of token 0 .* 2\\*\\*63"),
+    ('{"0": ["<a_' + "9" * 5000 + '>"]}', "item 0: the code of token 0 .* 2\\*\\*63"),
+    ('{"' + BIG + '": ["<a_1>"]}', "item key '" + BIG + "'"),
+    ('{"0": [' + "9" * 5000 + ']}', "not valid JSON"),
+]
+RAW_LEAF = [
+    ('{"0": [1, "Leaf0"], "0": [2, "Leaf1"]}', "key '0' appears twice"),
+    ('{"0": [1, "Leaf0"], " 0": [2, "Leaf1"]}', "item key ' 0'"),
+    ('{"0": [' + BIG + ', "Leaf0"]}', "item 0: entry 0 is not below 2\\*\\*63"),
+    ('{"0": [1, "Leaf' + BIG + '"]}', "item 0: the Leaf token .* 2\\*\\*63"),
+    ('{"0": [1, "Leaf\u0661"]}', "item 0: last entry"),
+]
+
+
+@pytest.mark.parametrize("loader,text,message",
+                         [("load_index_json", t, m) for t, m in RAW_INDEX]
+                         + [("load_sid_leaf_json", t, m) for t, m in RAW_LEAF])
+def test_ambiguous_or_overflowing_files_name_file_and_item(tmp_path, loader, text, message):
+    path = tmp_path / "sid.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as info:
+        getattr(sid_files, loader)(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("loader", ["load_index_json", "load_sid_leaf_json"])
+def test_non_utf8_file_names_the_path(tmp_path, loader):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"0": ["<a_1>"], "1": ["caf\u00e9"]}'.encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        getattr(sid_files, loader)(path)
+    assert str(path) in str(info.value)
+
+
 def test_missing_file_raises():
     with pytest.raises(FileNotFoundError):
         sid_files.load_index_json("no/such/sid.index.json")

@@ -248,7 +248,9 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_s
     same, so hard one-hots (the first argmax of z) are identical; soft outputs and gradients
     agree to float32 rounding (a few ulps; different exp and summation orders). The native
     backends return an exact one-hot for hard=True, the reference ``y_hard - y_soft + y_soft``
-    (one-hot to within an ulp). Masked (-inf) entries contribute nothing to the gradient of a
+    (one-hot to within an ulp). A row whose logits are all -inf (nothing can be drawn) gives
+    NaN soft outputs and, with hard=True, the one-hot of index 0 (the first argmax, as
+    :func:`gumbel_topk` and ``torch.argmax`` pick), on every backend. Masked (-inf) entries contribute nothing to the gradient of a
     tensor ``tau`` in the native backends, where the reference's autograd gives NaN (0 * inf).
     """
     op = "gumbel_softmax"
@@ -387,9 +389,9 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
                          f"{tuple(codebook.shape) if isinstance(codebook, torch.Tensor) else type(codebook).__name__}")
     _check_logits(op, codebook, "codebook")
     _checks.same_device(op, x=x, codebook=codebook)
-    if codebook.shape[-1] != x.shape[1] or codebook.shape[-2] == 0:
+    if codebook.shape[-1] != x.shape[1] or codebook.shape[-2] == 0 or x.shape[1] == 0:
         raise ValueError(f"{op}: codebook {tuple(codebook.shape)} must hold K >= 1 codewords "
-                         f"of x's width D={x.shape[1]}")
+                         f"of x's width D={x.shape[1]} >= 1")
     if codebook.dim() == 3 and codebook.shape[0] == 0:
         raise ValueError(f"{op}: a codebook stack needs L >= 1 levels, got {tuple(codebook.shape)}")
     if distance not in ("l2", "cosine"):
@@ -420,14 +422,27 @@ def gumbel_quantize(x: torch.Tensor, codebook: torch.Tensor, *, tau=1.0, hard: b
 def gumbel_noise(shape, *, seed: int, offset: int = 0, device=None,
                  backend: str = "auto") -> torch.Tensor:
     """The float32 Gumbel(0, 1) noise that the ops above draw for logits of ``shape`` (after
-    moving the category dim last), materialised: for inspection and tests."""
+    moving the category dim last), materialised: for inspection and tests.
+
+    ``shape``: a sequence (or torch.Size) of non-negative ints whose product is < 2^62."""
+    op = "gumbel_noise"
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
+        raise TypeError(f"{op}: shape must be a tuple of ints, got {type(shape).__name__}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"{op}: shape must hold ints, got {tuple(shape)!r}")
     shape = tuple(shape)
-    n = 1
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{op}: shape must hold sizes >= 0, got {shape}")
+    n = bound = 1
     for s in shape:
         n *= s
-    seed_t, offset = _seed("gumbel_noise", seed, offset)
+        bound *= max(s, 1)  # torch sizes even an empty tensor's shape in int64
+    if bound >= 2**62:
+        raise ValueError(f"{op}: shape {shape} is too large (the product of its sizes must "
+                         f"be < 2**62)")
+    seed_t, offset = _seed(op, seed, offset)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    name = _backends.choose(backend, dev, _FAMILY, "noise", op="gumbel_noise", args={"n": n})
+    name = _backends.choose(backend, dev, _FAMILY, "noise", op=op, args={"n": n})
     out = _native.empty_output(n, device=dev)
     if n:
         _backends.launcher(name, _FAMILY, "noise")(int(seed_t), offset, out, None)

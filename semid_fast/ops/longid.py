@@ -175,6 +175,9 @@ class ItemGraph:
         """
         _checks.tensor(codes, "codes", 2, _checks.INT_DTYPES, "(N, M)")
         n, m = codes.shape
+        if m == 0:
+            raise ValueError(f"ItemGraph.build: codes must have M >= 1 columns, "
+                             f"got {tuple(codes.shape)}")
         _checks.positive_int(n_edges, "n_edges")
         if n_edges >= n:
             raise ValueError(f"n_edges must be < N={n}, got {n_edges}")
@@ -184,13 +187,24 @@ class ItemGraph:
             if token_embeddings.shape[0] != m:
                 raise ValueError(f"token_embeddings must have M={m} codebooks, got "
                                  f"{token_embeddings.shape[0]}")
+            if 0 in token_embeddings.shape[1:]:
+                raise ValueError(f"token_embeddings must have K >= 1 and d >= 1, got "
+                                 f"{tuple(token_embeddings.shape)}")
             _checks.finite(token_embeddings, "token_embeddings")
             k = token_embeddings.shape[1]
             table = token_similarity(token_embeddings.to(codes.device))
         else:
-            k = int(codes.max()) + 1 if codes.numel() else 1
+            k = None
             table = None
-        _checks.codes_in_range(codes, k, "codes")
+        # Checked even with value checks off: the build indexes tables (or one-hots) by the
+        # codes, and one pass over them is small beside the build.
+        if codes.numel():
+            lo, hi = (int(v) for v in torch.aminmax(codes))
+            if lo < 0 or (k is not None and hi >= k):
+                raise ValueError(f"ItemGraph.build: codes must lie in [0, "
+                                 f"{k if k is not None else 'K'}), found values in [{lo}, {hi}]")
+            k = hi + 1 if k is None else k
+        k = 1 if k is None else k
         if n >= _keys.MAX_ITEMS:
             raise ValueError(f"ItemGraph.build: at most 2**32 - 1 items, got N={n}")
         # Checked once here; every block then calls the op directly (no per-block scans).
@@ -218,11 +232,26 @@ class ItemGraph:
         return moved
 
     def save(self, path) -> None:
+        """Writes the (N, n_edges) neighbours to ``path`` (torch.save of tensors only)."""
         torch.save({"neighbors": self.neighbors.cpu()}, Path(path))
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "ItemGraph":
-        return cls(torch.load(Path(path), map_location=map_location)["neighbors"])
+        """A graph written by :meth:`save`. The file is read with ``weights_only=True`` (no
+        code runs from it); a damaged or foreign file raises ValueError naming it. The ids
+        are checked against N by :func:`graph_decode` (value checks on)."""
+        with open(Path(path), "rb") as f:
+            try:
+                data = torch.load(f, map_location=map_location, weights_only=True)
+            except Exception as e:  # torch reports a damaged archive by many exception types
+                raise ValueError(f"{path} is not a saved ItemGraph "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
+        neighbors = data.get("neighbors") if isinstance(data, dict) else None
+        if not isinstance(neighbors, torch.Tensor) or neighbors.dtype != torch.int64 or \
+                neighbors.dim() != 2:
+            raise ValueError(f"{path} is not a saved ItemGraph (expected a dict with an "
+                             "(N, n_edges) int64 'neighbors' tensor)")
+        return cls(neighbors)
 
 
 def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGraph, *,

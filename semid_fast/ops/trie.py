@@ -16,8 +16,10 @@ ended at ``s`` and carries its score unchanged through the remaining steps.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import pickle
+import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,8 +86,10 @@ class SemanticIDTrie:
     (S - 1,) int64 (``parent * max(vocab_sizes) + code`` of each edge, ascending: the
     lookup table of :meth:`advance`).
 
-    Build with :meth:`from_codes` (or :meth:`load`); the constructor takes the arrays as
-    they are, unchecked, for those two and :meth:`to`. ``collisions`` lists the groups of
+    Build with :meth:`from_codes` (or :meth:`load`). The constructor takes hand-made arrays
+    and checks the whole layout (sizes, dtypes, one device, breadth-first levels, children
+    sorted and unique per state, codes in range, items in [-1, N), every leaf terminal;
+    ValueError/TypeError otherwise), since the kernels index by it. ``collisions`` lists the groups of
     items that share a full ID (int64 tensors of item ids, ascending; groups ordered by their
     smallest item), see :func:`dedup_suffix`. Sizes: ``num_states`` (S), ``num_items`` (N),
     ``depth`` (L), ``vocab_sizes``, ``max_vocab`` (max(vocab_sizes)) and ``max_children`` (the
@@ -95,6 +99,24 @@ class SemanticIDTrie:
     def __init__(self, child_offsets, child_codes, terminal, level_starts, *, num_items: int,
                  vocab_sizes: Sequence[int], collisions=(), max_children: int | None = None,
                  edge_keys: torch.Tensor | None = None):
+        # The kernels index by this layout, so a hand-made one is checked in full (O(S + N),
+        # on the CPU); from_codes, load and to build through _trusted instead.
+        layout = _checked_layout("SemanticIDTrie", (child_offsets, child_codes, terminal,
+                                                    level_starts), num_items, vocab_sizes,
+                                 collisions, max_children, edge_keys)
+        self._setup(*layout)
+
+    @classmethod
+    def _trusted(cls, child_offsets, child_codes, terminal, level_starts, *, num_items,
+                 vocab_sizes, collisions=(), max_children=None, edge_keys=None):
+        """A trie from arrays that are valid by construction (no layout check)."""
+        trie = cls.__new__(cls)
+        trie._setup(child_offsets, child_codes, terminal, level_starts, num_items, vocab_sizes,
+                    collisions, max_children, edge_keys)
+        return trie
+
+    def _setup(self, child_offsets, child_codes, terminal, level_starts, num_items, vocab_sizes,
+               collisions, max_children, edge_keys):
         self.child_offsets = child_offsets
         self.child_codes = child_codes
         self.terminal = terminal
@@ -108,10 +130,7 @@ class SemanticIDTrie:
         degree = child_offsets[1:] - child_offsets[:-1]
         self.max_children = int(degree.max()) if max_children is None else int(max_children)
         if edge_keys is None:
-            parents = torch.repeat_interleave(
-                torch.arange(self.num_states, device=terminal.device), degree,
-                output_size=self.num_states - 1)
-            edge_keys = parents * self.max_vocab + child_codes.long()
+            edge_keys = _edge_keys(child_offsets, child_codes, self.max_vocab)
         self.edge_keys = edge_keys
 
     # ---- build ---------------------------------------------------------------------------
@@ -171,8 +190,8 @@ class SemanticIDTrie:
                           f"another item ({len(collisions)} groups); each such ID resolves to "
                           "the smallest item id (see trie.collisions and semid_fast.dedup_suffix)",
                           stacklevel=2)
-        trie = cls(child_offsets, child_codes, terminal, level_starts, num_items=n,
-                   vocab_sizes=vocab_sizes, collisions=collisions, edge_keys=edge_keys)
+        trie = cls._trusted(child_offsets, child_codes, terminal, level_starts, num_items=n,
+                            vocab_sizes=vocab_sizes, collisions=collisions, edge_keys=edge_keys)
         return trie if device.type == "cpu" else trie.to(device)
 
     @classmethod
@@ -207,10 +226,11 @@ class SemanticIDTrie:
 
     def to(self, device) -> "SemanticIDTrie":
         """A copy of the trie on ``device``."""
-        return SemanticIDTrie(*(t.to(device) for t in self._tensors()),
-                              num_items=self.num_items, vocab_sizes=self.vocab_sizes,
-                              collisions=self.collisions, max_children=self.max_children,
-                              edge_keys=self.edge_keys.to(device))
+        return SemanticIDTrie._trusted(*(t.to(device) for t in self._tensors()),
+                                       num_items=self.num_items, vocab_sizes=self.vocab_sizes,
+                                       collisions=self.collisions,
+                                       max_children=self.max_children,
+                                       edge_keys=self.edge_keys.to(device))
 
     @property
     def nbytes(self) -> int:
@@ -219,28 +239,46 @@ class SemanticIDTrie:
 
     def save(self, path) -> None:
         """Writes the trie (CSR tensors, sizes, collision groups) to ``path`` with
-        torch.save; read it back with :meth:`load`."""
-        torch.save({"format": _FORMAT, "tensors": [t.cpu() for t in self._tensors()],
-                    "num_items": self.num_items, "vocab_sizes": list(self.vocab_sizes),
-                    "collisions": [g.cpu() for g in self.collisions],
-                    "max_children": self.max_children}, Path(path))
+        torch.save; read it back with :meth:`load`. The file is written beside ``path`` and
+        renamed over it, so a reader never sees half a file."""
+        path = Path(path)
+        data = {"format": _FORMAT, "tensors": [t.cpu() for t in self._tensors()],
+                "num_items": self.num_items, "vocab_sizes": list(self.vocab_sizes),
+                "collisions": [g.cpu() for g in self.collisions],
+                "max_children": self.max_children}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "SemanticIDTrie":
-        """A trie written by :meth:`save`, on ``map_location``. The file's layout is checked
-        (ValueError when it is not a valid trie), since the kernels index by it."""
-        try:
-            data = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            raise ValueError(f"{path} is not a saved SemanticIDTrie ({e})") from None
+        """A trie written by :meth:`save`, on ``map_location``. The file's layout and
+        metadata are checked in O(S + N): a truncated, corrupt or hand-edited file raises
+        ValueError naming it (a missing or unreadable one raises the OSError of open)."""
+        path = Path(path)
+        with open(path, "rb") as f:  # OSError for a missing / unreadable path, as open's
+            try:
+                data = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch reports a damaged archive by many exception types
+                raise ValueError(f"{path} is not a saved SemanticIDTrie "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
         keys = ("tensors", "num_items", "vocab_sizes", "collisions")
         if not isinstance(data, dict) or data.get("format") != _FORMAT or \
                 any(k not in data for k in keys):
             raise ValueError(f"{path} is not a saved SemanticIDTrie ({_FORMAT})")
-        tensors = _checked_layout(path, data["tensors"], data["num_items"], data["vocab_sizes"])
         # max_children is recomputed, not trusted: the beam step's rank bound relies on it.
-        trie = cls(*tensors, num_items=data["num_items"], vocab_sizes=data["vocab_sizes"],
-                   collisions=data["collisions"])
+        layout = _checked_layout(str(path), data["tensors"], data["num_items"],
+                                 data["vocab_sizes"], data["collisions"], None, None)
+        trie = cls.__new__(cls)
+        trie._setup(*layout)
         return trie.to(map_location)
 
     def __repr__(self) -> str:
@@ -340,44 +378,103 @@ class SemanticIDTrie:
         return self.terminal_item(state)
 
 
-def _checked_layout(path, tensors, num_items, vocab_sizes):
-    """The CSR tensors of a saved trie, after checking every invariant the kernels index by
-    (a corrupt or hand-made file must raise here, not read out of bounds in a step)."""
+def _edge_keys(child_offsets, child_codes, max_vocab: int) -> torch.Tensor:
+    """``parent * max_vocab + code`` of every edge (ascending in a valid trie)."""
+    s = child_offsets.shape[0] - 1
+    parents = torch.repeat_interleave(torch.arange(s, device=child_offsets.device),
+                                      child_offsets[1:] - child_offsets[:-1], output_size=s - 1)
+    return parents * max_vocab + child_codes.long()
+
+
+def _checked_layout(source: str, tensors, num_items, vocab_sizes, collisions, max_children,
+                    edge_keys):
+    """The arguments of SemanticIDTrie._setup from untrusted ones, after checking every
+    invariant the kernels index by, in O(S + N) on the CPU (a corrupt file or hand-made
+    layout must raise here, not read out of bounds in a step). ``source`` names the file or
+    the constructor in the errors."""
     def bad(what):
-        return ValueError(f"{path}: not a valid SemanticIDTrie: {what}")
+        return ValueError(f"{source}: not a valid SemanticIDTrie: {what}")
+
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
     if not isinstance(tensors, (list, tuple)) or len(tensors) != 4 or \
             not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in tensors):
-        raise bad("expected 4 one-dimensional tensors")
-    child_offsets, child_codes, terminal, level_starts = tensors
+        raise bad("expected 4 one-dimensional tensors (child_offsets, child_codes, terminal, "
+                  "level_starts)")
+    device = tensors[2].device
+    if any(t.device != device for t in tensors):
+        raise bad(f"the tensors are on several devices: {[str(t.device) for t in tensors]}")
     dtypes = (torch.int64, torch.int32, torch.int64, torch.int64)
     if any(t.dtype != d for t, d in zip(tensors, dtypes)):
         raise bad(f"dtypes must be {dtypes}, got {tuple(t.dtype for t in tensors)}")
+    if not is_int(num_items) or not 1 <= num_items < 2**62:
+        raise bad(f"num_items must be an int in [1, 2**62), got {num_items!r}")
+    num_items = int(num_items)
+    if isinstance(vocab_sizes, (str, bytes)) or not isinstance(vocab_sizes, Sequence) or \
+            not vocab_sizes or not all(is_int(v) and 0 <= v <= 2**31 for v in vocab_sizes):
+        raise bad(f"vocab_sizes must be a non-empty list of ints in [0, 2**31], "
+                  f"got {vocab_sizes!r:.200}")
     vocab = [int(v) for v in vocab_sizes]
-    if not vocab or min(vocab) < 0 or max(vocab) > 2**31 or int(num_items) < 1:
-        raise bad(f"vocab_sizes {vocab} / num_items {num_items}")
+    depth, max_vocab = len(vocab), max(max(vocab), 1)
+    child_offsets, child_codes, terminal, level_starts = (
+        t.detach().cpu().contiguous() for t in tensors)
     s = terminal.shape[0]
     if s < 2 or child_offsets.shape[0] != s + 1 or child_codes.shape[0] != s - 1 or \
-            level_starts.shape[0] != len(vocab) + 2:
-        raise bad("array sizes do not match: child_offsets (S+1,), child_codes (S-1,), "
-                  "terminal (S,), level_starts (L+2,)")
-    if child_offsets[0] != 0 or child_offsets[-1] != s - 1 or \
-            bool((child_offsets[1:] < child_offsets[:-1]).any()):
+            level_starts.shape[0] != depth + 2:
+        raise bad(f"array sizes do not match: child_offsets (S+1,), child_codes (S-1,), "
+                  f"terminal (S,), level_starts (L+2,) with S={s}, L={depth}; got "
+                  f"{[tuple(t.shape) for t in tensors]}")
+    if s * max_vocab >= 2**63:
+        raise bad("num_states * max(vocab_sizes) must be < 2**63 (the edge lookup keys)")
+    degree = child_offsets[1:] - child_offsets[:-1]
+    if child_offsets[0] != 0 or child_offsets[-1] != s - 1 or bool((degree < 0).any()):
         raise bad("child_offsets must rise from 0 to S - 1")
     if level_starts[0] != 0 or level_starts[1] != 1 or level_starts[-1] != s or \
             bool((level_starts[1:] < level_starts[:-1]).any()):
         raise bad("level_starts must rise from 0, 1 to S")
-    # Edge e leads to state e + 1, which must be deeper than its parent (breadth-first).
-    parents = torch.repeat_interleave(torch.arange(s), child_offsets[1:] - child_offsets[:-1])
-    if bool((parents >= torch.arange(1, s)).any()):
-        raise bad("an edge leads to a state that is not after its parent")
-    level = torch.searchsorted(level_starts, torch.arange(1, s), right=True) - 2
-    if bool((child_codes < 0).any()) or \
-            bool((child_codes.long() >= torch.tensor(vocab)[level.clamp(0, len(vocab) - 1)]).any()):
+    # Breadth-first: the children of the states of level d (edge e leads to state e + 1) are
+    # exactly the states of level d + 1, and the last level has no children.
+    if not torch.equal(child_offsets[level_starts[:-1]] + 1, level_starts[1:]):
+        raise bad("level_starts do not match child_offsets (the children of level d must be "
+                  "the states of level d + 1)")
+    state_level = torch.repeat_interleave(torch.arange(depth + 1), level_starts.diff(),
+                                          output_size=s)
+    edge_vocab = torch.tensor(vocab)[state_level[1:] - 1]
+    if bool(((child_codes < 0) | (child_codes.long() >= edge_vocab)).any()):
         raise bad("child codes outside [0, vocab_sizes[level])")
-    if bool(((terminal < -1) | (terminal >= int(num_items))).any()):
+    parents = torch.repeat_interleave(torch.arange(s), degree, output_size=s - 1)
+    siblings = parents[1:] == parents[:-1]
+    if bool((siblings & (child_codes[1:] <= child_codes[:-1])).any()):
+        raise bad("the children of a state must be sorted by code and unique")
+    if bool(((terminal < -1) | (terminal >= num_items)).any()):
         raise bad(f"terminal items outside [-1, {num_items})")
-    return tensors
+    if terminal[0] != -1 or bool(((degree == 0) & (terminal < 0)).any()):
+        raise bad("the root must not be terminal and every leaf state must be")
+    ends = terminal[terminal >= 0]
+    if ends.numel() and int(torch.bincount(ends).max()) > 1:
+        raise bad("an item ends at two states")
+    if isinstance(collisions, (str, bytes, torch.Tensor)) or \
+            not isinstance(collisions, Sequence):
+        raise bad(f"collisions must be a list of int64 tensors, got {type(collisions).__name__}")
+    for group in collisions:
+        if not isinstance(group, torch.Tensor) or group.dtype != torch.int64 or \
+                group.dim() != 1 or group.shape[0] < 2:
+            raise bad("each collision group must be a 1-D int64 tensor of >= 2 item ids")
+        g = group.cpu()
+        if int(g[0]) < 0 or int(g[-1]) >= num_items or bool((g[1:] <= g[:-1]).any()):
+            raise bad(f"a collision group must hold ascending item ids in [0, {num_items})")
+    computed = int(degree.max())
+    if max_children is not None and (not is_int(max_children) or max_children != computed):
+        raise bad(f"max_children must be the largest fan-out, {computed}, got {max_children!r}")
+    keys = _edge_keys(child_offsets, child_codes, max_vocab)
+    if edge_keys is not None:
+        if not isinstance(edge_keys, torch.Tensor) or edge_keys.device != device or \
+                not torch.equal(edge_keys.cpu(), keys):
+            raise bad("edge_keys must be parent * max(vocab_sizes) + code of every edge")
+        keys = edge_keys.cpu()
+    moved = (t.to(device) for t in (child_offsets, child_codes, terminal, level_starts))
+    return (*moved, num_items, vocab, [g for g in collisions], computed, keys.to(device))
 
 
 def _collision_groups(order, same_as_previous) -> list[torch.Tensor]:

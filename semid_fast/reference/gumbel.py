@@ -129,13 +129,15 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, *, hard: bool = False, noise_s
     (any shape holding rows = logits.numel() / vocab values, in row order). hard=True gives
     ``y_hard - y_soft.detach() + y_soft`` (the straight-through estimator of
     torch.nn.functional.gumbel_softmax) with y_hard the one-hot of the first argmax of z.
-    Computed in float32 (float64 for float64 logits); returned in the logits' dtype.
+    A row whose z is all -inf has no distribution: NaN soft, and hard the one-hot of index 0
+    (z's first argmax), as the native kernels write it. Computed in float32 (float64 for float64 logits); returned in the logits' dtype.
     """
     z = perturb(_rows(logits, dim), tau, noise_scale, seed, offset)
     y = z.softmax(-1)
     if hard:
         y_hard = torch.zeros_like(y).scatter_(-1, z.argmax(-1, keepdim=True), 1.0)
         y = y_hard - y.detach() + y
+        y = torch.where(torch.isneginf(z).all(-1, keepdim=True), y_hard, y)
     moved_shape = logits.movedim(dim, -1).shape
     return y.to(logits.dtype).reshape(moved_shape).movedim(-1, dim)
 
