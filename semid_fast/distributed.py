@@ -167,6 +167,11 @@ def _merge(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tenso
     return scores.gather(1, order), ids.gather(1, order)
 
 
+def _padding(b: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.full((b, k), float("-inf"), device=device),
+            torch.full((b, k), -1, dtype=torch.long, device=device))
+
+
 def _to_global(ids: torch.Tensor, offset: int) -> torch.Tensor:
     return torch.where(ids >= 0, ids + offset, ids)
 
@@ -205,8 +210,14 @@ def sharded_holistic_topk(token_scores: torch.Tensor, catalog: ShardedCatalog, k
     catalog = _check_catalog(catalog)
     if reduce not in REDUCES:
         raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
-    local_scores, local_ids = holistic_topk(token_scores, catalog.codes, k, reduce=score_reduce,
-                                            item_mask=item_mask, backend=backend)
+    if catalog.num_local:
+        local_scores, local_ids = holistic_topk(token_scores, catalog.codes, k,
+                                                reduce=score_reduce, item_mask=item_mask,
+                                                backend=backend)
+    else:  # an empty shard contributes padding only
+        _checks.tensor(token_scores, "token_scores", 3, _checks.FLOAT_DTYPES, "(B, M, K)")
+        _checks.positive_int(k, "k")
+        local_scores, local_ids = _padding(token_scores.shape[0], k, catalog.codes.device)
     packed = _pack(local_scores, _to_global(local_ids, catalog.offset))
     op = "sharded_holistic_topk"
     if reduce == "all_gather":
@@ -297,10 +308,10 @@ def sharded_graph_decode(token_scores: torch.Tensor, catalog: ShardedCatalog,
     op = "sharded_graph_decode"
 
     def around_of(items):  # (B, W, E) neighbour ids of the items this rank owns, else -1
-        owned = (items >= offset) & (items < offset + n_local)
-        rows = (items - offset).clamp(0, max(n_local - 1, 0))
         if n_local == 0:
             return torch.full((*items.shape, e), -1, dtype=torch.long, device=device)
+        owned = (items >= offset) & (items < offset + n_local)
+        rows = (items - offset).clamp(0, n_local - 1)
         return torch.where(owned[..., None], neighbors[rows], -1)
 
     around = _all_reduce(op, group, around_of(beam), dist.ReduceOp.MAX)
@@ -317,8 +328,7 @@ def sharded_graph_decode(token_scores: torch.Tensor, catalog: ShardedCatalog,
                                                   backend=backend)
             part_ids = _to_global(part_ids, offset)
         else:
-            part_scores = torch.full((b, beam_width), float("-inf"), device=device)
-            part_ids = torch.full((b, beam_width), -1, dtype=torch.long, device=device)
+            part_scores, part_ids = _padding(b, beam_width, device)
         part_around = around_of(part_ids).reshape(b, -1)
         packed = torch.cat([_pack(part_scores, part_ids),
                             part_around.view(torch.int32).reshape(b, -1)], dim=1)

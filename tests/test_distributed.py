@@ -133,6 +133,16 @@ def _check_topk(rank, world):
     cat8, _ = _catalog(codes8, rank, world)
     _equal(sfd.sharded_holistic_topk(scores16, cat8, 20), sf.holistic_topk(scores16, codes8, 20),
            "uint8")
+    # The last rank holds no item.
+    cut = [0, 150, 300, 300][:world] + [300]
+    empty = sfd.ShardedCatalog(codes[cut[rank]:cut[rank + 1]].clone(), offset=cut[rank])
+    _equal(sfd.sharded_holistic_topk(scores, empty, 30), sf.holistic_topk(scores, codes, 30),
+           "empty shard")
+    graph = sf.ItemGraph.build(codes, n_edges=4)
+    _equal(sfd.sharded_graph_decode(scores, empty, graph.neighbors[cut[rank]:cut[rank + 1]],
+                                    beam_width=6, steps=2, k=6, seed=4),
+           sf.graph_decode(scores, codes, graph, beam_width=6, steps=2, k=6, seed=4),
+           "graph decode, empty shard")
 
 
 def _check_graph(rank, world):
