@@ -55,14 +55,18 @@ def run(rank: int, world: int, backend: str) -> None:
     batch = 8
     rows = sfd.batch_slice(batch)
     logits = torch.randn(batch, trie.depth, trie.max_vocab, generator=gen).log_softmax(-1)
-    mine = logits[rows].to(device)
     width = 5
 
-    def step_fn(step, tokens, parents):  # a stand-in model: fixed log-probs per step
-        return mine[:, step].repeat_interleave(width, dim=0)
+    def decode(rows_logits):
+        def step_fn(step, tokens, parents):  # a stand-in model: fixed log-probs per step
+            return rows_logits[:, step].repeat_interleave(width, dim=0)
 
-    items, _, _ = sf.constrained_beam_search(step_fn, trie, batch_size=mine.shape[0],
-                                             beam_width=width)
+        return sf.constrained_beam_search(step_fn, trie, batch_size=rows_logits.shape[0],
+                                          beam_width=width)[0]
+
+    items = decode(logits[rows].to(device))
+    # Rows are decoded independently: this rank's slice equals the whole batch's rows.
+    assert torch.equal(items, decode(logits.to(device))[rows])
     print(f"rank {rank}: decoded rows {rows.start}..{rows.stop - 1}, "
           f"trie {trie.nbytes / 2**20:.2f} MiB for {trie.num_items} IDs, best items "
           f"{items[:, 0].tolist()}")

@@ -44,6 +44,9 @@ def main():
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=float, default=0.5,
+                        help="keep workers * this below the cluster's CPUs: the read and "
+                             "write tasks need CPUs too, or the job waits for ever")
     parser.add_argument("--gpus-per-worker", type=float, default=0)
     parser.add_argument("--out", default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args()
@@ -62,7 +65,8 @@ def main():
     ds = ray.data.read_parquet(src).map_batches(
         EncodeBatch, fn_constructor_args=(books_ref,),
         fn_constructor_kwargs={"column": "embedding", "device": "auto"},
-        batch_format="pyarrow", batch_size=8192, num_gpus=args.gpus_per_worker,
+        batch_format="pyarrow", batch_size=8192, num_cpus=args.cpus_per_worker,
+        num_gpus=args.gpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=args.workers))
     ds.write_parquet(dst)
 
