@@ -25,8 +25,6 @@ Three uses:
 
 from __future__ import annotations
 
-import datetime
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -57,15 +55,6 @@ def _group_info(group, op: str) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def _timeout_text(group) -> str:
-    try:
-        pg = group if group is not None else dist.distributed_c10d._get_default_group()
-        timeout = pg.options._timeout if hasattr(pg, "options") else None
-    except (AttributeError, RuntimeError):
-        timeout = None
-    return f" (group timeout {timeout})" if isinstance(timeout, datetime.timedelta) else ""
-
-
 def _collective(call: str, group, fn, *args, **kwargs):
     """Runs one collective; any failure becomes a CollectiveError on this rank."""
     try:
@@ -74,8 +63,7 @@ def _collective(call: str, group, fn, *args, **kwargs):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         raise CollectiveError(
             f"{call}: collective {fn.__name__} failed on rank {rank} of {world}: a peer rank "
-            f"raised, exited or did not join within the group's timeout"
-            f"{_timeout_text(group)}: {error}") from error
+            f"raised, exited or did not join within the group's timeout: {error}") from error
 
 
 def _all_gather(op: str, group, t: torch.Tensor) -> list[torch.Tensor]:

@@ -157,8 +157,8 @@ class FrequencyNoise(torch.nn.Module):
             DIGER's ``hot_threshold_ratio`` is 1.5.
         scale: noise scale of an over-used sample (>= 0), e.g. multiplied by a decay (DIGER's
             frequency run uses plain Gumbel noise, 1.0).
-        process_group: data-parallel training: a ``torch.distributed`` group (or
-            ``"default"`` for the default group) whose ranks fold their batches' code
+        process_group: data-parallel training: a ``torch.distributed`` group (e.g.
+            ``torch.distributed.group.WORLD``) whose ranks fold their batches' code
             histograms together, one int64 all-reduce per update, so every rank keeps the
             usage that one process with the whole batch would (bit for bit); the global row
             count is read on the host (a sync on GPU). None (default): this process only.
@@ -283,12 +283,11 @@ class FrequencyNoise(torch.nn.Module):
     def _fold_synced(self, codes: torch.Tensor) -> None:
         from .distributed import _all_reduce  # torch.distributed only when asked for
 
-        group = None if self.process_group == "default" else self.process_group
         # Integer counts and row count in one all-reduce: exact, hence the same float32
         # counts and the same alpha as one process folding the whole batch.
         packed = torch.bincount(codes.long(), minlength=self.num_codes + 1)
         packed[-1] = codes.numel()
-        packed = _all_reduce("FrequencyNoise.update", group, packed)
+        packed = _all_reduce("FrequencyNoise.update", self.process_group, packed)
         total = int(packed[-1])
         if total == 0:
             return
