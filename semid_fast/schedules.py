@@ -157,13 +157,19 @@ class FrequencyNoise(torch.nn.Module):
             DIGER's ``hot_threshold_ratio`` is 1.5.
         scale: noise scale of an over-used sample (>= 0), e.g. multiplied by a decay (DIGER's
             frequency run uses plain Gumbel noise, 1.0).
+        process_group: data-parallel training: a ``torch.distributed`` group (e.g.
+            ``torch.distributed.group.WORLD``) whose ranks fold their batches' code
+            histograms together, one int64 all-reduce per update, so every rank keeps the
+            usage that one process with the whole batch would (bit for bit); the global row
+            count is read on the host (a sync on GPU). None (default): this process only.
     """
 
     usage: torch.Tensor
 
     def __init__(self, num_codes: int, *, momentum: float = 0.99, threshold: float = 1.5,
-                 scale: float = 1.0, device=None):
+                 scale: float = 1.0, device=None, process_group=None):
         super().__init__()
+        self.process_group = process_group
         self.num_codes = _checks.positive_int(num_codes, "num_codes")
         self.momentum = _real(momentum, "momentum")
         self.threshold = _real(threshold, "threshold")
@@ -265,11 +271,28 @@ class FrequencyNoise(torch.nn.Module):
 
     @torch.no_grad()
     def _fold(self, codes: torch.Tensor) -> None:
+        if self.process_group is not None:
+            self._fold_synced(codes)
+            return
         if codes.numel() == 0:
             return
         counts = torch.zeros_like(self.usage).index_add_(
             0, codes.long(), torch.ones(codes.shape, dtype=self.usage.dtype, device=codes.device))
         self.usage.mul_(self.momentum).add_(counts, alpha=(1 - self.momentum) / codes.numel())
+
+    def _fold_synced(self, codes: torch.Tensor) -> None:
+        from .distributed import _all_reduce  # torch.distributed only when asked for
+
+        # Integer counts and row count in one all-reduce: exact, hence the same float32
+        # counts and the same alpha as one process folding the whole batch.
+        packed = torch.bincount(codes.long(), minlength=self.num_codes + 1)
+        packed[-1] = codes.numel()
+        packed = _all_reduce("FrequencyNoise.update", self.process_group, packed)
+        total = int(packed[-1])
+        if total == 0:
+            return
+        self.usage.mul_(self.momentum).add_(packed[:-1].to(self.usage.dtype),
+                                            alpha=(1 - self.momentum) / total)
 
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, momentum={self.momentum}, "
