@@ -66,7 +66,8 @@ def finite(t: torch.Tensor, name: str) -> None:
 
 def codes_in_range(codes: torch.Tensor, k: int, name: str) -> None:
     if scanning() and codes.numel():
-        lo, hi = int(codes.min()), int(codes.max())
+        # One pass for both ends (min then max would read the codes twice).
+        lo, hi = (int(v) for v in torch.aminmax(codes))
         if lo < 0 or hi >= k:
             raise ValueError(f"{name} must lie in [0, {k}), found values in [{lo}, {hi}]")
 

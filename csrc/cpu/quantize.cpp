@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -29,6 +30,8 @@ namespace {
 constexpr int TR = 6;   // rows per register tile (12 accumulators + 2 panel vectors + 1 broadcast)
 constexpr int TC = 16;  // codewords per panel (two 8-float vectors)
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
+// Beam search by tables while they take at most 64 MB.
+constexpr int64_t kMaxCrossTableFloats = int64_t(16) << 20;
 static_assert(ROW_BLOCK % 16 == 0, "the PQ lane kernel takes rows 16 at a time");
 
 // Maximum (minimum) of the 8 lanes, broadcast to every lane, by three swap-and-compare steps.
@@ -43,6 +46,17 @@ inline V lane_reduce(V v, bool take_max) {
 }
 inline v8f lane_max(v8f v) { return lane_reduce(v, true); }
 inline v8i lane_min(v8i v) { return lane_reduce(v, false); }
+
+// Whether any lane of a comparison mask (lanes 0 or -1) is set.
+inline bool any_lane(v8i mask) {
+#ifdef __AVX2__
+  return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
+#else
+  v8i folded = mask | __builtin_shuffle(mask, v8i{4, 5, 6, 7, 0, 1, 2, 3});
+  folded |= __builtin_shuffle(folded, v8i{2, 3, 0, 1, 6, 7, 4, 5});
+  return (folded[0] | folded[1]) != 0;
+#endif
+}
 
 // Codebook of k codewords of width d, re-laid as ceil(k/TC) panels of (d, TC) floats, with
 // -||c||^2 / 2 per codeword (padding gets -inf so it never wins). The nearest codeword is the
@@ -334,14 +348,22 @@ void best_candidates(const float* scores, int64_t beams, int64_t k, int64_t kp,
                      Candidates& best) {
   // The worst kept error once the list is full; NaN (no compare holds) until then.
   float worst = __builtin_nanf("");
+  const auto offer = [&](int64_t b, int64_t c, float v) {
+    // Worse in float, or equal and later in the scan: worse in key order too.
+    if (v >= worst) return;
+    best.offer((uint64_t(order_word(v)) << 32) | uint64_t(b * kp + c));
+    if (best.full()) worst = scores[best.worst() & 0xFFFFFFFFu];
+  };
+  const int64_t k8 = k / 8 * 8;
   for (int64_t b = 0; b < beams; ++b) {
     const float* run = scores + b * kp;
-    for (int64_t c = 0; c < k; ++c) {
-      // Worse in float, or equal and later in the scan: worse in key order too.
-      if (run[c] >= worst) continue;
-      best.offer((uint64_t(order_word(run[c])) << 32) | uint64_t(b * kp + c));
-      if (best.full()) worst = scores[best.worst() & 0xFFFFFFFFu];
+    // Eight at a time: once the list is full, most chunks hold no candidate that beats it.
+    for (int64_t c = 0; c < k8; c += 8) {
+      const v8f v = load8(run + c);
+      if (!any_lane(~(v >= splat(worst)))) continue;
+      for (int lane = 0; lane < 8; ++lane) offer(b, c + lane, run[c + lane]);
     }
+    for (int64_t c = k8; c < k; ++c) offer(b, c, run[c]);
   }
 }
 
@@ -457,6 +479,217 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
         }
         if (quantized)
           for (int64_t e = 0; e < d; ++e) quantized[i * d + e] = x[i * d + e] - res[best * d + e];
+      }
+    }
+  }
+  return kOk;
+}
+
+// Beam search from look-up tables (the cross-product tables of faiss's use_beam_LUT). With
+// r = x - sum_{m<l} C_m[h_m] the residual of a beam whose codes so far are h,
+//   ||r - c||^2 = ||r||^2 + (||c||^2 - 2 x.c) + 2 sum_{m<l} C_m[h_m].c,
+// and ||r||^2 is the error the beam was kept with. So x.c for the codewords of every level is
+// one register-blocked pass per row (what greedy encoding costs), the codeword products
+// C_m . C_l are tables computed once, and a candidate costs l table reads instead of d
+// multiply-adds: no residual is ever formed. Scalings by 2 and -2 are exact, so the tables
+// hold 2 C_m.C_l and the scores ||c||^2 - 2 x.c. Candidates are ranked as in rq_encode_beam.
+struct CrossTables {
+  int64_t levels = 0, kp = 0;
+  std::vector<float> data;  // pair (m, l), m < l: (kp, kp) at pair_offset, row = code of m
+
+  int64_t pair_offset(int64_t m, int64_t l) const { return (l * (l - 1) / 2 + m) * kp * kp; }
+  const float* row(int64_t m, int64_t l, int64_t code) const {
+    return data.data() + pair_offset(m, l) + code * kp;
+  }
+};
+
+// Floats the tables of `levels` codebooks of k codewords take.
+int64_t cross_table_floats(int64_t levels, int64_t k) {
+  const int64_t kp = (k + TC - 1) / TC * TC;
+  return levels * (levels - 1) / 2 * kp * kp;
+}
+
+void fill_cross_tables(const float* codebooks, int64_t levels, int64_t k, int64_t d,
+                       const std::vector<Panels>& panels, CrossTables& t, int n_threads) {
+  t.levels = levels;
+  t.kp = panels[0].n_panels * TC;
+  t.data.assign(cross_table_floats(levels, k), 0.0f);
+  const int64_t tiles = (k + TR - 1) / TR;
+  const std::vector<float> zero(TC, 0.0f);
+  // Codebooks zero-padded to whole tiles of rows, so every tile reads real memory.
+  std::vector<float> padded(levels * tiles * TR * d, 0.0f);
+  for (int64_t m = 0; m < levels; ++m)
+    std::memcpy(padded.data() + m * tiles * TR * d, codebooks + m * k * d, sizeof(float) * k * d);
+  const int64_t pairs = levels * (levels - 1) / 2;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) collapse(2)
+  for (int64_t pair = 0; pair < pairs; ++pair)
+    for (int64_t p = 0; p < t.kp / TC; ++p) {
+      int64_t l = 1;
+      while (l * (l + 1) / 2 <= pair) ++l;
+      const int64_t m = pair - l * (l - 1) / 2;
+      v8f acc[TR][2];
+      float* table = t.data.data() + t.pair_offset(m, l);
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        score_tile<0>(padded.data() + (m * tiles + tile) * TR * d, d, panels[l].panel(p), d,
+                      zero.data(), acc);
+        for (int r = 0; r < TR && tile * TR + r < k; ++r) {
+          float* out = table + (tile * TR + r) * t.kp + p * TC;
+          store8(out, 2.0f * acc[r][0]);
+          store8(out + 8, 2.0f * acc[r][1]);
+        }
+      }
+    }
+}
+
+// One thread's buffers of the table beam search.
+struct LutBuffers {
+  std::vector<float> rows, scores, cand, group_min, err, next_err, errs_hist, next_errs_hist;
+  std::vector<int32_t> hist, next_hist;
+  Candidates best;
+
+  LutBuffers(int64_t d, int64_t levels, int64_t kp, int64_t beam_width)
+      : rows(ROW_BLOCK * d), scores(ROW_BLOCK * levels * kp), cand(beam_width * kp),
+        group_min(beam_width * kp + 16 * beam_width),
+        err(beam_width), next_err(beam_width), errs_hist(beam_width * levels),
+        next_errs_hist(beam_width * levels), hist(beam_width * levels),
+        next_hist(beam_width * levels) {
+    best.reserve(beam_width);
+  }
+};
+
+// Scores the k candidates of each of `beams` beams at level l (error + scores s + the l table
+// rows of the beam's codes) into buf.cand, then offers buf.best only those that can be kept.
+// A running threshold (best_candidates) mispredicts a branch on most of its early offers;
+// here the first pass also keeps the minimum of each group (one lane of a run of chunks of
+// one beam): `keep` groups whose minimum is at most t hold `keep` candidates at most t, so the
+// keep-th smallest group minimum bounds the worst kept candidate, and the second pass offers
+// only candidates at most that bound (NaN included: it ranks last, offered when the bound is
+// +inf). The kept set is the same: TopK's result does not depend on what else was offered.
+// FIXED is l when known at compile time (-1: not).
+template <int FIXED>
+void lut_candidates(const float* s, const CrossTables& tables, int64_t l, int64_t levels,
+                    int64_t beams, int64_t k, int64_t keep, LutBuffers& buf) {
+  const int64_t kp = tables.kp, chunks = kp / 8;
+  const int64_t depth = FIXED >= 0 ? FIXED : l;
+  // Groups per beam: enough for twice `keep` groups in all, at most one chunk each.
+  int64_t segments = 1;
+  while (segments < chunks && beams * 8 * segments < 2 * keep) segments *= 2;
+  const int64_t per_segment = (chunks + segments - 1) / segments;
+  float* group_min = buf.group_min.data();
+  int64_t groups = 0;
+  for (int64_t b = 0; b < beams; ++b) {
+    const float* rows_of[64];  // the table row of each earlier level (levels <= 64)
+    for (int64_t m = 0; m < depth; ++m) rows_of[m] = tables.row(m, l, buf.hist[b * levels + m]);
+    const v8f e = splat(buf.err[b]);
+    float* out = buf.cand.data() + b * kp;
+    for (int64_t c0 = 0; c0 < chunks; c0 += per_segment) {
+      v8f low = splat(std::numeric_limits<float>::infinity());
+      for (int64_t c = 8 * c0; c < 8 * std::min(chunks, c0 + per_segment); c += 8) {
+        v8f v = e + load8(s + c);
+        for (int64_t m = 0; m < depth; ++m) v += load8(rows_of[m] + c);
+        store8(out + c, v);
+        low = v < low ? v : low;  // NaN never replaces; padding lanes hold +inf
+      }
+      store8(group_min + groups, low);
+      groups += 8;
+    }
+  }
+  std::nth_element(group_min, group_min + (keep - 1), group_min + groups);
+  const v8f bound = splat(group_min[keep - 1]);
+  for (int64_t b = 0; b < beams; ++b) {
+    const float* run = buf.cand.data() + b * kp;
+    for (int64_t c = 0; c < kp; c += 8) {
+      const v8f v = load8(run + c);
+      if (!any_lane(~(v > bound))) continue;
+      for (int64_t lane = 0; lane < 8 && c + lane < k; ++lane)
+        if (!(run[c + lane] > bound[0]))
+          buf.best.offer((uint64_t(order_word(run[c + lane])) << 32) |
+                         uint64_t(b * kp + c + lane));
+    }
+  }
+}
+
+int rq_encode_beam_lut(const float* x, int64_t n, int64_t d, const float* codebooks,
+                       int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
+                       float* quantized, float* errors, int n_threads) {
+  std::vector<Panels> panels;
+  panels.reserve(levels);
+  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  const int64_t kp = panels[0].n_panels * TC;
+  int64_t encodings = 1;
+  for (int64_t l = 0; l < levels && encodings < beam_width; ++l) encodings *= k;
+  beam_width = std::min(beam_width, encodings);
+  CrossTables tables;
+  fill_cross_tables(codebooks, levels, k, d, panels, tables, n_threads);
+  const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+  n_threads = int(std::min<int64_t>(n_threads, n_blocks));
+  std::vector<LutBuffers> buffers;  // allocated here: a failure throws before the region
+  buffers.reserve(n_threads);
+  for (int t = 0; t < n_threads; ++t) buffers.emplace_back(d, levels, kp, beam_width);
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    LutBuffers& buf = buffers[omp_get_thread_num()];
+    v8f acc[TR][2];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t row0 = blk * ROW_BLOCK, count = std::min(ROW_BLOCK, n - row0);
+      const int64_t tiles = load_rows(x + row0 * d, count, d, buf.rows.data()) / TR;
+      // scores[r][l][c] = ||c||^2 - 2 x_r.c (= -2 times the tile's r.c - ||c||^2 / 2).
+      for (int64_t l = 0; l < levels; ++l)
+        for (int64_t p = 0; p < panels[l].n_panels; ++p)
+          for (int64_t t = 0; t < tiles; ++t) {
+            score_tile<0>(buf.rows.data() + t * TR * d, d, panels[l].panel(p), d,
+                          panels[l].bias.data() + p * TC, acc);
+            for (int r = 0; r < TR && t * TR + r < count; ++r) {
+              float* out = buf.scores.data() + ((t * TR + r) * levels + l) * kp + p * TC;
+              store8(out, -2.0f * acc[r][0]);
+              store8(out + 8, -2.0f * acc[r][1]);
+            }
+          }
+      for (int64_t r = 0; r < count; ++r) {
+        const int64_t i = row0 + r;
+        buf.err[0] = squared_norm(x + i * d, d);
+        int64_t beams = 1;
+        for (int64_t l = 0; l < levels; ++l) {
+          const int64_t keep = std::min<int64_t>(beam_width, beams * k);
+          buf.best.clear(keep);
+          const float* s = buf.scores.data() + (r * levels + l) * kp;
+          switch (l) {  // the table rows summed per candidate, unrolled for shallow levels
+            case 0: lut_candidates<0>(s, tables, l, levels, beams, k, keep, buf); break;
+            case 1: lut_candidates<1>(s, tables, l, levels, beams, k, keep, buf); break;
+            case 2: lut_candidates<2>(s, tables, l, levels, beams, k, keep, buf); break;
+            case 3: lut_candidates<3>(s, tables, l, levels, beams, k, keep, buf); break;
+            default: lut_candidates<-1>(s, tables, l, levels, beams, k, keep, buf); break;
+          }
+          const std::vector<uint64_t>& kept = buf.best.sorted();
+          for (int64_t j = 0; j < keep; ++j) {
+            const int64_t pair = int64_t(kept[j] & 0xFFFFFFFFu);
+            const int64_t parent = pair / kp, code = pair % kp;
+            std::copy_n(buf.hist.begin() + parent * levels, l, buf.next_hist.begin() + j * levels);
+            std::copy_n(buf.errs_hist.begin() + parent * levels, l,
+                        buf.next_errs_hist.begin() + j * levels);
+            buf.next_hist[j * levels + l] = int32_t(code);
+            buf.next_err[j] = buf.cand[pair];
+            buf.next_errs_hist[j * levels + l] = buf.cand[pair];
+          }
+          std::swap(buf.err, buf.next_err);
+          std::swap(buf.hist, buf.next_hist);
+          std::swap(buf.errs_hist, buf.next_errs_hist);
+          beams = keep;
+        }
+        for (int64_t l = 0; l < levels; ++l) {  // the best beam is the first
+          codes[i * levels + l] = buf.hist[l];
+          if (errors) errors[i * levels + l] = std::max(0.0f, buf.errs_hist[l]);
+        }
+        if (quantized) {
+          float* q = quantized + i * d;
+          std::fill(q, q + d, 0.0f);
+          for (int64_t l = 0; l < levels; ++l) {
+            const float* c = codebooks + (l * k + buf.hist[l]) * d;
+            for (int64_t e = 0; e < d; ++e) q[e] += c[e];
+          }
+        }
       }
     }
   }
@@ -648,6 +881,13 @@ int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
                         n_threads);
   if (beam_width == 1)
     return rq_encode_greedy(x, n, d, codebooks, levels, k, codes, quantized, errors, n_threads);
+  // Tables pay off once the rows outweigh them (n * beam_width candidates of k * d
+  // multiply-adds saved per level, against k * k * d per table) and while they stay small.
+  const bool lut = levels > 1 && levels <= 64 && cross_table_floats(levels, k) <= kMaxCrossTableFloats &&
+                   n * (beam_width - 1) >= k * levels;
+  if (lut)
+    return rq_encode_beam_lut(x, n, d, codebooks, levels, k, beam_width, codes, quantized,
+                              errors, n_threads);
   return rq_encode_beam(x, n, d, codebooks, levels, k, beam_width, codes, quantized, errors,
                         n_threads);
 }
@@ -747,44 +987,117 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
   return kOk;
 }
 
+namespace {
+
+// Writes 8 floats at p, past the cache when `stream` (p 32-byte aligned): a large output is
+// not read back by the kernel, so fetching its lines first (the read before a write) only
+// doubles the memory traffic.
+inline void put8(float* p, v8f v, bool stream) {
+#ifdef __AVX2__
+  if (stream) {
+    _mm256_stream_ps(p, (__m256)v);
+    return;
+  }
+#endif
+  (void)stream;
+  store8(p, v);
+}
+
+// Streaming pays when the output is larger than the caches and every row is aligned.
+bool stream_rows(const float* out, int64_t n, int64_t row_floats) {
+  return row_floats % 8 == 0 && reinterpret_cast<std::uintptr_t>(out) % 32 == 0 &&
+         n * row_floats >= (int64_t(8) << 20);
+}
+
+// The codes of a row lie in [0, k).
+inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
+  bool ok = true;
+  for (int64_t g = 0; g < groups; ++g) ok &= c[g] >= 0 && c[g] < k;
+  return ok;
+}
+
+}  // namespace
+
+// Both decoders write each output float once, rows split statically across threads (the
+// partition a later parallel reader of the output likely uses, so a fresh output's pages are
+// first touched by the thread that reads them back). A row with an out-of-range code is
+// written as zeros and the call returns kCodeOutOfRange.
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
-  if (n < 0 || levels <= 0 || k <= 0 || d <= 0) return kBadArgument;
+  if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
+  const bool stream = stream_rows(out, n, d);
+  const int64_t d8 = d / 8 * 8;
   int bad = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
     float* o = out + i * d;
-    std::fill(o, o + d, 0.0f);
-    for (int64_t l = 0; l < levels; ++l) {
-      const int64_t c = codes[i * levels + l];
-      if (c < 0 || c >= k) {
-        bad = 1;
-        continue;
+    const int64_t* c = codes + i * levels;
+    if (!row_in_range(c, levels, k)) {
+      bad = 1;
+      std::fill(o, o + d, 0.0f);
+      continue;
+    }
+    const float* w0 = codebooks + c[0] * d;
+    // Chunks of 32 floats summed over the levels in registers, then written once.
+    int64_t j = 0;
+    for (; j + 32 <= d8; j += 32) {
+      v8f a0 = load8(w0 + j), a1 = load8(w0 + j + 8), a2 = load8(w0 + j + 16),
+          a3 = load8(w0 + j + 24);
+      for (int64_t l = 1; l < levels; ++l) {
+        const float* w = codebooks + (l * k + c[l]) * d + j;
+        a0 += load8(w);
+        a1 += load8(w + 8);
+        a2 += load8(w + 16);
+        a3 += load8(w + 24);
       }
-      const float* w = codebooks + (l * k + c) * d;
-      for (int64_t j = 0; j < d; ++j) o[j] += w[j];
+      put8(o + j, a0, stream);
+      put8(o + j + 8, a1, stream);
+      put8(o + j + 16, a2, stream);
+      put8(o + j + 24, a3, stream);
+    }
+    for (; j < d8; j += 8) {
+      v8f a = load8(w0 + j);
+      for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
+      put8(o + j, a, stream);
+    }
+    for (; j < d; ++j) {
+      float a = w0[j];
+      for (int64_t l = 1; l < levels; ++l) a += codebooks[(l * k + c[l]) * d + j];
+      o[j] = a;
     }
   }
+#ifdef __AVX2__
+  if (stream) _mm_sfence();  // streamed stores visible before the caller reads
+#endif
   return bad ? kCodeOutOfRange : kOk;
 }
 
 int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
                   int64_t dsub, float* out, int n_threads) {
-  if (n < 0 || m <= 0 || k <= 0 || dsub <= 0) return kBadArgument;
+  if (n < 0 || m <= 0 || k <= 0 || dsub <= 0 || n_threads <= 0) return kBadArgument;
+  const bool stream = stream_rows(out, n, m * dsub) && dsub % 8 == 0;
   int bad = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
+    const int64_t* c = codes + i * m;
+    float* o = out + i * m * dsub;
+    if (!row_in_range(c, m, k)) {
+      bad = 1;
+      std::fill(o, o + m * dsub, 0.0f);
+      continue;
+    }
     for (int64_t s = 0; s < m; ++s) {
-      float* o = out + (i * m + s) * dsub;
-      const int64_t c = codes[i * m + s];
-      if (c < 0 || c >= k) {
-        bad = 1;
-        std::fill(o, o + dsub, 0.0f);
-        continue;
-      }
-      std::memcpy(o, codebooks + (s * k + c) * dsub, sizeof(float) * dsub);
+      const float* w = codebooks + (s * k + c[s]) * dsub;
+      float* dst = o + s * dsub;
+      if (stream)
+        for (int64_t j = 0; j < dsub; j += 8) put8(dst + j, load8(w + j), true);
+      else
+        std::memcpy(dst, w, sizeof(float) * dsub);
     }
   }
+#ifdef __AVX2__
+  if (stream) _mm_sfence();
+#endif
   return bad ? kCodeOutOfRange : kOk;
 }
 
