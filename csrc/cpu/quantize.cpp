@@ -989,26 +989,6 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
 
 namespace {
 
-// Writes 8 floats at p, past the cache when `stream` (p 32-byte aligned): a large output is
-// not read back by the kernel, so fetching its lines first (the read before a write) only
-// doubles the memory traffic.
-inline void put8(float* p, v8f v, bool stream) {
-#ifdef __AVX2__
-  if (stream) {
-    _mm256_stream_ps(p, (__m256)v);
-    return;
-  }
-#endif
-  (void)stream;
-  store8(p, v);
-}
-
-// Streaming pays when the output is larger than the caches and every row is aligned.
-bool stream_rows(const float* out, int64_t n, int64_t row_floats) {
-  return row_floats % 8 == 0 && reinterpret_cast<std::uintptr_t>(out) % 32 == 0 &&
-         n * row_floats >= (int64_t(8) << 20);
-}
-
 // The codes of a row lie in [0, k).
 inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
   bool ok = true;
@@ -1018,14 +998,14 @@ inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
 
 }  // namespace
 
-// Both decoders write each output float once, rows split statically across threads (the
-// partition a later parallel reader of the output likely uses, so a fresh output's pages are
-// first touched by the thread that reads them back). A row with an out-of-range code is
-// written as zeros and the call returns kCodeOutOfRange.
+// Both decoders write each output float once, rows split statically across threads, so the
+// pages of a fresh output are first touched (faulted in) by all threads at once. Stores go
+// through the cache: streaming them past it was slower into fresh pages, which the kernel
+// has just zeroed through the cache. A row with an out-of-range code is written as zeros and
+// the call returns kCodeOutOfRange.
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
   if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
-  const bool stream = stream_rows(out, n, d);
   const int64_t d8 = d / 8 * 8;
   int bad = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
@@ -1050,15 +1030,15 @@ int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* 
         a2 += load8(w + 16);
         a3 += load8(w + 24);
       }
-      put8(o + j, a0, stream);
-      put8(o + j + 8, a1, stream);
-      put8(o + j + 16, a2, stream);
-      put8(o + j + 24, a3, stream);
+      store8(o + j, a0);
+      store8(o + j + 8, a1);
+      store8(o + j + 16, a2);
+      store8(o + j + 24, a3);
     }
     for (; j < d8; j += 8) {
       v8f a = load8(w0 + j);
       for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
-      put8(o + j, a, stream);
+      store8(o + j, a);
     }
     for (; j < d; ++j) {
       float a = w0[j];
@@ -1066,16 +1046,12 @@ int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* 
       o[j] = a;
     }
   }
-#ifdef __AVX2__
-  if (stream) _mm_sfence();  // streamed stores visible before the caller reads
-#endif
   return bad ? kCodeOutOfRange : kOk;
 }
 
 int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
                   int64_t dsub, float* out, int n_threads) {
   if (n < 0 || m <= 0 || k <= 0 || dsub <= 0 || n_threads <= 0) return kBadArgument;
-  const bool stream = stream_rows(out, n, m * dsub) && dsub % 8 == 0;
   int bad = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
@@ -1089,15 +1065,12 @@ int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codeb
     for (int64_t s = 0; s < m; ++s) {
       const float* w = codebooks + (s * k + c[s]) * dsub;
       float* dst = o + s * dsub;
-      if (stream)
-        for (int64_t j = 0; j < dsub; j += 8) put8(dst + j, load8(w + j), true);
+      if (dsub % 8 == 0)
+        for (int64_t j = 0; j < dsub; j += 8) store8(dst + j, load8(w + j));
       else
         std::memcpy(dst, w, sizeof(float) * dsub);
     }
   }
-#ifdef __AVX2__
-  if (stream) _mm_sfence();
-#endif
   return bad ? kCodeOutOfRange : kOk;
 }
 
