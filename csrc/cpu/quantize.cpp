@@ -1,9 +1,10 @@
 // CPU kernels of the quantize family (RQ / PQ encode and decode) on raw float32 pointers.
 //
 // Compiled once per ISA (SEMID_FAST_ISA names the namespace; CMake adds -mavx2 -mfma for
-// isa_avx2). The hot loop is a register-blocked "small GEMM": a tile of TR rows against a
-// panel of TC codewords stored transposed (d-major), so each step is TR broadcasts, two
-// 8-float loads and 2*TR fused multiply-adds. The nearest codeword maximises
+// isa_avx2, AVX-512 F/VL/BW/DQ for isa_avx512). The hot loop is a register-blocked "small
+// GEMM": a tile of TR rows against a panel of TC codewords stored transposed (d-major), so
+// each step is TR broadcasts, two VW-float loads and 2*TR fused multiply-adds (6 x 16 with
+// 8-float registers, 12 x 32 with AVX-512's 32 16-float ones). The nearest codeword maximises
 // r.c - ||c||^2 / 2 (||r||^2 does not change the choice); the running argmax stays in vector
 // registers, ties going to the smaller code. Nothing of size (n, k) is ever written.
 #include <omp.h>
@@ -27,8 +28,25 @@ namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-constexpr int TR = 6;   // rows per register tile (12 accumulators + 2 panel vectors + 1 broadcast)
-constexpr int TC = 16;  // codewords per panel (two 8-float vectors)
+// The register tile: TR rows against TC = 2 * VW codewords, VW floats per vector.
+#ifdef __AVX512F__
+typedef float vtf __attribute__((vector_size(64)));
+typedef int32_t vti __attribute__((vector_size(64)));
+typedef float vtf_unaligned __attribute__((vector_size(64), aligned(4)));
+constexpr int VW = 16;
+constexpr int TR = 12;  // 24 accumulators + 2 panel vectors + 1 broadcast of the 32 registers
+#else
+typedef v8f vtf;
+typedef v8i vti;
+typedef v8f_unaligned vtf_unaligned;
+constexpr int VW = 8;
+constexpr int TR = 6;  // 12 accumulators + 2 panel vectors + 1 broadcast of the 16 registers
+#endif
+constexpr int TC = 2 * VW;  // codewords per panel
+inline vtf loadv(const float* p) { return *reinterpret_cast<const vtf_unaligned*>(p); }
+inline void storev(float* p, vtf v) { *reinterpret_cast<vtf_unaligned*>(p) = v; }
+inline vtf splatv(float s) { return vtf{} + s; }
+inline vti splatv_i(int32_t s) { return vti{} + s; }
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
 // Beam search by tables while they take at most 64 MB.
 constexpr int64_t kMaxCrossTableFloats = int64_t(16) << 20;
@@ -46,6 +64,32 @@ inline V lane_reduce(V v, bool take_max) {
 }
 inline v8f lane_max(v8f v) { return lane_reduce(v, true); }
 inline v8i lane_min(v8i v) { return lane_reduce(v, false); }
+// The largest (smallest) lane as a scalar, for either vector width.
+inline float hmax(v8f v) { return lane_max(v)[0]; }
+inline int32_t hmin(v8i v) { return lane_min(v)[0]; }
+#ifdef __AVX512F__
+template <typename Half, typename V>
+inline void halves(const V& v, Half& lo, Half& hi) {
+  std::memcpy(&lo, &v, sizeof(Half));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+}
+inline float hmax(vtf v) {
+  v8f lo, hi;
+  halves(v, lo, hi);
+  return hmax(lo > hi ? lo : hi);
+}
+inline int32_t hmin(vti v) {
+  v8i lo, hi;
+  halves(v, lo, hi);
+  return hmin(lo < hi ? lo : hi);
+}
+#endif
+// 0, 1, ..., VW - 1.
+inline vti lane_ids() {
+  vti v{};
+  for (int i = 0; i < VW; ++i) v[i] = i;
+  return v;
+}
 
 // Whether any lane of a comparison mask (lanes 0 or -1) is set.
 inline bool any_lane(v8i mask) {
@@ -89,55 +133,54 @@ struct Panels {
 // fixes the width at compile time, so short PQ sub-vectors run fully unrolled.
 template <int FIXED_D>
 inline void score_tile(const float* rows, int64_t ld, const float* panel, int64_t d,
-                       const float* bias, v8f acc[TR][2]) {
-  const v8f b0 = load8(bias), b1 = load8(bias + 8);
+                       const float* bias, vtf acc[TR][2]) {
+  const vtf b0 = loadv(bias), b1 = loadv(bias + VW);
   for (int r = 0; r < TR; ++r) {
     acc[r][0] = b0;
     acc[r][1] = b1;
   }
   const int64_t width = FIXED_D > 0 ? FIXED_D : d;
   for (int64_t j = 0; j < width; ++j) {
-    const v8f p0 = load8(panel + j * TC), p1 = load8(panel + j * TC + 8);
+    const vtf p0 = loadv(panel + j * TC), p1 = loadv(panel + j * TC + VW);
     for (int r = 0; r < TR; ++r) {
-      const v8f xv = splat(rows[r * ld + j]);
+      const vtf xv = splatv(rows[r * ld + j]);
       acc[r][0] += xv * p0;
       acc[r][1] += xv * p1;
     }
   }
 }
 
-// Running argmax of TR rows kept as 16 lanes each; lane c of panel p is code p*TC + c.
+// Running argmax of TR rows kept as TC lanes each; lane c of panel p is code p*TC + c.
 struct TileArgmax {
-  v8f best[TR][2];
-  v8i index[TR][2];
+  vtf best[TR][2];
+  vti index[TR][2];
 
   void reset() {
-    const v8f lowest = splat(-std::numeric_limits<float>::infinity());
+    const vtf lowest = splatv(-std::numeric_limits<float>::infinity());
     for (int r = 0; r < TR; ++r)
       for (int h = 0; h < 2; ++h) {
         best[r][h] = lowest;
-        index[r][h] = v8i{};
+        index[r][h] = vti{};
       }
   }
-  void update(const v8f acc[TR][2], int32_t first_code) {
-    const v8i lanes0 = {0, 1, 2, 3, 4, 5, 6, 7};
-    const v8i c0 = lanes0 + first_code, c1 = lanes0 + (first_code + 8);
+  void update(const vtf acc[TR][2], int32_t first_code) {
+    const vti c0 = lane_ids() + first_code, c1 = lane_ids() + (first_code + VW);
     for (int r = 0; r < TR; ++r) {
       // Strict '>': an earlier (smaller) code keeps a tie.
-      const v8i m0 = acc[r][0] > best[r][0], m1 = acc[r][1] > best[r][1];
+      const vti m0 = acc[r][0] > best[r][0], m1 = acc[r][1] > best[r][1];
       best[r][0] = m0 ? acc[r][0] : best[r][0];
       best[r][1] = m1 ? acc[r][1] : best[r][1];
       index[r][0] = m0 ? c0 : index[r][0];
       index[r][1] = m1 ? c1 : index[r][1];
     }
   }
-  // Largest score of row r across its 16 lanes; ties to the smaller code.
+  // Largest score of row r across its TC lanes; ties to the smaller code.
   int32_t result(int r) const {
-    const v8f b0 = best[r][0], b1 = best[r][1];
-    const v8f top = lane_max(b0 > b1 ? b0 : b1);
-    const v8i none = splat_i(std::numeric_limits<int32_t>::max());
-    const v8i i0 = b0 == top ? index[r][0] : none, i1 = b1 == top ? index[r][1] : none;
-    return lane_min(i0 < i1 ? i0 : i1)[0];
+    const vtf b0 = best[r][0], b1 = best[r][1];
+    const vtf top = splatv(hmax(b0 > b1 ? b0 : b1));
+    const vti none = splatv_i(std::numeric_limits<int32_t>::max());
+    const vti i0 = b0 == top ? index[r][0] : none, i1 = b1 == top ? index[r][1] : none;
+    return hmin(i0 < i1 ? i0 : i1);
   }
 };
 
@@ -147,7 +190,7 @@ void nearest_codes_fixed(const float* rows, int64_t count, int64_t ld, const Pan
                          int32_t* out) {
   TileArgmax argmax[ROW_BLOCK / TR];
   for (int64_t t = 0; t < count / TR; ++t) argmax[t].reset();
-  v8f acc[TR][2];
+  vtf acc[TR][2];
   for (int64_t p = 0; p < cb.n_panels; ++p) {
     const float* panel = cb.panel(p);
     const float* bias = cb.bias.data() + p * TC;
@@ -189,14 +232,14 @@ template <int FIXED_D>
 void nearest_codes_short(const float* rows, int64_t count, int64_t ld, const Panels& cb,
                          float* scores, int32_t* out) {
   const int64_t kp = cb.n_panels * TC;
-  v8f acc[TR][2];
+  vtf acc[TR][2];
   for (int64_t t = 0; t < count / TR; ++t) {
     for (int64_t p = 0; p < cb.n_panels; ++p) {
       score_tile<FIXED_D>(rows + t * TR * ld, ld, cb.panel(p), cb.d, cb.bias.data() + p * TC,
                           acc);
       for (int r = 0; r < TR; ++r) {
-        store8(&scores[r * kp + p * TC], acc[r][0]);
-        store8(&scores[r * kp + p * TC + 8], acc[r][1]);
+        storev(&scores[r * kp + p * TC], acc[r][0]);
+        storev(&scores[r * kp + p * TC + VW], acc[r][1]);
       }
     }
     for (int r = 0; r < TR; ++r) out[t * TR + r] = argmax_scores(&scores[r * kp], kp);
@@ -419,7 +462,7 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
     std::vector<float>& next_errs_hist = buf.next_errs_hist;
     std::vector<int32_t>& hist = buf.hist;
     std::vector<int32_t>& next_hist = buf.next_hist;
-    v8f acc[TR][2];
+    vtf acc[TR][2];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < n_groups; ++g) {
       const int64_t row0 = g * group, rows = std::min(group, n - row0);
@@ -437,9 +480,9 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
             // ||r - c||^2 = ||r||^2 - 2 (r.c - ||c||^2 / 2)
             for (int r = 0; r < TR && t * TR + r < slots; ++r) {
               float* out = cand.data() + (t * TR + r) * kp + p * TC;
-              const v8f e = splat(err[t * TR + r]);
-              store8(out, e - 2.0f * acc[r][0]);
-              store8(out + 8, e - 2.0f * acc[r][1]);
+              const vtf e = splatv(err[t * TR + r]);
+              storev(out, e - 2.0f * acc[r][0]);
+              storev(out + VW, e - 2.0f * acc[r][1]);
             }
           }
         const int64_t keep = std::min<int64_t>(beam_width, beams * k);
@@ -527,15 +570,15 @@ void fill_cross_tables(const float* codebooks, int64_t levels, int64_t k, int64_
       int64_t l = 1;
       while (l * (l + 1) / 2 <= pair) ++l;
       const int64_t m = pair - l * (l - 1) / 2;
-      v8f acc[TR][2];
+      vtf acc[TR][2];
       float* table = t.data.data() + t.pair_offset(m, l);
       for (int64_t tile = 0; tile < tiles; ++tile) {
         score_tile<0>(padded.data() + (m * tiles + tile) * TR * d, d, panels[l].panel(p), d,
                       zero.data(), acc);
         for (int r = 0; r < TR && tile * TR + r < k; ++r) {
           float* out = table + (tile * TR + r) * t.kp + p * TC;
-          store8(out, 2.0f * acc[r][0]);
-          store8(out + 8, 2.0f * acc[r][1]);
+          storev(out, 2.0f * acc[r][0]);
+          storev(out + VW, 2.0f * acc[r][1]);
         }
       }
     }
@@ -630,7 +673,7 @@ int rq_encode_beam_lut(const float* x, int64_t n, int64_t d, const float* codebo
 #pragma omp parallel num_threads(n_threads)
   {
     LutBuffers& buf = buffers[omp_get_thread_num()];
-    v8f acc[TR][2];
+    vtf acc[TR][2];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
       const int64_t row0 = blk * ROW_BLOCK, count = std::min(ROW_BLOCK, n - row0);
@@ -643,8 +686,8 @@ int rq_encode_beam_lut(const float* x, int64_t n, int64_t d, const float* codebo
                           panels[l].bias.data() + p * TC, acc);
             for (int r = 0; r < TR && t * TR + r < count; ++r) {
               float* out = buf.scores.data() + ((t * TR + r) * levels + l) * kp + p * TC;
-              store8(out, -2.0f * acc[r][0]);
-              store8(out + 8, -2.0f * acc[r][1]);
+              storev(out, -2.0f * acc[r][0]);
+              storev(out + VW, -2.0f * acc[r][1]);
             }
           }
       for (int64_t r = 0; r < count; ++r) {
@@ -814,7 +857,7 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
     {
       float* buf = blocks.data() + int64_t(omp_get_thread_num()) * per_thread;
       float* scratch = buf + ROW_BLOCK * d;
-      v8f acc[TR][2];
+      vtf acc[TR][2];
 #pragma omp for schedule(dynamic, 4)
       for (int64_t blk = 0; blk < n_blocks; ++blk) {
         const int64_t row0 = blk * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
@@ -834,8 +877,8 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
             for (int r = 0; r < TR && t * TR + r < rows; ++r) {
               double* out = kern.data() + (row0 + t * TR + r) * k;
               for (int h = 0; h < 2; ++h)
-                for (int lane = 0; lane < 8; ++lane) {
-                  const int64_t c = p * TC + h * 8 + lane;
+                for (int lane = 0; lane < VW; ++lane) {
+                  const int64_t c = p * TC + h * VW + lane;
                   if (c < k) out[c] = double(norms[r] - 2.0f * acc[r][h][lane]);
                 }
             }
