@@ -69,10 +69,19 @@ def finite(t: torch.Tensor, name: str) -> None:
 
 
 def codes_in_range(codes: torch.Tensor, k: int, name: str) -> None:
+    """A pass over the codes (skipped when not scanning()); decoders whose kernel checks every
+    code itself skip it and raise codes_out_of_range's error on the kernel's status."""
     if scanning() and codes.numel():
-        lo, hi = int(codes.min()), int(codes.max())
+        # One pass for both ends (min then max would read the codes twice).
+        lo, hi = (int(v) for v in torch.aminmax(codes))
         if lo < 0 or hi >= k:
-            raise ValueError(f"{name} must lie in [0, {k}), found values in [{lo}, {hi}]")
+            raise codes_out_of_range(codes, k, name)
+
+
+def codes_out_of_range(codes: torch.Tensor, k: int, name: str) -> ValueError:
+    """The error for codes known to hold a value outside [0, k)."""
+    lo, hi = (int(v) for v in torch.aminmax(codes))
+    return ValueError(f"{name} must lie in [0, {k}), found values in [{lo}, {hi}]")
 
 
 def code_dtype(dtype, k: int) -> torch.dtype:

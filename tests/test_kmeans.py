@@ -222,6 +222,53 @@ def test_inertia_never_increases_with_iterations():
     assert all(b <= a * (1 + 1e-6) for a, b in zip(values, values[1:])), values
 
 
+# ---- faiss-style subsampling (max_points_per_centroid) ----------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS[:1])
+def test_subsample_is_drawn_first_from_the_seed(backend):
+    """max_points_per_centroid=m fits on m * k rows: a permutation drawn first from the seeded
+    generator (faiss's rule), then the initial centroids from the same generator."""
+    x = torch.randn(600, 8, generator=torch.Generator().manual_seed(2))
+    k, m = 5, 40
+    fit = sf.kmeans(x, k, iters=0, seed=7, init="random", max_points_per_centroid=m,
+                    backend=backend)
+    g = torch.Generator().manual_seed(7)
+    sample = x[torch.randperm(600, generator=g)[:m * k].sort().values]
+    assert torch.equal(fit.centroids, ref.init_centroids(sample, k, "random", g))
+    # Assignments and inertia are those of every row.
+    codes, dist = ref.assign(x, fit.centroids)
+    assert fit.assignments.shape == (600,)
+    assert float(fit.inertia) == pytest.approx(float(dist.double().sum()), rel=1e-6)
+    again = sf.kmeans(x, k, iters=3, seed=7, init="random", max_points_per_centroid=m,
+                      backend=backend)
+    same = sf.kmeans(x, k, iters=3, seed=7, init="random", max_points_per_centroid=m,
+                     backend=backend)
+    other = sf.kmeans(x, k, iters=3, seed=8, init="random", max_points_per_centroid=m,
+                      backend=backend)
+    assert torch.equal(again.centroids, same.centroids)
+    assert not torch.equal(again.centroids, other.centroids)
+
+
+def test_no_subsample_when_n_is_at_most_m_times_k():
+    x = torch.randn(200, 6, generator=torch.Generator().manual_seed(3))
+    plain = sf.kmeans(x, 4, iters=5, seed=1)
+    assert torch.equal(sf.kmeans(x, 4, iters=5, seed=1, max_points_per_centroid=50).centroids,
+                       plain.centroids)
+
+
+def test_subsampled_inertia_within_one_percent_of_faiss_subsampled():
+    faiss = pytest.importorskip("faiss")
+    # Unclustered data: no local optimum far from the others for one init to fall into.
+    x = torch.randn(20_000, 32, generator=torch.Generator().manual_seed(4))
+    k, iters, m = 64, 20, 64
+    fit = sf.kmeans(x, k, iters=iters, seed=0, init="random", max_points_per_centroid=m)
+    km = faiss.Kmeans(32, k, niter=iters, seed=0, max_points_per_centroid=m)
+    km.train(x.numpy())
+    theirs = float(ref.assign(x, torch.from_numpy(km.centroids))[1].double().sum())
+    assert float(fit.inertia) <= 1.01 * theirs, (float(fit.inertia), theirs)
+
+
 # ---- real embeddings: faiss and the RQ-VAE initialisation -------------------------------
 
 
@@ -292,6 +339,10 @@ BAD = [
     (lambda: sf.kmeans(torch.randn(5, 3), 2, seed=-1), ValueError, "seed"),
     (lambda: sf.kmeans(torch.randn(5, 3), 2, init="kmeans||"), ValueError, "init"),
     (lambda: sf.kmeans(torch.randn(5, 3), 2, tol=-1.0), ValueError, "tol"),
+    (lambda: sf.kmeans(torch.randn(5, 3), 2, max_points_per_centroid=0), ValueError,
+     "max_points_per_centroid"),
+    (lambda: sf.kmeans(torch.randn(5, 3), 2, max_points_per_centroid=2.5), TypeError,
+     "max_points_per_centroid"),
     (lambda: sf.kmeans(torch.randn(5, 3), 2, backend="gpu"), ValueError, "backend"),
     (lambda: sf.rq_init(torch.randn(5, 3), 0, 2), ValueError, "levels"),
     (lambda: sf.rq_init(torch.randn(5, 3), 2, 9), ValueError, "k=9"),

@@ -102,6 +102,42 @@ def test_beam_wider_than_every_encoding_equals_the_exhaustive_beam():
     assert (best <= greedy + 1e-5).all()
 
 
+# (N, D, K, L, B) large enough in N * B for the CPU kernel's cross-product tables (faiss's
+# use_beam_LUT): D off the 8-float vectors, K off the 16-codeword panels, L = 5 past the
+# unrolled depths.
+LUT_SHAPES = [(300, 13, 100, 3, 3), (150, 24, 37, 5, 7), (200, 40, 64, 4, 16)]
+
+
+@pytest.mark.parametrize("n,d,k,levels,beam_width", LUT_SHAPES)
+def test_rq_encode_beam_tables_match_reference(n, d, k, levels, beam_width):
+    x, codebooks = rq_inputs(n, d, k, levels, "cpu", seed=n + levels)
+    codes = sf.rq_encode(x, codebooks, beam_width=beam_width, backend="cpu")
+    expected = ref.rq_encode(x, codebooks, beam_width=beam_width)
+    ours = (x - ref.rq_decode(codes, codebooks)).pow(2).sum(1)
+    theirs = (x - ref.rq_decode(expected, codebooks)).pow(2).sum(1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # Ties aside (float rounding of near-equal candidates), the same codes.
+    assert (codes == expected).all(dim=1).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("n,d,nbits,levels,beam_width", [(400, 13, 4, 3, 4), (300, 40, 6, 4, 16)])
+def test_rq_encode_beam_matches_faiss_beam_lut(n, d, nbits, levels, beam_width):
+    faiss = pytest.importorskip("faiss")
+    x, codebooks = rq_inputs(n, d, 2 ** nbits, levels, "cpu", seed=nbits)
+    rq = faiss.ResidualQuantizer(d, levels, nbits)
+    faiss.copy_array_to_vector(codebooks.numpy().reshape(-1), rq.codebooks)
+    rq.is_trained = True
+    rq.max_beam_size = beam_width
+    rq.use_beam_LUT = 1
+    rq.compute_codebook_tables()
+    # Unpack faiss's codes: `levels` fields of nbits bits, least significant first.
+    packed = torch.from_numpy(rq.compute_codes(x.numpy()).astype(np.int64))
+    word = sum(packed[:, i] << (8 * i) for i in range(packed.shape[1]))
+    theirs = torch.stack([(word >> (nbits * l)) & (2 ** nbits - 1) for l in range(levels)], 1)
+    ours = sf.rq_encode(x, codebooks, beam_width=beam_width, backend="cpu")
+    assert (ours == theirs).all(dim=1).float().mean() >= 0.99
+
+
 def test_beam_search_beats_greedy_on_average():
     x, codebooks = rq_inputs(300, 16, 32, 4, "cpu", seed=3)
     err = {b: (x - sf.rq_decode(sf.rq_encode(x, codebooks, beam_width=b, backend="cpu"),
@@ -382,6 +418,8 @@ def test_opcheck_every_registered_op(backend):
     torch.library.opcheck(ops._decode_op, (codes, codebooks.requires_grad_(), False, backend))
     torch.library.opcheck(ops._decode_op, (codes, codebooks.reshape(2, 32, 16, 1)[..., 0]
                                            .contiguous().requires_grad_(), True, backend))
+    torch.library.opcheck(ops._decode_out_op, (codes, codebooks.detach(), False, backend,
+                                               torch.empty(13, 16)))
     torch.library.opcheck(ops._rq_quantize_op,
                           (x.requires_grad_(), codebooks.detach().requires_grad_(), 0.25, "mean",
                            [], 50, backend))
@@ -472,14 +510,80 @@ def test_bad_input_raises_clear_errors(call, error, match):
         call()
 
 
-def test_native_decoders_never_read_out_of_bounds():
-    """With value checks off, out-of-range codes reach the kernel, which skips them."""
+@pytest.mark.parametrize("device,backend", backend_pairs(reference=True))
+@pytest.mark.parametrize("product", [False, True])
+def test_decode_into_out_equals_the_fresh_result(device, backend, product):
+    skip_unavailable(device, backend)
+    g = torch.Generator().manual_seed(4)
+    codebooks = torch.randn(3, 20, 5, generator=g).to(device)
+    codes = torch.randint(0, 20, (53, 3), generator=g, dtype=torch.int32).to(device)
+    decode = sf.pq_decode if product else sf.rq_decode
+    want = decode(codes, codebooks, backend=backend)
+    out = torch.full_like(want, float("nan"))
+    assert decode(codes, codebooks, out=out, backend=backend) is out
+    assert torch.equal(out, want)
+    # A strided out (a transposed buffer's view) gets the same values.
+    strided = torch.empty(want.shape[1], want.shape[0], device=device).t()
+    decode(codes, codebooks, out=strided, backend=backend)
+    assert torch.equal(strided, want)
+
+
+def test_decode_out_in_the_codebooks_dtype_and_with_center():
+    g = torch.Generator().manual_seed(5)
+    codebooks = torch.randn(4, 8, 2, generator=g)
+    codes = torch.randint(0, 8, (9, 4), generator=g)
+    center, rotation = torch.randn(8, generator=g), torch.randn(8, 8, generator=g)
+    out = torch.empty(9, 8)
+    sf.pq_decode(codes, codebooks, center=center, rotation=rotation, out=out)
+    assert torch.equal(out, sf.pq_decode(codes, codebooks, center=center, rotation=rotation))
+    half = codebooks.bfloat16()
+    out16 = torch.empty(9, 8, dtype=torch.bfloat16)
+    assert torch.equal(sf.pq_decode(codes, half, out=out16), sf.pq_decode(codes, half))
+
+
+@pytest.mark.parametrize("make_out,match", [
+    (lambda: torch.empty(6, 5), "shape"),
+    (lambda: torch.empty(5, 4), "shape"),
+    (lambda: torch.empty(5, 5, dtype=torch.float64), "dtype"),
+    (lambda: torch.empty(5, 5, device="meta"), "device"),
+])
+def test_decode_out_of_the_wrong_shape_dtype_or_device_raises(make_out, match):
+    codebooks, codes = torch.randn(2, 7, 5), torch.zeros(5, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=match):
+        sf.rq_decode(codes, codebooks, out=make_out())
+    with pytest.raises(TypeError, match="out"):
+        sf.rq_decode(codes, codebooks, out=np.zeros((5, 5), dtype=np.float32))
+
+
+def test_decode_out_must_not_alias_the_inputs_nor_record_a_gradient():
+    codebooks, codes = torch.randn(2, 7, 5), torch.zeros(5, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="share memory"):
+        sf.rq_decode(codes, codebooks, out=codebooks[1, :5])
+    leaf = codebooks.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="no gradient"):
+        sf.rq_decode(codes, leaf, out=torch.empty(5, 5))
+    with torch.no_grad():
+        out = sf.rq_decode(codes, leaf, out=torch.empty(5, 5))
+    assert torch.equal(out, sf.rq_decode(codes, codebooks))
+    # Without out=, the gradient still flows, eagerly and compiled.
+    compiled = torch.compile(lambda c, b: sf.rq_decode(c, b).sum(), fullgraph=True)
+    compiled(codes, leaf).backward()
+    assert torch.equal(leaf.grad, torch.zeros_like(leaf).index_put_(
+        (torch.tensor([0, 1]), torch.tensor([0, 0])), torch.full((2, 5), 5.0)))
+
+
+@pytest.mark.parametrize("check_values", [True, False])
+@pytest.mark.parametrize("product", [False, True])
+def test_native_decoders_check_codes_in_the_kernel(check_values, product):
+    """The CPU decoders skip the Python scan of the codes: the kernel checks every code, reads
+    none out of bounds, and the op raises the scan's ValueError, value checks on or off."""
     codebooks = torch.randn(2, 4, 3)
     codes = torch.tensor([[0, 7], [-3, 1]])
-    sf.config.check_values = False
+    decode = sf.pq_decode if product else sf.rq_decode
+    sf.config.check_values = check_values
     try:
-        with pytest.raises(ValueError, match="outside"):
-            sf.rq_decode(codes, codebooks, backend="cpu")
+        with pytest.raises(ValueError, match=r"codes must lie in \[0, 4\), found values in \[-3, 7\]"):
+            decode(codes, codebooks, backend="cpu")
     finally:
         sf.config.check_values = True
 

@@ -1,6 +1,7 @@
 // pybind11 module _C: argument passing only (kernel_binding.h), plus the kernels' limits.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #if defined(__linux__)
@@ -18,19 +19,30 @@
 
 namespace {
 
-// SEMID_FAST_CPU_ISA=baseline runs the baseline kernels on any CPU (so that tests cover them).
-bool use_avx2() {
+// The widest kernels this CPU runs: 0 baseline, 1 AVX2+FMA, 2 AVX-512 (F, VL, BW, DQ; the
+// quantize and k-means kernels, the others running AVX2). SEMID_FAST_CPU_ISA=baseline|avx2
+// caps it (so that tests cover every build); unknown values change nothing.
+int isa_level() {
+  static const int level = [] {
+    int best = 0;
 #if SEMID_FAST_HAS_AVX2
-  static const bool ok = [] {
-    const char* forced = std::getenv("SEMID_FAST_CPU_ISA");
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           !(forced && std::string(forced) == "baseline");
-  }();
-  return ok;
-#else
-  return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
 #endif
+#if SEMID_FAST_HAS_AVX512
+    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      best = 2;
+#endif
+    const char* forced = std::getenv("SEMID_FAST_CPU_ISA");
+    const std::string cap = forced ? forced : "";
+    if (cap == "baseline") return 0;
+    if (cap == "avx2") return std::min(best, 1);
+    return best;
+  }();
+  return level;
 }
+bool use_avx2() { return isa_level() >= 1; }
+bool use_avx512() { return isa_level() >= 2; }
 
 // Binds semid_fast::<isa>::NAME under the same name, picking the ISA at each call.
 #if SEMID_FAST_HAS_AVX2
@@ -42,12 +54,21 @@ bool use_avx2() {
   semid_fast::bind::def_kernel(m, #name, &semid_fast::isa_base::name,                    \
                                &semid_fast::isa_base::name, use_avx2)
 #endif
+// The same for the kernels that also have an AVX-512 build (quantize, k-means).
+#if SEMID_FAST_HAS_AVX512
+#define SEMID_FAST_KERNEL_512(m, name)                                                   \
+  semid_fast::bind::def_kernel3(m, #name, &semid_fast::isa_avx512::name,                 \
+                                &semid_fast::isa_avx2::name, &semid_fast::isa_base::name, \
+                                use_avx512, use_avx2)
+#else
+#define SEMID_FAST_KERNEL_512(m, name) SEMID_FAST_KERNEL(m, name)
+#endif
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "semid_fast CPU kernels (raw pointers, no torch dependency)";
-  m.def("isa", [] { return use_avx2() ? "avx2" : "baseline"; });
+  m.def("isa", [] { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; });
   // Asks Linux to back the whole pages of [p, p + bytes) with transparent huge pages when
   // first touched (what torch does for every allocation under THP_MEM_ALLOC_ENABLE=1):
   // 2 MiB faults instead of 4 KiB ones. Advice only; failure (or another OS) changes nothing.
@@ -68,14 +89,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("STATUS_BAD_ARGUMENT") = int(semid_fast::kBadArgument);
 
   // Each takes the kernel's parameters in order (pointers as data_ptr() integers).
-  SEMID_FAST_KERNEL(m, rq_encode_f32);
-  SEMID_FAST_KERNEL(m, sinkhorn_codes_f32);
-  SEMID_FAST_KERNEL(m, pq_encode_f32);
-  SEMID_FAST_KERNEL(m, rq_decode_f32);
-  SEMID_FAST_KERNEL(m, rq_quantize_bwd_f32);
-  SEMID_FAST_KERNEL(m, pq_decode_f32);
-  SEMID_FAST_KERNEL(m, kmeans_update_f32);
-  SEMID_FAST_KERNEL(m, kmeanspp_f32);
+  SEMID_FAST_KERNEL_512(m, rq_encode_f32);
+  SEMID_FAST_KERNEL_512(m, sinkhorn_codes_f32);
+  SEMID_FAST_KERNEL_512(m, pq_encode_f32);
+  SEMID_FAST_KERNEL_512(m, rq_decode_f32);
+  SEMID_FAST_KERNEL_512(m, rq_quantize_bwd_f32);
+  SEMID_FAST_KERNEL_512(m, pq_decode_f32);
+  SEMID_FAST_KERNEL_512(m, kmeans_update_f32);
+  SEMID_FAST_KERNEL_512(m, kmeanspp_f32);
   SEMID_FAST_KERNEL(m, holistic_topk_f32);
   SEMID_FAST_KERNEL(m, trie_sort);
   SEMID_FAST_KERNEL(m, trie_fill);

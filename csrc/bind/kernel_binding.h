@@ -34,6 +34,16 @@ void def_kernel(pybind11::module_& m, const char* name, R (*fast)(A...), R (*bas
   });
 }
 
+// As def_kernel with a third build: `widest` when use_widest() at call time.
+template <typename R, typename... A>
+void def_kernel3(pybind11::module_& m, const char* name, R (*widest)(A...), R (*fast)(A...),
+                 R (*base)(A...), bool (*use_widest)(), bool (*use_fast)()) {
+  m.def(name, [widest, fast, base, use_widest, use_fast](typename Arg<A>::type... args) {
+    pybind11::gil_scoped_release nogil;
+    return int((use_widest() ? widest : use_fast() ? fast : base)(Arg<A>::from(args)...));
+  });
+}
+
 // sid_constrain_f32 takes its inputs as one struct (trie_hf.h); Python passes the fields
 // flat, in the struct's order, then the kernel's last parameter (threads or stream).
 template <typename Last, typename R, R (*kernel)(const trie_hf::ConstrainArgs&, Last)>

@@ -1,15 +1,17 @@
 // CPU kernels of the quantize family (RQ / PQ encode and decode) on raw float32 pointers.
 //
 // Compiled once per ISA (SEMID_FAST_ISA names the namespace; CMake adds -mavx2 -mfma for
-// isa_avx2). The hot loop is a register-blocked "small GEMM": a tile of TR rows against a
-// panel of TC codewords stored transposed (d-major), so each step is TR broadcasts, two
-// 8-float loads and 2*TR fused multiply-adds. The nearest codeword maximises
+// isa_avx2, AVX-512 F/VL/BW/DQ for isa_avx512). The hot loop is a register-blocked "small
+// GEMM": a tile of TR rows against a panel of TC codewords stored transposed (d-major), so
+// each step is TR broadcasts, two VW-float loads and 2*TR fused multiply-adds (6 x 16 with
+// 8-float registers, 12 x 32 with AVX-512's 32 16-float ones). The nearest codeword maximises
 // r.c - ||c||^2 / 2 (||r||^2 does not change the choice); the running argmax stays in vector
 // registers, ties going to the smaller code. Nothing of size (n, k) is ever written.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -26,9 +28,28 @@ namespace semid_fast {
 namespace SEMID_FAST_ISA {
 namespace {
 
-constexpr int TR = 6;   // rows per register tile (12 accumulators + 2 panel vectors + 1 broadcast)
-constexpr int TC = 16;  // codewords per panel (two 8-float vectors)
+// The register tile: TR rows against TC = 2 * VW codewords, VW floats per vector.
+#ifdef __AVX512F__
+typedef float vtf __attribute__((vector_size(64)));
+typedef int32_t vti __attribute__((vector_size(64)));
+typedef float vtf_unaligned __attribute__((vector_size(64), aligned(4)));
+constexpr int VW = 16;
+constexpr int TR = 12;  // 24 accumulators + 2 panel vectors + 1 broadcast of the 32 registers
+#else
+typedef v8f vtf;
+typedef v8i vti;
+typedef v8f_unaligned vtf_unaligned;
+constexpr int VW = 8;
+constexpr int TR = 6;  // 12 accumulators + 2 panel vectors + 1 broadcast of the 16 registers
+#endif
+constexpr int TC = 2 * VW;  // codewords per panel
+inline vtf loadv(const float* p) { return *reinterpret_cast<const vtf_unaligned*>(p); }
+inline void storev(float* p, vtf v) { *reinterpret_cast<vtf_unaligned*>(p) = v; }
+inline vtf splatv(float s) { return vtf{} + s; }
+inline vti splatv_i(int32_t s) { return vti{} + s; }
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
+// Beam search by tables while they take at most 64 MB.
+constexpr int64_t kMaxCrossTableFloats = int64_t(16) << 20;
 static_assert(ROW_BLOCK % 16 == 0, "the PQ lane kernel takes rows 16 at a time");
 
 // Maximum (minimum) of the 8 lanes, broadcast to every lane, by three swap-and-compare steps.
@@ -43,6 +64,43 @@ inline V lane_reduce(V v, bool take_max) {
 }
 inline v8f lane_max(v8f v) { return lane_reduce(v, true); }
 inline v8i lane_min(v8i v) { return lane_reduce(v, false); }
+// The largest (smallest) lane as a scalar, for either vector width.
+inline float hmax(v8f v) { return lane_max(v)[0]; }
+inline int32_t hmin(v8i v) { return lane_min(v)[0]; }
+#ifdef __AVX512F__
+template <typename Half, typename V>
+inline void halves(const V& v, Half& lo, Half& hi) {
+  std::memcpy(&lo, &v, sizeof(Half));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+}
+inline float hmax(vtf v) {
+  v8f lo, hi;
+  halves(v, lo, hi);
+  return hmax(lo > hi ? lo : hi);
+}
+inline int32_t hmin(vti v) {
+  v8i lo, hi;
+  halves(v, lo, hi);
+  return hmin(lo < hi ? lo : hi);
+}
+#endif
+// 0, 1, ..., VW - 1.
+inline vti lane_ids() {
+  vti v{};
+  for (int i = 0; i < VW; ++i) v[i] = i;
+  return v;
+}
+
+// Whether any lane of a comparison mask (lanes 0 or -1) is set.
+inline bool any_lane(v8i mask) {
+#ifdef __AVX2__
+  return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
+#else
+  v8i folded = mask | __builtin_shuffle(mask, v8i{4, 5, 6, 7, 0, 1, 2, 3});
+  folded |= __builtin_shuffle(folded, v8i{2, 3, 0, 1, 6, 7, 4, 5});
+  return (folded[0] | folded[1]) != 0;
+#endif
+}
 
 // Codebook of k codewords of width d, re-laid as ceil(k/TC) panels of (d, TC) floats, with
 // -||c||^2 / 2 per codeword (padding gets -inf so it never wins). The nearest codeword is the
@@ -75,55 +133,54 @@ struct Panels {
 // fixes the width at compile time, so short PQ sub-vectors run fully unrolled.
 template <int FIXED_D>
 inline void score_tile(const float* rows, int64_t ld, const float* panel, int64_t d,
-                       const float* bias, v8f acc[TR][2]) {
-  const v8f b0 = load8(bias), b1 = load8(bias + 8);
+                       const float* bias, vtf acc[TR][2]) {
+  const vtf b0 = loadv(bias), b1 = loadv(bias + VW);
   for (int r = 0; r < TR; ++r) {
     acc[r][0] = b0;
     acc[r][1] = b1;
   }
   const int64_t width = FIXED_D > 0 ? FIXED_D : d;
   for (int64_t j = 0; j < width; ++j) {
-    const v8f p0 = load8(panel + j * TC), p1 = load8(panel + j * TC + 8);
+    const vtf p0 = loadv(panel + j * TC), p1 = loadv(panel + j * TC + VW);
     for (int r = 0; r < TR; ++r) {
-      const v8f xv = splat(rows[r * ld + j]);
+      const vtf xv = splatv(rows[r * ld + j]);
       acc[r][0] += xv * p0;
       acc[r][1] += xv * p1;
     }
   }
 }
 
-// Running argmax of TR rows kept as 16 lanes each; lane c of panel p is code p*TC + c.
+// Running argmax of TR rows kept as TC lanes each; lane c of panel p is code p*TC + c.
 struct TileArgmax {
-  v8f best[TR][2];
-  v8i index[TR][2];
+  vtf best[TR][2];
+  vti index[TR][2];
 
   void reset() {
-    const v8f lowest = splat(-std::numeric_limits<float>::infinity());
+    const vtf lowest = splatv(-std::numeric_limits<float>::infinity());
     for (int r = 0; r < TR; ++r)
       for (int h = 0; h < 2; ++h) {
         best[r][h] = lowest;
-        index[r][h] = v8i{};
+        index[r][h] = vti{};
       }
   }
-  void update(const v8f acc[TR][2], int32_t first_code) {
-    const v8i lanes0 = {0, 1, 2, 3, 4, 5, 6, 7};
-    const v8i c0 = lanes0 + first_code, c1 = lanes0 + (first_code + 8);
+  void update(const vtf acc[TR][2], int32_t first_code) {
+    const vti c0 = lane_ids() + first_code, c1 = lane_ids() + (first_code + VW);
     for (int r = 0; r < TR; ++r) {
       // Strict '>': an earlier (smaller) code keeps a tie.
-      const v8i m0 = acc[r][0] > best[r][0], m1 = acc[r][1] > best[r][1];
+      const vti m0 = acc[r][0] > best[r][0], m1 = acc[r][1] > best[r][1];
       best[r][0] = m0 ? acc[r][0] : best[r][0];
       best[r][1] = m1 ? acc[r][1] : best[r][1];
       index[r][0] = m0 ? c0 : index[r][0];
       index[r][1] = m1 ? c1 : index[r][1];
     }
   }
-  // Largest score of row r across its 16 lanes; ties to the smaller code.
+  // Largest score of row r across its TC lanes; ties to the smaller code.
   int32_t result(int r) const {
-    const v8f b0 = best[r][0], b1 = best[r][1];
-    const v8f top = lane_max(b0 > b1 ? b0 : b1);
-    const v8i none = splat_i(std::numeric_limits<int32_t>::max());
-    const v8i i0 = b0 == top ? index[r][0] : none, i1 = b1 == top ? index[r][1] : none;
-    return lane_min(i0 < i1 ? i0 : i1)[0];
+    const vtf b0 = best[r][0], b1 = best[r][1];
+    const vtf top = splatv(hmax(b0 > b1 ? b0 : b1));
+    const vti none = splatv_i(std::numeric_limits<int32_t>::max());
+    const vti i0 = b0 == top ? index[r][0] : none, i1 = b1 == top ? index[r][1] : none;
+    return hmin(i0 < i1 ? i0 : i1);
   }
 };
 
@@ -133,7 +190,7 @@ void nearest_codes_fixed(const float* rows, int64_t count, int64_t ld, const Pan
                          int32_t* out) {
   TileArgmax argmax[ROW_BLOCK / TR];
   for (int64_t t = 0; t < count / TR; ++t) argmax[t].reset();
-  v8f acc[TR][2];
+  vtf acc[TR][2];
   for (int64_t p = 0; p < cb.n_panels; ++p) {
     const float* panel = cb.panel(p);
     const float* bias = cb.bias.data() + p * TC;
@@ -175,14 +232,14 @@ template <int FIXED_D>
 void nearest_codes_short(const float* rows, int64_t count, int64_t ld, const Panels& cb,
                          float* scores, int32_t* out) {
   const int64_t kp = cb.n_panels * TC;
-  v8f acc[TR][2];
+  vtf acc[TR][2];
   for (int64_t t = 0; t < count / TR; ++t) {
     for (int64_t p = 0; p < cb.n_panels; ++p) {
       score_tile<FIXED_D>(rows + t * TR * ld, ld, cb.panel(p), cb.d, cb.bias.data() + p * TC,
                           acc);
       for (int r = 0; r < TR; ++r) {
-        store8(&scores[r * kp + p * TC], acc[r][0]);
-        store8(&scores[r * kp + p * TC + 8], acc[r][1]);
+        storev(&scores[r * kp + p * TC], acc[r][0]);
+        storev(&scores[r * kp + p * TC + VW], acc[r][1]);
       }
     }
     for (int r = 0; r < TR; ++r) out[t * TR + r] = argmax_scores(&scores[r * kp], kp);
@@ -334,14 +391,22 @@ void best_candidates(const float* scores, int64_t beams, int64_t k, int64_t kp,
                      Candidates& best) {
   // The worst kept error once the list is full; NaN (no compare holds) until then.
   float worst = __builtin_nanf("");
+  const auto offer = [&](int64_t b, int64_t c, float v) {
+    // Worse in float, or equal and later in the scan: worse in key order too.
+    if (v >= worst) return;
+    best.offer((uint64_t(order_word(v)) << 32) | uint64_t(b * kp + c));
+    if (best.full()) worst = scores[best.worst() & 0xFFFFFFFFu];
+  };
+  const int64_t k8 = k / 8 * 8;
   for (int64_t b = 0; b < beams; ++b) {
     const float* run = scores + b * kp;
-    for (int64_t c = 0; c < k; ++c) {
-      // Worse in float, or equal and later in the scan: worse in key order too.
-      if (run[c] >= worst) continue;
-      best.offer((uint64_t(order_word(run[c])) << 32) | uint64_t(b * kp + c));
-      if (best.full()) worst = scores[best.worst() & 0xFFFFFFFFu];
+    // Eight at a time: once the list is full, most chunks hold no candidate that beats it.
+    for (int64_t c = 0; c < k8; c += 8) {
+      const v8f v = load8(run + c);
+      if (!any_lane(~(v >= splat(worst)))) continue;
+      for (int lane = 0; lane < 8; ++lane) offer(b, c + lane, run[c + lane]);
     }
+    for (int64_t c = k8; c < k; ++c) offer(b, c, run[c]);
   }
 }
 
@@ -397,7 +462,7 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
     std::vector<float>& next_errs_hist = buf.next_errs_hist;
     std::vector<int32_t>& hist = buf.hist;
     std::vector<int32_t>& next_hist = buf.next_hist;
-    v8f acc[TR][2];
+    vtf acc[TR][2];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < n_groups; ++g) {
       const int64_t row0 = g * group, rows = std::min(group, n - row0);
@@ -415,9 +480,9 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
             // ||r - c||^2 = ||r||^2 - 2 (r.c - ||c||^2 / 2)
             for (int r = 0; r < TR && t * TR + r < slots; ++r) {
               float* out = cand.data() + (t * TR + r) * kp + p * TC;
-              const v8f e = splat(err[t * TR + r]);
-              store8(out, e - 2.0f * acc[r][0]);
-              store8(out + 8, e - 2.0f * acc[r][1]);
+              const vtf e = splatv(err[t * TR + r]);
+              storev(out, e - 2.0f * acc[r][0]);
+              storev(out + VW, e - 2.0f * acc[r][1]);
             }
           }
         const int64_t keep = std::min<int64_t>(beam_width, beams * k);
@@ -457,6 +522,217 @@ int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
         }
         if (quantized)
           for (int64_t e = 0; e < d; ++e) quantized[i * d + e] = x[i * d + e] - res[best * d + e];
+      }
+    }
+  }
+  return kOk;
+}
+
+// Beam search from look-up tables (the cross-product tables of faiss's use_beam_LUT). With
+// r = x - sum_{m<l} C_m[h_m] the residual of a beam whose codes so far are h,
+//   ||r - c||^2 = ||r||^2 + (||c||^2 - 2 x.c) + 2 sum_{m<l} C_m[h_m].c,
+// and ||r||^2 is the error the beam was kept with. So x.c for the codewords of every level is
+// one register-blocked pass per row (what greedy encoding costs), the codeword products
+// C_m . C_l are tables computed once, and a candidate costs l table reads instead of d
+// multiply-adds: no residual is ever formed. Scalings by 2 and -2 are exact, so the tables
+// hold 2 C_m.C_l and the scores ||c||^2 - 2 x.c. Candidates are ranked as in rq_encode_beam.
+struct CrossTables {
+  int64_t levels = 0, kp = 0;
+  std::vector<float> data;  // pair (m, l), m < l: (kp, kp) at pair_offset, row = code of m
+
+  int64_t pair_offset(int64_t m, int64_t l) const { return (l * (l - 1) / 2 + m) * kp * kp; }
+  const float* row(int64_t m, int64_t l, int64_t code) const {
+    return data.data() + pair_offset(m, l) + code * kp;
+  }
+};
+
+// Floats the tables of `levels` codebooks of k codewords take.
+int64_t cross_table_floats(int64_t levels, int64_t k) {
+  const int64_t kp = (k + TC - 1) / TC * TC;
+  return levels * (levels - 1) / 2 * kp * kp;
+}
+
+void fill_cross_tables(const float* codebooks, int64_t levels, int64_t k, int64_t d,
+                       const std::vector<Panels>& panels, CrossTables& t, int n_threads) {
+  t.levels = levels;
+  t.kp = panels[0].n_panels * TC;
+  t.data.assign(cross_table_floats(levels, k), 0.0f);
+  const int64_t tiles = (k + TR - 1) / TR;
+  const std::vector<float> zero(TC, 0.0f);
+  // Codebooks zero-padded to whole tiles of rows, so every tile reads real memory.
+  std::vector<float> padded(levels * tiles * TR * d, 0.0f);
+  for (int64_t m = 0; m < levels; ++m)
+    std::memcpy(padded.data() + m * tiles * TR * d, codebooks + m * k * d, sizeof(float) * k * d);
+  const int64_t pairs = levels * (levels - 1) / 2;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) collapse(2)
+  for (int64_t pair = 0; pair < pairs; ++pair)
+    for (int64_t p = 0; p < t.kp / TC; ++p) {
+      int64_t l = 1;
+      while (l * (l + 1) / 2 <= pair) ++l;
+      const int64_t m = pair - l * (l - 1) / 2;
+      vtf acc[TR][2];
+      float* table = t.data.data() + t.pair_offset(m, l);
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        score_tile<0>(padded.data() + (m * tiles + tile) * TR * d, d, panels[l].panel(p), d,
+                      zero.data(), acc);
+        for (int r = 0; r < TR && tile * TR + r < k; ++r) {
+          float* out = table + (tile * TR + r) * t.kp + p * TC;
+          storev(out, 2.0f * acc[r][0]);
+          storev(out + VW, 2.0f * acc[r][1]);
+        }
+      }
+    }
+}
+
+// One thread's buffers of the table beam search.
+struct LutBuffers {
+  std::vector<float> rows, scores, cand, group_min, err, next_err, errs_hist, next_errs_hist;
+  std::vector<int32_t> hist, next_hist;
+  Candidates best;
+
+  LutBuffers(int64_t d, int64_t levels, int64_t kp, int64_t beam_width)
+      : rows(ROW_BLOCK * d), scores(ROW_BLOCK * levels * kp), cand(beam_width * kp),
+        group_min(beam_width * kp + 16 * beam_width),
+        err(beam_width), next_err(beam_width), errs_hist(beam_width * levels),
+        next_errs_hist(beam_width * levels), hist(beam_width * levels),
+        next_hist(beam_width * levels) {
+    best.reserve(beam_width);
+  }
+};
+
+// Scores the k candidates of each of `beams` beams at level l (error + scores s + the l table
+// rows of the beam's codes) into buf.cand, then offers buf.best only those that can be kept.
+// A running threshold (best_candidates) mispredicts a branch on most of its early offers;
+// here the first pass also keeps the minimum of each group (one lane of a run of chunks of
+// one beam): `keep` groups whose minimum is at most t hold `keep` candidates at most t, so the
+// keep-th smallest group minimum bounds the worst kept candidate, and the second pass offers
+// only candidates at most that bound (NaN included: it ranks last, offered when the bound is
+// +inf). The kept set is the same: TopK's result does not depend on what else was offered.
+// FIXED is l when known at compile time (-1: not).
+template <int FIXED>
+void lut_candidates(const float* s, const CrossTables& tables, int64_t l, int64_t levels,
+                    int64_t beams, int64_t k, int64_t keep, LutBuffers& buf) {
+  const int64_t kp = tables.kp, chunks = kp / 8;
+  const int64_t depth = FIXED >= 0 ? FIXED : l;
+  // Groups per beam: enough for twice `keep` groups in all, at most one chunk each.
+  int64_t segments = 1;
+  while (segments < chunks && beams * 8 * segments < 2 * keep) segments *= 2;
+  const int64_t per_segment = (chunks + segments - 1) / segments;
+  float* group_min = buf.group_min.data();
+  int64_t groups = 0;
+  for (int64_t b = 0; b < beams; ++b) {
+    const float* rows_of[64];  // the table row of each earlier level (levels <= 64)
+    for (int64_t m = 0; m < depth; ++m) rows_of[m] = tables.row(m, l, buf.hist[b * levels + m]);
+    const v8f e = splat(buf.err[b]);
+    float* out = buf.cand.data() + b * kp;
+    for (int64_t c0 = 0; c0 < chunks; c0 += per_segment) {
+      v8f low = splat(std::numeric_limits<float>::infinity());
+      for (int64_t c = 8 * c0; c < 8 * std::min(chunks, c0 + per_segment); c += 8) {
+        v8f v = e + load8(s + c);
+        for (int64_t m = 0; m < depth; ++m) v += load8(rows_of[m] + c);
+        store8(out + c, v);
+        low = v < low ? v : low;  // NaN never replaces; padding lanes hold +inf
+      }
+      store8(group_min + groups, low);
+      groups += 8;
+    }
+  }
+  std::nth_element(group_min, group_min + (keep - 1), group_min + groups);
+  const v8f bound = splat(group_min[keep - 1]);
+  for (int64_t b = 0; b < beams; ++b) {
+    const float* run = buf.cand.data() + b * kp;
+    for (int64_t c = 0; c < kp; c += 8) {
+      const v8f v = load8(run + c);
+      if (!any_lane(~(v > bound))) continue;
+      for (int64_t lane = 0; lane < 8 && c + lane < k; ++lane)
+        if (!(run[c + lane] > bound[0]))
+          buf.best.offer((uint64_t(order_word(run[c + lane])) << 32) |
+                         uint64_t(b * kp + c + lane));
+    }
+  }
+}
+
+int rq_encode_beam_lut(const float* x, int64_t n, int64_t d, const float* codebooks,
+                       int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
+                       float* quantized, float* errors, int n_threads) {
+  std::vector<Panels> panels;
+  panels.reserve(levels);
+  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  const int64_t kp = panels[0].n_panels * TC;
+  int64_t encodings = 1;
+  for (int64_t l = 0; l < levels && encodings < beam_width; ++l) encodings *= k;
+  beam_width = std::min(beam_width, encodings);
+  CrossTables tables;
+  fill_cross_tables(codebooks, levels, k, d, panels, tables, n_threads);
+  const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+  n_threads = int(std::min<int64_t>(n_threads, n_blocks));
+  std::vector<LutBuffers> buffers;  // allocated here: a failure throws before the region
+  buffers.reserve(n_threads);
+  for (int t = 0; t < n_threads; ++t) buffers.emplace_back(d, levels, kp, beam_width);
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    LutBuffers& buf = buffers[omp_get_thread_num()];
+    vtf acc[TR][2];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t row0 = blk * ROW_BLOCK, count = std::min(ROW_BLOCK, n - row0);
+      const int64_t tiles = load_rows(x + row0 * d, count, d, buf.rows.data()) / TR;
+      // scores[r][l][c] = ||c||^2 - 2 x_r.c (= -2 times the tile's r.c - ||c||^2 / 2).
+      for (int64_t l = 0; l < levels; ++l)
+        for (int64_t p = 0; p < panels[l].n_panels; ++p)
+          for (int64_t t = 0; t < tiles; ++t) {
+            score_tile<0>(buf.rows.data() + t * TR * d, d, panels[l].panel(p), d,
+                          panels[l].bias.data() + p * TC, acc);
+            for (int r = 0; r < TR && t * TR + r < count; ++r) {
+              float* out = buf.scores.data() + ((t * TR + r) * levels + l) * kp + p * TC;
+              storev(out, -2.0f * acc[r][0]);
+              storev(out + VW, -2.0f * acc[r][1]);
+            }
+          }
+      for (int64_t r = 0; r < count; ++r) {
+        const int64_t i = row0 + r;
+        buf.err[0] = squared_norm(x + i * d, d);
+        int64_t beams = 1;
+        for (int64_t l = 0; l < levels; ++l) {
+          const int64_t keep = std::min<int64_t>(beam_width, beams * k);
+          buf.best.clear(keep);
+          const float* s = buf.scores.data() + (r * levels + l) * kp;
+          switch (l) {  // the table rows summed per candidate, unrolled for shallow levels
+            case 0: lut_candidates<0>(s, tables, l, levels, beams, k, keep, buf); break;
+            case 1: lut_candidates<1>(s, tables, l, levels, beams, k, keep, buf); break;
+            case 2: lut_candidates<2>(s, tables, l, levels, beams, k, keep, buf); break;
+            case 3: lut_candidates<3>(s, tables, l, levels, beams, k, keep, buf); break;
+            default: lut_candidates<-1>(s, tables, l, levels, beams, k, keep, buf); break;
+          }
+          const std::vector<uint64_t>& kept = buf.best.sorted();
+          for (int64_t j = 0; j < keep; ++j) {
+            const int64_t pair = int64_t(kept[j] & 0xFFFFFFFFu);
+            const int64_t parent = pair / kp, code = pair % kp;
+            std::copy_n(buf.hist.begin() + parent * levels, l, buf.next_hist.begin() + j * levels);
+            std::copy_n(buf.errs_hist.begin() + parent * levels, l,
+                        buf.next_errs_hist.begin() + j * levels);
+            buf.next_hist[j * levels + l] = int32_t(code);
+            buf.next_err[j] = buf.cand[pair];
+            buf.next_errs_hist[j * levels + l] = buf.cand[pair];
+          }
+          std::swap(buf.err, buf.next_err);
+          std::swap(buf.hist, buf.next_hist);
+          std::swap(buf.errs_hist, buf.next_errs_hist);
+          beams = keep;
+        }
+        for (int64_t l = 0; l < levels; ++l) {  // the best beam is the first
+          codes[i * levels + l] = buf.hist[l];
+          if (errors) errors[i * levels + l] = std::max(0.0f, buf.errs_hist[l]);
+        }
+        if (quantized) {
+          float* q = quantized + i * d;
+          std::fill(q, q + d, 0.0f);
+          for (int64_t l = 0; l < levels; ++l) {
+            const float* c = codebooks + (l * k + buf.hist[l]) * d;
+            for (int64_t e = 0; e < d; ++e) q[e] += c[e];
+          }
+        }
       }
     }
   }
@@ -581,7 +857,7 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
     {
       float* buf = blocks.data() + int64_t(omp_get_thread_num()) * per_thread;
       float* scratch = buf + ROW_BLOCK * d;
-      v8f acc[TR][2];
+      vtf acc[TR][2];
 #pragma omp for schedule(dynamic, 4)
       for (int64_t blk = 0; blk < n_blocks; ++blk) {
         const int64_t row0 = blk * ROW_BLOCK, rows = std::min(ROW_BLOCK, n - row0);
@@ -601,8 +877,8 @@ int rq_encode_sk(const float* x, int64_t n, int64_t d, const float* codebooks, i
             for (int r = 0; r < TR && t * TR + r < rows; ++r) {
               double* out = kern.data() + (row0 + t * TR + r) * k;
               for (int h = 0; h < 2; ++h)
-                for (int lane = 0; lane < 8; ++lane) {
-                  const int64_t c = p * TC + h * 8 + lane;
+                for (int lane = 0; lane < VW; ++lane) {
+                  const int64_t c = p * TC + h * VW + lane;
                   if (c < k) out[c] = double(norms[r] - 2.0f * acc[r][h][lane]);
                 }
             }
@@ -648,6 +924,13 @@ int rq_encode_f32(const float* x, int64_t n, int64_t d, const float* codebooks, 
                         n_threads);
   if (beam_width == 1)
     return rq_encode_greedy(x, n, d, codebooks, levels, k, codes, quantized, errors, n_threads);
+  // Tables pay off once the rows outweigh them (n * beam_width candidates of k * d
+  // multiply-adds saved per level, against k * k * d per table) and while they stay small.
+  const bool lut = levels > 1 && levels <= 64 && cross_table_floats(levels, k) <= kMaxCrossTableFloats &&
+                   n * (beam_width - 1) >= k * levels;
+  if (lut)
+    return rq_encode_beam_lut(x, n, d, codebooks, levels, k, beam_width, codes, quantized,
+                              errors, n_threads);
   return rq_encode_beam(x, n, d, codebooks, levels, k, beam_width, codes, quantized, errors,
                         n_threads);
 }
@@ -747,22 +1030,63 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
   return kOk;
 }
 
+namespace {
+
+// The codes of a row lie in [0, k).
+inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
+  bool ok = true;
+  for (int64_t g = 0; g < groups; ++g) ok &= c[g] >= 0 && c[g] < k;
+  return ok;
+}
+
+}  // namespace
+
+// Both decoders write each output float once, rows split statically across threads, so the
+// pages of a fresh output are first touched (faulted in) by all threads at once. Stores go
+// through the cache: streaming them past it was slower into fresh pages, which the kernel
+// has just zeroed through the cache. A row with an out-of-range code is written as zeros and
+// the call returns kCodeOutOfRange.
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
-  if (n < 0 || levels <= 0 || k <= 0 || d <= 0) return kBadArgument;
+  if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
+  const int64_t d8 = d / 8 * 8;
   int bad = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
     float* o = out + i * d;
-    std::fill(o, o + d, 0.0f);
-    for (int64_t l = 0; l < levels; ++l) {
-      const int64_t c = codes[i * levels + l];
-      if (c < 0 || c >= k) {
-        bad = 1;
-        continue;
+    const int64_t* c = codes + i * levels;
+    if (!row_in_range(c, levels, k)) {
+      bad = 1;
+      std::fill(o, o + d, 0.0f);
+      continue;
+    }
+    const float* w0 = codebooks + c[0] * d;
+    // Chunks of 32 floats summed over the levels in registers, then written once.
+    int64_t j = 0;
+    for (; j + 32 <= d8; j += 32) {
+      v8f a0 = load8(w0 + j), a1 = load8(w0 + j + 8), a2 = load8(w0 + j + 16),
+          a3 = load8(w0 + j + 24);
+      for (int64_t l = 1; l < levels; ++l) {
+        const float* w = codebooks + (l * k + c[l]) * d + j;
+        a0 += load8(w);
+        a1 += load8(w + 8);
+        a2 += load8(w + 16);
+        a3 += load8(w + 24);
       }
-      const float* w = codebooks + (l * k + c) * d;
-      for (int64_t j = 0; j < d; ++j) o[j] += w[j];
+      store8(o + j, a0);
+      store8(o + j + 8, a1);
+      store8(o + j + 16, a2);
+      store8(o + j + 24, a3);
+    }
+    for (; j < d8; j += 8) {
+      v8f a = load8(w0 + j);
+      for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
+      store8(o + j, a);
+    }
+    for (; j < d; ++j) {
+      float a = w0[j];
+      for (int64_t l = 1; l < levels; ++l) a += codebooks[(l * k + c[l]) * d + j];
+      o[j] = a;
     }
   }
   return bad ? kCodeOutOfRange : kOk;
@@ -770,19 +1094,24 @@ int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* 
 
 int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
                   int64_t dsub, float* out, int n_threads) {
-  if (n < 0 || m <= 0 || k <= 0 || dsub <= 0) return kBadArgument;
+  if (n < 0 || m <= 0 || k <= 0 || dsub <= 0 || n_threads <= 0) return kBadArgument;
   int bad = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
+    const int64_t* c = codes + i * m;
+    float* o = out + i * m * dsub;
+    if (!row_in_range(c, m, k)) {
+      bad = 1;
+      std::fill(o, o + m * dsub, 0.0f);
+      continue;
+    }
     for (int64_t s = 0; s < m; ++s) {
-      float* o = out + (i * m + s) * dsub;
-      const int64_t c = codes[i * m + s];
-      if (c < 0 || c >= k) {
-        bad = 1;
-        std::fill(o, o + dsub, 0.0f);
-        continue;
-      }
-      std::memcpy(o, codebooks + (s * k + c) * dsub, sizeof(float) * dsub);
+      const float* w = codebooks + (s * k + c[s]) * dsub;
+      float* dst = o + s * dsub;
+      if (dsub % 8 == 0)
+        for (int64_t j = 0; j < dsub; j += 8) store8(dst + j, load8(w + j));
+      else
+        std::memcpy(dst, w, sizeof(float) * dsub);
     }
   }
   return bad ? kCodeOutOfRange : kOk;

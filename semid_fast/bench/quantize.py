@@ -15,7 +15,11 @@ on a sample, and the row's note says how many agreed.
 k-means (``kmeans``, 20 Lloyd iterations, K=256, on the encode rows N; ``rq_init`` on the
 training-step rows) against faiss-cpu ``faiss.Kmeans`` with the same iterations and random
 init, twice: with its default subsampling (at most ``max_points_per_centroid`` = 256 rows per
-centroid, 65,536 of 100,000 rows at K=256) and on every row. Each row's note gives the inertia
+centroid, 65,536 of 100,000 rows at K=256; ours with the same option) and on every row.
+
+Goal rows (CPU): beam encoding at N=100,000 with B=4 and B=16 against faiss's table beam
+search (``use_beam_LUT=1``), the group's baseline; the decoders also into a preallocated
+output (``out=``; faiss's ``decode_c`` into a given array). Each row's note gives the inertia
 of its centroids on all N rows, from one untimed fit.
 
 Sinkhorn (``sk_epsilon``): ``rq_encode`` and the ``rq_quantize`` forward with LC-Rec / DIGER's
@@ -54,6 +58,8 @@ class Sizes:
     k: int = 256
     pq_m: tuple[int, ...] = (32, 64)
     beam: int = 4
+    beam_goal_n: int = 100_000  # rows of the beam goal rows (ours vs faiss use_beam_LUT=1)
+    beam_goal: tuple[int, ...] = (4, 16)
     encode_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
     sk_n: int = 16_384  # rows of the Sinkhorn cases (one batch: codes depend on the batch)
     sk_d: int = 64
@@ -69,7 +75,7 @@ def sizes(device: str, quick: bool) -> Sizes:
             return Sizes(n=100_000, beam_n=10_000, train_n=100_000, encode_dtypes=dtypes)
         return Sizes(n=1_000_000, beam_n=100_000, train_n=1_000_000, encode_dtypes=dtypes)
     if quick:
-        return Sizes(n=2_000, beam_n=1_000, train_n=2_000, sk_n=4_096)
+        return Sizes(n=2_000, beam_n=1_000, train_n=2_000, sk_n=4_096, beam_goal_n=2_000)
     return Sizes(n=100_000, beam_n=10_000, train_n=16_384)
 
 
@@ -142,6 +148,9 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     for dtype in s.encode_dtypes:
         out += _rq_encode_cases(inputs, device, ours, s, s.n, 1, dtype)
     out += _rq_encode_cases(inputs, device, ours, s, s.beam_n, s.beam, torch.float32)
+    if device == "cpu":
+        for beam in s.beam_goal:
+            out += _beam_goal_cases(inputs, s, beam)
     for m in s.pq_m:
         out += _pq_encode_cases(inputs, device, ours, s, m)
     out += _decode_cases(inputs, device, ours, s, product=False)
@@ -188,6 +197,20 @@ def _rq_encode_cases(inputs, device, ours, s: Sizes, n: int, beam: int, dtype) -
             out.append(Case(impl="vqpt ResidualVQ fwd", requires=("vector_quantize_pytorch",),
                             setup=_residual_vq_setup(inputs, n, s), **common))
     return out
+
+
+def _beam_goal_cases(inputs, s: Sizes, beam: int) -> list[Case]:
+    """Beam search at the goal size, our CPU kernel against faiss's table (LUT) beam search
+    only: the reference and the interpreted Triton kernel would take minutes here."""
+    n = s.beam_goal_n
+    shape = f"N={_count(n)} D={s.d} L={s.levels} K={s.k} B={beam} fp32"
+    peer = f"faiss RQ beam={beam} LUT=1"
+    common = dict(family=FAMILY, op="rq_encode beam", shape=shape, device="cpu", dtype="fp32",
+                  flops=2.0 * n * s.k * s.d * (1 + beam * (s.levels - 1)), baseline=peer)
+    return [Case(impl="cpu", backend="cpu",
+                 setup=_rq_encode_setup(inputs, n, s, beam, torch.float32, "cpu"), **common),
+            Case(impl=peer, requires=("faiss",), setup=_faiss_rq_setup(inputs, n, s, beam, 1),
+                 **common)]
 
 
 def _rq_encode_setup(inputs, n, s, beam, dtype, backend):
@@ -306,6 +329,15 @@ def _decode_cases(inputs, device, ours, s: Sizes, product: bool) -> list[Case]:
     out.append(Case(impl=f"faiss {'PQ' if product else 'RQ'} decode", requires=("faiss",),
                     skip=_faiss_skip(device),
                     setup=_faiss_decode_setup(inputs, s, groups, width, product), **common))
+    # Into a preallocated output: ours with out=, faiss's decode_c into a given array.
+    common["op"] = f"{op} out="
+    out += [Case(impl=b, backend=b, setup=_decode_setup(inputs, s, groups, width, product, b,
+                                                          into=True), **common)
+            for b in ours]
+    out.append(Case(impl=f"faiss {'PQ' if product else 'RQ'} decode_c", requires=("faiss",),
+                    skip=_faiss_skip(device),
+                    setup=_faiss_decode_setup(inputs, s, groups, width, product, into=True),
+                    **common))
     return out
 
 
@@ -315,16 +347,19 @@ def _decode_codebooks(inputs, s, groups, width, product):
     return inputs.rq_codebooks(groups, s.k, width)
 
 
-def _decode_setup(inputs, s, groups, width, product, backend):
+def _decode_setup(inputs, s, groups, width, product, backend, into=False):
     def setup():
         codes = inputs.codes(s.n, groups, s.k)
         cb = _decode_codebooks(inputs, s, groups, width, product)
         fn = semid_fast.pq_decode if product else semid_fast.rq_decode
+        if into:
+            out = torch.empty((s.n, s.d), device=codes.device)
+            return lambda: fn(codes, cb, out=out, backend=backend)
         return lambda: fn(codes, cb, backend=backend)
     return setup
 
 
-def _faiss_decode_setup(inputs, s, groups, width, product):
+def _faiss_decode_setup(inputs, s, groups, width, product, into=False):
     def setup():
         faiss = _faiss()
         cb = _decode_codebooks(inputs, s, groups, width, product)
@@ -337,7 +372,15 @@ def _faiss_decode_setup(inputs, s, groups, width, product):
             faiss.copy_array_to_vector(cb.numpy().reshape(-1), quantizer.codebooks)
             quantizer.is_trained = True
             note = ""
-        return (lambda: quantizer.decode(codes)), note + "uint8 codes in (faiss's code format)"
+        note += "uint8 codes in (faiss's code format)"
+        if into:
+            out = torch.empty((s.n, s.d)).numpy()
+
+            def decode_into():  # the arrays stay referenced here: swig_ptr does not own them
+                quantizer.decode_c(faiss.swig_ptr(codes), faiss.swig_ptr(out), s.n)
+
+            return decode_into, note
+        return (lambda: quantizer.decode(codes)), note
     return setup
 
 
@@ -392,6 +435,10 @@ def _kmeans_cases(inputs, device, ours, s: Sizes) -> list[Case]:
     shape = f"N={_count(n)} D={d} K={k} iters={KMEANS_ITERS} init=random"
     out = [Case(impl=b, backend=b, shape=shape, setup=_kmeans_setup(inputs, s, "random", b),
                 **common) for b in ours]
+    # faiss's default sampling (256 rows per centroid): the fair row against faiss subsampled.
+    out += [Case(impl=f"{b} (max_points_per_centroid=256)", backend=b, shape=shape,
+                 setup=_kmeans_setup(inputs, s, "random", b, per_centroid=256), **common)
+            for b in ours if b != "reference"]
     for subsample in (True, False):
         impl = "faiss Kmeans" + (" (subsampled)" if subsample else " (all rows)")
         out.append(Case(impl=impl, shape=shape, requires=("faiss",), skip=_faiss_skip(device),
@@ -409,15 +456,19 @@ def _kmeans_cases(inputs, device, ours, s: Sizes) -> list[Case]:
     return out
 
 
-def _kmeans_setup(inputs, s, init, backend):
+def _kmeans_setup(inputs, s, init, backend, per_centroid=None):
     def setup():
         x = inputs.x(s.n, s.d)
 
         def fit():
             return semid_fast.kmeans(x, s.k, iters=KMEANS_ITERS, seed=0, init=init,
-                                     backend=backend)
+                                     max_points_per_centroid=per_centroid, backend=backend)
 
-        return fit, _inertia_note(x, fit().centroids, f"init={init}")
+        what = f"init={init}"
+        if per_centroid is not None:
+            what += (f", max_points_per_centroid={per_centroid} (fits on "
+                     f"{min(s.n, per_centroid * s.k)} rows)")
+        return fit, _inertia_note(x, fit().centroids, what)
     return setup
 
 

@@ -60,15 +60,21 @@ def _update(backend: str, x: torch.Tensor, codes: torch.Tensor, k: int):
 
 
 def _fit(x: torch.Tensor, k: int, iters: int, seed: int, init: str, tol: float,
-         backend: str) -> KMeansResult:
-    """Lloyd's loop on float32 contiguous x (the order of reference.kmeans)."""
+         backend: str, max_points_per_centroid: int | None = None) -> KMeansResult:
+    """Lloyd's loop on float32 contiguous x (the order of reference.kmeans); with
+    max_points_per_centroid, on a subsample drawn first from the seeded generator."""
     generator = torch.Generator().manual_seed(seed)
-    centroids = _init(backend, x, k, init, generator).contiguous()
-    limit = ref.tolerance(x, tol)
+    fit_rows = x
+    if max_points_per_centroid is not None and x.shape[0] > max_points_per_centroid * k:
+        # faiss's Clustering rule: a uniform sample without replacement of that many rows.
+        picks = torch.randperm(x.shape[0], generator=generator)[:max_points_per_centroid * k]
+        fit_rows = x[picks.sort().values.to(x.device)]
+    centroids = _init(backend, fit_rows, k, init, generator).contiguous()
+    limit = ref.tolerance(fit_rows, tol)
     n_iter = 0
     for _ in range(iters):
-        codes, _ = _assign(backend, x, centroids)
-        sums, counts = _update(backend, x, codes, k)
+        codes, _ = _assign(backend, fit_rows, centroids)
+        sums, counts = _update(backend, fit_rows, codes, k)
         previous = centroids
         centroids = ref.split_empty(ref.new_centroids(sums, counts, previous), counts.cpu(),
                                     generator).contiguous()
@@ -103,7 +109,8 @@ def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor
 
 
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0, init: str = "kmeans++",
-           tol: float = 0.0, backend: str = "auto") -> KMeansResult:
+           tol: float = 0.0, max_points_per_centroid: int | None = None,
+           backend: str = "auto") -> KMeansResult:
     """Lloyd's k-means of the rows of x, deterministic from ``seed``.
 
     ``iters`` rounds of: assign each row to its nearest centroid (squared L2, float32), move
@@ -121,6 +128,11 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0, init: str
         tol: 0 (default) runs exactly ``iters`` updates; tol > 0 stops once the squared
             Frobenius norm of the centroid shift is at most tol times the mean per-dimension
             variance of x (scikit-learn's rule, its default tol is 1e-4).
+        max_points_per_centroid: None (default) fits on every row; an int m fits on a
+            uniform sample without replacement of m * k rows when N is larger (faiss's
+            ``Clustering`` rule; faiss's default m is 256), drawn first from the ``seed``'s
+            generator, so a seed gives the same sample. ``assignments`` and ``inertia`` are
+            still those of every row.
         backend: "auto", "reference", "cpu", "cuda" or "triton".
 
     Returns:
@@ -134,9 +146,9 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0, init: str
 
     Reproducing the published initialisers (same algorithm; their own random streams differ):
 
-    - faiss ``faiss.Kmeans(d, k, niter=n, seed=s)``: ``init="random", iters=n``. faiss by
-      default fits on a random subsample of ``max_points_per_centroid * k`` rows (256 * k);
-      pass such a subsample (``x[torch.randperm(N)[:256 * k]]``) for the same setting.
+    - faiss ``faiss.Kmeans(d, k, niter=n, seed=s)``: ``init="random", iters=n,
+      max_points_per_centroid=256`` (faiss's default subsampling; ``None`` is faiss with
+      ``max_points_per_centroid`` >= N / k).
     - LC-Rec (``index/models/layers.py`` ``kmeans``: scikit-learn ``KMeans(n_clusters=k,
       max_iter=kmeans_iters)``, kmeans_iters=100 in ``main.py``): ``init="kmeans++",
       iters=100, tol=1e-4``. scikit-learn >= 1.4 runs one k-means++ start (``n_init="auto"``);
@@ -146,7 +158,9 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0, init: str
       clusters take a random row there).
     """
     x32, name = _check("kmeans", x, k, iters, seed, init, tol, backend)
-    return _fit(x32, k, iters, seed, init, float(tol), name)
+    if max_points_per_centroid is not None:
+        _checks.positive_int(max_points_per_centroid, "max_points_per_centroid")
+    return _fit(x32, k, iters, seed, init, float(tol), name, max_points_per_centroid)
 
 
 def rq_init(x: torch.Tensor, levels: int, k: int, *, iters: int = 20, seed: int = 0,

@@ -104,6 +104,18 @@ def _(codes, codebooks, product, backend):
     return codebooks.new_empty((codes.shape[0], width))
 
 
+@torch.library.custom_op("semid_fast::codebook_decode_out", mutates_args=("out",))
+def _decode_out_op(codes: torch.Tensor, codebooks: torch.Tensor, product: bool, backend: str,
+                   out: torch.Tensor) -> None:
+    """_decode_op into a given float32 contiguous (N, D) ``out`` (no gradient)."""
+    _launcher(backend, "pq_decode" if product else "rq_decode")(codes, codebooks, out)
+
+
+@_decode_out_op.register_fake
+def _(codes, codebooks, product, backend, out):
+    return None
+
+
 def _decode_setup(ctx, inputs, output):
     codes, codebooks, product, _ = inputs
     ctx.save_for_backward(codes)
@@ -224,8 +236,50 @@ def _check_codes(op: str, codes, codebooks, sub_dims: bool = False):
     if codes.shape[1] != codebooks.shape[0]:
         raise ValueError(f"{op}: codes have {codes.shape[1]} columns but codebooks have "
                          f"{codebooks.shape[0]} {'sub-spaces' if sub_dims else 'levels'}")
-    _checks.codes_in_range(codes, codebooks.shape[1], "codes")
     return device
+
+
+def _launcher_checks_codes(backend: str, name: str) -> bool:
+    """Whether launcher `name` of `backend` checks every code itself (its module sets
+    ``<name>_checks_codes``), raising codes_out_of_range's ValueError, so no scan is needed."""
+    return bool(getattr(_backends._module(backend, FAMILY), f"{name}_checks_codes", False))
+
+
+def _check_out(op: str, out, shape: tuple[int, int], codes, codebooks) -> None:
+    """``out`` must be a tensor of the result's shape, dtype and device that shares no memory
+    with the inputs, and it records no gradient."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{op}: out must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != shape or out.dtype != codebooks.dtype or out.device != codes.device:
+        raise ValueError(f"{op}: out must have shape {shape}, dtype "
+                         f"{str(codebooks.dtype).replace('torch.', '')} and device {codes.device}"
+                         f", got {tuple(out.shape)}, {str(out.dtype).replace('torch.', '')}, "
+                         f"{out.device}")
+    taken = {codes.untyped_storage().data_ptr(), codebooks.untyped_storage().data_ptr()}
+    if out.numel() and out.untyped_storage().data_ptr() in taken:
+        raise ValueError(f"{op}: out must not share memory with codes or codebooks")
+    if torch.is_grad_enabled() and (codebooks.requires_grad or out.requires_grad):
+        raise ValueError(f"{op}: out= records no gradient; call {op} without out= to "
+                         f"differentiate (or under torch.no_grad())")
+
+
+def _decode(op: str, codes, codebooks, product: bool, backend: str, out) -> torch.Tensor:
+    """rq_decode / pq_decode without rotation and center: checks, backend, kernel."""
+    device = _check_codes(op, codes, codebooks, sub_dims=product)
+    width = codebooks.shape[2] * (codes.shape[1] if product else 1)
+    if out is not None:
+        _check_out(op, out, (codes.shape[0], width), codes, codebooks)
+    name = _backends.choose(backend, device, FAMILY, op, op=op)
+    if _checks.scanning() and not _launcher_checks_codes(name, op):
+        _checks.codes_in_range(codes, codebooks.shape[1], "codes")
+    codes64, books = codes.long().contiguous(), _f32(codebooks)
+    if out is None:
+        return _decode_op(codes64, books, product, name).to(codebooks.dtype)
+    if out.dtype == torch.float32 and out.is_contiguous():
+        _decode_out_op(codes64, books, product, name, out)
+    else:
+        out.copy_(_decode_op(codes64, books, product, name))
+    return out
 
 
 def _check_rotation(op: str, rotation, dim: int, device):
@@ -332,21 +386,22 @@ def rq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, beam_width: int = 1,
     return codes if code_dtype == torch.int64 else codes.to(code_dtype)
 
 
-def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def rq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, out: torch.Tensor | None = None,
+              backend: str = "auto") -> torch.Tensor:
     """Sum of the chosen codewords, differentiable with respect to ``codebooks``.
 
     Args:
         codes: (N, L) uint8/int16/int32/int64 codes in [0, K).
         codebooks: (L, K, D) float codebooks.
+        out: optional (N, D) tensor of the codebooks' dtype on their device, written in place
+            and returned (no gradient: it raises under autograd when codebooks require grad).
+            It must not share memory with codes or codebooks.
 
     Returns:
         (N, D) in the codebooks' dtype (accumulated in float32). The gradient of a codebook
         entry is the sum of the output gradients of the rows that use it.
     """
-    device = _check_codes("rq_decode", codes, codebooks)
-    name = _backends.choose(backend, device, FAMILY, "rq_decode", op="rq_decode")
-    out = _decode_op(codes.long().contiguous(), _f32(codebooks), False, name)
-    return out.to(codebooks.dtype)
+    return _decode("rq_decode", codes, codebooks, False, backend, out)
 
 
 def rq_quantize(x: torch.Tensor, codebooks: torch.Tensor, *, beta: float = 0.25,
@@ -438,20 +493,31 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, rotation: torch.Tenso
 
 def pq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *,
               rotation: torch.Tensor | None = None, center: torch.Tensor | None = None,
-              backend: str = "auto") -> torch.Tensor:
+              out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """Reconstruction (N, D) from PQ codes (N, M): the concatenated codewords, plus ``center``
     (D,), then mapped back through ``rotation`` (``y @ R``), the order of faiss's
     ``IndexIVFPQ.sa_decode`` under an OPQ ``IndexPreTransform``.
 
-    Differentiable with respect to ``codebooks`` (and ``rotation``, ``center``).
+    Differentiable with respect to ``codebooks`` (and ``rotation``, ``center``) when ``out``
+    is None. ``out``: optional (N, D) tensor of the codebooks' dtype on their device, written
+    in place and returned (no gradient); it must not share memory with the inputs.
     """
+    if rotation is None and center is None:
+        return _decode("pq_decode", codes, codebooks, True, backend, out)
     device = _check_codes("pq_decode", codes, codebooks, sub_dims=True)
     dim = codes.shape[1] * codebooks.shape[2]
     _check_rotation("pq_decode", rotation, dim, device)
     _check_center("pq_decode", center, dim, device)
-    name = _backends.choose(backend, device, FAMILY, "pq_decode", op="pq_decode")
-    out = _decode_op(codes.long().contiguous(), _f32(codebooks), True, name)
-    out = out.to(codebooks.dtype)
+    if out is not None:
+        _check_out("pq_decode", out, (codes.shape[0], dim), codes, codebooks)
+        for name, t in (("rotation", rotation), ("center", center)):
+            if t is not None and t.requires_grad and torch.is_grad_enabled():
+                raise ValueError(f"pq_decode: out= records no gradient, but {name} requires grad")
+    y = _decode("pq_decode", codes, codebooks, True, backend, None)
     if center is not None:
-        out = out + center.to(out.dtype)
-    return out if rotation is None else out @ rotation.to(out.dtype)
+        y = y + center.to(y.dtype)
+    if rotation is not None:
+        y = y @ rotation.to(y.dtype)
+    if out is None:
+        return y
+    return out.copy_(y)

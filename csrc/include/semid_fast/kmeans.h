@@ -32,5 +32,6 @@ namespace semid_fast {
 
 SEMID_FAST_DECLARE_CPU_KMEANS(isa_avx2)
 SEMID_FAST_DECLARE_CPU_KMEANS(isa_base)
+SEMID_FAST_DECLARE_CPU_KMEANS(isa_avx512)  // defined where the build has AVX-512
 
 }  // namespace semid_fast

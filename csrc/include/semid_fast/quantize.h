@@ -52,5 +52,6 @@ constexpr int64_t kRqMaxBeamCandidates = int64_t(1) << 26;
 
 SEMID_FAST_DECLARE_CPU_QUANTIZE(isa_avx2)
 SEMID_FAST_DECLARE_CPU_QUANTIZE(isa_base)
+SEMID_FAST_DECLARE_CPU_QUANTIZE(isa_avx512)  // defined where the build has AVX-512
 
 }  // namespace semid_fast

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import _native
+from ... import _checks, _native
 
 __all__ = ["rq_encode", "rq_encode_beam", "rq_encode_sinkhorn", "sinkhorn_codes", "pq_encode",
            "rq_decode", "pq_decode", "rq_quantize_backward",
@@ -70,10 +70,17 @@ def pq_encode(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> 
     _native.check_cpu_status(status, "pq_encode")
 
 
+# The decoders check every code in the kernel, so the ops skip their own pass over the codes
+# (on (N, M) int64 codes that pass costs about as much as the decode).
+rq_decode_checks_codes = pq_decode_checks_codes = True
+
+
 def _decode(fn, op: str, codes, codebooks, out) -> None:
     n, groups = codes.shape
     status = fn(codes.data_ptr(), n, groups, codebooks.data_ptr(), codebooks.shape[1],
                 codebooks.shape[2], out.data_ptr(), _native.n_threads())
+    if status == _native.cpu().STATUS_CODE_OUT_OF_RANGE:
+        raise _checks.codes_out_of_range(codes, codebooks.shape[1], "codes")
     _native.check_cpu_status(status, op)
 
 
