@@ -280,6 +280,58 @@ int dispatch(const Problem& p, const void* codes, float* s, int64_t* ids, int n_
 
 }  // namespace
 
+// Benchmark floors (semid-fast bench compares holistic_topk with them; no op calls them).
+
+int stream_read_floor(const uint8_t* bytes, int64_t n_bytes, uint64_t* out_sum, int n_threads) {
+  if (n_bytes < 0 || out_sum == nullptr || (n_bytes > 0 && bytes == nullptr)) return kBadArgument;
+  // Whole 64-byte lines per thread, four independent sums per thread: the loop runs at the
+  // memory's speed, not at the latency of one add chain.
+  const int64_t words = n_bytes / 8;
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(bytes);
+  uint64_t total = 0;
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static) reduction(+ : total)
+  for (int64_t line = 0; line < (words + 7) / 8; ++line) {
+    uint64_t acc[8] = {};
+    const int64_t lo = line * 8, hi = std::min(words, lo + 8);
+    for (int64_t i = lo; i < hi; ++i) acc[i - lo] += w[i];
+    for (uint64_t a : acc) total += a;
+  }
+  for (int64_t i = words * 8; i < n_bytes; ++i) total += bytes[i];
+  *out_sum = total;
+  return kOk;
+}
+
+int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n, int64_t m,
+                              int64_t groups, float* out, int n_threads) {
+  if (n < 0 || m <= 0 || groups <= 0 || table == nullptr || out == nullptr) return kBadArgument;
+  // The catalog scan's inner loop (one 8-lane load and add per item, position and group of
+  // 8 queries, four items in flight), with every position reading the same 8 KB table
+  // (256 codes x 8 lanes), so no lookup misses L1 and no top-k is kept: the lookup
+  // throughput of this core for the scan's work.
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
+  for (int64_t chunk = 0; chunk < (n + ITEM_CHUNK - 1) / ITEM_CHUNK; ++chunk) {
+    const int64_t lo = chunk * ITEM_CHUNK, hi = std::min(n, lo + ITEM_CHUNK);
+    v8f best{};
+    for (int64_t g = 0; g < groups; ++g) {
+      int64_t i = lo;
+      for (; i + 4 <= hi; i += 4) {
+        v8f s0{}, s1{}, s2{}, s3{};
+        for (int64_t mm = 0; mm < m; ++mm) {
+          s0 += load8(table + int64_t(codes[i * m + mm]) * LANES);
+          s1 += load8(table + int64_t(codes[(i + 1) * m + mm]) * LANES);
+          s2 += load8(table + int64_t(codes[(i + 2) * m + mm]) * LANES);
+          s3 += load8(table + int64_t(codes[(i + 3) * m + mm]) * LANES);
+        }
+        best += s0 + s1 + s2 + s3;  // kept, so the compiler cannot drop the loop
+      }
+      for (; i < hi; ++i)
+        for (int64_t mm = 0; mm < m; ++mm) best += load8(table + int64_t(codes[i * m + mm]) * LANES);
+    }
+    out[chunk] = best[0] + best[7];
+  }
+  return kOk;
+}
+
 int holistic_topk_f32(const float* table, int interleaved, int64_t b, int64_t m, int64_t k,
                       const void* codes, int code_bytes, int64_t n, const int64_t* candidates,
                       int64_t c, const uint8_t* item_mask, int64_t mask_stride, float divisor,

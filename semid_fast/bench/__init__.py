@@ -9,8 +9,10 @@ Usage::
     python -m semid_fast.bench [same flags]
 
 Prints the device, versions and thread count, one line per row as it runs, then one table
-(op, shape, implementation and its kind: ours, reference or peer, median time, speed-up over
-the group's baseline row, throughput and, on GPUs, the share of the device's limit), and
+(op, shape, implementation and its kind: ours, reference, peer or floor, median time,
+speed-up over the group's baseline row, time over the group's floor row where it has one (a
+micro-kernel timing what the machine allows, e.g. one read of the inputs), throughput and, on
+GPUs, the share of the device's limit), and
 writes ``semid_fast_bench.json`` (rewritten after every row, so a run cut short keeps what it
 measured) and ``semid_fast_bench.png`` to ``--out`` (default ``bench_results/``). Ctrl-C or
 SIGTERM stops the run at once and still writes the table, JSON and PNG of the finished rows
