@@ -44,6 +44,7 @@ FAMILIES = {
     "longid": "semid_fast.bench.longid",
     "gumbel": "semid_fast.bench.gumbel",
     "trie": "semid_fast.bench.trie",
+    "latency": "semid_fast.bench.latency",
 }
 
 # Seconds of timed calls per row (torch.utils.benchmark's min_run_time; do_bench's rep),
