@@ -73,7 +73,9 @@ class Case:
     ``baseline`` is the impl of the group's baseline row (None: the group has none);
     ``requires`` lists modules a peer needs (missing: skipped); ``skip`` is a reason known when
     the case is made. ``flops`` / ``bytes`` give TFLOP/s / GB/s; ``dtype`` picks the device
-    limit they are compared with.
+    limit they are compared with. ``per_call`` (CPU latency rows) times every call on its
+    own and reports the median call, so the rare call that the OS preempts on a busy machine
+    does not count as the latency of all of them.
     """
 
     family: str
@@ -90,6 +92,7 @@ class Case:
     flops: float | None = None
     bytes: float | None = None
     dtype: str = "fp32"
+    per_call: bool = False
 
     def __post_init__(self):
         if not self.kind:
@@ -208,8 +211,39 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 
 
-def measure(fn: Callable[[], object], device: str, min_time_s: float) -> tuple[list[float], int]:
-    """(seconds per call of each timed run, calls timed) for fn on device."""
+# Calls per timed run of a per-call row: each run reports the median of its calls. A call
+# slower than PER_CALL_MAX_S is timed like any other row (the clock's cost is nothing there).
+PER_CALL_RUN = 64
+PER_CALL_MAX_S = 1e-3
+
+
+def measure_per_call(fn: Callable[[], object], min_time_s: float) -> tuple[list[float], int]:
+    """(median seconds of the calls of each run of PER_CALL_RUN calls, calls timed): every
+    call timed on its own with perf_counter_ns, after PER_CALL_RUN warm-up calls."""
+    for _ in range(PER_CALL_RUN):
+        fn()
+    runs, calls, clock = [], 0, time.perf_counter_ns
+    deadline = time.perf_counter() + min_time_s
+    while not runs or time.perf_counter() < deadline:
+        times = []
+        for _ in range(PER_CALL_RUN):
+            start = clock()
+            fn()
+            times.append(clock() - start)
+        runs.append(statistics.median(times) / 1e9)
+        calls += PER_CALL_RUN
+    return runs, calls
+
+
+def measure(fn: Callable[[], object], device: str, min_time_s: float,
+            per_call: bool = False) -> tuple[list[float], int]:
+    """(seconds per call of each timed run, calls timed) for fn on device; ``per_call`` (CPU
+    only): see :func:`measure_per_call`."""
+    if per_call and device == "cpu":
+        start = time.perf_counter()
+        fn()
+        if time.perf_counter() - start < PER_CALL_MAX_S:
+            return measure_per_call(fn, min_time_s)
     if device == "cuda" and importlib.util.find_spec("triton") is not None:
         start = time.perf_counter()
         fn()  # warm-up: a Triton JIT compile or lazy CUDA set-up is never timed
@@ -235,7 +269,7 @@ def run_case(case: Case, min_time_s: float) -> Result:
     fn = None
     try:
         fn, note = case.prepare()
-        times, calls = measure(fn, case.device, min_time_s)
+        times, calls = measure(fn, case.device, min_time_s, case.per_call)
         return Result(case, "ok", note=note, times_s=tuple(times), calls=calls)
     except Exception as exc:  # one broken case must not hide the numbers of the others
         return Result(case, "error", note=f"{type(exc).__name__}: {exc}")
