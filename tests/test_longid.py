@@ -33,9 +33,8 @@ def make(b, m, k, n, dtype, seed):
     return scores, codes
 
 
-# (B, M, K, N, k): B of 1 (scalar scan), 2..8 (one interleaved group of 8), 9..17 (groups
-# of 16, ragged), N off every chunk size (1024 items) and item block (256), M off the
-# position slice (4 at K=256), k > N.
+# (B, M, K, N, k): B of 1 (scalar scan), 2..17 (interleaved groups of 8, ragged), N off every
+# chunk size (1024 items) and item block (256), M off the position slice (4 at K=256), k > N.
 SHAPES = [(1, 8, 16, 37, 5), (3, 16, 256, 1000, 10), (9, 4, 7, 50, 60), (8, 64, 256, 2051, 100),
           (2, 3, 300, 200, 7), (1, 32, 256, 1025, 1), (17, 10, 256, 700, 20)]
 

@@ -61,7 +61,6 @@ PYBIND11_MODULE(_C, m) {
 
   // Limits and layouts of the kernels, for the Python side to read.
   m.attr("HOLISTIC_QUERY_LANES") = semid_fast::kHolisticQueryLanes;
-  m.attr("HOLISTIC_WIDE_QUERY_LANES") = semid_fast::kHolisticWideQueryLanes;
   m.attr("RQ_MAX_BEAM_CANDIDATES") = semid_fast::kRqMaxBeamCandidates;
   m.attr("TRIE_MAX_CANDIDATES") = semid_fast::trie::kMaxCandidates;
   m.attr("STATUS_OK") = int(semid_fast::kOk);

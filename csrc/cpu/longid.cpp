@@ -2,9 +2,8 @@
 // top-k, so no (B, N) score matrix is ever written.
 //
 // Two scans over the item codes, both streaming each item's codes once:
-// * several queries: the caller interleaves the lookup tables 8 (B <= 8) or 16 queries wide,
-//   so one code fetches one or two 8-float vectors (one cache line) and one add per vector
-//   accumulates them: no gathers;
+// * several queries: the caller interleaves the lookup tables 8 queries wide, so one code
+//   fetches one 8-float vector (8 queries) and a single add accumulates them: no gathers;
 // * one query: scalar lookups, eight items in flight to hide the load latency.
 // Each thread keeps its own top-k per query over the item chunks it takes; the per-thread
 // lists are merged at the end. Sums run over m in order, like the reference, so the scores
@@ -80,9 +79,8 @@ inline bool excluded(const Problem& p, int64_t query, int64_t item) {
 // Query `q`'s table entry for (position mm, code): base and stride depend on the layout.
 inline const float* query_table(const Problem& p, int64_t q, int64_t& stride) {
   if (p.interleaved) {
-    const int64_t w = p.interleaved;
-    stride = w;
-    return p.table + (q / w) * p.m * p.k * w + q % w;
+    stride = LANES;
+    return p.table + (q / LANES) * p.m * p.k * LANES + q % LANES;
   }
   stride = 1;
   return p.table + q * p.m * p.k;
@@ -96,79 +94,55 @@ inline float score_one(const Problem& p, const float* tq, int64_t stride, Reader
   return s / p.divisor;
 }
 
-// Items [lo, hi) against the W queries of group g (tables interleaved W wide, W = 8 or 16:
-// one code fetches W floats, one or two 8-float vectors of the same cache line). A group's
-// table is M * K * W * 4 bytes (512 KB at M=64, K=256, W=8), far above L1, so the items go
-// in blocks of BLOCK and the positions in slices whose table part fits L1 (SLICE_BYTES); a
-// running partial sum per item carries the sum from slice to slice, so each item still sums
-// over m in order. Every lookup then hits L1 instead of L2.
+// Items [lo, hi) against the 8 queries of group g (interleaved tables). A group's table is
+// M * K * 32 bytes (512 KB at M=64, K=256), far above L1, so the items go in blocks of
+// BLOCK and the positions in slices whose table part fits L1 (SLICE_BYTES); a running
+// partial sum per item carries the sum from slice to slice, so each item still sums over m
+// in order. Every lookup then hits L1 instead of L2.
 constexpr int64_t BLOCK = 256;
 constexpr int64_t SLICE_BYTES = 32 * 1024;
 
-template <int W, typename Reader>
+template <typename Reader>
 bool scan_group(const Problem& p, Reader code, int64_t g, int64_t lo, int64_t hi,
                 Hits* heaps) {
-  constexpr int V = W / LANES;  // 8-float vectors per lookup
-  const float* tg = p.table + g * p.m * p.k * W;
-  const int64_t lanes = std::min<int64_t>(W, p.b - g * W);
-  const int64_t slice = std::max<int64_t>(1, SLICE_BYTES / (p.k * W * 4));
-  float thr[W];
-  for (int q = 0; q < W; ++q) thr[q] = q < lanes ? threshold(heaps[q]) : 0.0f;
-  auto offer = [&](const v8f* s, int64_t item) {
-    for (int v = 0; v < V; ++v) {
-      v8f sv = s[v];
-      if (p.divisor != 1.0f) sv = sv / p.divisor;
-      for (int l = 0; l < LANES; ++l) {
-        const int q = v * LANES + l;
-        if (q < lanes && sv[l] >= thr[q] && !excluded(p, g * W + q, item)) {
-          heaps[q].offer({sv[l], item});
-          thr[q] = threshold(heaps[q]);
-        }
+  const float* tg = p.table + g * p.m * p.k * LANES;
+  const int64_t lanes = std::min<int64_t>(LANES, p.b - g * LANES);
+  const int64_t slice = std::max<int64_t>(1, SLICE_BYTES / (p.k * LANES * 4));
+  float thr[LANES];
+  for (int q = 0; q < LANES; ++q) thr[q] = q < lanes ? threshold(heaps[q]) : 0.0f;
+  auto offer = [&](v8f s, int64_t item) {
+    if (p.divisor != 1.0f) s = s / p.divisor;
+    for (int q = 0; q < lanes; ++q)
+      if (s[q] >= thr[q] && !excluded(p, g * LANES + q, item)) {
+        heaps[q].offer({s[q], item});
+        thr[q] = threshold(heaps[q]);
       }
-    }
   };
-  v8f partial[BLOCK][V];
+  v8f partial[BLOCK];
   for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
     const int64_t b1 = std::min(hi, b0 + BLOCK);
-    for (int64_t i = b0; i < b1; ++i)
-      for (int v = 0; v < V; ++v) partial[i - b0][v] = v8f{};
+    for (int64_t i = b0; i < b1; ++i) partial[i - b0] = v8f{};
     for (int64_t m0 = 0; m0 < p.m; m0 += slice) {
       const int64_t m1 = std::min(p.m, m0 + slice);
       int64_t i = b0;
       for (; i + 4 <= b1; i += 4) {
-        v8f (*part)[V] = partial + (i - b0);
-        v8f s0[V], s1[V], s2[V], s3[V];
-        for (int v = 0; v < V; ++v) {
-          s0[v] = part[0][v];
-          s1[v] = part[1][v];
-          s2[v] = part[2][v];
-          s3[v] = part[3][v];
-        }
+        v8f* part = partial + (i - b0);
+        v8f s0 = part[0], s1 = part[1], s2 = part[2], s3 = part[3];
         for (int64_t mm = m0; mm < m1; ++mm) {
-          const float* row = tg + mm * p.k * W;
-          const float* r0 = row + code(i, mm) * W;
-          const float* r1 = row + code(i + 1, mm) * W;
-          const float* r2 = row + code(i + 2, mm) * W;
-          const float* r3 = row + code(i + 3, mm) * W;
-          for (int v = 0; v < V; ++v) {
-            s0[v] += load8(r0 + v * LANES);
-            s1[v] += load8(r1 + v * LANES);
-            s2[v] += load8(r2 + v * LANES);
-            s3[v] += load8(r3 + v * LANES);
-          }
+          const float* row = tg + mm * p.k * LANES;
+          s0 += load8(row + code(i, mm) * LANES);
+          s1 += load8(row + code(i + 1, mm) * LANES);
+          s2 += load8(row + code(i + 2, mm) * LANES);
+          s3 += load8(row + code(i + 3, mm) * LANES);
         }
-        for (int v = 0; v < V; ++v) {
-          part[0][v] = s0[v];
-          part[1][v] = s1[v];
-          part[2][v] = s2[v];
-          part[3][v] = s3[v];
-        }
+        part[0] = s0;
+        part[1] = s1;
+        part[2] = s2;
+        part[3] = s3;
       }
       for (; i < b1; ++i)
-        for (int64_t mm = m0; mm < m1; ++mm) {
-          const float* r = tg + (mm * p.k + code(i, mm)) * W;
-          for (int v = 0; v < V; ++v) partial[i - b0][v] += load8(r + v * LANES);
-        }
+        for (int64_t mm = m0; mm < m1; ++mm)
+          partial[i - b0] += load8(tg + (mm * p.k + code(i, mm)) * LANES);
     }
     for (int64_t i = b0; i < b1; ++i) offer(partial[i - b0], i);
   }
@@ -243,12 +217,9 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
 #pragma omp for schedule(dynamic, 8)
     for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
       const int64_t lo = chunk * ITEM_CHUNK, hi = std::min(p.n, lo + ITEM_CHUNK);
-      if (p.interleaved == 2 * LANES) {
-        for (int64_t g = 0; g * 2 * LANES < p.b; ++g)
-          ok &= scan_group<2 * LANES>(p, code, g, lo, hi, heaps.data() + g * 2 * LANES);
-      } else if (p.interleaved) {
+      if (p.interleaved) {
         for (int64_t g = 0; g * LANES < p.b; ++g)
-          ok &= scan_group<LANES>(p, code, g, lo, hi, heaps.data() + g * LANES);
+          ok &= scan_group(p, code, g, lo, hi, heaps.data() + g * LANES);
       } else {
         for (int64_t q = 0; q < p.b; ++q) ok &= scan_single(p, code, q, lo, hi, heaps[q]);
       }
@@ -342,11 +313,13 @@ int stream_read_floor(const uint8_t* bytes, int64_t n_bytes, uint64_t* out_sum, 
   return kOk;
 }
 
-namespace {
-template <int W>
-void lookup_floor(const float* table, const uint8_t* codes, int64_t n, int64_t m,
-                  int64_t groups, float* out, int n_threads) {
-  constexpr int V = W / LANES;
+int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n, int64_t m,
+                              int64_t groups, float* out, int n_threads) {
+  if (n < 0 || m <= 0 || groups <= 0 || table == nullptr || out == nullptr) return kBadArgument;
+  // The catalog scan's inner loop (one 8-lane load and add per item, position and group of
+  // 8 queries, four items in flight), with every position reading the same 8 KB table
+  // (256 codes x 8 lanes), so no lookup misses L1 and no top-k is kept: the lookup
+  // throughput of this core for the scan's work.
 #pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
   for (int64_t chunk = 0; chunk < (n + ITEM_CHUNK - 1) / ITEM_CHUNK; ++chunk) {
     const int64_t lo = chunk * ITEM_CHUNK, hi = std::min(n, lo + ITEM_CHUNK);
@@ -354,44 +327,20 @@ void lookup_floor(const float* table, const uint8_t* codes, int64_t n, int64_t m
     for (int64_t g = 0; g < groups; ++g) {
       int64_t i = lo;
       for (; i + 4 <= hi; i += 4) {
-        v8f s0[V] = {}, s1[V] = {}, s2[V] = {}, s3[V] = {};
+        v8f s0{}, s1{}, s2{}, s3{};
         for (int64_t mm = 0; mm < m; ++mm) {
-          const float* r0 = table + int64_t(codes[i * m + mm]) * W;
-          const float* r1 = table + int64_t(codes[(i + 1) * m + mm]) * W;
-          const float* r2 = table + int64_t(codes[(i + 2) * m + mm]) * W;
-          const float* r3 = table + int64_t(codes[(i + 3) * m + mm]) * W;
-          for (int v = 0; v < V; ++v) {
-            s0[v] += load8(r0 + v * LANES);
-            s1[v] += load8(r1 + v * LANES);
-            s2[v] += load8(r2 + v * LANES);
-            s3[v] += load8(r3 + v * LANES);
-          }
+          s0 += load8(table + int64_t(codes[i * m + mm]) * LANES);
+          s1 += load8(table + int64_t(codes[(i + 1) * m + mm]) * LANES);
+          s2 += load8(table + int64_t(codes[(i + 2) * m + mm]) * LANES);
+          s3 += load8(table + int64_t(codes[(i + 3) * m + mm]) * LANES);
         }
-        for (int v = 0; v < V; ++v) best += s0[v] + s1[v] + s2[v] + s3[v];  // kept alive
+        best += s0 + s1 + s2 + s3;  // kept, so the compiler cannot drop the loop
       }
       for (; i < hi; ++i)
-        for (int64_t mm = 0; mm < m; ++mm)
-          for (int v = 0; v < V; ++v)
-            best += load8(table + int64_t(codes[i * m + mm]) * W + v * LANES);
+        for (int64_t mm = 0; mm < m; ++mm) best += load8(table + int64_t(codes[i * m + mm]) * LANES);
     }
     out[chunk] = best[0] + best[7];
   }
-}
-}  // namespace
-
-int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n, int64_t m,
-                              int64_t groups, int lanes, float* out, int n_threads) {
-  if (n < 0 || m <= 0 || groups <= 0 || table == nullptr || out == nullptr) return kBadArgument;
-  // The catalog scan's inner loop (per item, position and group of `lanes` queries, one or
-  // two 8-lane loads and adds; four items in flight), with every position reading the same
-  // (256, lanes) table, so no lookup misses L1 and no top-k is kept: the lookup throughput
-  // of this core for the scan's work.
-  if (lanes == LANES)
-    lookup_floor<LANES>(table, codes, n, m, groups, out, n_threads);
-  else if (lanes == 2 * LANES)
-    lookup_floor<2 * LANES>(table, codes, n, m, groups, out, n_threads);
-  else
-    return kBadArgument;
   return kOk;
 }
 
@@ -400,7 +349,6 @@ int holistic_topk_f32(const float* table, int interleaved, int64_t b, int64_t m,
                       int64_t c, const uint8_t* item_mask, int64_t mask_stride, float divisor,
                       int64_t topk, float* out_scores, int64_t* out_ids, int n_threads) {
   if (b < 0 || m <= 0 || k <= 0 || n < 0 || topk < 0 || divisor <= 0.0f) return kBadArgument;
-  if (interleaved != 0 && interleaved != LANES && interleaved != 2 * LANES) return kBadArgument;
   if (c > 0 && candidates == nullptr) return kBadArgument;
   if (b == 0 || topk == 0) return kOk;
   const Problem p{table, interleaved, b, m, k, n, candidates, c, item_mask, mask_stride, divisor, topk};

@@ -15,10 +15,9 @@ Floors (CPU, kind "floor"; the table's "x floor" column divides each row by it):
 * B=1: ``stream_read_floor``, a native sum of the same (N, M) uint8 code buffer read as
   64-bit words with the bench's threads: the time to read the code table once from memory,
   which no scan can beat.
-* B>1: ``holistic_lookup_floor_f32``, the scan's own lookups (per item, position and group
-  of 8 queries, 16 past B=8: one or two eight-lane loads and adds over the same codes, four
-  items in flight) with every position reading one L1-resident (K, lanes) table and no
-  top-k: the lookup throughput of this core for the work.
+* B>1: ``holistic_lookup_floor_f32``, the scan's own lookups (B/8 x N x M eight-lane loads
+  and adds over the same codes, four items in flight) with every position reading one
+  L1-resident (256, 8) table and no top-k: the lookup throughput of this core for the work.
 
 Inputs are random from a fixed seed: token scores are log-softmax of N(0, 1) logits, codes
 uniform uint8.
@@ -105,20 +104,16 @@ def _floor_case(device, b, m, k, n, common) -> Case:
         from .. import _native
 
         lib = _native.cpu()
-        # The scan's layout: groups of 8 queries, of 16 past 8 (see backends/cpu/longid.py).
         lanes = lib.HOLISTIC_QUERY_LANES
-        if b > lanes:
-            lanes = lib.HOLISTIC_WIDE_QUERY_LANES
         _, codes = _inputs("cpu", b, m, k, n)
-        table = torch.randn(k, lanes, generator=torch.Generator().manual_seed(SEED))
+        table = torch.randn(256, lanes, generator=torch.Generator().manual_seed(SEED))
         out = torch.empty(-(-n // 1024))
         groups = -(-b // lanes)
-        note = (f"{groups} x {n:,} x {m} lookups of {lanes} queries ({lanes // 8} 8-lane "
-                f"loads and adds each) over the same codes, every position reading one "
-                f"L1-resident {k * lanes * 4 // 1024} KB table, no top-k, "
+        note = (f"{groups} x {n:,} x {m} {lanes}-lane table loads and adds over the same "
+                f"codes, every position reading one L1-resident 8 KB table, no top-k, "
                 f"{_native.n_threads()} threads: the scan's lookups with no cache miss")
         return (lambda: lib.holistic_lookup_floor_f32(table.data_ptr(), codes.data_ptr(), n, m,
-                                                      groups, lanes, out.data_ptr(),
+                                                      groups, out.data_ptr(),
                                                       _native.n_threads())), note
     return Case(impl="floor: L1-resident lookups", kind="floor", setup=lookup_setup, skip=skip,
                 **common)

@@ -6,9 +6,8 @@
 // with score -inf and id -1.
 //
 // Layouts (row-major, contiguous):
-//   table        (B, M, K) float32, or query-interleaved by the caller into
-//                (ceil(B/L), M, K, L) when `interleaved` = L is kHolisticQueryLanes or
-//                kHolisticWideQueryLanes (0: not interleaved)
+//   table        (B, M, K) float32, query-interleaved by the caller into
+//                (ceil(B/L), M, K, L), L = kHolisticQueryLanes, when `interleaved` is set
 //   codes        (N, M) of 1, 2, 4 or 8-byte integers (code_bytes; 1 = unsigned)
 //   candidates   (B, C) int64: score only these ids (-1 = padding, duplicates once); C < 0
 //                scores the whole catalog (candidates unread). C = 0 scores no item: an empty
@@ -19,11 +18,10 @@
 // Two benchmark floors for `semid-fast bench` (no op calls them):
 //   stream_read_floor          sums n_bytes as 64-bit words (n_threads threads): the time to
 //                              read a buffer once from memory. out_sum: one uint64.
-//   holistic_lookup_floor_f32  the catalog scan's lookups for `groups` groups of `lanes`
-//                              (8 or 16) queries over (N, M) uint8 codes, every position
-//                              reading one L1-resident (256, lanes) table: the lookup
-//                              throughput with no cache miss and no top-k.
-//                              out: ceil(N / 1024) floats (to keep the work alive).
+//   holistic_lookup_floor_f32  the catalog scan's lookups for `groups` groups of 8 queries
+//                              over (N, M) uint8 codes, every position reading one L1-resident
+//                              (256, 8) table: the lookup throughput with no cache miss and no
+//                              top-k. out: ceil(N / 1024) floats (to keep the work alive).
 #pragma once
 #include <cstdint>
 
@@ -31,10 +29,8 @@
 
 namespace semid_fast {
 
-// The catalog scan reads the table entries of this many queries with one vector load; with
-// more queries than that, of twice as many with two loads from one cache line.
+// The catalog scan reads the table entries of this many queries with one vector load.
 constexpr int kHolisticQueryLanes = 8;
-constexpr int kHolisticWideQueryLanes = 2 * kHolisticQueryLanes;
 
 #define SEMID_FAST_DECLARE_CPU_LONGID(ns)                                                      \
   namespace ns {                                                                              \
@@ -46,8 +42,7 @@ constexpr int kHolisticWideQueryLanes = 2 * kHolisticQueryLanes;
   int stream_read_floor(const uint8_t* bytes, int64_t n_bytes, uint64_t* out_sum,             \
                         int n_threads);                                                       \
   int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n,           \
-                                int64_t m, int64_t groups, int lanes, float* out,             \
-                                int n_threads);                                               \
+                                int64_t m, int64_t groups, float* out, int n_threads);          \
   }
 
 SEMID_FAST_DECLARE_CPU_LONGID(isa_avx2)

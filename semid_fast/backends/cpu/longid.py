@@ -18,14 +18,11 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
     b, m, kc = token_scores.shape
     n = codes.shape[0]
     table = token_scores.float()
-    lanes = 0  # not interleaved
-    if candidates is None and b >= 2:
+    interleaved = candidates is None and b >= 2
+    if interleaved:
         # (B, M, K) -> (ceil(B/L), M, K, L): the kernel reads the entries of L queries (its
-        # vector lanes; twice as many, in one cache line, past one vector's worth of queries)
-        # with one or two loads, so they sit side by side.
+        # vector lanes) with one load, so they sit side by side.
         lanes = lib.HOLISTIC_QUERY_LANES
-        if b > lanes:
-            lanes = lib.HOLISTIC_WIDE_QUERY_LANES
         groups = -(-b // lanes)
         padded = table.new_zeros((groups * lanes, m, kc))
         padded[:b] = table
@@ -35,7 +32,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
     cand = None if candidates is None else candidates.long().contiguous()
     mask = None if item_mask is None else item_mask.contiguous().view(torch.uint8)
     status = lib.holistic_topk_f32(
-        table.data_ptr(), lanes, b, m, kc, codes.data_ptr(), codes.element_size(), n,
+        table.data_ptr(), int(interleaved), b, m, kc, codes.data_ptr(), codes.element_size(), n,
         0 if cand is None else cand.data_ptr(), -1 if cand is None else cand.shape[1],
         0 if mask is None else mask.data_ptr(), 0 if mask is None or mask.dim() == 1 else n,
         float(m) if mean else 1.0, k, scores.data_ptr(), ids.data_ptr(), _native.n_threads())
