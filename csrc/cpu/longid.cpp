@@ -337,7 +337,8 @@ int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t 
         best += s0 + s1 + s2 + s3;  // kept, so the compiler cannot drop the loop
       }
       for (; i < hi; ++i)
-        for (int64_t mm = 0; mm < m; ++mm) best += load8(table + int64_t(codes[i * m + mm]) * LANES);
+        for (int64_t mm = 0; mm < m; ++mm)
+          best += load8(table + int64_t(codes[i * m + mm]) * LANES);
     }
     out[chunk] = best[0] + best[7];
   }
