@@ -419,10 +419,20 @@ def test_cuda_launcher_states_its_k_limit_from_the_extension(monkeypatch):
     assert "k <= 4096" in cuda_longid.holistic_topk_refuses(4097)
 
 
+def _one_bad_score(value):
+    """(2, 3, 4) log-probs with -inf entries (legitimate) and one bad value among them."""
+    scores = torch.randn(2, 3, 4).log_softmax(-1)
+    scores[0, 0, 0] = -torch.inf
+    scores[1, 2, 3] = value
+    return scores
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.full((5, 3), 4), 2), ValueError, r"\[0, 4\)"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 2, dtype=torch.long), 2), ValueError, "M=3"),
     (lambda: sf.holistic_topk(torch.full((2, 3, 4), float("nan")), torch.zeros(5, 3, dtype=torch.long), 2), ValueError, "NaN"),
+    (lambda: sf.holistic_topk(_one_bad_score(float("nan")), torch.zeros(5, 3, dtype=torch.uint8), 2), ValueError, "NaN or \\+inf"),
+    (lambda: sf.holistic_topk(_one_bad_score(float("inf")), torch.zeros(5, 3, dtype=torch.uint8), 2), ValueError, "NaN or \\+inf"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3), 2), TypeError, "codes must have dtype"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 0), ValueError, "k must"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 2, reduce="max"), ValueError, "reduce"),
