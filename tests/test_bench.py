@@ -102,6 +102,32 @@ def test_speedups_read_against_the_group_baseline():
     assert "base" in table and "4.00x" in table and "0.50x" in table
 
 
+def test_rows_are_read_against_the_group_floor():
+    floor = _case("floor: read once", kind="floor")
+    rows = [harness.Result(_case("reference", backend="reference"), "ok", times_s=(8.0,)),
+            harness.Result(_case("cpu", backend="cpu"), "ok", times_s=(3.0,)),
+            harness.Result(floor, "ok", times_s=(2.0,)),
+            harness.Result(_case("cpu", backend="cpu", op="other"), "ok", times_s=(1.0,))]
+    harness.fill_comparisons(rows)
+    assert [r.over_floor for r in rows] == [4.0, 1.5, None, None]  # 'other' has no floor
+    assert rows[1].to_json()["times_floor"] == 1.5
+    table = harness.format_table(rows)
+    assert "x floor" in table and "1.50x" in table and "floor: read once" in table
+
+
+def test_per_call_rows_report_the_median_call():
+    """One slow call in each run of PER_CALL_RUN (a preemption) does not move the median."""
+    calls = []
+
+    def fn():
+        calls.append(None)
+        if len(calls) % harness.PER_CALL_RUN == 0:
+            time.sleep(2e-3)
+    runs, timed = harness.measure(fn, "cpu", 0.01, per_call=True)
+    assert timed == len(runs) * harness.PER_CALL_RUN and timed >= harness.PER_CALL_RUN
+    assert max(runs) < 1e-3
+
+
 def test_run_cases_writes_after_each_row():
     seen = []
     cases = [_case("reference", backend="reference"), _case("cpu", backend="cpu"),
