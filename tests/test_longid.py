@@ -97,8 +97,13 @@ def test_half_token_scores_are_read_as_float32():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_thread_count_does_not_change_results():
-    scores, codes = make(3, 16, 256, 5000, torch.uint8, seed=6)
+@pytest.mark.parametrize("b", [1, 3])
+def test_thread_count_does_not_change_results(b, monkeypatch):
+    from semid_fast.backends.cpu import longid as cpu_longid
+
+    # Every scan in parallel, however small (the launcher keeps small ones on one thread).
+    monkeypatch.setattr(cpu_longid, "_PARALLEL_MIN_LOOKUPS", 0)
+    scores, codes = make(b, 16, 256, 5000, torch.uint8, seed=6)
     first = sf.holistic_topk(scores, codes, 64, backend="cpu")
     threads = torch.get_num_threads()
     try:
