@@ -102,6 +102,32 @@ def test_speedups_read_against_the_group_baseline():
     assert "base" in table and "4.00x" in table and "0.50x" in table
 
 
+def test_rows_are_read_against_the_group_floor():
+    floor = _case("floor: read once", kind="floor")
+    rows = [harness.Result(_case("reference", backend="reference"), "ok", times_s=(8.0,)),
+            harness.Result(_case("cpu", backend="cpu"), "ok", times_s=(3.0,)),
+            harness.Result(floor, "ok", times_s=(2.0,)),
+            harness.Result(_case("cpu", backend="cpu", op="other"), "ok", times_s=(1.0,))]
+    harness.fill_comparisons(rows)
+    assert [r.over_floor for r in rows] == [4.0, 1.5, None, None]  # 'other' has no floor
+    assert rows[1].to_json()["times_floor"] == 1.5
+    table = harness.format_table(rows)
+    assert "x floor" in table and "1.50x" in table and "floor: read once" in table
+
+
+def test_per_call_rows_report_the_median_call():
+    """One slow call in each run of PER_CALL_RUN (a preemption) does not move the median."""
+    calls = []
+
+    def fn():
+        calls.append(None)
+        if len(calls) % harness.PER_CALL_RUN == 0:
+            time.sleep(2e-3)
+    runs, timed = harness.measure(fn, "cpu", 0.01, per_call=True)
+    assert timed == len(runs) * harness.PER_CALL_RUN and timed >= harness.PER_CALL_RUN
+    assert max(runs) < 1e-3
+
+
 def test_run_cases_writes_after_each_row():
     seen = []
     cases = [_case("reference", backend="reference"), _case("cpu", backend="cpu"),
@@ -183,3 +209,61 @@ def test_the_package_holds_no_e2e_pipelines():
     package = Path(semid_fast.bench.__file__).parent
     assert not (package / "e2e").exists()
     assert not [p for p in package.glob("*.py") if "RQVAE" in p.read_text()]
+
+
+def test_scaling_slopes_read_the_growth_of_a_line():
+    from semid_fast.bench import scaling
+
+    def line(times):
+        return [scaling.Point("op", "impl", "ours", 1, n, "ok", [t]) for n, t in times]
+
+    linear = scaling.slopes(line([(10, 1.0), (100, 10.0), (1000, 100.0)]))
+    assert linear["slope"] == pytest.approx(1.0) and linear["slope_last"] == pytest.approx(1.0)
+    bent = scaling.slopes(line([(10, 1.0), (100, 10.0), (1000, 1000.0)]))
+    assert bent["slope_last"] == pytest.approx(2.0) and 1.0 < bent["slope"] < 2.0
+    skipped = scaling.Point("op", "impl", "ours", 1, 10_000, "skipped", note="over the cap")
+    assert scaling.slopes(line([(10, 1.0)]) + [skipped])["slope"] is None
+
+
+def test_scaling_sweep_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
+    from semid_fast.bench import scaling
+
+    monkeypatch.setitem(scaling.SIZES, True, (300, 3_000))
+    out = tmp_path / "scaling"
+    status = bench_main(["bench", "--scaling", "--quick", "--out", str(out),
+                         "--min-time", "0.005"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "slope" in printed and "N=3,000" in printed
+    payload = json.loads((out / "semid_fast_scaling.json").read_text())
+    assert payload["complete"] is True and payload["settings"]["sizes"] == [300, 3_000]
+    ops = {"rq_encode", "pq_encode", "holistic_topk", "SemanticIDTrie.from_codes"}
+    assert {p["op"] for p in payload["points"]} == ops
+    assert {p["threads"] for p in payload["points"]} == set(scaling.THREADS)
+    # Every line is ours, a peer or the reference at both sizes and thread counts.
+    for line in payload["lines"]:
+        mine = [p for p in payload["points"] if (p["op"], p["impl"], p["threads"]) ==
+                (line["op"], line["impl"], line["threads"])]
+        assert [p["n"] for p in mine] == [300, 3_000]
+        if all(p["status"] == "ok" for p in mine):
+            assert line["points"] == 2 and isinstance(line["slope"], float)
+            assert all(p["median_s"] > 0 for p in mine)
+        else:  # only a missing peer may skip
+            assert all("not installed" in p["note"] for p in mine if p["status"] != "ok")
+    assert {(line["op"], line["kind"]) for line in payload["lines"]} >= {
+        (op, "ours") for op in ops}
+    pytest.importorskip("matplotlib")
+    assert (out / "semid_fast_scaling.png").stat().st_size > 0
+
+
+def test_scaling_skips_a_size_over_the_memory_cap(tmp_path, monkeypatch):
+    from semid_fast.bench import scaling
+
+    monkeypatch.setitem(scaling.SIZES, True, (300,))
+    monkeypatch.setattr(scaling, "memory_bytes", lambda: 4.0 * 300 * scaling.D)  # x alone fills it
+    out = tmp_path / "scaling"
+    assert bench_main(["bench", "--scaling", "--quick", "--out", str(out),
+                       "--min-time", "0.005"]) == 0
+    points = json.loads((out / "semid_fast_scaling.json").read_text())["points"]
+    encode = [p for p in points if p["op"] in ("rq_encode", "pq_encode")]
+    assert encode and all(p["status"] == "skipped" and "cap" in p["note"] for p in encode)

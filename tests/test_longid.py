@@ -33,10 +33,10 @@ def make(b, m, k, n, dtype, seed):
     return scores, codes
 
 
-# (B, M, K, N, k): B of 1 (scalar scan), 2..9 (interleaved groups of 8, ragged), N off every
-# chunk size (1024 items), k > N.
+# (B, M, K, N, k): B of 1 (scalar scan), 2..17 (interleaved groups of 8, ragged), N off every
+# chunk size (1024 items) and item block (256), M off the position slice (4 at K=256), k > N.
 SHAPES = [(1, 8, 16, 37, 5), (3, 16, 256, 1000, 10), (9, 4, 7, 50, 60), (8, 64, 256, 2051, 100),
-          (2, 3, 300, 200, 7), (1, 32, 256, 1025, 1)]
+          (2, 3, 300, 200, 7), (1, 32, 256, 1025, 1), (17, 10, 256, 700, 20)]
 
 
 @pytest.mark.parametrize("backend,dtype,b,m,k,n,topk", topk_cases(CPU_BACKENDS, SHAPES))
@@ -97,8 +97,13 @@ def test_half_token_scores_are_read_as_float32():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_thread_count_does_not_change_results():
-    scores, codes = make(3, 16, 256, 5000, torch.uint8, seed=6)
+@pytest.mark.parametrize("b", [1, 3])
+def test_thread_count_does_not_change_results(b, monkeypatch):
+    from semid_fast.backends.cpu import longid as cpu_longid
+
+    # Every scan in parallel, however small (the launcher keeps small ones on one thread).
+    monkeypatch.setattr(cpu_longid, "_PARALLEL_MIN_LOOKUPS", 0)
+    scores, codes = make(b, 16, 256, 5000, torch.uint8, seed=6)
     first = sf.holistic_topk(scores, codes, 64, backend="cpu")
     threads = torch.get_num_threads()
     try:
@@ -419,10 +424,20 @@ def test_cuda_launcher_states_its_k_limit_from_the_extension(monkeypatch):
     assert "k <= 4096" in cuda_longid.holistic_topk_refuses(4097)
 
 
+def _one_bad_score(value):
+    """(2, 3, 4) log-probs with -inf entries (legitimate) and one bad value among them."""
+    scores = torch.randn(2, 3, 4).log_softmax(-1)
+    scores[0, 0, 0] = -torch.inf
+    scores[1, 2, 3] = value
+    return scores
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.full((5, 3), 4), 2), ValueError, r"\[0, 4\)"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 2, dtype=torch.long), 2), ValueError, "M=3"),
     (lambda: sf.holistic_topk(torch.full((2, 3, 4), float("nan")), torch.zeros(5, 3, dtype=torch.long), 2), ValueError, "NaN"),
+    (lambda: sf.holistic_topk(_one_bad_score(float("nan")), torch.zeros(5, 3, dtype=torch.uint8), 2), ValueError, "NaN or \\+inf"),
+    (lambda: sf.holistic_topk(_one_bad_score(float("inf")), torch.zeros(5, 3, dtype=torch.uint8), 2), ValueError, "NaN or \\+inf"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3), 2), TypeError, "codes must have dtype"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 0), ValueError, "k must"),
     (lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 2, reduce="max"), ValueError, "reduce"),

@@ -98,6 +98,8 @@ PYBIND11_MODULE(_C, m) {
   SEMID_FAST_KERNEL_512(m, kmeans_update_f32);
   SEMID_FAST_KERNEL_512(m, kmeanspp_f32);
   SEMID_FAST_KERNEL(m, holistic_topk_f32);
+  SEMID_FAST_KERNEL(m, stream_read_floor);
+  SEMID_FAST_KERNEL(m, holistic_lookup_floor_f32);
   SEMID_FAST_KERNEL(m, trie_sort);
   SEMID_FAST_KERNEL(m, trie_fill);
   SEMID_FAST_KERNEL(m, trie_beam_step);

@@ -4,7 +4,7 @@
 // Two scans over the item codes, both streaming each item's codes once:
 // * several queries: the caller interleaves the lookup tables 8 queries wide, so one code
 //   fetches one 8-float vector (8 queries) and a single add accumulates them: no gathers;
-// * one query: scalar lookups, four items in flight to hide the load latency.
+// * one query: scalar lookups, eight items in flight to hide the load latency.
 // Each thread keeps its own top-k per query over the item chunks it takes; the per-thread
 // lists are merged at the end. Sums run over m in order, like the reference, so the scores
 // agree bit for bit.
@@ -94,12 +94,20 @@ inline float score_one(const Problem& p, const float* tq, int64_t stride, Reader
   return s / p.divisor;
 }
 
-// Items [lo, hi) against the 8 queries of group g (interleaved tables).
+// Items [lo, hi) against the 8 queries of group g (interleaved tables). A group's table is
+// M * K * 32 bytes (512 KB at M=64, K=256), far above L1, so the items go in blocks of
+// BLOCK and the positions in slices whose table part fits L1 (SLICE_BYTES); a running
+// partial sum per item carries the sum from slice to slice, so each item still sums over m
+// in order. Every lookup then hits L1 instead of L2.
+constexpr int64_t BLOCK = 256;
+constexpr int64_t SLICE_BYTES = 32 * 1024;
+
 template <typename Reader>
 bool scan_group(const Problem& p, Reader code, int64_t g, int64_t lo, int64_t hi,
                 Hits* heaps) {
   const float* tg = p.table + g * p.m * p.k * LANES;
   const int64_t lanes = std::min<int64_t>(LANES, p.b - g * LANES);
+  const int64_t slice = std::max<int64_t>(1, SLICE_BYTES / (p.k * LANES * 4));
   float thr[LANES];
   for (int q = 0; q < LANES; ++q) thr[q] = q < lanes ? threshold(heaps[q]) : 0.0f;
   auto offer = [&](v8f s, int64_t item) {
@@ -110,64 +118,68 @@ bool scan_group(const Problem& p, Reader code, int64_t g, int64_t lo, int64_t hi
         thr[q] = threshold(heaps[q]);
       }
   };
-  int64_t i = lo;
-  for (; i + 4 <= hi; i += 4) {
-    v8f s0{}, s1{}, s2{}, s3{};
-    for (int64_t mm = 0; mm < p.m; ++mm) {
-      const float* row = tg + mm * p.k * LANES;
-      s0 += load8(row + code(i, mm) * LANES);
-      s1 += load8(row + code(i + 1, mm) * LANES);
-      s2 += load8(row + code(i + 2, mm) * LANES);
-      s3 += load8(row + code(i + 3, mm) * LANES);
+  v8f partial[BLOCK];
+  for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
+    const int64_t b1 = std::min(hi, b0 + BLOCK);
+    for (int64_t i = b0; i < b1; ++i) partial[i - b0] = v8f{};
+    for (int64_t m0 = 0; m0 < p.m; m0 += slice) {
+      const int64_t m1 = std::min(p.m, m0 + slice);
+      int64_t i = b0;
+      for (; i + 4 <= b1; i += 4) {
+        v8f* part = partial + (i - b0);
+        v8f s0 = part[0], s1 = part[1], s2 = part[2], s3 = part[3];
+        for (int64_t mm = m0; mm < m1; ++mm) {
+          const float* row = tg + mm * p.k * LANES;
+          s0 += load8(row + code(i, mm) * LANES);
+          s1 += load8(row + code(i + 1, mm) * LANES);
+          s2 += load8(row + code(i + 2, mm) * LANES);
+          s3 += load8(row + code(i + 3, mm) * LANES);
+        }
+        part[0] = s0;
+        part[1] = s1;
+        part[2] = s2;
+        part[3] = s3;
+      }
+      for (; i < b1; ++i)
+        for (int64_t mm = m0; mm < m1; ++mm)
+          partial[i - b0] += load8(tg + (mm * p.k + code(i, mm)) * LANES);
     }
-    offer(s0, i);
-    offer(s1, i + 1);
-    offer(s2, i + 2);
-    offer(s3, i + 3);
-  }
-  for (; i < hi; ++i) {
-    v8f s{};
-    for (int64_t mm = 0; mm < p.m; ++mm)
-      s += load8(tg + (mm * p.k + code(i, mm)) * LANES);
-    offer(s, i);
+    for (int64_t i = b0; i < b1; ++i) offer(partial[i - b0], i);
   }
   return !code.bad;
 }
 
-// Items [lo, hi) against one query (plain tables). The positions are taken a slice at a
-// time so that the slice of the table (about 16 KB) stays in L1 while every item of the
-// chunk adds its lookups to a running partial sum; the sum order over m is unchanged.
+// Items [lo, hi) against one query (plain tables): eight items in flight, eight independent
+// add chains that hide the lookups' latency; each item's sum runs over m in order. The whole
+// (M, K) table is read from L1/L2 (64 KB at M=64, K=256): measured faster than taking the
+// positions a slice at a time through a buffer of partial sums.
 // Kept scalar: gcc's SLP pass would pack the eight lookups into a vector one lane at a time.
 template <typename Reader>
 __attribute__((optimize("no-tree-slp-vectorize"))) bool scan_single(
     const Problem& p, Reader code, int64_t q, int64_t lo, int64_t hi, Hits& heap) {
   const float* tq = p.table + q * p.m * p.k;
-  const int64_t slice = std::max<int64_t>(1, (16 * 1024 / 4) / p.k);
-  float partial[ITEM_CHUNK];
-  std::fill(partial, partial + (hi - lo), 0.0f);
-  for (int64_t m0 = 0; m0 < p.m; m0 += slice) {
-    const int64_t m1 = std::min(p.m, m0 + slice);
-    int64_t i = lo;
-    // Eight items in flight: eight independent add chains hide the lookups' latency.
-    for (; i + 8 <= hi; i += 8) {
-      float s[8];
-      for (int j = 0; j < 8; ++j) s[j] = partial[i - lo + j];
-      for (int64_t mm = m0; mm < m1; ++mm) {
-        const float* row = tq + mm * p.k;
-        for (int j = 0; j < 8; ++j) s[j] += row[code(i + j, mm)];
-      }
-      for (int j = 0; j < 8; ++j) partial[i - lo + j] = s[j];
-    }
-    for (; i < hi; ++i)
-      for (int64_t mm = m0; mm < m1; ++mm) partial[i - lo] += tq[mm * p.k + code(i, mm)];
-  }
+  constexpr int J = 8;
   float thr = threshold(heap);
-  for (int64_t i = lo; i < hi; ++i) {
-    const float s = partial[i - lo] / p.divisor;
-    if (s >= thr && !excluded(p, q, i)) {
-      heap.offer({s, i});
+  auto offer = [&](float s, int64_t item) {
+    s /= p.divisor;
+    if (s >= thr && !excluded(p, q, item)) {
+      heap.offer({s, item});
       thr = threshold(heap);
     }
+  };
+  int64_t i = lo;
+  for (; i + J <= hi; i += J) {
+    float s[J] = {};
+    for (int64_t mm = 0; mm < p.m; ++mm) {
+      const float* row = tq + mm * p.k;
+      for (int j = 0; j < J; ++j) s[j] += row[code(i + j, mm)];
+    }
+    for (int j = 0; j < J; ++j) offer(s[j], i + j);
+  }
+  for (; i < hi; ++i) {
+    float s = 0.0f;
+    for (int64_t mm = 0; mm < p.m; ++mm) s += tq[mm * p.k + code(i, mm)];
+    offer(s, i);
   }
   return !code.bad;
 }
@@ -279,6 +291,59 @@ int dispatch(const Problem& p, const void* codes, float* s, int64_t* ids, int n_
 }
 
 }  // namespace
+
+// Benchmark floors (semid-fast bench compares holistic_topk with them; no op calls them).
+
+int stream_read_floor(const uint8_t* bytes, int64_t n_bytes, uint64_t* out_sum, int n_threads) {
+  if (n_bytes < 0 || out_sum == nullptr || (n_bytes > 0 && bytes == nullptr)) return kBadArgument;
+  // Whole 64-byte lines per thread, four independent sums per thread: the loop runs at the
+  // memory's speed, not at the latency of one add chain.
+  const int64_t words = n_bytes / 8;
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(bytes);
+  uint64_t total = 0;
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static) reduction(+ : total)
+  for (int64_t line = 0; line < (words + 7) / 8; ++line) {
+    uint64_t acc[8] = {};
+    const int64_t lo = line * 8, hi = std::min(words, lo + 8);
+    for (int64_t i = lo; i < hi; ++i) acc[i - lo] += w[i];
+    for (uint64_t a : acc) total += a;
+  }
+  for (int64_t i = words * 8; i < n_bytes; ++i) total += bytes[i];
+  *out_sum = total;
+  return kOk;
+}
+
+int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n, int64_t m,
+                              int64_t groups, float* out, int n_threads) {
+  if (n < 0 || m <= 0 || groups <= 0 || table == nullptr || out == nullptr) return kBadArgument;
+  // The catalog scan's inner loop (one 8-lane load and add per item, position and group of
+  // 8 queries, four items in flight), with every position reading the same 8 KB table
+  // (256 codes x 8 lanes), so no lookup misses L1 and no top-k is kept: the lookup
+  // throughput of this core for the scan's work.
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
+  for (int64_t chunk = 0; chunk < (n + ITEM_CHUNK - 1) / ITEM_CHUNK; ++chunk) {
+    const int64_t lo = chunk * ITEM_CHUNK, hi = std::min(n, lo + ITEM_CHUNK);
+    v8f best{};
+    for (int64_t g = 0; g < groups; ++g) {
+      int64_t i = lo;
+      for (; i + 4 <= hi; i += 4) {
+        v8f s0{}, s1{}, s2{}, s3{};
+        for (int64_t mm = 0; mm < m; ++mm) {
+          s0 += load8(table + int64_t(codes[i * m + mm]) * LANES);
+          s1 += load8(table + int64_t(codes[(i + 1) * m + mm]) * LANES);
+          s2 += load8(table + int64_t(codes[(i + 2) * m + mm]) * LANES);
+          s3 += load8(table + int64_t(codes[(i + 3) * m + mm]) * LANES);
+        }
+        best += s0 + s1 + s2 + s3;  // kept, so the compiler cannot drop the loop
+      }
+      for (; i < hi; ++i)
+        for (int64_t mm = 0; mm < m; ++mm)
+          best += load8(table + int64_t(codes[i * m + mm]) * LANES);
+    }
+    out[chunk] = best[0] + best[7];
+  }
+  return kOk;
+}
 
 int holistic_topk_f32(const float* table, int interleaved, int64_t b, int64_t m, int64_t k,
                       const void* codes, int code_bytes, int64_t n, const int64_t* candidates,

@@ -4,17 +4,26 @@ Usage::
 
     semid-fast bench [--quick] [--families quantize,...] [--device cpu|cuda] [--out DIR]
                      [--min-time S] [--only SUBSTRINGS] [--no-value-checks]
+    semid-fast bench --scaling [--quick] [--out DIR] [--min-time S]
     semid-fast bench --e2e [--systems tiger,rpg,...] [--quick] [--data PATH] [--device ...]
                      [--out DIR]
     python -m semid_fast.bench [same flags]
 
 Prints the device, versions and thread count, one line per row as it runs, then one table
-(op, shape, implementation and its kind: ours, reference or peer, median time, speed-up over
-the group's baseline row, throughput and, on GPUs, the share of the device's limit), and
+(op, shape, implementation and its kind: ours, reference, peer or floor, median time,
+speed-up over the group's baseline row, time over the group's floor row where it has one (a
+micro-kernel timing what the machine allows, e.g. one read of the inputs), throughput and, on
+GPUs, the share of the device's limit), and
 writes ``semid_fast_bench.json`` (rewritten after every row, so a run cut short keeps what it
 measured) and ``semid_fast_bench.png`` to ``--out`` (default ``bench_results/``). Ctrl-C or
 SIGTERM stops the run at once and still writes the table, JSON and PNG of the finished rows
 (exit status 130).
+
+``--scaling`` times rq_encode, pq_encode, holistic_topk and the trie build against the
+catalog size N (10^4 .. 10^7; ``--quick``: 10^3, 10^4) at 1 and 2 threads, ours beside faiss
+(the reference where faiss has no such op), and prints each line's fitted log-log slope
+(see :mod:`semid_fast.bench.scaling`); it writes ``semid_fast_scaling.json`` and
+``semid_fast_scaling.png``.
 
 ``--e2e`` runs the end-to-end pipelines of the seed systems instead. They train models and
 are not part of the package: they live in ``benchmarks/e2e/`` of a source checkout, found
@@ -42,6 +51,7 @@ FAMILIES = {
     "longid": "semid_fast.bench.longid",
     "gumbel": "semid_fast.bench.gumbel",
     "trie": "semid_fast.bench.trie",
+    "latency": "semid_fast.bench.latency",
 }
 
 # Seconds of timed calls per row (torch.utils.benchmark's min_run_time; do_bench's rep),
@@ -82,6 +92,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     bench.add_argument("--no-value-checks", action="store_true",
                        help="turn off semid_fast.config.check_values (the NaN/range scans "
                             "of the inputs) to time the kernels alone")
+    bench.add_argument("--scaling", action="store_true",
+                       help="time the main ops against N (10^4 .. 10^7) and threads (1, 2), "
+                            "with the log-log slope of each line, instead of the op families")
     bench.add_argument("--e2e", action="store_true",
                        help="run the end-to-end pipelines of the seed systems instead of the "
                             "op families")
@@ -101,11 +114,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.e2e and args.scaling:
+        bench_parser.error("--e2e and --scaling are two different runs: give one")
     if args.e2e:
         return _e2e(bench_parser, args)
     if args.systems is not None or args.data is not None:
         bench_parser.error("--systems and --data go with --e2e")
+    if args.scaling:
+        return _scaling(bench_parser, args)
     return _bench(bench_parser, args)
+
+
+def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import harness, scaling
+
+    if args.device == "cuda":
+        parser.error("--scaling times the CPU kernels and their CPU peers (--device cpu)")
+    if args.min_time is not None and not args.min_time > 0:
+        parser.error("--min-time must be > 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = harness.environment("cpu")
+    print(harness.describe_environment(env), flush=True)
+    min_time = args.min_time or MIN_TIME_S[args.quick]
+    status = scaling.run(args.quick, args.out, min_time, env, sys.argv)
+    if status == 130:
+        harness.exit_now(130)
+    return status
 
 
 def find_e2e() -> Path:

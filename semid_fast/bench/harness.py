@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-KINDS = ("ours", "reference", "peer")
+KINDS = ("ours", "reference", "peer", "floor")
 # A GPU call slower than this is timed by the Timer: do_bench would first run it 5 times to
 # estimate its cost.
 SLOW_CALL_S = 1.0
@@ -67,11 +67,15 @@ class Case:
     ``setup()`` returns the callable to time, or ``(callable, note)`` where the note says
     something the reader must know (e.g. that a peer's codes agree with the reference).
     ``backend`` names the semid_fast backend the case forces (None for a peer or an API
-    object); ``kind`` is "ours", "reference" or "peer" (default: from ``backend``);
+    object); ``kind`` is "ours", "reference", "peer" or "floor" (a micro-kernel that times
+    what the machine allows for the op's work, e.g. reading its inputs once; default: from
+    ``backend``);
     ``baseline`` is the impl of the group's baseline row (None: the group has none);
     ``requires`` lists modules a peer needs (missing: skipped); ``skip`` is a reason known when
     the case is made. ``flops`` / ``bytes`` give TFLOP/s / GB/s; ``dtype`` picks the device
-    limit they are compared with.
+    limit they are compared with. ``per_call`` (CPU latency rows) times every call on its
+    own and reports the median call, so the rare call that the OS preempts on a busy machine
+    does not count as the latency of all of them.
     """
 
     family: str
@@ -88,6 +92,7 @@ class Case:
     flops: float | None = None
     bytes: float | None = None
     dtype: str = "fp32"
+    per_call: bool = False
 
     def __post_init__(self):
         if not self.kind:
@@ -156,6 +161,7 @@ class Result:
     times_s: tuple[float, ...] = ()  # seconds per call, one value per timed run (block)
     calls: int = 0  # calls timed in all
     speedup: float | None = None
+    over_floor: float | None = None  # median / the median of the group's floor row
     limit: tuple[str, float] | None = None  # (name, value) of the device limit compared with
 
     @property
@@ -192,6 +198,7 @@ class Result:
             "status": self.status, "note": self.note, "median_s": self.median_s,
             "iqr_s": self.iqr_s, "runs": len(self.times_s), "calls": self.calls,
             "times_s": list(self.times_s), "speedup_vs_baseline": self.speedup,
+            "times_floor": self.over_floor,
             "flops": c.flops, "bytes": c.bytes, "tflops": self.tflops, "gbps": self.gbps,
             "limit_name": self.limit[0] if self.limit else None,
             "limit_value": self.limit[1] if self.limit else None,
@@ -204,8 +211,39 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 
 
-def measure(fn: Callable[[], object], device: str, min_time_s: float) -> tuple[list[float], int]:
-    """(seconds per call of each timed run, calls timed) for fn on device."""
+# Calls per timed run of a per-call row: each run reports the median of its calls. A call
+# slower than PER_CALL_MAX_S is timed like any other row (the clock's cost is nothing there).
+PER_CALL_RUN = 64
+PER_CALL_MAX_S = 1e-3
+
+
+def measure_per_call(fn: Callable[[], object], min_time_s: float) -> tuple[list[float], int]:
+    """(median seconds of the calls of each run of PER_CALL_RUN calls, calls timed): every
+    call timed on its own with perf_counter_ns, after PER_CALL_RUN warm-up calls."""
+    for _ in range(PER_CALL_RUN):
+        fn()
+    runs, calls, clock = [], 0, time.perf_counter_ns
+    deadline = time.perf_counter() + min_time_s
+    while not runs or time.perf_counter() < deadline:
+        times = []
+        for _ in range(PER_CALL_RUN):
+            start = clock()
+            fn()
+            times.append(clock() - start)
+        runs.append(statistics.median(times) / 1e9)
+        calls += PER_CALL_RUN
+    return runs, calls
+
+
+def measure(fn: Callable[[], object], device: str, min_time_s: float,
+            per_call: bool = False) -> tuple[list[float], int]:
+    """(seconds per call of each timed run, calls timed) for fn on device; ``per_call`` (CPU
+    only): see :func:`measure_per_call`."""
+    if per_call and device == "cpu":
+        start = time.perf_counter()
+        fn()
+        if time.perf_counter() - start < PER_CALL_MAX_S:
+            return measure_per_call(fn, min_time_s)
     if device == "cuda" and importlib.util.find_spec("triton") is not None:
         start = time.perf_counter()
         fn()  # warm-up: a Triton JIT compile or lazy CUDA set-up is never timed
@@ -231,7 +269,7 @@ def run_case(case: Case, min_time_s: float) -> Result:
     fn = None
     try:
         fn, note = case.prepare()
-        times, calls = measure(fn, case.device, min_time_s)
+        times, calls = measure(fn, case.device, min_time_s, case.per_call)
         return Result(case, "ok", note=note, times_s=tuple(times), calls=calls)
     except Exception as exc:  # one broken case must not hide the numbers of the others
         return Result(case, "error", note=f"{type(exc).__name__}: {exc}")
@@ -304,8 +342,10 @@ def device_limits(device: str) -> dict | None:
 
 
 def fill_comparisons(results: list[Result]) -> None:
-    """Speed-up of each row over its group's baseline row, and its device limit."""
+    """Speed-up of each row over its group's baseline row, its time over the group's floor
+    row (kind "floor") when it has one, and its device limit."""
     by_key = {(r.case.group, r.case.impl): r for r in results}
+    floors = {r.case.group: r for r in results if r.case.kind == "floor" and r.status == "ok"}
     limits = device_limits(results[0].case.device) if results else None
     for r in results:
         if r.status != "ok":
@@ -318,6 +358,9 @@ def fill_comparisons(results: list[Result]) -> None:
         base = by_key.get((c.group, c.baseline))
         if base is not None and base.status == "ok":
             r.speedup = base.median_s / r.median_s
+        floor = floors.get(c.group)
+        if floor is not None and floor is not r:
+            r.over_floor = r.median_s / floor.median_s
 
 
 def pytest_benchmark_case(benchmark, case: Case, min_time_s: float) -> None:
@@ -459,10 +502,11 @@ def _fmt_throughput(r: Result) -> str:
 
 
 def format_table(results: list[Result]) -> str:
-    """The result table (a blank line between groups; 'base' marks each group's baseline),
+    """The result table (a blank line between groups; 'base' marks each group's baseline;
+    'x floor' is the time over the group's floor row),
     then the notes and the skipped rows grouped by reason."""
     headers = ["op", "shape", "impl", "kind", "median", "IQR", "calls", "vs base",
-               "throughput", "% limit", "note"]
+               "x floor", "throughput", "% limit", "note"]
     rows, notes, skipped = [], [], {}
     for r in results:
         if r.status == "skipped":
@@ -477,10 +521,12 @@ def format_table(results: list[Result]) -> str:
         pct = r.pct_of_limit
         rows.append([r.case.op, r.case.shape, r.case.impl, r.case.kind,
                      fmt_time(r.median_s) if r.status == "ok" else "ERROR",
-                     fmt_time(r.iqr_s), str(r.calls or ""), vs, _fmt_throughput(r),
+                     fmt_time(r.iqr_s), str(r.calls or ""), vs,
+                     f"{r.over_floor:.2f}x" if r.over_floor is not None else "",
+                     _fmt_throughput(r),
                      f"{pct:.0f}%" if pct is not None else "", mark])
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
-    right = {4, 5, 6, 7, 8, 9}
+    right = {4, 5, 6, 7, 8, 9, 10}
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -511,7 +557,8 @@ def write_json(path: Path, env: dict, settings: dict, results: list[Result],
     os.replace(tmp, path)
 
 
-COLOURS = {"ours": "tab:blue", "reference": "tab:gray", "peer": "tab:orange"}
+COLOURS = {"ours": "tab:blue", "reference": "tab:gray", "peer": "tab:orange",
+           "floor": "tab:green"}
 
 
 def write_chart(path: Path, env: dict, results: list[Result]) -> bool:

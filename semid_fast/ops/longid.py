@@ -71,7 +71,9 @@ def _check_scores_codes(op, token_scores, codes):
         _checks.codes_in_range(codes, k, "codes")
     if _checks.scanning() and token_scores.numel():
         # -inf is a legitimate log-probability (an impossible token); NaN and +inf are not.
-        if bool(torch.isnan(token_scores).any() | torch.isposinf(token_scores).any()):
+        # max() propagates NaN and shows +inf: one reduction and no boolean copies (a fifth
+        # of isnan | isposinf, which cost more than the whole scan of a 1k-item catalog).
+        if not bool(token_scores.max() < torch.inf):
             raise ValueError("token_scores contains NaN or +inf")
     return device
 

@@ -14,6 +14,14 @@
 //                list has a null pointer too, so the pointer never says "absent".
 //   item_mask    uint8, nullptr, (N,) (mask_stride 0) or (B, N) (mask_stride N): 1 = exclude
 //   out_scores   (B, topk) float32, out_ids (B, topk) int64
+//
+// Two benchmark floors for `semid-fast bench` (no op calls them):
+//   stream_read_floor          sums n_bytes as 64-bit words (n_threads threads): the time to
+//                              read a buffer once from memory. out_sum: one uint64.
+//   holistic_lookup_floor_f32  the catalog scan's lookups for `groups` groups of 8 queries
+//                              over (N, M) uint8 codes, every position reading one L1-resident
+//                              (256, 8) table: the lookup throughput with no cache miss and no
+//                              top-k. out: ceil(N / 1024) floats (to keep the work alive).
 #pragma once
 #include <cstdint>
 
@@ -31,6 +39,10 @@ constexpr int kHolisticQueryLanes = 8;
                         const int64_t* candidates, int64_t c, const uint8_t* item_mask,       \
                         int64_t mask_stride, float divisor, int64_t topk, float* out_scores,  \
                         int64_t* out_ids, int n_threads);                                     \
+  int stream_read_floor(const uint8_t* bytes, int64_t n_bytes, uint64_t* out_sum,             \
+                        int n_threads);                                                       \
+  int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n,           \
+                                int64_t m, int64_t groups, float* out, int n_threads);          \
   }
 
 SEMID_FAST_DECLARE_CPU_LONGID(isa_avx2)

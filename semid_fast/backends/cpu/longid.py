@@ -8,6 +8,10 @@ from ... import _native
 
 __all__ = ["holistic_topk"]
 
+# Lookups (queries x items x positions) below which the scan runs on one thread: about a
+# millisecond of work, less than what waking a second thread costs when its core is busy.
+_PARALLEL_MIN_LOOKUPS = 1 << 22
+
 
 def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                   candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
@@ -35,5 +39,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
         table.data_ptr(), int(interleaved), b, m, kc, codes.data_ptr(), codes.element_size(), n,
         0 if cand is None else cand.data_ptr(), -1 if cand is None else cand.shape[1],
         0 if mask is None else mask.data_ptr(), 0 if mask is None or mask.dim() == 1 else n,
-        float(m) if mean else 1.0, k, scores.data_ptr(), ids.data_ptr(), _native.n_threads())
+        float(m) if mean else 1.0, k, scores.data_ptr(), ids.data_ptr(),
+        _native.n_threads() if b * (n if cand is None else cand.shape[1]) * m
+        >= _PARALLEL_MIN_LOOKUPS else 1)
     _native.check_cpu_status(status, "holistic_topk")
