@@ -115,7 +115,7 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
         # A named backend is checked now; which one runs also depends on the scores' dtype.
         _backends.choose(backend, trie.device, "trie", "constrain_logits", op=_OP)
         if eos_token_id is not None and not _is_token(eos_token_id):
-            raise TypeError(f"eos_token_id must be a non-negative int or None, got "
+            raise TypeError(f"eos_token_id must be an int in [0, 2**63) or None, got "
                             f"{eos_token_id!r}")
         suffix = _suffix_list(suffix_token_ids)
         if eos_token_id is not None and eos_token_id in suffix:
@@ -217,6 +217,9 @@ class SemanticIDLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids (R, T) int64, scores (R, V) float -> (R, V) scores with the tokens that
         leave the catalog at -inf (a new tensor)."""
+        for name, value in (("input_ids", input_ids), ("scores", scores)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         if input_ids.dim() != 2 or scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
             raise ValueError(f"input_ids (R, T) and scores (R, V) must share R, got "
                              f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
@@ -301,7 +304,8 @@ class _Generation:
 
 
 def _is_token(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A token id the kernels can hold: a non-negative int below 2**63."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _suffix_list(suffix_token_ids) -> list[int]:
@@ -320,7 +324,7 @@ def _suffix_list(suffix_token_ids) -> list[int]:
     out = list(suffix_token_ids)
     bad = [t for t in out if not _is_token(t)]
     if bad:
-        raise TypeError(f"suffix_token_ids must hold non-negative ints, got {bad[0]!r}")
+        raise TypeError(f"suffix_token_ids must hold ints in [0, 2**63), got {bad[0]!r}")
     return out
 
 
