@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -92,3 +94,17 @@ def code_dtype(dtype, k: int) -> torch.dtype:
     if k > limits[dtype]:
         raise ValueError(f"code_dtype {dtype} cannot hold codes of K={k} codewords")
     return dtype
+
+
+@contextlib.contextmanager
+def allocating(what: str):
+    """Around the allocation of an op's outputs: torch's failure to allocate them (a size past
+    what int64 bytes can count, or more memory than there is) becomes a MemoryError naming
+    what they were for, instead of torch's RuntimeError."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        if not any(sign in text for sign in ("allocate", "overflow", "out of memory")):
+            raise
+        raise MemoryError(f"cannot allocate {what}: {text.splitlines()[0]}") from error

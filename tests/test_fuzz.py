@@ -371,14 +371,6 @@ def _mutations(value):
 ALLOWED = (ValueError, TypeError, MemoryError)
 
 
-def _known(op, backend, checks, name, label, error) -> bool:
-    """The invalid-input failures that KNOWN_DEFECTS lists (below), skipped by the fuzz
-    cases; that list checks they still fail."""
-    if op == "holistic_topk" and backend == "reference" and not checks and name == "codes":
-        return isinstance(error, IndexError)
-    return False
-
-
 def run_op(op, log):
     """All cases of one op: valid (ours vs reference) and invalid, value checks on and off."""
     from hypothesis import HealthCheck, Phase, given, settings
@@ -434,8 +426,6 @@ def run_op(op, log):
                 except ALLOWED:
                     pass
                 except Exception as e:
-                    if _known(op, backend, checks, name, label, e):
-                        continue
                     record(f"invalid {name}:{label}, checks={checks}, backend={backend}", kw,
                            f"{type(e).__name__}: {str(e)[:300]}")
 
@@ -627,28 +617,6 @@ def _small_trie():
         return sf.SemanticIDTrie.from_codes(codes, vocab_sizes=[4, 4, 4])
 
 
-KNOWN_DEFECTS = {
-    # The reference backend of holistic_topk indexes token_scores by the codes: with value
-    # checks off, a negative code gives IndexError (the cpu kernel reports ValueError).
-    "holistic_topk reference, checks off, negative code": lambda sf: _checks_off(
-        lambda: sf.holistic_topk(torch.zeros(1, 1, 4), torch.full((3, 1), -5), 2,
-                                 backend="reference")),
-    # An output size in [2**62, 2**63) passes the int checks and overflows torch's size
-    # computation: RuntimeError("Storage size calculation overflowed") instead of ValueError.
-    # (Sizes in [2**30, 2**62) give torch's RuntimeError "can't allocate memory", not
-    # MemoryError, for the same reason: the (B, k) / (B, beam_width) outputs are allocated
-    # with torch.empty before anything bounds them.)
-    "holistic_topk k=2**62": lambda sf: sf.holistic_topk(
-        torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long), 2**62),
-    "constrained_beam_step beam_width=2**62": lambda sf: sf.constrained_beam_step(
-        torch.randn(2, 4), torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.long),
-        _small_trie(), 2**62),
-    "constrained_beam_search batch_size=2**62": lambda sf: sf.constrained_beam_search(
-        lambda s, t, p: torch.zeros(2, 4), _small_trie(), batch_size=2**62, beam_width=2),
-    "rq_init levels=2**62": lambda sf: sf.rq_init(torch.randn(10, 3), 2**62, 2),
-}
-
-
 def _checks_off(fn):
     import semid_fast as sf
     sf.config.check_values = False
@@ -656,6 +624,36 @@ def _checks_off(fn):
         return fn()
     finally:
         sf.config.check_values = True
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_holistic_codes_out_of_range_with_checks_off_are_value_errors(backend):
+    """The reference backend raised IndexError here (torch indexing) where the kernel reports a
+    status."""
+    import semid_fast as sf
+    with pytest.raises(ValueError, match="outside its range.*codes|outside its range"):
+        _checks_off(lambda: sf.holistic_topk(torch.zeros(1, 1, 4), torch.full((3, 1), -5), 2,
+                                             backend=backend))
+
+
+@pytest.mark.parametrize("size", [2**40, 2**62])
+def test_outputs_too_large_to_allocate_are_memory_errors(size):
+    """Sizes that pass the int checks but cannot be allocated (more memory than there is, or
+    more bytes than int64 counts) give MemoryError naming the argument."""
+    import semid_fast as sf
+    calls = {
+        "k=": lambda: sf.holistic_topk(torch.randn(2, 3, 4), torch.zeros(5, 3, dtype=torch.long),
+                                       size),
+        "beam_width=": lambda: sf.constrained_beam_step(
+            torch.randn(2, 4), torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.long),
+            _small_trie(), size),
+        "batch_size=": lambda: sf.constrained_beam_search(
+            lambda s, t, p: torch.zeros(2, 4), _small_trie(), batch_size=size, beam_width=2),
+        "levels=": lambda: sf.rq_init(torch.randn(10, 3), size, 2),
+    }
+    for name, call in calls.items():
+        with pytest.raises(MemoryError, match=name):
+            call()
 
 
 def test_logits_processor_checks_its_arguments():
@@ -669,14 +667,6 @@ def test_logits_processor_checks_its_arguments():
             proc(torch.zeros(1, 1, dtype=torch.long), bad)
     with pytest.raises(TypeError, match="eos_token_id"):
         SemanticIDLogitsProcessor(_small_trie(), tokens, eos_token_id=2**64)
-
-
-@pytest.mark.parametrize("name", list(KNOWN_DEFECTS))
-def test_known_defect_still_present(name):
-    import semid_fast as sf
-    with pytest.raises(Exception) as info:
-        KNOWN_DEFECTS[name](sf)
-    assert not isinstance(info.value, ALLOWED), "fixed: remove it from KNOWN_DEFECTS"
 
 
 if __name__ == "__main__":

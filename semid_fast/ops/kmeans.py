@@ -198,7 +198,8 @@ def rq_init(x: torch.Tensor, levels: int, k: int, *, iters: int = 20, seed: int 
     if seed + levels - 1 >= 2**63:
         raise ValueError(f"seed + levels - 1 must be < 2**63, got {seed + levels - 1}")
     residual = x32
-    books = torch.empty((levels, k, x32.shape[1]), dtype=torch.float32, device=x32.device)
+    with _checks.allocating(f"the (levels={levels}, k={k}, D={x32.shape[1]}) codebooks"):
+        books = torch.empty((levels, k, x32.shape[1]), dtype=torch.float32, device=x32.device)
     for level in range(levels):
         fit = _fit(residual, k, iters, seed + level, init, float(tol), name)
         books[level] = fit.centroids

@@ -27,8 +27,9 @@ def _holistic(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: boo
               candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     b = token_scores.shape[0]
-    scores = token_scores.new_empty((b, k), dtype=torch.float32)
-    ids = token_scores.new_empty((b, k), dtype=torch.long)
+    with _checks.allocating(f"the ({b}, k={k}) top-k outputs"):
+        scores = token_scores.new_empty((b, k), dtype=torch.float32)
+        ids = token_scores.new_empty((b, k), dtype=torch.long)
     _backends.launcher(backend, _FAMILY, "holistic_topk")(token_scores, codes, k, mean,
                                                           candidates, item_mask, scores, ids)
     return scores, ids

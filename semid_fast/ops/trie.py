@@ -566,8 +566,10 @@ def _beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor, states: torch
                max_children: int, beam_width: int, renormalize: bool,
                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, device = beam_scores.shape[0], beam_scores.device
-    out = (torch.empty((b, beam_width), dtype=torch.float32, device=device),
-           *(torch.empty((b, beam_width), dtype=torch.long, device=device) for _ in range(3)))
+    with _checks.allocating(f"the ({b}, beam_width={beam_width}) beam outputs"):
+        out = (torch.empty((b, beam_width), dtype=torch.float32, device=device),
+               *(torch.empty((b, beam_width), dtype=torch.long, device=device)
+                 for _ in range(3)))
     # The renormalising shift (per beam, the log-sum-exp over its valid children) is an
     # input of every backend's step.
     shift = None
@@ -863,9 +865,10 @@ def constrained_beam_search(step_fn, trie: SemanticIDTrie, *, batch_size: int, b
         pool_name = _backends.choose(backend, device, "trie", "pool_update",
                                      op="constrained_beam_search", args=dict(p=w, w=w))
     with_states = _takes_states(step_fn)
-    states = torch.full((b, w), -1, dtype=torch.long, device=device)
+    with _checks.allocating(f"the (batch_size={b}, beam_width={w}) beams"):
+        states = torch.full((b, w), -1, dtype=torch.long, device=device)
+        scores = torch.full((b, w), -torch.inf, device=device)
     states[:, 0] = 0
-    scores = torch.full((b, w), -torch.inf, device=device)
     scores[:, 0] = 0.0
     if pool:
         pool_scores = torch.full((b, w), -torch.inf, device=device)
