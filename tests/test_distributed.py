@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime
 import socket
+import sys
 import time
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +55,12 @@ def _child(rank, world, port, timeout_s, check, args, queue):
 def _launch(check, world, *args, timeout_s=GROUP_TIMEOUT_S, wait_s=90):
     """Runs check(rank, world, *args) in ``world`` processes; returns {rank: (kind, text)}
     and the seconds until the last outcome arrived."""
+    # A spawned child unpickles its target from this module, which pytest names
+    # tests.test_distributed: the repository root goes on the path the children inherit, last,
+    # so that they still import the installed semid_fast rather than the source tree.
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.append(root)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()

@@ -64,14 +64,21 @@ def test_batches_without_ray_match_the_ops():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
     pytest.importorskip("ray.data", reason="ray[data] is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    # Ray's workers put the driver's working directory first on their path: from the
+    # repository root they would import the source tree (no built extension), not the package.
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_driver"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray
+        ray.shutdown()
+    finally:
+        os.chdir(here)
 
 
 def test_ray_job_matches_rq_encode_and_survives_a_dead_worker(ray_cluster, tmp_path):
