@@ -31,8 +31,7 @@ import torch.distributed as dist
 
 from . import _backends, _checks
 from .ops import kmeans as _kmeans_ops
-from .ops.longid import ItemGraph, holistic_topk
-from .ops.quantize import MAX_K
+from .ops.longid import ItemGraph, _check_walk, holistic_topk
 from .reference import kmeans as _kmeans_ref
 from .reference.kmeans import KMeansResult
 
@@ -280,13 +279,7 @@ def sharded_graph_decode(token_scores: torch.Tensor, catalog: ShardedCatalog,
                          f"holds {n_local} items")
     _checks.codes_in_range(neighbors, n, "graph_shard")
     _checks.tensor(token_scores, "token_scores", 3, _checks.FLOAT_DTYPES, "(B, M, K)")
-    _checks.positive_int(beam_width, "beam_width")
-    _checks.positive_int(steps, "steps")
-    _checks.positive_int(k, "k")
-    if beam_width > n:
-        raise ValueError(f"beam_width must be <= N={n}, got {beam_width}")
-    if k > beam_width:
-        raise ValueError(f"k must be <= beam_width={beam_width}, got {k}")
+    _check_walk(n, beam_width, steps, k)
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     device = catalog.codes.device
@@ -370,17 +363,7 @@ def code_counts(codes: torch.Tensor, num_codes: int, *, group=None) -> torch.Ten
 
 def _check_kmeans(op: str, x, k, iters, seed, init, tol, backend, group):
     _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES, "(N_r, D)")
-    _checks.positive_int(k, "k")
-    if k > MAX_K:
-        raise ValueError(f"{op}: k={k}; at most {MAX_K} clusters are supported")
-    _checks.positive_int(iters, "iters", minimum=0)
-    _checks.positive_int(seed, "seed", minimum=0)
-    if seed >= 2**63:
-        raise ValueError(f"seed must be < 2**63, got {seed}")
-    if init not in _kmeans_ops.INITS:
-        raise ValueError(f"init must be one of {_kmeans_ops.INITS}, got {init!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a float >= 0, got {tol!r}")
+    _kmeans_ops._check_options(op, k, iters, seed, init, tol)
     _checks.finite(x, "x")
     _group_info(group, op)
     # Every rank learns every shard's shape, so a bad layout fails alike everywhere.

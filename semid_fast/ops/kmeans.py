@@ -85,14 +85,9 @@ def _fit(x: torch.Tensor, k: int, iters: int, seed: int, init: str, tol: float,
     return KMeansResult(centroids, codes, dist.double().sum(), n_iter)
 
 
-def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor, str]:
-    _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES, "(N, D)")
-    n, d = x.shape
-    if n == 0 or d == 0:
-        raise ValueError(f"{op}: x must have at least one row and one column, got {tuple(x.shape)}")
+def _check_options(op: str, k, iters, seed, init, tol) -> None:
+    """The fit's options (also checked by the distributed fit, before it knows N)."""
     _checks.positive_int(k, "k")
-    if k > n:
-        raise ValueError(f"{op}: k={k} clusters need at least k rows, x has N={n}")
     if k > MAX_K:
         raise ValueError(f"{op}: k={k}; at most {MAX_K} clusters are supported")
     _checks.positive_int(iters, "iters", minimum=0)
@@ -103,6 +98,16 @@ def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a float >= 0, got {tol!r}")
+
+
+def _check(op: str, x, k, iters, seed, init, tol, backend) -> tuple[torch.Tensor, str]:
+    _checks.tensor(x, "x", 2, _checks.FLOAT_DTYPES, "(N, D)")
+    n, d = x.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"{op}: x must have at least one row and one column, got {tuple(x.shape)}")
+    _check_options(op, k, iters, seed, init, tol)
+    if k > n:
+        raise ValueError(f"{op}: k={k} clusters need at least k rows, x has N={n}")
     _checks.finite(x, "x")
     name = _backends.choose(backend, x.device, FAMILY, "kmeans_assign", op=op)
     return x.detach().float().contiguous(), name

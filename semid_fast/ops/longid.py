@@ -257,6 +257,17 @@ class ItemGraph:
         return cls(neighbors)
 
 
+def _check_walk(n: int, beam_width, steps, k) -> None:
+    """The sizes of a graph walk over N items (also the sharded walk's)."""
+    _checks.positive_int(beam_width, "beam_width")
+    _checks.positive_int(steps, "steps")
+    _checks.positive_int(k, "k")
+    if beam_width > n:
+        raise ValueError(f"beam_width must be <= N={n}, got {beam_width}")
+    if k > beam_width:
+        raise ValueError(f"k must be <= beam_width={beam_width}, got {k}")
+
+
 def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGraph, *,
                  beam_width: int, steps: int, k: int, reduce: str = "sum",
                  seed: int | None = None, init: torch.Tensor | str | None = None,
@@ -308,13 +319,7 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
     b, n = token_scores.shape[0], codes.shape[0]
     if graph.num_items != n:
         raise ValueError(f"graph has {graph.num_items} items but codes have N={n}")
-    _checks.positive_int(beam_width, "beam_width")
-    _checks.positive_int(steps, "steps")
-    _checks.positive_int(k, "k")
-    if beam_width > n:
-        raise ValueError(f"beam_width must be <= N={n}, got {beam_width}")
-    if k > beam_width:
-        raise ValueError(f"k must be <= beam_width={beam_width}, got {k}")
+    _check_walk(n, beam_width, steps, k)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if seed is not None and not 0 <= seed < 2**63:
