@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from . import _backends, _checks
 from .ops import kmeans as _kmeans_ops
-from .ops.longid import ItemGraph, _check_walk, holistic_topk
+from .ops.longid import ItemGraph, _check_walk, _distinct_items, holistic_topk
 from .reference import kmeans as _kmeans_ref
 from .reference.kmeans import KMeansResult
 
@@ -328,10 +328,7 @@ def sharded_graph_decode(token_scores: torch.Tensor, catalog: ShardedCatalog,
     out = (scores[:, :k], beam[:, :k])
     if not return_visited:
         return out
-    ordered = torch.cat(scored, dim=1).sort(dim=1).values
-    first = ordered >= 0
-    first[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
-    return (*out, first.sum(1))
+    return (*out, _distinct_items(scored))
 
 
 def code_counts(codes: torch.Tensor, num_codes: int, *, group=None) -> torch.Tensor:

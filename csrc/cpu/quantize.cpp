@@ -129,6 +129,22 @@ struct Panels {
   float norm(int64_t c) const { return -2.0f * bias[c]; }
 };
 
+// One panel set per RQ level.
+std::vector<Panels> level_panels(const float* codebooks, int64_t levels, int64_t k,
+                                 int64_t d) {
+  std::vector<Panels> panels;
+  panels.reserve(levels);
+  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  return panels;
+}
+
+// No more beams than encodings exist (k^levels): the beam buffers scale with the width.
+int64_t useful_beam_width(int64_t beam_width, int64_t levels, int64_t k) {
+  int64_t encodings = 1;
+  for (int64_t l = 0; l < levels && encodings < beam_width; ++l) encodings *= k;
+  return std::min(beam_width, encodings);
+}
+
 // acc[r] = bias + rows[r] . panel columns, for TR rows with leading dimension ld. FIXED_D > 0
 // fixes the width at compile time, so short PQ sub-vectors run fully unrolled.
 template <int FIXED_D>
@@ -340,9 +356,7 @@ float squared_norm(const float* v, int64_t d) {
 int rq_encode_greedy(const float* x, int64_t n, int64_t d, const float* codebooks,
                      int64_t levels, int64_t k, int64_t* codes, float* quantized,
                      float* errors, int n_threads) {
-  std::vector<Panels> panels;
-  panels.reserve(levels);
-  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  std::vector<Panels> panels = level_panels(codebooks, levels, k, d);
   const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
   // Every thread's buffers (residuals, sums, scratch) allocated before the region.
   const int64_t per_thread = 2 * ROW_BLOCK * d + nearest_scratch(k);
@@ -431,14 +445,9 @@ struct BeamBuffers {
 int rq_encode_beam(const float* x, int64_t n, int64_t d, const float* codebooks,
                    int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
                    float* quantized, float* errors, int n_threads) {
-  std::vector<Panels> panels;
-  panels.reserve(levels);
-  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  std::vector<Panels> panels = level_panels(codebooks, levels, k, d);
   const int64_t kp = panels[0].n_panels * TC;
-  // No more beams than encodings exist (k^levels): the buffers below scale with the width.
-  int64_t encodings = 1;
-  for (int64_t l = 0; l < levels && encodings < beam_width; ++l) encodings *= k;
-  beam_width = std::min(beam_width, encodings);
+  beam_width = useful_beam_width(beam_width, levels, k);
   // About 64 beams per group, and the candidate scores within ~4 MB.
   const int64_t group = std::max<int64_t>(
       1, std::min<int64_t>(64 / beam_width, (int64_t(1) << 20) / (beam_width * kp)));
@@ -655,13 +664,9 @@ void lut_candidates(const float* s, const CrossTables& tables, int64_t l, int64_
 int rq_encode_beam_lut(const float* x, int64_t n, int64_t d, const float* codebooks,
                        int64_t levels, int64_t k, int64_t beam_width, int64_t* codes,
                        float* quantized, float* errors, int n_threads) {
-  std::vector<Panels> panels;
-  panels.reserve(levels);
-  for (int64_t l = 0; l < levels; ++l) panels.emplace_back(codebooks + l * k * d, k, d);
+  std::vector<Panels> panels = level_panels(codebooks, levels, k, d);
   const int64_t kp = panels[0].n_panels * TC;
-  int64_t encodings = 1;
-  for (int64_t l = 0; l < levels && encodings < beam_width; ++l) encodings *= k;
-  beam_width = std::min(beam_width, encodings);
+  beam_width = useful_beam_width(beam_width, levels, k);
   CrossTables tables;
   fill_cross_tables(codebooks, levels, k, d, panels, tables, n_threads);
   const int64_t n_blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;

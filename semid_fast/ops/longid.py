@@ -364,7 +364,12 @@ def graph_decode(token_scores: torch.Tensor, codes: torch.Tensor, graph: ItemGra
     if not return_visited:
         return out
     # Every item the walk scored is in some step's candidates (the start in the first).
+    return (*out, _distinct_items(scored))
+
+
+def _distinct_items(scored: list[torch.Tensor]) -> torch.Tensor:
+    """(B,) int64: how many distinct item ids (>= 0) the (B, C_i) candidate lists hold."""
     ordered = torch.cat(scored, dim=1).sort(dim=1).values
     first = ordered >= 0
     first[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
-    return (*out, first.sum(1))
+    return first.sum(1)
