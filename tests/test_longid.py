@@ -50,6 +50,91 @@ def test_holistic_topk_equals_reference_exactly(backend, dtype, b, m, k, n, topk
         assert (got[1][:, n:] == -1).all() and torch.isinf(got[0][:, n:]).all()
 
 
+# The bounded catalog scan (AVX-512 VBMI CPUs: uint8 codes, K <= 256, M in 16, 32, 64, 128,
+# 192, 256; whole chunks of 512 items, the rest exact) must give the exact scan's results bit
+# for bit, whatever the scores look like: N around the chunk size, peaked and flat tables, very
+# low (masked) entries, -inf, equal scores. Elsewhere these run the exact scan.
+BOUNDED_SHAPES = [(1, 16, 256, 511), (3, 16, 256, 2048 + 77), (1, 32, 256, 512),
+                  (2, 32, 200, 1025), (1, 64, 256, 5000), (9, 64, 256, 1536), (1, 128, 256, 1030),
+                  (4, 192, 256, 600), (2, 256, 256, 700)]
+
+
+def bounded_table(kind, b, m, k, g):
+    logits = torch.randn(b, m, k, generator=g)
+    if kind == "peaked":
+        logits = logits * 6
+    scores = logits.log_softmax(-1)
+    if kind == "masked":  # a fifth of the codes far below the rest, some -inf
+        scores[:, :, : k // 5] = -1e9
+        scores[:, 1, 7] = -torch.inf
+    if kind == "flat":  # many entries equal to their position's best
+        scores = scores.clamp_min(scores.median())
+    return scores
+
+
+@pytest.mark.parametrize("b,m,k,n", BOUNDED_SHAPES)
+@pytest.mark.parametrize("kind", ["normal", "peaked", "masked", "flat"])
+def test_bounded_scan_equals_reference_exactly(b, m, k, n, kind):
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    scores = bounded_table(kind, b, m, k, g)
+    codes = torch.randint(0, k, (n, m), generator=g, dtype=torch.uint8)
+    codes[n // 2: n // 2 + 40] = codes[3]  # equal scores: ties toward the smaller id
+    for topk, reduce in ((1, "sum"), (100, "mean"), (n + 3, "sum")):
+        got = sf.holistic_topk(scores, codes, topk, reduce=reduce, backend="cpu")
+        want = ref.holistic_topk(scores, codes, topk, reduce)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), (topk, reduce)
+
+
+@pytest.mark.parametrize("m", [16, 64])
+def test_bounded_scan_is_exact_where_its_bounds_are_tight(m):
+    # Entries -c/64 put every entry on the scan's grid (width 255/64, step 1/64), so an
+    # item's bound is its exact score: a threshold off by one step drops items that belong.
+    scores = -(torch.arange(256.0) / 64).expand(2, m, 256).contiguous()
+    scores[1] = scores[1].roll(7, dims=-1)
+    g = torch.Generator().manual_seed(m)
+    codes = torch.randint(0, 4, (6000, m), generator=g, dtype=torch.uint8)
+    codes[::7] += torch.randint(0, 250, (1, m), generator=g, dtype=torch.uint8)
+    for topk in (1, 37, 500):
+        got = sf.holistic_topk(scores, codes, topk, backend="cpu")
+        want = ref.holistic_topk(scores, codes, topk)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), topk
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_bounded_scan_with_masks_and_unchecked_nan_and_inf_scores(b):
+    g = torch.Generator().manual_seed(11)
+    scores = bounded_table("normal", b, 64, 256, g)
+    codes = torch.randint(0, 256, (3000, 64), generator=g, dtype=torch.uint8)
+    mask = torch.rand(b, 3000, generator=g) < 0.3
+    got = sf.holistic_topk(scores, codes, 50, item_mask=mask, backend="cpu")
+    want = ref.holistic_topk(scores, codes, 50, item_mask=mask)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    nan, inf, dead = scores.clone(), scores.clone(), scores.clone()
+    nan[:, 5, 9] = torch.nan  # items with that code score NaN and never rank
+    inf[0, 2, 4] = torch.inf  # no upper bound: the exact scan
+    dead[:, 3] = -torch.inf  # every score -inf: every item ranks, by id
+    nan_items = codes[:, 5] == 9  # the native scans skip them; the reference pads for them
+    sf.config.check_values = False
+    try:
+        for table, skipped in ((nan, nan_items), (inf, None), (dead, None)):
+            got = sf.holistic_topk(table, codes, 50, backend="cpu")
+            want = ref.holistic_topk(table, codes, 50, item_mask=skipped)
+            assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    finally:
+        sf.config.check_values = True
+
+
+def test_bounded_scan_reports_codes_past_k():
+    codes = torch.randint(0, 200, (2000, 16), dtype=torch.uint8)
+    codes[1500, 7] = 230  # inside a whole chunk
+    sf.config.check_values = False
+    try:
+        with pytest.raises(ValueError, match="outside"):
+            sf.holistic_topk(torch.randn(1, 16, 200), codes, 5, backend="cpu")
+    finally:
+        sf.config.check_values = True
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_ties_go_to_the_smaller_item_and_minus_inf_scores_are_items(backend):
     codes = torch.randint(0, 2, (300, 3), dtype=torch.uint8)

@@ -20,7 +20,7 @@
 namespace {
 
 // The widest kernels this CPU runs: 0 baseline, 1 AVX2+FMA, 2 AVX-512 (F, VL, BW, DQ; the
-// quantize and k-means kernels, the others running AVX2). SEMID_FAST_CPU_ISA=baseline|avx2
+// quantize, k-means and holistic kernels, the others running AVX2). SEMID_FAST_CPU_ISA=baseline|avx2
 // caps it (so that tests cover every build); unknown values change nothing.
 int isa_level() {
   static const int level = [] {
@@ -54,7 +54,7 @@ bool use_avx512() { return isa_level() >= 2; }
   semid_fast::bind::def_kernel(m, #name, &semid_fast::isa_base::name,                    \
                                &semid_fast::isa_base::name, use_avx2)
 #endif
-// The same for the kernels that also have an AVX-512 build (quantize, k-means).
+// The same for the kernels that also have an AVX-512 build (quantize, k-means, holistic).
 #if SEMID_FAST_HAS_AVX512
 #define SEMID_FAST_KERNEL_512(m, name)                                                   \
   semid_fast::bind::def_kernel3(m, #name, &semid_fast::isa_avx512::name,                 \
@@ -97,9 +97,10 @@ PYBIND11_MODULE(_C, m) {
   SEMID_FAST_KERNEL_512(m, pq_decode_f32);
   SEMID_FAST_KERNEL_512(m, kmeans_update_f32);
   SEMID_FAST_KERNEL_512(m, kmeanspp_f32);
-  SEMID_FAST_KERNEL(m, holistic_topk_f32);
-  SEMID_FAST_KERNEL(m, stream_read_floor);
-  SEMID_FAST_KERNEL(m, holistic_lookup_floor_f32);
+  SEMID_FAST_KERNEL_512(m, holistic_topk_f32);
+  SEMID_FAST_KERNEL_512(m, stream_read_floor);
+  SEMID_FAST_KERNEL_512(m, holistic_lookup_floor_f32);
+  SEMID_FAST_KERNEL_512(m, holistic_steps_floor);
   SEMID_FAST_KERNEL(m, trie_sort);
   SEMID_FAST_KERNEL(m, trie_fill);
   SEMID_FAST_KERNEL(m, trie_beam_step);

@@ -43,9 +43,11 @@ constexpr int kHolisticQueryLanes = 8;
                         int n_threads);                                                       \
   int holistic_lookup_floor_f32(const float* table, const uint8_t* codes, int64_t n,           \
                                 int64_t m, int64_t groups, float* out, int n_threads);          \
+  int holistic_steps_floor(int64_t n, int64_t m, int64_t b, uint64_t* out, int n_threads);     \
   }
 
 SEMID_FAST_DECLARE_CPU_LONGID(isa_avx2)
 SEMID_FAST_DECLARE_CPU_LONGID(isa_base)
+SEMID_FAST_DECLARE_CPU_LONGID(isa_avx512)  // defined where the build has AVX-512
 
 }  // namespace semid_fast
