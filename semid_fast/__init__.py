@@ -17,7 +17,7 @@ from ._backends import available_backends
 from ._checks import config
 from .ops.gumbel import gumbel_noise, gumbel_quantize, gumbel_softmax, gumbel_topk
 from .ops.kmeans import KMeansResult, kmeans, rq_init
-from .ops.longid import ItemGraph, graph_decode, holistic_topk
+from .ops.longid import ItemGraph, PackedCodes, graph_decode, holistic_topk
 from .ops.quantize import pq_decode, pq_encode, rq_decode, rq_encode, rq_quantize
 from .ops.trie import (SemanticIDTrie, constrained_beam_search, constrained_beam_step,
                        constrained_pool_update, dedup_suffix)
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ItemGraph",
     "KMeansResult",
+    "PackedCodes",
     "SemanticIDTrie",
     "available_backends",
     "config",

@@ -150,14 +150,14 @@ ISA_ORDER = ("baseline", "avx2", "avx512")
 def test_narrower_isa_builds_pass_the_cpu_tests(isa):
     """The kernels of a narrower build (what an older CPU runs) pass the cpu-backend tests,
     forced with SEMID_FAST_CPU_ISA=<isa> in a child pytest: the baseline on every family; AVX2,
-    where this CPU runs the AVX-512 build, on the families that have one (quantize, k-means;
-    the others already run AVX2 here)."""
+    where this CPU runs the AVX-512 build, on the families that have one (quantize, k-means,
+    longid; the others already run AVX2 here)."""
     default = _native._C.isa()
     if isa not in _build_info.CPU_ISAS or ISA_ORDER.index(default) <= ISA_ORDER.index(isa):
         pytest.skip(f"this CPU runs the {default} build, which the other tests already cover")
     tests = pathlib.Path(__file__).parent
     families = (("quantize", "longid", "gumbel", "trie", "hf", "kmeans") if isa == "baseline"
-                else ("quantize", "kmeans"))
+                else ("quantize", "kmeans", "longid"))
     files = [str(tests / f"test_{family}.py") for family in families]
     # Run from tests/: from the repository root, `python -c`/`-m` would put the source tree,
     # not the installed package, first on sys.path.

@@ -3,6 +3,8 @@ faiss as an outside oracle, and bad input."""
 
 import json
 import secrets
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,12 +53,15 @@ def test_holistic_topk_equals_reference_exactly(backend, dtype, b, m, k, n, topk
 
 
 # The bounded catalog scan (AVX-512 VBMI CPUs: uint8 codes, K <= 256, M in 16, 32, 64, 128,
-# 192, 256; whole chunks of 512 items, the rest exact) must give the exact scan's results bit
+# 192, 256, N >= 4096 or packed; whole chunks of 512 items, the rest exact) must give the exact scan's results bit
 # for bit, whatever the scores look like: N around the chunk size, peaked and flat tables, very
 # low (masked) entries, -inf, equal scores. Elsewhere these run the exact scan.
-BOUNDED_SHAPES = [(1, 16, 256, 511), (3, 16, 256, 2048 + 77), (1, 32, 256, 512),
-                  (2, 32, 200, 1025), (1, 64, 256, 5000), (9, 64, 256, 1536), (1, 128, 256, 1030),
-                  (4, 192, 256, 600), (2, 256, 256, 700)]
+# Whether this CPU runs the bounded scan (the AVX-512 build on a CPU with VBMI).
+VBMI = (sf._native.cpu().isa() == "avx512" and sys.platform == "linux"
+        and "avx512vbmi" in Path("/proc/cpuinfo").read_text())
+BOUNDED_SHAPES = [(1, 16, 256, 4095), (3, 16, 256, 4096 + 77), (1, 32, 256, 4096),
+                  (2, 32, 200, 4097), (1, 64, 256, 5000), (9, 64, 256, 4608), (1, 128, 256, 4350),
+                  (4, 192, 256, 4100), (2, 256, 256, 4600)]
 
 
 def bounded_table(kind, b, m, k, g):
@@ -85,6 +90,41 @@ def test_bounded_scan_equals_reference_exactly(b, m, k, n, kind):
         assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), (topk, reduce)
 
 
+@pytest.mark.parametrize("b,m,k,n", [(1, 16, 256, 511), (3, 16, 256, 2048 + 77), (1, 32, 256, 512),
+                                     (2, 32, 256, 1025), (9, 64, 256, 1536), (1, 128, 256, 1030),
+                                     (4, 192, 256, 600), (2, 256, 256, 4600), (2, 48, 256, 1100),
+                                     (1, 64, 256, 300)])
+def test_packed_codes_give_the_same_results(b, m, k, n):
+    g = torch.Generator().manual_seed(n)
+    scores = bounded_table("normal", b, m, k, g)
+    codes = torch.randint(0, k, (n, m), generator=g, dtype=torch.uint8)
+    packed = sf.PackedCodes(codes)
+    if VBMI and m in (16, 32, 64, 128, 192, 256):  # this CPU has the bounded scan: it packs
+        assert packed.packed is not None and packed.packed.numel() == (n - n % 512) * m
+    else:
+        assert packed.packed is None
+    mask = torch.rand(n, generator=g) < 0.2
+    for topk, reduce, item_mask in ((1, "sum", None), (60, "mean", mask), (n + 1, "sum", None)):
+        got = sf.holistic_topk(scores, packed, topk, reduce=reduce, item_mask=item_mask,
+                               backend="cpu")
+        want = ref.holistic_topk(scores, codes, topk, reduce, item_mask=item_mask)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), (topk, reduce)
+    got = sf.holistic_topk(scores, packed, 5, backend="reference")  # other backends: the codes
+    assert torch.equal(got[1], ref.holistic_topk(scores, codes, 5)[1])
+
+
+def test_packed_codes_refuse_stale_or_wrong_codes():
+    codes = torch.randint(0, 256, (1024, 16), dtype=torch.uint8)
+    packed = sf.PackedCodes(codes)
+    codes[5, 3] += 1
+    with pytest.raises(ValueError, match="written to after packing"):
+        sf.holistic_topk(torch.randn(1, 16, 256), packed, 3)
+    with pytest.raises(TypeError, match="codes"):
+        sf.PackedCodes(codes.int())
+    with pytest.raises(ValueError, match="codes"):
+        sf.PackedCodes(codes[:, 0])
+
+
 @pytest.mark.parametrize("m", [16, 64])
 def test_bounded_scan_is_exact_where_its_bounds_are_tight(m):
     # Entries -c/64 put every entry on the scan's grid (width 255/64, step 1/64), so an
@@ -104,7 +144,7 @@ def test_bounded_scan_is_exact_where_its_bounds_are_tight(m):
 def test_bounded_scan_with_masks_and_unchecked_nan_and_inf_scores(b):
     g = torch.Generator().manual_seed(11)
     scores = bounded_table("normal", b, 64, 256, g)
-    codes = torch.randint(0, 256, (3000, 64), generator=g, dtype=torch.uint8)
+    codes = torch.randint(0, 256, (5000, 64), generator=g, dtype=torch.uint8)
     mask = torch.rand(b, 3000, generator=g) < 0.3
     got = sf.holistic_topk(scores, codes, 50, item_mask=mask, backend="cpu")
     want = ref.holistic_topk(scores, codes, 50, item_mask=mask)
@@ -125,7 +165,7 @@ def test_bounded_scan_with_masks_and_unchecked_nan_and_inf_scores(b):
 
 
 def test_bounded_scan_reports_codes_past_k():
-    codes = torch.randint(0, 200, (2000, 16), dtype=torch.uint8)
+    codes = torch.randint(0, 200, (5000, 16), dtype=torch.uint8)
     codes[1500, 7] = 230  # inside a whole chunk
     sf.config.check_values = False
     try:
@@ -459,8 +499,11 @@ def test_graph_decode_is_reproducible_from_a_seed_and_finds_the_best_with_a_full
 def test_opcheck_holistic_topk(backend):
     scores, codes = make(3, 4, 16, 40, torch.uint8, seed=1)
     cand = torch.randint(-1, 40, (3, 9))
-    for args in ((scores, codes, 5, False, None, None, backend),
-                 (scores, codes, 5, True, cand, torch.rand(40) < 0.2, backend)):
+    big_scores, big_codes = make(2, 16, 256, 600, torch.uint8, seed=2)
+    packed = sf.PackedCodes(big_codes).packed
+    for args in ((scores, codes, 5, False, None, None, backend, None),
+                 (scores, codes, 5, True, cand, torch.rand(40) < 0.2, backend, None),
+                 (big_scores, big_codes, 7, False, None, None, backend, packed)):
         torch.library.opcheck(ops._holistic_topk_op, args)
 
 

@@ -82,6 +82,8 @@ PYBIND11_MODULE(_C, m) {
 
   // Limits and layouts of the kernels, for the Python side to read.
   m.attr("HOLISTIC_QUERY_LANES") = semid_fast::kHolisticQueryLanes;
+  m.attr("HOLISTIC_PACK_ITEMS") = semid_fast::kHolisticPackItems;
+  m.attr("HOLISTIC_BOUNDED_MIN_ITEMS") = semid_fast::kHolisticBoundedMinItems;
   m.attr("RQ_MAX_BEAM_CANDIDATES") = semid_fast::kRqMaxBeamCandidates;
   m.attr("TRIE_MAX_CANDIDATES") = semid_fast::trie::kMaxCandidates;
   m.attr("STATUS_OK") = int(semid_fast::kOk);
@@ -101,6 +103,7 @@ PYBIND11_MODULE(_C, m) {
   SEMID_FAST_KERNEL_512(m, stream_read_floor);
   SEMID_FAST_KERNEL_512(m, holistic_lookup_floor_f32);
   SEMID_FAST_KERNEL_512(m, holistic_steps_floor);
+  SEMID_FAST_KERNEL_512(m, holistic_pack_codes);
   SEMID_FAST_KERNEL(m, trie_sort);
   SEMID_FAST_KERNEL(m, trie_fill);
   SEMID_FAST_KERNEL(m, trie_beam_step);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -75,6 +76,7 @@ struct Problem {
   int64_t mask_stride;
   float divisor;
   int64_t topk;
+  const uint8_t* packed;  // the codes transposed by holistic_pack_codes, or nullptr
 };
 
 inline bool excluded(const Problem& p, int64_t query, int64_t item) {
@@ -198,8 +200,8 @@ __attribute__((optimize("no-tree-slp-vectorize"))) bool scan_single(
 // scores exactly (float32, in order, as above) only the items whose bound reaches the query's
 // k-th best so far: the results are the exact scan's, bit for bit, for few exact lookups.
 
-constexpr int kGroups = 8;                // 64-item lane groups per chunk
-constexpr int64_t kChunk = 64 * kGroups;  // items per chunk
+constexpr int64_t kChunk = kHolisticPackItems;  // items per chunk
+constexpr int kGroups = kChunk / 64;            // 64-item lane groups per chunk
 static_assert(ITEM_CHUNK % kChunk == 0, "the parallel loop hands out whole chunks");
 constexpr int kGridSteps = 255;
 
@@ -228,56 +230,84 @@ bool bounded_layout(int64_t m) {
 bool round_up(const Problem& p, int64_t q, RoundedTables& rt) {
   int64_t stride;
   const float* tq = query_table(p, q, stride);
-  auto entry = [&](int64_t mm, int64_t c) { return tq[(mm * p.k + c) * stride]; };
   double* best = rt.best.data() + q * p.m;
+  // One position's entries at a time, contiguous and padded with NaN to 256 (16 vectors).
+  alignas(64) float row[256];
+  auto load_row = [&](int64_t mm) {
+    for (int64_t c = 0; c < 256; ++c)
+      row[c] = c < p.k ? tq[(mm * p.k + c) * stride] : std::numeric_limits<float>::quiet_NaN();
+  };
+  constexpr int kNaN = 0x81, kPlusInf = 0x08, kMinusInf = 0x10;  // vfpclassps categories
   // The grid's width spans every entry's gap below its position's best, except outliers
   // (masked codes, say) more than 8 times the median gap (estimated to a power of two from a
   // histogram of binary exponents): those are raised to the floor instead of coarsening the
   // grid for all the others.
-  int64_t by_exponent[64] = {}, finite = 0;
+  int64_t by_exponent[4][64] = {}, finite = 0;  // four histograms: no chain of increments
   double magnitude = 0;
-  auto bucket = [](double gap) { return gap == 0 ? 0 : std::min(63, std::max(1, std::ilogb(gap) + 32)); };
   for (int64_t mm = 0; mm < p.m; ++mm) {
-    double hi = -std::numeric_limits<double>::infinity(), lo = 0;
-    for (int64_t c = 0; c < p.k; ++c) {
-      const float x = entry(mm, c);
-      if (x == std::numeric_limits<float>::infinity()) return false;
-      if (std::isfinite(x)) {
-        hi = std::max<double>(hi, x);
-        lo = std::min<double>(lo, x);
-      }
+    load_row(mm);
+    __m512 hi = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), lo = _mm512_setzero_ps();
+    __mmask16 plus_inf = 0;
+    for (int c = 0; c < 256; c += 16) {
+      const __m512 x = _mm512_load_ps(row + c);
+      const __mmask16 ok = ~_mm512_fpclass_ps_mask(x, kNaN | kPlusInf | kMinusInf);
+      plus_inf |= _mm512_fpclass_ps_mask(x, kPlusInf);
+      hi = _mm512_mask_max_ps(hi, ok, hi, x);
+      lo = _mm512_mask_min_ps(lo, ok, lo, x);
     }
-    if (!std::isfinite(hi)) return false;
-    best[mm] = hi;
-    magnitude += std::max(std::fabs(hi), std::fabs(lo));
-    for (int64_t c = 0; c < p.k; ++c) {
-      const float x = entry(mm, c);
-      if (std::isfinite(x)) ++by_exponent[bucket(hi - x)], ++finite;
+    const float top = _mm512_reduce_max_ps(hi);
+    if (plus_inf || !(top > -std::numeric_limits<float>::infinity())) return false;
+    best[mm] = top;
+    magnitude += std::max(std::fabs(top), std::fabs(_mm512_reduce_min_ps(lo)));
+    alignas(64) int32_t bucket[16];
+    for (int c = 0; c < 256; c += 16) {
+      // 0 for a gap of 0, else 32 + its binary exponent, within [1, 63]; -1 for NaN, -inf.
+      const __m512 gap = _mm512_sub_ps(_mm512_set1_ps(top), _mm512_load_ps(row + c));
+      const __mmask16 ok = ~_mm512_fpclass_ps_mask(gap, kNaN | kPlusInf);
+      __m512i e = _mm512_add_epi32(_mm512_cvttps_epi32(_mm512_getexp_ps(gap)), _mm512_set1_epi32(32));
+      e = _mm512_min_epi32(_mm512_max_epi32(e, _mm512_set1_epi32(1)), _mm512_set1_epi32(63));
+      e = _mm512_mask_mov_epi32(e, _mm512_cmpeq_ps_mask(gap, _mm512_setzero_ps()), _mm512_setzero_si512());
+      _mm512_store_si512(bucket, _mm512_mask_mov_epi32(_mm512_set1_epi32(-1), ok, e));
+      for (int j = 0; j < 16; ++j)
+        if (bucket[j] >= 0) ++by_exponent[j % 4][bucket[j]], ++finite;
     }
   }
   if (magnitude * double(p.m) >= 0x1p120) return false;
   int median = 0;
-  for (int64_t covered = 0; 2 * (covered += by_exponent[median]) < finite;) ++median;
-  const double cap = 8 * std::ldexp(1.0, median - 31);  // the median gap is below 2^(median-31)
-  double width = 0;
-  for (int64_t mm = 0; mm < p.m; ++mm)
-    for (int64_t c = 0; c < p.k; ++c) {
-      const double gap = best[mm] - entry(mm, c);
-      if (gap <= cap) width = std::max(width, gap);  // false for NaN
+  for (int64_t covered = 0;; ++median) {
+    for (auto& h : by_exponent) covered += h[median];
+    if (2 * covered >= finite) break;
+  }
+  const __m512 cap = _mm512_set1_ps(std::ldexp(8.0f, median - 31));  // median gap < 2^(median - 31)
+  __m512 widest = _mm512_setzero_ps();
+  for (int64_t mm = 0; mm < p.m; ++mm) {
+    load_row(mm);
+    for (int c = 0; c < 256; c += 16) {
+      const __m512 gap = _mm512_sub_ps(_mm512_set1_ps(float(best[mm])), _mm512_load_ps(row + c));
+      widest = _mm512_mask_max_ps(widest, _mm512_cmp_ps_mask(gap, cap, _CMP_LE_OQ), widest, gap);
     }
-  if (!(width > 0)) width = 1;  // every entry equals its position's best
+  }
+  const float widest_gap = _mm512_reduce_max_ps(widest);
+  const double width = widest_gap > 0 ? widest_gap : 1;  // 1: every entry equals the best
   Grid& g = rt.grids[q];
   g.step = width / kGridSteps;
   g.base = 0;
+  const __m512d per_step = _mm512_set1_pd(1 / g.step);  // its rounding: the slack's last term
   uint8_t* steps = rt.steps[q * p.m * 4].code;
   for (int64_t mm = 0; mm < p.m; ++mm) {
+    load_row(mm);
     const double floor = best[mm] - width;
     g.base += floor;
-    for (int64_t c = 0; c < 256; ++c) {
+    const __m512d floor_v = _mm512_set1_pd(floor);
+    for (int c = 0; c < 256; c += 8) {
       // NaN (never ranks), -inf, entries at or under the floor and codes >= K take step 0.
-      const float x = c < p.k ? entry(mm, c) : NEG_INF;
-      const double up = x > floor ? std::ceil((x - floor) / g.step) : 0.0;
-      steps[mm * 256 + c] = uint8_t(std::min<double>(up, kGridSteps));
+      const __m512d x = _mm512_cvtps_pd(_mm256_load_ps(row + c));
+      __m512d up = _mm512_roundscale_pd(_mm512_mul_pd(_mm512_sub_pd(x, floor_v), per_step),
+                                        _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+      up = _mm512_maskz_min_pd(_mm512_cmp_pd_mask(x, floor_v, _CMP_GT_OQ), up,
+                               _mm512_set1_pd(kGridSteps));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(steps + mm * 256 + c),
+                       _mm256_cvtepi32_epi8(_mm512_cvttpd_epi32(up)));
     }
   }
   // (M + 2) * 2^-22 is twice gamma_M, the relative error bound of M float32 additions; the
@@ -297,14 +327,11 @@ uint16_t steps_needed(const Grid& g, float worst, float divisor) {
   return need <= 0 ? 0 : need >= 65535 ? 65535 : uint16_t(need);
 }
 
-// One thread's transposed chunk: (M, kGroups) 64-item code vectors and, for each, which of
-// its codes are >= 128 (the upper half of a 256-entry table).
+// One thread's buffers for the bounded scan.
 struct BoundedScratch {
-  std::vector<Lanes64> codes;
-  std::vector<uint64_t> upper;
-  std::vector<uint16_t> needed;  // (B,) steps_needed of the thread's own top-k lists
-  int64_t slot_of[64];           // where transposed register r goes, less its tile and part
-  std::vector<int64_t> queries, items;  // (B * kChunk,) the pairs scored exactly
+  std::vector<Lanes64> codes;            // (M, kGroups) the chunk's codes, transposed
+  std::vector<uint16_t> needed;          // (B,) steps_needed of the thread's own top-k lists
+  std::vector<int64_t> queries, items;   // (B * kChunk,) the pairs scored exactly
   std::vector<float> scores;             // (B * kChunk,) their scores
 };
 
@@ -361,6 +388,37 @@ constexpr int column_of(int r) {
   return ((r & 1) << 3) | ((r & 2) << 1) | ((r & 4) >> 1) | ((r & 8) >> 3) | (r & 48);
 }
 
+// A transposed chunk (the packed layout): (M, kGroups) vectors of 64 codes, vector
+// (pos, g) holding position pos of the items of lane group g. For M < 64 a 64-byte row holds
+// 64 / M items, so group g is sub-item g % (64 / M) of the rows of tile g / (64 / M); lane l
+// of group g is item chunk_item(m, g, l) of the chunk.
+inline int64_t items_per_row(int64_t m) { return m < 64 ? 64 / m : 1; }
+inline int64_t chunk_item(int64_t m, int64_t g, int64_t lane) {
+  const int64_t per_row = items_per_row(m);
+  return (g / per_row) * 64 * per_row + lane * per_row + g % per_row;
+}
+
+// Transposes items [c0, c0 + kChunk) of codes (N, M) into `out` (a chunk as above); true if
+// every code is < k.
+inline bool transpose_chunk(const uint8_t* codes, int64_t c0, int64_t m, int64_t k,
+                            Lanes64* out) {
+  const int64_t per_row = items_per_row(m);
+  const int64_t row_parts = m < 64 ? 1 : m / 64;  // 64-byte parts of an item's row
+  const __m512i k_vec = _mm512_set1_epi8(char(k < 256 ? k : 0));
+  __mmask64 out_of_range = 0;
+  for (int64_t t = 0; t < kGroups / per_row; ++t)
+    for (int64_t part = 0; part < row_parts; ++part) {
+      const uint8_t* src = codes + (c0 + t * 64 * per_row) * m + part * 64;
+      transpose64(src, 64 * row_parts, [&](int r, __m512i v) {
+        // Column c of a row: position c mod M of sub-item c / M (M < 64), else position c.
+        const int64_t col = column_of(r), pos = part * 64 + (m < 64 ? col % m : col);
+        if (k < 256) out_of_range |= _mm512_cmpge_epu8_mask(v, k_vec);
+        _mm512_store_si512(out[pos * kGroups + t * per_row + (m < 64 ? col / m : 0)].code, v);
+      });
+    }
+  return out_of_range == 0;
+}
+
 // Each item's sum of grid steps for one query's table (M, 256): 16-bit lanes, even items of
 // each lane group in `even`, odd ones in `odd`. Adding the looked-up bytes as 16-bit words
 // sums even + 256 * odd (mod 2^16), so one shift recovers both: three operations per 64
@@ -368,8 +426,8 @@ constexpr int column_of(int r) {
 // position's table in registers. `prefetch`, when set, is the next chunk's codes.
 constexpr int kGroupsAtOnce = 4;
 __attribute__((target("avx512vbmi"), always_inline)) inline void sum_steps(
-    const uint8_t* steps, const BoundedScratch& s, int64_t m, const char* prefetch,
-    __m512i* even, __m512i* odd) {
+    const uint8_t* steps, const Lanes64* chunk, int64_t m, const char* prefetch, __m512i* even,
+    __m512i* odd) {
   const __m512i* table = reinterpret_cast<const __m512i*>(steps);
   for (int g0 = 0; g0 < kGroups; g0 += kGroupsAtOnce) {
     __m512i words[kGroupsAtOnce], high[kGroupsAtOnce];
@@ -377,15 +435,14 @@ __attribute__((target("avx512vbmi"), always_inline)) inline void sum_steps(
     for (int64_t pos = 0; pos < m; ++pos) {
       if (prefetch)  // kChunk * M bytes: kGroupsAtOnce lines per position and pass
         for (int line = 0; line < kGroupsAtOnce; ++line)
-          _mm_prefetch(prefetch + (kGroups * pos + g0 + line) * 64, _MM_HINT_T0);
+          _mm_prefetch(prefetch + (kGroups * pos + g0 + line) * 64, _MM_HINT_T1);
       const __m512i t0 = _mm512_load_si512(table + 4 * pos), t1 = _mm512_load_si512(table + 4 * pos + 1);
       const __m512i t2 = _mm512_load_si512(table + 4 * pos + 2), t3 = _mm512_load_si512(table + 4 * pos + 3);
       for (int g = 0; g < kGroupsAtOnce; ++g) {
-        const int64_t slot = pos * kGroups + g0 + g;
-        const __m512i idx = _mm512_load_si512(s.codes[slot].code);
+        const __m512i idx = _mm512_loadu_si512(chunk[pos * kGroups + g0 + g].code);
         const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1);
         const __m512i hi = _mm512_permutex2var_epi8(t2, idx, t3);
-        const __m512i step = _mm512_mask_blend_epi8(s.upper[slot], lo, hi);
+        const __m512i step = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
         words[g] = _mm512_add_epi16(words[g], step);
         high[g] = _mm512_add_epi16(high[g], _mm512_srli_epi16(step, 8));
       }
@@ -419,48 +476,72 @@ __attribute__((optimize("no-tree-slp-vectorize"))) void score_pairs(const Proble
   }
 }
 
-// Items [c0, c0 + kChunk) against every query: transpose once, then per query sum each item's
-// steps (16-bit lanes: even items in one vector, odd in another) and score exactly the items
-// whose sum reaches the query's need. False if a code is >= K.
+// While query q's top-k list is short (its first chunks) its need is 0 and every item would
+// be scored exactly: instead score first the items of this chunk with the largest sums, as
+// many as the list lacks, and set the need. Returns those items, one bit per lane of each sum
+// vector (2 * g + parity), so they are not scored twice.
+template <bool GUARD>
+__attribute__((target("avx512vbmi"))) void fill_from_best_bounds(
+    const Problem& p, const RoundedTables& rt, CodeReader<uint8_t, GUARD>& code, int64_t q,
+    int64_t c0, const __m512i* even, const __m512i* odd, BoundedScratch& s, Hits& heap,
+    uint32_t* scored) {
+  alignas(64) uint16_t sums[2 * kGroups][32];
+  for (int g = 0; g < kGroups; ++g) {
+    _mm512_store_si512(sums[2 * g], even[g]);
+    _mm512_store_si512(sums[2 * g + 1], odd[g]);
+  }
+  int64_t* order = s.items.data() + p.b * kChunk - kChunk;  // the pairs use the front
+  for (int64_t i = 0; i < kChunk; ++i) order[i] = i;  // i = (2 * g + parity) * 32 + lane / 2
+  const int64_t lacking = std::min(kChunk, p.topk - heap.size());
+  auto sum_of = [&](int64_t i) { return sums[i / 32][i % 32]; };
+  std::nth_element(order, order + lacking - 1, order + kChunk,
+                   [&](int64_t a, int64_t b) { return sum_of(a) > sum_of(b); });
+  int64_t stride;
+  const float* tq = query_table(p, q, stride);
+  for (int64_t j = 0; j < lacking; ++j) {
+    const int64_t i = order[j], v = i / 32;
+    const int64_t item = c0 + chunk_item(p.m, v / 2, 2 * (i % 32) + v % 2);
+    scored[v] |= 1u << (i % 32);
+    const float score = score_one(p, tq, stride, code, item);
+    if (score >= threshold(heap) && !excluded(p, q, item)) heap.offer({score, item});
+  }
+  if (heap.full()) s.needed[q] = steps_needed(rt.grids[q], heap.worst().score, p.divisor);
+}
+
+// Items [c0, c0 + kChunk) against every query: transpose once (unless packed), then per
+// query sum each item's steps (16-bit lanes: even items in one vector, odd in another) and
+// score exactly the items whose sum reaches the query's need. False if a code is >= K.
 template <bool GUARD>
 __attribute__((target("avx512vbmi"))) bool scan_bounded_chunk(
     const Problem& p, const RoundedTables& rt, CodeReader<uint8_t, GUARD>& code, int64_t c0,
     BoundedScratch& s, Hits* heaps) {
-  const int64_t per_row = p.m < 64 ? 64 / p.m : 1;  // items per 64-byte row
-  const int64_t row_parts = p.m < 64 ? 1 : p.m / 64;  // 64-byte parts per item
-  const int64_t stride = 64 * row_parts;
-  const __m512i k_vec = _mm512_set1_epi8(char(p.k < 256 ? p.k : 0));
-  __mmask64 out_of_range = 0;
-  for (int64_t t = 0; t < kGroups / per_row; ++t) {
-    for (int64_t part = 0; part < row_parts; ++part) {
-      const uint8_t* src = code.codes + (c0 + t * 64 * per_row) * p.m + part * 64;
-      const int64_t first = part * 64 * kGroups + t * per_row;
-      transpose64(src, stride, [&](int r, __m512i v) {
-        if (p.k < 256) out_of_range |= _mm512_cmpge_epu8_mask(v, k_vec);
-        const int64_t slot = first + s.slot_of[r];
-        _mm512_store_si512(s.codes[slot].code, v);
-        s.upper[slot] = _mm512_movepi8_mask(v);
-      });
-    }
-  }
-  // The next chunk's codes are fetched while this one is summed: one core alone streams
-  // memory far below its share of the bandwidth when its loads come in bursts.
+  // Packed codes were transposed once (and are read only with K = 256, where every code is in
+  // range); the next chunk is fetched while this one is summed: one core alone streams memory
+  // far below its share of the bandwidth when its loads come in bursts.
+  const bool packed = p.packed && p.k == 256;
+  const uint8_t* next = packed ? p.packed + (c0 + kChunk) * p.m : code.codes + (c0 + kChunk) * p.m;
   const bool fetch_next = c0 + 2 * kChunk <= p.n;
-  const char* next = reinterpret_cast<const char*>(code.codes + (c0 + kChunk) * p.m);
+  const Lanes64* chunk =
+      packed ? reinterpret_cast<const Lanes64*>(p.packed + c0 * p.m) : s.codes.data();
+  const bool in_range = packed || transpose_chunk(code.codes, c0, p.m, p.k, s.codes.data());
   // The (query, item) pairs whose sum reaches the query's need, then their exact scores.
   int64_t count = 0;
   for (int64_t q = 0; q < p.b; ++q) {
     __m512i even[kGroups], odd[kGroups];
-    sum_steps(rt.steps[q * p.m * 4].code, s, p.m, q == 0 && fetch_next ? next : nullptr,
-              even, odd);
+    sum_steps(rt.steps[q * p.m * 4].code, chunk, p.m,
+              q == 0 && fetch_next ? reinterpret_cast<const char*>(next) : nullptr, even, odd);
+    uint32_t scored[2 * kGroups] = {};
+    Hits& heap = heaps[q];
+    if (!heap.full()) fill_from_best_bounds(p, rt, code, q, c0, even, odd, s, heap, scored);
     const __m512i need = _mm512_set1_epi16(short(s.needed[q]));
     for (int g = 0; g < kGroups; ++g)
       for (int parity = 0; parity < 2; ++parity) {
-        for (__mmask32 hits = _mm512_cmpge_epu16_mask(parity ? odd[g] : even[g], need); hits;
-             hits &= hits - 1) {
+        for (__mmask32 hits = _mm512_cmpge_epu16_mask(parity ? odd[g] : even[g], need) &
+                              ~scored[2 * g + parity];
+             hits; hits &= hits - 1) {
           const int64_t lane = 2 * __builtin_ctz(hits) + parity;
           s.queries[count] = q;
-          s.items[count++] = c0 + (g / per_row) * 64 * per_row + lane * per_row + g % per_row;
+          s.items[count++] = c0 + chunk_item(p.m, g, lane);
         }
       }
   }
@@ -472,7 +553,7 @@ __attribute__((target("avx512vbmi"))) bool scan_bounded_chunk(
     if (heap.full())
       s.needed[s.queries[j]] = steps_needed(rt.grids[s.queries[j]], heap.worst().score, p.divisor);
   }
-  return out_of_range == 0;
+  return in_range;
 }
 #endif  // __AVX512BW__
 
@@ -504,7 +585,9 @@ bool scan_range(const Problem& p, Reader code, int64_t lo, int64_t hi, Hits* hea
 bool prepare_bounded(const Problem& p, int n_threads, RoundedTables& rt,
                      std::vector<BoundedScratch>& scratch) {
   static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
-  if (!vbmi || p.k > 256 || !bounded_layout(p.m) || p.n < kChunk) return false;
+  if (!vbmi || p.k > 256 || !bounded_layout(p.m) ||
+      p.n < (p.packed ? kChunk : kHolisticBoundedMinItems))
+    return false;
   rt.steps.resize(size_t(p.b * p.m * 4));
   rt.grids.resize(size_t(p.b));
   rt.best.resize(size_t(p.b * p.m));
@@ -515,17 +598,10 @@ bool prepare_bounded(const Problem& p, int n_threads, RoundedTables& rt,
   scratch.resize(size_t(n_threads));
   for (BoundedScratch& s : scratch) {
     s.codes.resize(size_t(p.m * kGroups));
-    s.upper.resize(size_t(p.m * kGroups));
     s.needed.assign(size_t(p.b), 0);
     s.queries.resize(size_t(p.b * kChunk));
     s.items.resize(size_t(p.b * kChunk));
     s.scores.resize(size_t(p.b * kChunk));
-    // Register r holds byte column c of the rows: position c mod M of item group c / M
-    // (rows of 64 bytes hold 64 / M items when M < 64).
-    for (int r = 0; r < 64; ++r) {
-      const int64_t col = column_of(r);
-      s.slot_of[r] = p.m < 64 ? (col % p.m) * kGroups + col / p.m : col * kGroups;
-    }
   }
   return true;
 }
@@ -653,11 +729,11 @@ int dispatch(const Problem& p, const void* codes, float* s, int64_t* ids, int n_
 #if defined(__AVX512BW__)
 // sum_steps `times` times over the same chunk and table (holistic_steps_floor's work).
 __attribute__((target("avx512vbmi"))) uint64_t sum_steps_repeatedly(
-    const uint8_t* table, const BoundedScratch& s, int64_t m, int64_t times) {
+    const uint8_t* table, const Lanes64* chunk, int64_t m, int64_t times) {
   __m512i keep = _mm512_setzero_si512();
   for (int64_t i = 0; i < times; ++i) {
     __m512i even[kGroups], odd[kGroups];
-    sum_steps(table, s, m, nullptr, even, odd);
+    sum_steps(table, chunk, m, nullptr, even, odd);
     for (int g = 0; g < kGroups; ++g) keep = _mm512_xor_si512(keep, _mm512_add_epi16(even[g], odd[g]));
   }
   return uint64_t(_mm512_reduce_add_epi64(keep));
@@ -743,22 +819,16 @@ int holistic_steps_floor(int64_t n, int64_t m, int64_t b, uint64_t* out, int n_t
   if (!vbmi || !bounded_layout(m)) return kBadArgument;
   const int64_t chunks = n / kChunk;
   n_threads = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, chunks)));
-  std::vector<BoundedScratch> scratch(n_threads);
+  std::vector<std::vector<Lanes64>> chunks_of(n_threads, std::vector<Lanes64>(size_t(m * kGroups)));
   std::vector<Lanes64> table(size_t(m * 4));
   for (int64_t i = 0; i < m * 256; ++i) table[i / 64].code[i % 64] = uint8_t(i * 37 % 251);
-  for (BoundedScratch& s : scratch) {
-    s.codes.resize(size_t(m * kGroups));
-    s.upper.resize(size_t(m * kGroups));
-    for (int64_t i = 0; i < m * kGroups; ++i) {
-      for (int l = 0; l < 64; ++l) s.codes[i].code[l] = uint8_t(i * 131 + l * 29);
-      s.upper[i] = _mm512_movepi8_mask(_mm512_load_si512(s.codes[i].code));
-    }
-  }
+  for (auto& chunk : chunks_of)
+    for (int64_t i = 0; i < m * kGroups * 64; ++i) chunk[i / 64].code[i % 64] = uint8_t(i * 131 + i / 64);
   uint64_t total = 0;
 #pragma omp parallel num_threads(n_threads) reduction(^ : total)
   {
     const int t = omp_get_thread_num();
-    total ^= sum_steps_repeatedly(table[0].code, scratch[t], m,
+    total ^= sum_steps_repeatedly(table[0].code, chunks_of[t].data(), m,
                                   b * (chunks * (t + 1) / n_threads - chunks * t / n_threads));
   }
   *out = total;
@@ -769,14 +839,32 @@ int holistic_steps_floor(int64_t n, int64_t m, int64_t b, uint64_t* out, int n_t
 #endif
 }
 
+int holistic_pack_codes(const uint8_t* codes, int64_t n, int64_t m, uint8_t* out, int n_threads) {
+  if (n < 0 || m <= 0 || (n > 0 && (codes == nullptr || out == nullptr))) return kBadArgument;
+#if defined(__AVX512BW__)
+  static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
+  if (!vbmi || !bounded_layout(m)) return kBadArgument;
+  const int64_t chunks = n / kChunk;
+#pragma omp parallel for num_threads(std::max(1, n_threads)) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c)
+    transpose_chunk(codes, c * kChunk, m, 256, reinterpret_cast<Lanes64*>(out + c * kChunk * m));
+  return kOk;
+#else
+  (void)n_threads;
+  return kBadArgument;  // the bounded scan is in the AVX-512 build only
+#endif
+}
+
 int holistic_topk_f32(const float* table, int interleaved, int64_t b, int64_t m, int64_t k,
-                      const void* codes, int code_bytes, int64_t n, const int64_t* candidates,
+                      const void* codes, int code_bytes, int64_t n, const uint8_t* packed,
+                      const int64_t* candidates,
                       int64_t c, const uint8_t* item_mask, int64_t mask_stride, float divisor,
                       int64_t topk, float* out_scores, int64_t* out_ids, int n_threads) {
   if (b < 0 || m <= 0 || k <= 0 || n < 0 || topk < 0 || divisor <= 0.0f) return kBadArgument;
   if (c > 0 && candidates == nullptr) return kBadArgument;
   if (b == 0 || topk == 0) return kOk;
-  const Problem p{table, interleaved, b, m, k, n, candidates, c, item_mask, mask_stride, divisor, topk};
+  const Problem p{table, interleaved, b, m, k, n, candidates, c, item_mask, mask_stride, divisor, topk,
+                  code_bytes == 1 ? packed : nullptr};
   switch (code_bytes) {
     case 1:
       return k == 256 ? dispatch<uint8_t, false>(p, codes, out_scores, out_ids, n_threads)

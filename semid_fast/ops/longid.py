@@ -18,44 +18,82 @@ import torch
 from .. import _backends, _checks, _keys
 from ..reference.longid import token_similarity
 
-__all__ = ["holistic_topk", "ItemGraph", "graph_decode"]
+__all__ = ["holistic_topk", "PackedCodes", "ItemGraph", "graph_decode"]
 
 _FAMILY = "longid"
 
 
 def _holistic(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
               candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
-              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+              backend: str, packed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     b = token_scores.shape[0]
     with _checks.allocating(f"the ({b}, k={k}) top-k outputs"):
         scores = token_scores.new_empty((b, k), dtype=torch.float32)
         ids = token_scores.new_empty((b, k), dtype=torch.long)
     _backends.launcher(backend, _FAMILY, "holistic_topk")(token_scores, codes, k, mean,
-                                                          candidates, item_mask, scores, ids)
+                                                          candidates, item_mask, scores, ids,
+                                                          packed)
     return scores, ids
 
 
 @torch.library.custom_op("semid_fast::holistic_topk", mutates_args=())
 def _holistic_topk_op(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                       candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend)
+                      backend: str, packed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend, packed)
 
 
 @_holistic_topk_op.register_fake
-def _(token_scores, codes, k, mean, candidates, item_mask, backend):
+def _(token_scores, codes, k, mean, candidates, item_mask, backend, packed):
     b = token_scores.shape[0]
     return (token_scores.new_empty((b, k), dtype=torch.float32),
             token_scores.new_empty((b, k), dtype=torch.long))
 
 
-def _topk(token_scores, codes, k, mean, candidates, item_mask, backend):
+def _topk(token_scores, codes, k, mean, candidates, item_mask, backend, packed=None):
     """The custom op under torch.compile (and where autograd would see it); else its body
     itself: in eager the op's dispatch costs about as much as a candidates step of
     graph_decode on the CPU (benchmarks/graph_decode_overhead.py)."""
     if torch.compiler.is_compiling() or token_scores.requires_grad:
-        return _holistic_topk_op(token_scores, codes, k, mean, candidates, item_mask, backend)
-    return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend)
+        return _holistic_topk_op(token_scores, codes, k, mean, candidates, item_mask, backend,
+                                 packed)
+    return _holistic(token_scores, codes, k, mean, candidates, item_mask, backend, packed)
+
+
+class PackedCodes:
+    """A catalog's uint8 codes with a second copy in the layout of the CPU's bounded holistic
+    scan, made once: ``holistic_topk`` over it skips the transpose each call does otherwise
+    (the larger part of a call at B=1; see benchmarks/RESULTS.md).
+
+    Args:
+        codes: (N, M) uint8 item codes on the CPU. Do not modify them afterwards: the copy
+            would not follow (an in-place torch write is caught, a write through numpy is not).
+
+    Attributes:
+        codes: the tensor given, for everything but the catalog scan.
+        packed: uint8 tensor of floor(N / 512) * 512 * M bytes, or None where the CPU has no
+            bounded scan (no AVX-512 VBMI, an M other than 16, 32, 64, 128, 192 or 256); then
+            holistic_topk runs as with ``codes`` alone.
+    """
+
+    def __init__(self, codes: torch.Tensor):
+        _checks.tensor(codes, "codes", 2, (torch.uint8,), "(N, M)")
+        if codes.device.type != "cpu":
+            raise ValueError(f"PackedCodes: codes must be on the CPU, got {codes.device}")
+        self.codes = codes
+        self._version = codes._version
+        cpu = "cpu" in _backends.available_backends("cpu")
+        self.packed = _backends.launcher("cpu", _FAMILY, "pack_codes")(codes) if cpu else None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def _for_scan(self) -> torch.Tensor | None:
+        if self.codes._version != self._version:
+            raise ValueError("PackedCodes: the codes were written to after packing; make a "
+                             "new PackedCodes from them")
+        return self.packed
 
 
 def _check_scores_codes(op, token_scores, codes):
@@ -79,14 +117,15 @@ def _check_scores_codes(op, token_scores, codes):
     return device
 
 
-def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
+def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor | PackedCodes, k: int, *,
                   reduce: str = "sum", candidates: torch.Tensor | None = None,
                   item_mask: torch.Tensor | None = None, backend: str = "auto"):
     """Top-k catalog items by holistic score, scoring and selection fused.
 
     Args:
         token_scores: (B, M, K) float32/float16/bfloat16 per-position scores (log-probs).
-        codes: (N, M) uint8 (K <= 256), int16, int32 or int64 item codes; uint8 is fastest.
+        codes: (N, M) uint8 (K <= 256), int16, int32 or int64 item codes; uint8 is fastest,
+            and a PackedCodes of them faster still on the CPU for repeated calls.
         k: results per query; k > N pads with score -inf and id -1.
         reduce: "sum" or "mean" over the M positions.
         candidates: optional (B, C) int64 item ids to score instead of the whole catalog
@@ -96,6 +135,9 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
     Returns:
         (scores (B, k) float32, item ids (B, k) int64), best first, ties toward the smaller id.
     """
+    packed = None
+    if isinstance(codes, PackedCodes):
+        codes, packed = codes.codes, codes._for_scan()
     device = _check_scores_codes("holistic_topk", token_scores, codes)
     _checks.positive_int(k, "k")
     if k >= 2**63:
@@ -123,7 +165,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, *,
         raise ValueError(f"holistic_topk: at most 2**32 - 1 items, got N={n}")
     name = _backends.choose(backend, device, _FAMILY, "holistic_topk", op="holistic_topk",
                             args={"k": k})
-    return _topk(token_scores, codes, k, reduce == "mean", candidates, item_mask, name)
+    return _topk(token_scores, codes, k, reduce == "mean", candidates, item_mask, name, packed)
 
 
 class ItemGraph:

@@ -19,9 +19,11 @@ def holistic_topk_refuses(k: int) -> str | None:
 
 def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                   candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
-                  scores: torch.Tensor, ids: torch.Tensor) -> None:
+                  scores: torch.Tensor, ids: torch.Tensor,
+                  packed: torch.Tensor | None = None) -> None:
     """Top-k items by holistic score into scores (B, k) float32 and ids (B, k) int64: per-block
-    top-k keys from the kernel, merged by torch.topk (exact on int64)."""
+    top-k keys from the kernel, merged by torch.topk (exact on int64). ``packed`` (the CPU
+    scan's copy of uint8 codes) is not read here."""
     b, m, kc = token_scores.shape
     n = codes.shape[0]
     if candidates is not None and candidates.shape[1] == 0:  # a launch of zero blocks fails

@@ -12,8 +12,10 @@ __all__ = ["holistic_topk"]
 
 def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                   candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
-                  scores: torch.Tensor, ids: torch.Tensor) -> None:
-    """Top-k items by holistic score into scores (B, k) float32 and ids (B, k) int64."""
+                  scores: torch.Tensor, ids: torch.Tensor,
+                  packed: torch.Tensor | None = None) -> None:
+    """Top-k items by holistic score into scores (B, k) float32 and ids (B, k) int64.
+    ``packed`` (the CPU scan's copy of uint8 codes) is not read here."""
     # Torch indexing would raise IndexError (or wrap a negative code) where the native kernels
     # report a status: the same ValueError whether or not the op checked values first.
     for name, values, bound in (("codes", codes, token_scores.shape[-1]),

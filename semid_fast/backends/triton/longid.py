@@ -286,7 +286,8 @@ def _scan_config(b: int, n: int):
 
 def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean: bool,
                   candidates: torch.Tensor | None, item_mask: torch.Tensor | None,
-                  scores: torch.Tensor, ids: torch.Tensor) -> None:
+                  scores: torch.Tensor, ids: torch.Tensor,
+                  packed: torch.Tensor | None = None) -> None:
     """Top-k items by holistic score (see ``semid_fast.reference.longid.holistic_topk``).
 
     Args:
@@ -297,6 +298,7 @@ def holistic_topk(token_scores: torch.Tensor, codes: torch.Tensor, k: int, mean:
         candidates: None or (B, C) int64/int32 item ids (-1 = padding, repeats count once).
         item_mask: None or (N,) / (B, N) bool, True = exclude.
         scores, ids: (B, k) float32 and int64 outputs: best first, ties toward the smaller id.
+        packed: the CPU scan's copy of uint8 codes; not read here.
     """
     b, m, kc = token_scores.shape
     n = codes.shape[0]
