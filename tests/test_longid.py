@@ -145,7 +145,7 @@ def test_bounded_scan_with_masks_and_unchecked_nan_and_inf_scores(b):
     g = torch.Generator().manual_seed(11)
     scores = bounded_table("normal", b, 64, 256, g)
     codes = torch.randint(0, 256, (5000, 64), generator=g, dtype=torch.uint8)
-    mask = torch.rand(b, 3000, generator=g) < 0.3
+    mask = torch.rand(b, 5000, generator=g) < 0.3
     got = sf.holistic_topk(scores, codes, 50, item_mask=mask, backend="cpu")
     want = ref.holistic_topk(scores, codes, 50, item_mask=mask)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
