@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -96,15 +94,24 @@ def code_dtype(dtype, k: int) -> torch.dtype:
     return dtype
 
 
-@contextlib.contextmanager
-def allocating(what: str):
+class allocating:
     """Around the allocation of an op's outputs: torch's failure to allocate them (a size past
     what int64 bytes can count, or more memory than there is) becomes a MemoryError naming
-    what they were for, instead of torch's RuntimeError."""
-    try:
-        yield
-    except RuntimeError as error:
+    what they were for, instead of torch's RuntimeError. A plain class, not a
+    contextlib.contextmanager: a generator-based one cost 0.7 us per decode step."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is None or not issubclass(kind, RuntimeError):
+            return False
         text = str(error)
         if not any(sign in text for sign in ("allocate", "overflow", "out of memory")):
-            raise
-        raise MemoryError(f"cannot allocate {what}: {text.splitlines()[0]}") from error
+            return False
+        raise MemoryError(f"cannot allocate {self.what}: {text.splitlines()[0]}") from error
