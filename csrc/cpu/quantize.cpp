@@ -45,7 +45,12 @@ constexpr int TR = 6;  // 12 accumulators + 2 panel vectors + 1 broadcast of the
 constexpr int TC = 2 * VW;  // codewords per panel
 inline vtf loadv(const float* p) { return *reinterpret_cast<const vtf_unaligned*>(p); }
 inline void storev(float* p, vtf v) { *reinterpret_cast<vtf_unaligned*>(p) = v; }
-inline vtf splatv(float s) { return vtf{} + s; }
+// A broadcast: `vtf{} + s` would cost a scalar add per call (0 + s is not s for -0).
+#ifdef __AVX512F__
+inline vtf splatv(float s) { return vtf(_mm512_set1_ps(s)); }
+#else
+inline vtf splatv(float s) { return splat(s); }
+#endif
 inline vti splatv_i(int32_t s) { return vti{} + s; }
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
 // Beam search by tables while they take at most 64 MB.
@@ -99,6 +104,29 @@ inline bool any_lane(v8i mask) {
   v8i folded = mask | __builtin_shuffle(mask, v8i{4, 5, 6, 7, 0, 1, 2, 3});
   folded |= __builtin_shuffle(folded, v8i{2, 3, 0, 1, 6, 7, 4, 5});
   return (folded[0] | folded[1]) != 0;
+#endif
+}
+// Bit i set where lane i of a is less than b's (lanes_less) or not greater (NaN included).
+inline uint32_t lanes_less(vtf a, vtf b) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(__m512(a), __m512(b), _CMP_LT_OQ);
+#elif defined(__AVX2__)
+  return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(__m256(a), __m256(b), _CMP_LT_OQ)));
+#else
+  uint32_t bits = 0;
+  for (int i = 0; i < VW; ++i) bits |= uint32_t(a[i] < b[i]) << i;
+  return bits;
+#endif
+}
+inline uint32_t lanes_not_greater(vtf a, vtf b) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(__m512(a), __m512(b), _CMP_NGT_UQ);
+#elif defined(__AVX2__)
+  return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(__m256(a), __m256(b), _CMP_NGT_UQ)));
+#else
+  uint32_t bits = 0;
+  for (int i = 0; i < VW; ++i) bits |= uint32_t(!(a[i] > b[i])) << i;
+  return bits;
 #endif
 }
 
@@ -595,13 +623,13 @@ void fill_cross_tables(const float* codebooks, int64_t levels, int64_t k, int64_
 
 // One thread's buffers of the table beam search.
 struct LutBuffers {
-  std::vector<float> rows, scores, cand, group_min, err, next_err, errs_hist, next_errs_hist;
+  std::vector<float> rows, scores, cand, low_heap, err, next_err, errs_hist, next_errs_hist;
   std::vector<int32_t> hist, next_hist;
   Candidates best;
 
   LutBuffers(int64_t d, int64_t levels, int64_t kp, int64_t beam_width)
       : rows(ROW_BLOCK * d), scores(ROW_BLOCK * levels * kp), cand(beam_width * kp),
-        group_min(beam_width * kp + 16 * beam_width),
+        low_heap(beam_width),
         err(beam_width), next_err(beam_width), errs_hist(beam_width * levels),
         next_errs_hist(beam_width * levels), hist(beam_width * levels),
         next_hist(beam_width * levels) {
@@ -609,54 +637,70 @@ struct LutBuffers {
   }
 };
 
+// Replaces the largest of a max-heap of n floats (none NaN) by a smaller x: one pass down.
+inline void heap_replace_top(float* heap, int64_t n, float x) {
+  int64_t i = 0;
+  for (int64_t c = 1; c < n; c = 2 * i + 1) {
+    c += c + 1 < n && heap[c + 1] > heap[c];
+    if (!(heap[c] > x)) break;
+    heap[i] = heap[c];
+    i = c;
+  }
+  heap[i] = x;
+}
+
 // Scores the k candidates of each of `beams` beams at level l (error + scores s + the l table
 // rows of the beam's codes) into buf.cand, then offers buf.best only those that can be kept.
 // A running threshold (best_candidates) mispredicts a branch on most of its early offers;
-// here the first pass also keeps the minimum of each group (one lane of a run of chunks of
+// here the first pass also takes the minimum of each group (one lane of a run of chunks of
 // one beam): `keep` groups whose minimum is at most t hold `keep` candidates at most t, so the
 // keep-th smallest group minimum bounds the worst kept candidate, and the second pass offers
 // only candidates at most that bound (NaN included: it ranks last, offered when the bound is
 // +inf). The kept set is the same: TopK's result does not depend on what else was offered.
-// FIXED is l when known at compile time (-1: not).
+// The keep smallest minima are a max-heap that most groups' minima (a whole beam's, once the
+// better beams have been seen) skip with one compare. FIXED is l when known at compile time
+// (-1: not).
 template <int FIXED>
 void lut_candidates(const float* s, const CrossTables& tables, int64_t l, int64_t levels,
                     int64_t beams, int64_t k, int64_t keep, LutBuffers& buf) {
-  const int64_t kp = tables.kp, chunks = kp / 8;
+  const int64_t kp = tables.kp, chunks = kp / VW;
   const int64_t depth = FIXED >= 0 ? FIXED : l;
   // Groups per beam: enough for twice `keep` groups in all, at most one chunk each.
   int64_t segments = 1;
-  while (segments < chunks && beams * 8 * segments < 2 * keep) segments *= 2;
+  while (segments < chunks && beams * VW * segments < 2 * keep) segments *= 2;
   const int64_t per_segment = (chunks + segments - 1) / segments;
-  float* group_min = buf.group_min.data();
-  int64_t groups = 0;
+  float* heap = buf.low_heap.data();  // heap[0]: the largest of the keep smallest minima
+  std::fill(heap, heap + keep, std::numeric_limits<float>::infinity());
   for (int64_t b = 0; b < beams; ++b) {
     const float* rows_of[64];  // the table row of each earlier level (levels <= 64)
     for (int64_t m = 0; m < depth; ++m) rows_of[m] = tables.row(m, l, buf.hist[b * levels + m]);
-    const v8f e = splat(buf.err[b]);
+    const vtf e = splatv(buf.err[b]);
     float* out = buf.cand.data() + b * kp;
     for (int64_t c0 = 0; c0 < chunks; c0 += per_segment) {
-      v8f low = splat(std::numeric_limits<float>::infinity());
-      for (int64_t c = 8 * c0; c < 8 * std::min(chunks, c0 + per_segment); c += 8) {
-        v8f v = e + load8(s + c);
-        for (int64_t m = 0; m < depth; ++m) v += load8(rows_of[m] + c);
-        store8(out + c, v);
+      vtf low = splatv(std::numeric_limits<float>::infinity());
+      for (int64_t c = VW * c0; c < VW * std::min(chunks, c0 + per_segment); c += VW) {
+        vtf v = e + loadv(s + c);
+        for (int64_t m = 0; m < depth; ++m) v += loadv(rows_of[m] + c);
+        storev(out + c, v);
         low = v < low ? v : low;  // NaN never replaces; padding lanes hold +inf
       }
-      store8(group_min + groups, low);
-      groups += 8;
+      // The lanes below the heap's largest, lowest first (the largest falls as they enter).
+      for (uint32_t m = lanes_less(low, splatv(heap[0])); m; m &= m - 1) {
+        const float v = low[__builtin_ctz(m)];
+        if (v < heap[0]) heap_replace_top(heap, keep, v);
+      }
     }
   }
-  std::nth_element(group_min, group_min + (keep - 1), group_min + groups);
-  const v8f bound = splat(group_min[keep - 1]);
+  const vtf bound_v = splatv(heap[0]);
   for (int64_t b = 0; b < beams; ++b) {
     const float* run = buf.cand.data() + b * kp;
-    for (int64_t c = 0; c < kp; c += 8) {
-      const v8f v = load8(run + c);
-      if (!any_lane(~(v > bound))) continue;
-      for (int64_t lane = 0; lane < 8 && c + lane < k; ++lane)
-        if (!(run[c + lane] > bound[0]))
-          buf.best.offer((uint64_t(order_word(run[c + lane])) << 32) |
-                         uint64_t(b * kp + c + lane));
+    for (int64_t c = 0; c < kp; c += VW) {
+      uint32_t m = lanes_not_greater(loadv(run + c), bound_v);
+      if (k - c < VW) m &= (uint32_t(1) << std::max<int64_t>(k - c, 0)) - 1;  // codes >= k
+      for (; m; m &= m - 1) {
+        const int64_t code = c + __builtin_ctz(m);
+        buf.best.offer((uint64_t(order_word(run[code])) << 32) | uint64_t(b * kp + code));
+      }
     }
   }
 }
