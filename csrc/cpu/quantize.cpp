@@ -20,8 +20,12 @@
 
 #include "semid_fast/quantize.h"
 
-#ifdef __AVX2__
+#if defined(__SSE2__)
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace semid_fast {
@@ -1081,6 +1085,72 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
 
 namespace {
 
+// Decoded outputs at least this large stream past the caches (when already in memory).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// Whether to write `count` floats at out with streaming stores. A plain store to a line that
+// is not in cache first reads it (read-for-ownership): a large output already in memory (out=)
+// costs half again its size in extra traffic, and streaming it measured twice as fast. Fresh
+// pages are the exception: the OS zeroes each one through the cache when it is first touched,
+// plain stores then hit those lines, and streaming ones (which evict them first) measured
+// slower. So: large, and its first, middle and last pages already resident (mincore).
+bool stream_output(const float* out, int64_t count) {
+  const int64_t bytes = count * int64_t(sizeof(float));
+  if (bytes < kStreamBytes) return false;
+#if defined(__linux__)
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(out);
+  for (const uintptr_t at : {start, start + uintptr_t(bytes) / 2, start + uintptr_t(bytes) - 1}) {
+    unsigned char resident = 0;
+    if (mincore(reinterpret_cast<void*>(at & ~(page - 1)), 1, &resident) != 0 || !(resident & 1))
+      return false;
+  }
+  return true;
+#else
+  return false;
+#endif
+}
+
+// dst[0, len) = src[0, len) with streaming stores on the whole vectors of dst that are aligned
+// (plain stores before and after them); the caller fences (stream_fence) before returning.
+void stream_copy(float* dst, const float* src, int64_t len) {
+#if defined(__AVX512F__)
+  constexpr int W = 16;
+#elif defined(__AVX__)
+  constexpr int W = 8;
+#elif defined(__SSE2__)
+  constexpr int W = 4;
+#else
+  constexpr int W = 0;
+#endif
+  int64_t i = 0;
+  if (W > 0) {
+    const uintptr_t misaligned = reinterpret_cast<uintptr_t>(dst) % (W * sizeof(float));
+    if (misaligned % sizeof(float) == 0) {
+      int64_t head = misaligned ? int64_t(W - misaligned / sizeof(float)) : 0;
+      head = std::min(head, len);
+      for (; i < head; ++i) dst[i] = src[i];
+      for (; i + W <= len; i += W) {
+#if defined(__AVX512F__)
+        _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+        _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#elif defined(__SSE2__)
+        _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+      }
+    }
+  }
+  for (; i < len; ++i) dst[i] = src[i];
+}
+
+// Orders this thread's streaming stores before whatever follows (they are weakly ordered).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // The codes of a row lie in [0, k).
 inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
   bool ok = true;
@@ -1088,82 +1158,102 @@ inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
   return ok;
 }
 
+// Row i of rq_decode into o (d floats).
+inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codebooks, int64_t k,
+                          int64_t d, float* o) {
+  const int64_t d8 = d / 8 * 8;
+  const float* w0 = codebooks + c[0] * d;
+  // Chunks of 32 floats summed over the levels in registers, then written once.
+  int64_t j = 0;
+  for (; j + 32 <= d8; j += 32) {
+    v8f a0 = load8(w0 + j), a1 = load8(w0 + j + 8), a2 = load8(w0 + j + 16),
+        a3 = load8(w0 + j + 24);
+    for (int64_t l = 1; l < levels; ++l) {
+      const float* w = codebooks + (l * k + c[l]) * d + j;
+      a0 += load8(w);
+      a1 += load8(w + 8);
+      a2 += load8(w + 16);
+      a3 += load8(w + 24);
+    }
+    store8(o + j, a0);
+    store8(o + j + 8, a1);
+    store8(o + j + 16, a2);
+    store8(o + j + 24, a3);
+  }
+  for (; j < d8; j += 8) {
+    v8f a = load8(w0 + j);
+    for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
+    store8(o + j, a);
+  }
+  for (; j < d; ++j) {
+    float a = w0[j];
+    for (int64_t l = 1; l < levels; ++l) a += codebooks[(l * k + c[l]) * d + j];
+    o[j] = a;
+  }
+}
+
+// Row i of pq_decode into o (m * dsub floats).
+inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, int64_t k,
+                          int64_t dsub, float* o) {
+  for (int64_t s = 0; s < m; ++s) {
+    const float* w = codebooks + (s * k + c[s]) * dsub;
+    float* dst = o + s * dsub;
+    if (dsub % 8 == 0)
+      for (int64_t j = 0; j < dsub; j += 8) store8(dst + j, load8(w + j));
+    else
+      std::memcpy(dst, w, sizeof(float) * dsub);
+  }
+}
+
+// Both decoders: n rows of `groups` codes to rows of `width` floats, decode_row(c, o) writing
+// one. Threads take runs of rows of about 2 MB of output (one huge page: no two threads fault
+// the same one) as they go, not a fixed share: on a shared machine a thread the OS preempts
+// for a time slice would otherwise hold up its whole share. A streamed output (stream_output)
+// is decoded row by row into a thread's buffer in L1 and streamed from there. A row with an
+// out-of-range code is written as zeros and the call returns kCodeOutOfRange.
+template <typename DecodeRow>
+int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int64_t width,
+                float* out, int n_threads, const DecodeRow& decode_row) {
+  const bool stream = stream_output(out, n * width);
+  std::vector<float> rows(stream ? size_t(n_threads) * size_t(width) : 0);  // before the region
+  const int64_t run = std::max<int64_t>(1, (int64_t(2) << 20) / (width * int64_t(sizeof(float))));
+  int bad = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : bad)
+  {
+    float* row = stream ? rows.data() + int64_t(omp_get_thread_num()) * width : nullptr;
+#pragma omp for schedule(dynamic, run)
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t* c = codes + i * groups;
+      float* o = stream ? row : out + i * width;
+      if (row_in_range(c, groups, k)) {
+        decode_row(c, o);
+      } else {
+        bad = 1;
+        std::fill(o, o + width, 0.0f);
+      }
+      if (stream) stream_copy(out + i * width, row, width);
+    }
+    if (stream) stream_fence();
+  }
+  return bad ? kCodeOutOfRange : kOk;
+}
+
 }  // namespace
 
-// Both decoders write each output float once, rows split statically across threads, so the
-// pages of a fresh output are first touched (faulted in) by all threads at once. Stores go
-// through the cache: streaming them past it was slower into fresh pages, which the kernel
-// has just zeroed through the cache. A row with an out-of-range code is written as zeros and
-// the call returns kCodeOutOfRange.
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
   if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
-  const int64_t d8 = d / 8 * 8;
-  int bad = 0;
-#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
-  for (int64_t i = 0; i < n; ++i) {
-    float* o = out + i * d;
-    const int64_t* c = codes + i * levels;
-    if (!row_in_range(c, levels, k)) {
-      bad = 1;
-      std::fill(o, o + d, 0.0f);
-      continue;
-    }
-    const float* w0 = codebooks + c[0] * d;
-    // Chunks of 32 floats summed over the levels in registers, then written once.
-    int64_t j = 0;
-    for (; j + 32 <= d8; j += 32) {
-      v8f a0 = load8(w0 + j), a1 = load8(w0 + j + 8), a2 = load8(w0 + j + 16),
-          a3 = load8(w0 + j + 24);
-      for (int64_t l = 1; l < levels; ++l) {
-        const float* w = codebooks + (l * k + c[l]) * d + j;
-        a0 += load8(w);
-        a1 += load8(w + 8);
-        a2 += load8(w + 16);
-        a3 += load8(w + 24);
-      }
-      store8(o + j, a0);
-      store8(o + j + 8, a1);
-      store8(o + j + 16, a2);
-      store8(o + j + 24, a3);
-    }
-    for (; j < d8; j += 8) {
-      v8f a = load8(w0 + j);
-      for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
-      store8(o + j, a);
-    }
-    for (; j < d; ++j) {
-      float a = w0[j];
-      for (int64_t l = 1; l < levels; ++l) a += codebooks[(l * k + c[l]) * d + j];
-      o[j] = a;
-    }
-  }
-  return bad ? kCodeOutOfRange : kOk;
+  return decode_rows(codes, n, levels, k, d, out, n_threads, [&](const int64_t* c, float* o) {
+    rq_decode_row(c, levels, codebooks, k, d, o);
+  });
 }
 
 int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
                   int64_t dsub, float* out, int n_threads) {
   if (n < 0 || m <= 0 || k <= 0 || dsub <= 0 || n_threads <= 0) return kBadArgument;
-  int bad = 0;
-#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t* c = codes + i * m;
-    float* o = out + i * m * dsub;
-    if (!row_in_range(c, m, k)) {
-      bad = 1;
-      std::fill(o, o + m * dsub, 0.0f);
-      continue;
-    }
-    for (int64_t s = 0; s < m; ++s) {
-      const float* w = codebooks + (s * k + c[s]) * dsub;
-      float* dst = o + s * dsub;
-      if (dsub % 8 == 0)
-        for (int64_t j = 0; j < dsub; j += 8) store8(dst + j, load8(w + j));
-      else
-        std::memcpy(dst, w, sizeof(float) * dsub);
-    }
-  }
-  return bad ? kCodeOutOfRange : kOk;
+  return decode_rows(codes, n, m, k, m * dsub, out, n_threads, [&](const int64_t* c, float* o) {
+    pq_decode_row(c, m, codebooks, k, dsub, o);
+  });
 }
 
 }  // namespace SEMID_FAST_ISA
