@@ -544,13 +544,14 @@ def test_decode_into_out_equals_the_fresh_result(device, backend, product):
 
 
 # Outputs from 8 MiB (the kernels' kStreamBytes) already in memory are written with
-# streaming stores: rows just under and just over it, widths of whole vectors and ragged ones,
-# an out= shifted one float off the vectors' alignment, and a fresh out= (not yet in memory,
-# written with plain stores).
+# streaming stores: rows just under and just over it, widths of whole vectors and ragged ones
+# (PQ 3 x 8: 8-float sub-vectors in a pair and one alone), an out= shifted one float off the
+# vectors' alignment, and a fresh out= (not yet in memory, written with plain stores).
 _STREAM_BYTES = 8 << 20
 
 
-@pytest.mark.parametrize("product,groups,width", [(False, 2, 256), (False, 3, 13), (True, 3, 15)])
+@pytest.mark.parametrize("product,groups,width", [(False, 2, 256), (False, 3, 13), (True, 3, 15),
+                                                   (True, 3, 24)])
 @pytest.mark.parametrize("over", [False, True])
 @pytest.mark.parametrize("shift", [0, 1])
 def test_cpu_decoders_stream_large_outputs_like_the_reference(product, groups, width, over, shift):

@@ -1195,7 +1195,17 @@ inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codeboo
 // Row i of pq_decode into o (m * dsub floats).
 inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, int64_t k,
                           int64_t dsub, float* o) {
-  for (int64_t s = 0; s < m; ++s) {
+  int64_t s = 0;
+#ifdef __AVX512F__
+  // 8-float sub-vectors in pairs: one 16-float store each.
+  if (dsub == 8)
+    for (; s + 2 <= m; s += 2) {
+      const __m256 lo = _mm256_loadu_ps(codebooks + (s * k + c[s]) * 8);
+      const __m256 hi = _mm256_loadu_ps(codebooks + ((s + 1) * k + c[s + 1]) * 8);
+      _mm512_storeu_ps(o + s * 8, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+    }
+#endif
+  for (; s < m; ++s) {
     const float* w = codebooks + (s * k + c[s]) * dsub;
     float* dst = o + s * dsub;
     if (dsub % 8 == 0)
