@@ -1216,22 +1216,21 @@ inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, i
 }
 
 // Both decoders: n rows of `groups` codes to rows of `width` floats, decode_row(c, o) writing
-// one. Threads take runs of rows of about 2 MB of output (one huge page: no two threads fault
-// the same one) as they go, not a fixed share: on a shared machine a thread the OS preempts
-// for a time slice would otherwise hold up its whole share. A streamed output (stream_output)
-// is decoded row by row into a thread's buffer in L1 and streamed from there. A row with an
-// out-of-range code is written as zeros and the call returns kCodeOutOfRange.
+// one. Rows are split statically across threads, so the pages of a fresh output are first
+// touched (faulted in) by all threads at once (runs of rows taken dynamically measured
+// slower, fresh or not). A streamed output (stream_output) is decoded row by row into a
+// thread's buffer in L1 and streamed from there. A row with an out-of-range code is written
+// as zeros and the call returns kCodeOutOfRange.
 template <typename DecodeRow>
 int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int64_t width,
                 float* out, int n_threads, const DecodeRow& decode_row) {
   const bool stream = stream_output(out, n * width);
   std::vector<float> rows(stream ? size_t(n_threads) * size_t(width) : 0);  // before the region
-  const int64_t run = std::max<int64_t>(1, (int64_t(2) << 20) / (width * int64_t(sizeof(float))));
   int bad = 0;
 #pragma omp parallel num_threads(n_threads) reduction(| : bad)
   {
     float* row = stream ? rows.data() + int64_t(omp_get_thread_num()) * width : nullptr;
-#pragma omp for schedule(dynamic, run)
+#pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t* c = codes + i * groups;
       float* o = stream ? row : out + i * width;
