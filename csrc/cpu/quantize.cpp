@@ -1151,11 +1151,12 @@ inline void stream_fence() {
 #endif
 }
 
-// The codes of a row lie in [0, k).
+// The codes of a row lie in [0, k): one unsigned compare each (a negative code wraps past k),
+// which vectorises.
 inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
-  bool ok = true;
-  for (int64_t g = 0; g < groups; ++g) ok &= c[g] >= 0 && c[g] < k;
-  return ok;
+  uint64_t outside = 0;
+  for (int64_t g = 0; g < groups; ++g) outside |= uint64_t(uint64_t(c[g]) >= uint64_t(k));
+  return outside == 0;
 }
 
 // Row i of rq_decode into o (d floats).
