@@ -1088,6 +1088,17 @@ namespace {
 // Decoded outputs at least this large stream past the caches (when already in memory).
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
+// Asks for the cache line at p, to be written: prefetchw where the ISA has it (every AVX-512
+// CPU does), elsewhere a read prefetch (which gets the line exclusive when no other core holds
+// it). Never faults: a line of a page not yet mapped is dropped.
+inline void prefetch_for_write(const void* p) {
+#if defined(__AVX512F__)
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
 // Whether to write `count` floats at out with streaming stores. A plain store to a line that
 // is not in cache first reads it (read-for-ownership): a large output already in memory (out=)
 // costs half again its size in extra traffic, and streaming it measured twice as fast. Fresh
@@ -1220,12 +1231,18 @@ inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, i
 // one. Rows are split statically across threads, so the pages of a fresh output are first
 // touched (faulted in) by all threads at once (runs of rows taken dynamically measured
 // slower, fresh or not). A streamed output (stream_output) is decoded row by row into a
-// thread's buffer in L1 and streamed from there. A row with an out-of-range code is written
-// as zeros and the call returns kCodeOutOfRange.
+// thread's buffer in L1 and streamed from there. A large one not streamed (fresh) is, with
+// `prefetch`, written into lines prefetched for writing about 4 KB ahead: the lines the OS
+// has just zeroed come back from L2/L3 before the stores need them (pq_decode: ~5% faster;
+// rq_decode, bound by its codeword sums, measured none). A row with an out-of-range code is
+// written as zeros and the call returns kCodeOutOfRange.
 template <typename DecodeRow>
 int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int64_t width,
-                float* out, int n_threads, const DecodeRow& decode_row) {
+                float* out, int n_threads, bool prefetch, const DecodeRow& decode_row) {
+  const int64_t row_bytes = width * int64_t(sizeof(float));
   const bool stream = stream_output(out, n * width);
+  const bool prefetching = prefetch && !stream && n * row_bytes >= kStreamBytes;
+  const int64_t ahead = prefetching ? std::max<int64_t>(1, 4096 / row_bytes) : 0;
   std::vector<float> rows(stream ? size_t(n_threads) * size_t(width) : 0);  // before the region
   int bad = 0;
 #pragma omp parallel num_threads(n_threads) reduction(| : bad)
@@ -1235,6 +1252,10 @@ int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int6
     for (int64_t i = 0; i < n; ++i) {
       const int64_t* c = codes + i * groups;
       float* o = stream ? row : out + i * width;
+      if (ahead && i + ahead < n) {
+        const char* next = reinterpret_cast<const char*>(out + (i + ahead) * width);
+        for (int64_t b = 0; b < row_bytes; b += 64) prefetch_for_write(next + b);
+      }
       if (row_in_range(c, groups, k)) {
         decode_row(c, o);
       } else {
@@ -1253,17 +1274,17 @@ int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int6
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
   if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
-  return decode_rows(codes, n, levels, k, d, out, n_threads, [&](const int64_t* c, float* o) {
+  const auto row = [&](const int64_t* c, float* o) {
     rq_decode_row(c, levels, codebooks, k, d, o);
-  });
+  };
+  return decode_rows(codes, n, levels, k, d, out, n_threads, false, row);
 }
 
 int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
                   int64_t dsub, float* out, int n_threads) {
   if (n < 0 || m <= 0 || k <= 0 || dsub <= 0 || n_threads <= 0) return kBadArgument;
-  return decode_rows(codes, n, m, k, m * dsub, out, n_threads, [&](const int64_t* c, float* o) {
-    pq_decode_row(c, m, codebooks, k, dsub, o);
-  });
+  const auto row = [&](const int64_t* c, float* o) { pq_decode_row(c, m, codebooks, k, dsub, o); };
+  return decode_rows(codes, n, m, k, m * dsub, out, n_threads, true, row);
 }
 
 }  // namespace SEMID_FAST_ISA
