@@ -1108,7 +1108,7 @@ inline void prefetch_for_write(const void* p) {
 bool stream_output(const float* out, int64_t count) {
   const int64_t bytes = count * int64_t(sizeof(float));
   if (bytes < kStreamBytes) return false;
-#if defined(__linux__)
+#if defined(__linux__) && defined(__SSE2__)  // x86, where stream_copy has streaming stores
   const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
   const uintptr_t start = reinterpret_cast<uintptr_t>(out);
   for (const uintptr_t at : {start, start + uintptr_t(bytes) / 2, start + uintptr_t(bytes) - 1}) {
@@ -1135,7 +1135,7 @@ void stream_copy(float* dst, const float* src, int64_t len) {
   constexpr int W = 0;
 #endif
   int64_t i = 0;
-  if (W > 0) {
+  if constexpr (W > 0) {
     const uintptr_t misaligned = reinterpret_cast<uintptr_t>(dst) % (W * sizeof(float));
     if (misaligned % sizeof(float) == 0) {
       int64_t head = misaligned ? int64_t(W - misaligned / sizeof(float)) : 0;
