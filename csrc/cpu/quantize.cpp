@@ -1101,7 +1101,7 @@ inline void prefetch_for_write(const void* p) {
 
 // Whether to write `count` floats at out with streaming stores. A plain store to a line that
 // is not in cache first reads it (read-for-ownership): a large output already in memory (out=)
-// costs half again its size in extra traffic, and streaming it measured twice as fast. Fresh
+// is read in full before it is overwritten, and streaming it measured twice as fast. Fresh
 // pages are the exception: the OS zeroes each one through the cache when it is first touched,
 // plain stores then hit those lines, and streaming ones (which evict them first) measured
 // slower. So: large, and its first, middle and last pages already resident (mincore).
