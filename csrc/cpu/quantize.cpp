@@ -110,7 +110,8 @@ inline bool any_lane(v8i mask) {
   return (folded[0] | folded[1]) != 0;
 #endif
 }
-// Bit i set where lane i of a is less than b's (lanes_less) or not greater (NaN included).
+// Bit i set where lane i of a is less than b's (lanes_less) or not greater than b's
+// (lanes_not_greater: a NaN lane included).
 inline uint32_t lanes_less(vtf a, vtf b) {
 #if defined(__AVX512F__)
   return _mm512_cmp_ps_mask(__m512(a), __m512(b), _CMP_LT_OQ);
