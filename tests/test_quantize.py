@@ -120,6 +120,21 @@ def test_rq_encode_beam_tables_match_reference(n, d, k, levels, beam_width):
     assert (codes == expected).all(dim=1).float().mean() >= 0.99
 
 
+# Beams past the vector width (16 lanes on AVX-512) and K off the panels, with "cpu" in the
+# test ids so the narrower ISA builds run them too (test_build): B=2 and 33 split each beam's
+# candidates into several groups at the first level, B=33 keeps more minima than one vector.
+@pytest.mark.parametrize("n,d,k,levels", [(300, 13, 37, 4), (200, 24, 100, 3)])
+@pytest.mark.parametrize("beam_width", [2, 16, 33])
+def test_rq_encode_beam_tables_on_cpu_match_reference_at_any_width(n, d, k, levels, beam_width):
+    x, codebooks = rq_inputs(n, d, k, levels, "cpu", seed=beam_width + k)
+    codes = sf.rq_encode(x, codebooks, beam_width=beam_width, backend="cpu")
+    expected = ref.rq_encode(x, codebooks, beam_width=beam_width)
+    ours = (x - ref.rq_decode(codes, codebooks)).pow(2).sum(1)
+    theirs = (x - ref.rq_decode(expected, codebooks)).pow(2).sum(1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert (codes == expected).all(dim=1).float().mean() >= 0.99
+
+
 @pytest.mark.parametrize("n,d,nbits,levels,beam_width", [(400, 13, 4, 3, 4), (300, 40, 6, 4, 16)])
 def test_rq_encode_beam_matches_faiss_beam_lut(n, d, nbits, levels, beam_width):
     faiss = pytest.importorskip("faiss")
@@ -526,6 +541,58 @@ def test_decode_into_out_equals_the_fresh_result(device, backend, product):
     strided = torch.empty(want.shape[1], want.shape[0], device=device).t()
     decode(codes, codebooks, out=strided, backend=backend)
     assert torch.equal(strided, want)
+
+
+# Outputs from 8 MiB (the kernels' kStreamBytes) already in memory are written with
+# streaming stores: rows just under and just over it, widths of whole vectors and ragged ones
+# (PQ 3 x 8: 8-float sub-vectors in a pair and one alone), an out= shifted one float off the
+# vectors' alignment, and a fresh out= (not yet in memory, written with plain stores).
+_STREAM_BYTES = 8 << 20
+
+
+@pytest.mark.parametrize("product,groups,width", [(False, 2, 256), (False, 3, 13), (True, 3, 15),
+                                                   (True, 3, 24)])
+@pytest.mark.parametrize("over", [False, True])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_cpu_decoders_stream_large_outputs_like_the_reference(product, groups, width, over, shift):
+    reaching = -(-_STREAM_BYTES // (4 * width))  # the fewest rows of at least 8 MiB
+    n = reaching if over else reaching - 1
+    g = torch.Generator().manual_seed(n)
+    k = 7
+    codebooks = torch.randn(groups, k, width // groups if product else width, generator=g)
+    codes = torch.randint(0, k, (n, groups), generator=g)
+    decode = sf.pq_decode if product else sf.rq_decode
+    want = (ref.pq_decode if product else ref.rq_decode)(codes, codebooks)
+    assert torch.equal(decode(codes, codebooks, backend="cpu"), want)
+    buffer = torch.full((n * width + shift,), float("nan"))  # filled: in memory
+    out = buffer[shift:].view(n, width)
+    decode(codes, codebooks, out=out, backend="cpu")
+    assert torch.equal(out, want)
+    fresh = torch.empty(n, width)
+    decode(codes, codebooks, out=fresh, backend="cpu")
+    assert torch.equal(fresh, want)
+
+
+@pytest.mark.parametrize("product", [False, True])
+def test_cpu_decoders_streaming_check_codes_and_zero_bad_rows(product):
+    """Value checks off, a streamed out= still gets every good row and zeros for a bad one."""
+    n, width = _STREAM_BYTES // (4 * 64) + 5, 64
+    codebooks = torch.randn(2, 5, width // 2 if product else width)
+    codes = torch.randint(0, 5, (n, 2))
+    codes[n // 2, 1] = 5
+    decode = sf.pq_decode if product else sf.rq_decode
+    out = torch.full((n, width), float("nan"))
+    sf.config.check_values = False
+    try:
+        with pytest.raises(ValueError, match=r"codes must lie in \[0, 5\)"):
+            decode(codes, codebooks, out=out, backend="cpu")
+    finally:
+        sf.config.check_values = True
+    good = torch.ones(n, dtype=torch.bool)
+    good[n // 2] = False
+    want = (ref.pq_decode if product else ref.rq_decode)(codes[good], codebooks)
+    assert torch.equal(out[good], want)
+    assert torch.equal(out[n // 2], torch.zeros(width))
 
 
 def test_decode_out_in_the_codebooks_dtype_and_with_center():

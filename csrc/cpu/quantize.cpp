@@ -20,8 +20,12 @@
 
 #include "semid_fast/quantize.h"
 
-#ifdef __AVX2__
+#if defined(__SSE2__)
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace semid_fast {
@@ -45,7 +49,12 @@ constexpr int TR = 6;  // 12 accumulators + 2 panel vectors + 1 broadcast of the
 constexpr int TC = 2 * VW;  // codewords per panel
 inline vtf loadv(const float* p) { return *reinterpret_cast<const vtf_unaligned*>(p); }
 inline void storev(float* p, vtf v) { *reinterpret_cast<vtf_unaligned*>(p) = v; }
-inline vtf splatv(float s) { return vtf{} + s; }
+// A broadcast: `vtf{} + s` would cost a scalar add per call (0 + s is not s for -0).
+#ifdef __AVX512F__
+inline vtf splatv(float s) { return vtf(_mm512_set1_ps(s)); }
+#else
+inline vtf splatv(float s) { return splat(s); }
+#endif
 inline vti splatv_i(int32_t s) { return vti{} + s; }
 constexpr int64_t ROW_BLOCK = 8 * TR;  // rows sharing one panel while it sits in L1
 // Beam search by tables while they take at most 64 MB.
@@ -99,6 +108,30 @@ inline bool any_lane(v8i mask) {
   v8i folded = mask | __builtin_shuffle(mask, v8i{4, 5, 6, 7, 0, 1, 2, 3});
   folded |= __builtin_shuffle(folded, v8i{2, 3, 0, 1, 6, 7, 4, 5});
   return (folded[0] | folded[1]) != 0;
+#endif
+}
+// Bit i set where lane i of a is less than b's (lanes_less) or not greater than b's
+// (lanes_not_greater: a NaN lane included).
+inline uint32_t lanes_less(vtf a, vtf b) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(__m512(a), __m512(b), _CMP_LT_OQ);
+#elif defined(__AVX2__)
+  return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(__m256(a), __m256(b), _CMP_LT_OQ)));
+#else
+  uint32_t bits = 0;
+  for (int i = 0; i < VW; ++i) bits |= uint32_t(a[i] < b[i]) << i;
+  return bits;
+#endif
+}
+inline uint32_t lanes_not_greater(vtf a, vtf b) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(__m512(a), __m512(b), _CMP_NGT_UQ);
+#elif defined(__AVX2__)
+  return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(__m256(a), __m256(b), _CMP_NGT_UQ)));
+#else
+  uint32_t bits = 0;
+  for (int i = 0; i < VW; ++i) bits |= uint32_t(!(a[i] > b[i])) << i;
+  return bits;
 #endif
 }
 
@@ -595,13 +628,13 @@ void fill_cross_tables(const float* codebooks, int64_t levels, int64_t k, int64_
 
 // One thread's buffers of the table beam search.
 struct LutBuffers {
-  std::vector<float> rows, scores, cand, group_min, err, next_err, errs_hist, next_errs_hist;
+  std::vector<float> rows, scores, cand, low_heap, err, next_err, errs_hist, next_errs_hist;
   std::vector<int32_t> hist, next_hist;
   Candidates best;
 
   LutBuffers(int64_t d, int64_t levels, int64_t kp, int64_t beam_width)
       : rows(ROW_BLOCK * d), scores(ROW_BLOCK * levels * kp), cand(beam_width * kp),
-        group_min(beam_width * kp + 16 * beam_width),
+        low_heap(beam_width),
         err(beam_width), next_err(beam_width), errs_hist(beam_width * levels),
         next_errs_hist(beam_width * levels), hist(beam_width * levels),
         next_hist(beam_width * levels) {
@@ -609,54 +642,70 @@ struct LutBuffers {
   }
 };
 
+// Replaces the largest of a max-heap of n floats (none NaN) by a smaller x: one pass down.
+inline void heap_replace_top(float* heap, int64_t n, float x) {
+  int64_t i = 0;
+  for (int64_t c = 1; c < n; c = 2 * i + 1) {
+    c += c + 1 < n && heap[c + 1] > heap[c];
+    if (!(heap[c] > x)) break;
+    heap[i] = heap[c];
+    i = c;
+  }
+  heap[i] = x;
+}
+
 // Scores the k candidates of each of `beams` beams at level l (error + scores s + the l table
 // rows of the beam's codes) into buf.cand, then offers buf.best only those that can be kept.
 // A running threshold (best_candidates) mispredicts a branch on most of its early offers;
-// here the first pass also keeps the minimum of each group (one lane of a run of chunks of
+// here the first pass also takes the minimum of each group (one lane of a run of chunks of
 // one beam): `keep` groups whose minimum is at most t hold `keep` candidates at most t, so the
 // keep-th smallest group minimum bounds the worst kept candidate, and the second pass offers
 // only candidates at most that bound (NaN included: it ranks last, offered when the bound is
 // +inf). The kept set is the same: TopK's result does not depend on what else was offered.
-// FIXED is l when known at compile time (-1: not).
+// The keep smallest minima are a max-heap that most groups' minima (a whole beam's, once the
+// better beams have been seen) skip with one compare. FIXED is l when known at compile time
+// (-1: not).
 template <int FIXED>
 void lut_candidates(const float* s, const CrossTables& tables, int64_t l, int64_t levels,
                     int64_t beams, int64_t k, int64_t keep, LutBuffers& buf) {
-  const int64_t kp = tables.kp, chunks = kp / 8;
+  const int64_t kp = tables.kp, chunks = kp / VW;
   const int64_t depth = FIXED >= 0 ? FIXED : l;
   // Groups per beam: enough for twice `keep` groups in all, at most one chunk each.
   int64_t segments = 1;
-  while (segments < chunks && beams * 8 * segments < 2 * keep) segments *= 2;
+  while (segments < chunks && beams * VW * segments < 2 * keep) segments *= 2;
   const int64_t per_segment = (chunks + segments - 1) / segments;
-  float* group_min = buf.group_min.data();
-  int64_t groups = 0;
+  float* heap = buf.low_heap.data();  // heap[0]: the largest of the keep smallest minima
+  std::fill(heap, heap + keep, std::numeric_limits<float>::infinity());
   for (int64_t b = 0; b < beams; ++b) {
     const float* rows_of[64];  // the table row of each earlier level (levels <= 64)
     for (int64_t m = 0; m < depth; ++m) rows_of[m] = tables.row(m, l, buf.hist[b * levels + m]);
-    const v8f e = splat(buf.err[b]);
+    const vtf e = splatv(buf.err[b]);
     float* out = buf.cand.data() + b * kp;
     for (int64_t c0 = 0; c0 < chunks; c0 += per_segment) {
-      v8f low = splat(std::numeric_limits<float>::infinity());
-      for (int64_t c = 8 * c0; c < 8 * std::min(chunks, c0 + per_segment); c += 8) {
-        v8f v = e + load8(s + c);
-        for (int64_t m = 0; m < depth; ++m) v += load8(rows_of[m] + c);
-        store8(out + c, v);
+      vtf low = splatv(std::numeric_limits<float>::infinity());
+      for (int64_t c = VW * c0; c < VW * std::min(chunks, c0 + per_segment); c += VW) {
+        vtf v = e + loadv(s + c);
+        for (int64_t m = 0; m < depth; ++m) v += loadv(rows_of[m] + c);
+        storev(out + c, v);
         low = v < low ? v : low;  // NaN never replaces; padding lanes hold +inf
       }
-      store8(group_min + groups, low);
-      groups += 8;
+      // The lanes below the heap's largest, lowest first (the largest falls as they enter).
+      for (uint32_t m = lanes_less(low, splatv(heap[0])); m; m &= m - 1) {
+        const float v = low[__builtin_ctz(m)];
+        if (v < heap[0]) heap_replace_top(heap, keep, v);
+      }
     }
   }
-  std::nth_element(group_min, group_min + (keep - 1), group_min + groups);
-  const v8f bound = splat(group_min[keep - 1]);
+  const vtf bound_v = splatv(heap[0]);
   for (int64_t b = 0; b < beams; ++b) {
     const float* run = buf.cand.data() + b * kp;
-    for (int64_t c = 0; c < kp; c += 8) {
-      const v8f v = load8(run + c);
-      if (!any_lane(~(v > bound))) continue;
-      for (int64_t lane = 0; lane < 8 && c + lane < k; ++lane)
-        if (!(run[c + lane] > bound[0]))
-          buf.best.offer((uint64_t(order_word(run[c + lane])) << 32) |
-                         uint64_t(b * kp + c + lane));
+    for (int64_t c = 0; c < kp; c += VW) {
+      uint32_t m = lanes_not_greater(loadv(run + c), bound_v);
+      if (k - c < VW) m &= (uint32_t(1) << std::max<int64_t>(k - c, 0)) - 1;  // codes >= k
+      for (; m; m &= m - 1) {
+        const int64_t code = c + __builtin_ctz(m);
+        buf.best.offer((uint64_t(order_word(run[code])) << 32) | uint64_t(b * kp + code));
+      }
     }
   }
 }
@@ -1037,89 +1086,206 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
 
 namespace {
 
-// The codes of a row lie in [0, k).
+// Decoded outputs at least this large stream past the caches (when already in memory).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// Asks for the cache line at p, to be written: prefetchw where the ISA has it (every AVX-512
+// CPU does), elsewhere a read prefetch (which gets the line exclusive when no other core holds
+// it). Never faults: a line of a page not yet mapped is dropped.
+inline void prefetch_for_write(const void* p) {
+#if defined(__AVX512F__)
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
+// Whether to write `count` floats at out with streaming stores. A plain store to a line that
+// is not in cache first reads it (read-for-ownership): a large output already in memory (out=)
+// is read in full before it is overwritten, and streaming it measured twice as fast. Fresh
+// pages are the exception: the OS zeroes each one through the cache when it is first touched,
+// plain stores then hit those lines, and streaming ones (which evict them first) measured
+// slower. So: large, and its first, middle and last pages already resident (mincore).
+bool stream_output(const float* out, int64_t count) {
+  const int64_t bytes = count * int64_t(sizeof(float));
+  if (bytes < kStreamBytes) return false;
+#if defined(__linux__) && defined(__SSE2__)  // x86, where stream_copy has streaming stores
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(out);
+  for (const uintptr_t at : {start, start + uintptr_t(bytes) / 2, start + uintptr_t(bytes) - 1}) {
+    unsigned char resident = 0;
+    if (mincore(reinterpret_cast<void*>(at & ~(page - 1)), 1, &resident) != 0 || !(resident & 1))
+      return false;
+  }
+  return true;
+#else
+  return false;
+#endif
+}
+
+// dst[0, len) = src[0, len) with streaming stores on the whole vectors of dst that are aligned
+// (plain stores before and after them); the caller fences (stream_fence) before returning.
+void stream_copy(float* dst, const float* src, int64_t len) {
+#if defined(__AVX512F__)
+  constexpr int W = 16;
+#elif defined(__AVX__)
+  constexpr int W = 8;
+#elif defined(__SSE2__)
+  constexpr int W = 4;
+#else
+  constexpr int W = 0;
+#endif
+  int64_t i = 0;
+  if constexpr (W > 0) {
+    const uintptr_t misaligned = reinterpret_cast<uintptr_t>(dst) % (W * sizeof(float));
+    if (misaligned % sizeof(float) == 0) {
+      int64_t head = misaligned ? int64_t(W - misaligned / sizeof(float)) : 0;
+      head = std::min(head, len);
+      for (; i < head; ++i) dst[i] = src[i];
+      for (; i + W <= len; i += W) {
+#if defined(__AVX512F__)
+        _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+        _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#elif defined(__SSE2__)
+        _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+      }
+    }
+  }
+  for (; i < len; ++i) dst[i] = src[i];
+}
+
+// Orders this thread's streaming stores before whatever follows (they are weakly ordered).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// The codes of a row lie in [0, k): one unsigned compare each (a negative code wraps past k),
+// which vectorises.
 inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
-  bool ok = true;
-  for (int64_t g = 0; g < groups; ++g) ok &= c[g] >= 0 && c[g] < k;
-  return ok;
+  uint64_t outside = 0;
+  for (int64_t g = 0; g < groups; ++g) outside |= uint64_t(uint64_t(c[g]) >= uint64_t(k));
+  return outside == 0;
+}
+
+// Row i of rq_decode into o (d floats).
+inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codebooks, int64_t k,
+                          int64_t d, float* o) {
+  const int64_t d8 = d / 8 * 8;
+  const float* w0 = codebooks + c[0] * d;
+  // Chunks of 32 floats summed over the levels in registers, then written once.
+  int64_t j = 0;
+  for (; j + 32 <= d8; j += 32) {
+    v8f a0 = load8(w0 + j), a1 = load8(w0 + j + 8), a2 = load8(w0 + j + 16),
+        a3 = load8(w0 + j + 24);
+    for (int64_t l = 1; l < levels; ++l) {
+      const float* w = codebooks + (l * k + c[l]) * d + j;
+      a0 += load8(w);
+      a1 += load8(w + 8);
+      a2 += load8(w + 16);
+      a3 += load8(w + 24);
+    }
+    store8(o + j, a0);
+    store8(o + j + 8, a1);
+    store8(o + j + 16, a2);
+    store8(o + j + 24, a3);
+  }
+  for (; j < d8; j += 8) {
+    v8f a = load8(w0 + j);
+    for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
+    store8(o + j, a);
+  }
+  for (; j < d; ++j) {
+    float a = w0[j];
+    for (int64_t l = 1; l < levels; ++l) a += codebooks[(l * k + c[l]) * d + j];
+    o[j] = a;
+  }
+}
+
+// Row i of pq_decode into o (m * dsub floats).
+inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, int64_t k,
+                          int64_t dsub, float* o) {
+  int64_t s = 0;
+#ifdef __AVX512F__
+  // 8-float sub-vectors in pairs: one 16-float store each.
+  if (dsub == 8)
+    for (; s + 2 <= m; s += 2) {
+      const __m256 lo = _mm256_loadu_ps(codebooks + (s * k + c[s]) * 8);
+      const __m256 hi = _mm256_loadu_ps(codebooks + ((s + 1) * k + c[s + 1]) * 8);
+      _mm512_storeu_ps(o + s * 8, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+    }
+#endif
+  for (; s < m; ++s) {
+    const float* w = codebooks + (s * k + c[s]) * dsub;
+    float* dst = o + s * dsub;
+    if (dsub % 8 == 0)
+      for (int64_t j = 0; j < dsub; j += 8) store8(dst + j, load8(w + j));
+    else
+      std::memcpy(dst, w, sizeof(float) * dsub);
+  }
+}
+
+// Both decoders: n rows of `groups` codes to rows of `width` floats, decode_row(c, o) writing
+// one. Rows are split statically across threads, so the pages of a fresh output are first
+// touched (faulted in) by all threads at once (runs of rows taken dynamically measured
+// slower, fresh or not). A streamed output (stream_output) is decoded row by row into a
+// thread's buffer in L1 and streamed from there. A large one not streamed (fresh) is, with
+// `prefetch`, written into lines prefetched for writing about 4 KB ahead: the lines the OS
+// has just zeroed come back from L2/L3 before the stores need them (pq_decode: ~5% faster;
+// rq_decode, bound by its codeword sums, measured none). A row with an out-of-range code is
+// written as zeros and the call returns kCodeOutOfRange.
+template <typename DecodeRow>
+int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int64_t width,
+                float* out, int n_threads, bool prefetch, const DecodeRow& decode_row) {
+  const int64_t row_bytes = width * int64_t(sizeof(float));
+  const bool stream = stream_output(out, n * width);
+  const bool prefetching = prefetch && !stream && n * row_bytes >= kStreamBytes;
+  const int64_t ahead = prefetching ? std::max<int64_t>(1, 4096 / row_bytes) : 0;
+  std::vector<float> rows(stream ? size_t(n_threads) * size_t(width) : 0);  // before the region
+  int bad = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : bad)
+  {
+    float* row = stream ? rows.data() + int64_t(omp_get_thread_num()) * width : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t* c = codes + i * groups;
+      float* o = stream ? row : out + i * width;
+      if (ahead && i + ahead < n) {
+        const char* next = reinterpret_cast<const char*>(out + (i + ahead) * width);
+        for (int64_t b = 0; b < row_bytes; b += 64) prefetch_for_write(next + b);
+      }
+      if (row_in_range(c, groups, k)) {
+        decode_row(c, o);
+      } else {
+        bad = 1;
+        std::fill(o, o + width, 0.0f);
+      }
+      if (stream) stream_copy(out + i * width, row, width);
+    }
+    if (stream) stream_fence();
+  }
+  return bad ? kCodeOutOfRange : kOk;
 }
 
 }  // namespace
 
-// Both decoders write each output float once, rows split statically across threads, so the
-// pages of a fresh output are first touched (faulted in) by all threads at once. Stores go
-// through the cache: streaming them past it was slower into fresh pages, which the kernel
-// has just zeroed through the cache. A row with an out-of-range code is written as zeros and
-// the call returns kCodeOutOfRange.
 int rq_decode_f32(const int64_t* codes, int64_t n, int64_t levels, const float* codebooks,
                   int64_t k, int64_t d, float* out, int n_threads) {
   if (n < 0 || levels <= 0 || k <= 0 || d <= 0 || n_threads <= 0) return kBadArgument;
-  const int64_t d8 = d / 8 * 8;
-  int bad = 0;
-#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
-  for (int64_t i = 0; i < n; ++i) {
-    float* o = out + i * d;
-    const int64_t* c = codes + i * levels;
-    if (!row_in_range(c, levels, k)) {
-      bad = 1;
-      std::fill(o, o + d, 0.0f);
-      continue;
-    }
-    const float* w0 = codebooks + c[0] * d;
-    // Chunks of 32 floats summed over the levels in registers, then written once.
-    int64_t j = 0;
-    for (; j + 32 <= d8; j += 32) {
-      v8f a0 = load8(w0 + j), a1 = load8(w0 + j + 8), a2 = load8(w0 + j + 16),
-          a3 = load8(w0 + j + 24);
-      for (int64_t l = 1; l < levels; ++l) {
-        const float* w = codebooks + (l * k + c[l]) * d + j;
-        a0 += load8(w);
-        a1 += load8(w + 8);
-        a2 += load8(w + 16);
-        a3 += load8(w + 24);
-      }
-      store8(o + j, a0);
-      store8(o + j + 8, a1);
-      store8(o + j + 16, a2);
-      store8(o + j + 24, a3);
-    }
-    for (; j < d8; j += 8) {
-      v8f a = load8(w0 + j);
-      for (int64_t l = 1; l < levels; ++l) a += load8(codebooks + (l * k + c[l]) * d + j);
-      store8(o + j, a);
-    }
-    for (; j < d; ++j) {
-      float a = w0[j];
-      for (int64_t l = 1; l < levels; ++l) a += codebooks[(l * k + c[l]) * d + j];
-      o[j] = a;
-    }
-  }
-  return bad ? kCodeOutOfRange : kOk;
+  const auto row = [&](const int64_t* c, float* o) {
+    rq_decode_row(c, levels, codebooks, k, d, o);
+  };
+  return decode_rows(codes, n, levels, k, d, out, n_threads, false, row);
 }
 
 int pq_decode_f32(const int64_t* codes, int64_t n, int64_t m, const float* codebooks, int64_t k,
                   int64_t dsub, float* out, int n_threads) {
   if (n < 0 || m <= 0 || k <= 0 || dsub <= 0 || n_threads <= 0) return kBadArgument;
-  int bad = 0;
-#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t* c = codes + i * m;
-    float* o = out + i * m * dsub;
-    if (!row_in_range(c, m, k)) {
-      bad = 1;
-      std::fill(o, o + m * dsub, 0.0f);
-      continue;
-    }
-    for (int64_t s = 0; s < m; ++s) {
-      const float* w = codebooks + (s * k + c[s]) * dsub;
-      float* dst = o + s * dsub;
-      if (dsub % 8 == 0)
-        for (int64_t j = 0; j < dsub; j += 8) store8(dst + j, load8(w + j));
-      else
-        std::memcpy(dst, w, sizeof(float) * dsub);
-    }
-  }
-  return bad ? kCodeOutOfRange : kOk;
+  const auto row = [&](const int64_t* c, float* o) { pq_decode_row(c, m, codebooks, k, dsub, o); };
+  return decode_rows(codes, n, m, k, m * dsub, out, n_threads, true, row);
 }
 
 }  // namespace SEMID_FAST_ISA
