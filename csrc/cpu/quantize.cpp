@@ -1104,7 +1104,7 @@ inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
   return outside == 0;
 }
 
-// Row i of rq_decode into o (d floats).
+// One row of rq_decode (its codes c) into o (d floats).
 inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codebooks, int64_t k,
                           int64_t d, float* o) {
   const int64_t d8 = d / 8 * 8;
@@ -1138,7 +1138,7 @@ inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codeboo
   }
 }
 
-// Row i of pq_decode into o (m * dsub floats).
+// One row of pq_decode (its codes c) into o (m * dsub floats).
 inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, int64_t k,
                           int64_t dsub, float* o) {
   int64_t s = 0;
