@@ -543,19 +543,20 @@ def test_decode_into_out_equals_the_fresh_result(device, backend, product):
     assert torch.equal(strided, want)
 
 
-# Outputs from 8 MiB (the kernels' kStreamBytes) already in memory are written with
-# streaming stores: rows just under and just over it, widths of whole vectors and ragged ones
-# (PQ 3 x 8: 8-float sub-vectors in a pair and one alone), an out= shifted one float off the
-# vectors' alignment, and a fresh out= (not yet in memory, written with plain stores).
-_STREAM_BYTES = 8 << 20
+# Large CPU decodes: pq_decode prefetches the lines of outputs from 8 MiB (kPrefetchBytes)
+# for writing, a few rows ahead of the stores. Rows just under and just over 8 MiB, widths of
+# whole vectors and ragged ones (PQ 3 x 8: 8-float sub-vectors in a pair and one alone), a
+# fresh output, an out= in memory shifted one float off the vectors' alignment, and a fresh
+# out= (not yet in memory).
+_PREFETCH_BYTES = 8 << 20
 
 
 @pytest.mark.parametrize("product,groups,width", [(False, 2, 256), (False, 3, 13), (True, 3, 15),
                                                    (True, 3, 24)])
 @pytest.mark.parametrize("over", [False, True])
 @pytest.mark.parametrize("shift", [0, 1])
-def test_cpu_decoders_stream_large_outputs_like_the_reference(product, groups, width, over, shift):
-    reaching = -(-_STREAM_BYTES // (4 * width))  # the fewest rows of at least 8 MiB
+def test_cpu_decoders_of_large_outputs_match_the_reference(product, groups, width, over, shift):
+    reaching = -(-_PREFETCH_BYTES // (4 * width))  # the fewest rows of at least 8 MiB
     n = reaching if over else reaching - 1
     g = torch.Generator().manual_seed(n)
     k = 7
@@ -574,9 +575,9 @@ def test_cpu_decoders_stream_large_outputs_like_the_reference(product, groups, w
 
 
 @pytest.mark.parametrize("product", [False, True])
-def test_cpu_decoders_streaming_check_codes_and_zero_bad_rows(product):
-    """Value checks off, a streamed out= still gets every good row and zeros for a bad one."""
-    n, width = _STREAM_BYTES // (4 * 64) + 5, 64
+def test_cpu_decoders_of_large_outputs_check_codes_and_zero_bad_rows(product):
+    """Value checks off, a large out= still gets every good row and zeros for a bad one."""
+    n, width = _PREFETCH_BYTES // (4 * 64) + 5, 64
     codebooks = torch.randn(2, 5, width // 2 if product else width)
     codes = torch.randint(0, 5, (n, 2))
     codes[n // 2, 1] = 5

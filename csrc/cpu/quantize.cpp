@@ -20,12 +20,8 @@
 
 #include "semid_fast/quantize.h"
 
-#if defined(__SSE2__)
+#ifdef __AVX2__
 #include <immintrin.h>
-#endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
 #endif
 
 namespace semid_fast {
@@ -1086,8 +1082,8 @@ int rq_quantize_bwd_f32(const float* x, int64_t n, int64_t d, const float* codeb
 
 namespace {
 
-// Decoded outputs at least this large stream past the caches (when already in memory).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
+// pq_decode outputs at least this large are written into lines prefetched ahead.
+constexpr int64_t kPrefetchBytes = int64_t(8) << 20;
 
 // Asks for the cache line at p, to be written: prefetchw where the ISA has it (every AVX-512
 // CPU does), elsewhere a read prefetch (which gets the line exclusive when no other core holds
@@ -1100,69 +1096,6 @@ inline void prefetch_for_write(const void* p) {
 #endif
 }
 
-// Whether to write `count` floats at out with streaming stores. A plain store to a line that
-// is not in cache first reads it (read-for-ownership): a large output already in memory (out=)
-// is read in full before it is overwritten, and streaming it measured twice as fast. Fresh
-// pages are the exception: the OS zeroes each one through the cache when it is first touched,
-// plain stores then hit those lines, and streaming ones (which evict them first) measured
-// slower. So: large, and its first, middle and last pages already resident (mincore).
-bool stream_output(const float* out, int64_t count) {
-  const int64_t bytes = count * int64_t(sizeof(float));
-  if (bytes < kStreamBytes) return false;
-#if defined(__linux__) && defined(__SSE2__)  // x86, where stream_copy has streaming stores
-  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t start = reinterpret_cast<uintptr_t>(out);
-  for (const uintptr_t at : {start, start + uintptr_t(bytes) / 2, start + uintptr_t(bytes) - 1}) {
-    unsigned char resident = 0;
-    if (mincore(reinterpret_cast<void*>(at & ~(page - 1)), 1, &resident) != 0 || !(resident & 1))
-      return false;
-  }
-  return true;
-#else
-  return false;
-#endif
-}
-
-// dst[0, len) = src[0, len) with streaming stores on the whole vectors of dst that are aligned
-// (plain stores before and after them); the caller fences (stream_fence) before returning.
-void stream_copy(float* dst, const float* src, int64_t len) {
-#if defined(__AVX512F__)
-  constexpr int W = 16;
-#elif defined(__AVX__)
-  constexpr int W = 8;
-#elif defined(__SSE2__)
-  constexpr int W = 4;
-#else
-  constexpr int W = 0;
-#endif
-  int64_t i = 0;
-  if constexpr (W > 0) {
-    const uintptr_t misaligned = reinterpret_cast<uintptr_t>(dst) % (W * sizeof(float));
-    if (misaligned % sizeof(float) == 0) {
-      int64_t head = misaligned ? int64_t(W - misaligned / sizeof(float)) : 0;
-      head = std::min(head, len);
-      for (; i < head; ++i) dst[i] = src[i];
-      for (; i + W <= len; i += W) {
-#if defined(__AVX512F__)
-        _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
-#elif defined(__AVX__)
-        _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-#elif defined(__SSE2__)
-        _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-#endif
-      }
-    }
-  }
-  for (; i < len; ++i) dst[i] = src[i];
-}
-
-// Orders this thread's streaming stores before whatever follows (they are weakly ordered).
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
 // The codes of a row lie in [0, k): one unsigned compare each (a negative code wraps past k),
 // which vectorises.
 inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
@@ -1171,7 +1104,7 @@ inline bool row_in_range(const int64_t* c, int64_t groups, int64_t k) {
   return outside == 0;
 }
 
-// Row i of rq_decode into o (d floats).
+// One row of rq_decode (its codes c) into o (d floats).
 inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codebooks, int64_t k,
                           int64_t d, float* o) {
   const int64_t d8 = d / 8 * 8;
@@ -1205,7 +1138,7 @@ inline void rq_decode_row(const int64_t* c, int64_t levels, const float* codeboo
   }
 }
 
-// Row i of pq_decode into o (m * dsub floats).
+// One row of pq_decode (its codes c) into o (m * dsub floats).
 inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, int64_t k,
                           int64_t dsub, float* o) {
   int64_t s = 0;
@@ -1231,41 +1164,35 @@ inline void pq_decode_row(const int64_t* c, int64_t m, const float* codebooks, i
 // Both decoders: n rows of `groups` codes to rows of `width` floats, decode_row(c, o) writing
 // one. Rows are split statically across threads, so the pages of a fresh output are first
 // touched (faulted in) by all threads at once (runs of rows taken dynamically measured
-// slower, fresh or not). A streamed output (stream_output) is decoded row by row into a
-// thread's buffer in L1 and streamed from there. A large one not streamed (fresh) is, with
-// `prefetch`, written into lines prefetched for writing about 4 KB ahead: the lines the OS
-// has just zeroed come back from L2/L3 before the stores need them (pq_decode: ~5% faster;
-// rq_decode, bound by its codeword sums, measured none). A row with an out-of-range code is
-// written as zeros and the call returns kCodeOutOfRange.
+// slower). Stores go through the cache: streaming stores measured slower into fresh pages
+// (the OS zeroes them through the cache) and, with both threads running, into a 100 MB out=
+// too (it stayed in this machine's 480 MB L3 between calls; one thread alone gained from
+// them). With `prefetch` (pq_decode, whose rows are codeword copies, so the stores set the
+// pace) a large output's lines are prefetched for writing about 4 KB ahead: lines the OS has
+// just zeroed come back from L2/L3 before the stores need them (~5% faster fresh); rq_decode's
+// rows are sums over the levels, where it measured no gain. A row with an out-of-range code
+// is written as zeros and the call returns kCodeOutOfRange.
 template <typename DecodeRow>
 int decode_rows(const int64_t* codes, int64_t n, int64_t groups, int64_t k, int64_t width,
                 float* out, int n_threads, bool prefetch, const DecodeRow& decode_row) {
   const int64_t row_bytes = width * int64_t(sizeof(float));
-  const bool stream = stream_output(out, n * width);
-  const bool prefetching = prefetch && !stream && n * row_bytes >= kStreamBytes;
+  const bool prefetching = prefetch && n * row_bytes >= kPrefetchBytes;
   const int64_t ahead = prefetching ? std::max<int64_t>(1, 4096 / row_bytes) : 0;
-  std::vector<float> rows(stream ? size_t(n_threads) * size_t(width) : 0);  // before the region
   int bad = 0;
-#pragma omp parallel num_threads(n_threads) reduction(| : bad)
-  {
-    float* row = stream ? rows.data() + int64_t(omp_get_thread_num()) * width : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t* c = codes + i * groups;
-      float* o = stream ? row : out + i * width;
-      if (ahead && i + ahead < n) {
-        const char* next = reinterpret_cast<const char*>(out + (i + ahead) * width);
-        for (int64_t b = 0; b < row_bytes; b += 64) prefetch_for_write(next + b);
-      }
-      if (row_in_range(c, groups, k)) {
-        decode_row(c, o);
-      } else {
-        bad = 1;
-        std::fill(o, o + width, 0.0f);
-      }
-      if (stream) stream_copy(out + i * width, row, width);
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t* c = codes + i * groups;
+    float* o = out + i * width;
+    if (ahead && i + ahead < n) {
+      const char* next = reinterpret_cast<const char*>(out + (i + ahead) * width);
+      for (int64_t b = 0; b < row_bytes; b += 64) prefetch_for_write(next + b);
     }
-    if (stream) stream_fence();
+    if (row_in_range(c, groups, k)) {
+      decode_row(c, o);
+    } else {
+      bad = 1;
+      std::fill(o, o + width, 0.0f);
+    }
   }
   return bad ? kCodeOutOfRange : kOk;
 }
