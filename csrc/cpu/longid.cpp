@@ -331,9 +331,15 @@ uint16_t steps_needed(const Grid& g, float worst, float divisor) {
 struct BoundedScratch {
   std::vector<Lanes64> codes;            // (M, kGroups) the chunk's codes, transposed
   std::vector<uint16_t> needed;          // (B,) steps_needed of the thread's own top-k lists
-  std::vector<int64_t> queries, items;   // (B * kChunk,) the pairs scored exactly
-  std::vector<float> scores;             // (B * kChunk,) their scores
+  std::vector<int64_t> queries, items;   // (B * kChunk + kPairsAtOnce,) pairs to score exactly
+  std::vector<float> scores;             // their scores
+  int64_t pairs = 0;                     // pairs waiting in queries/items
 };
+
+// Pairs are scored exactly once this many wait (or at the end of a thread's items): one
+// chunk of a single query yields about one, and scoring them eight at a time hides the
+// latency of their dependent adds and of fetching their codes.
+constexpr int64_t kPairsAtOnce = 64;
 
 // The 64 x 64 byte block at src (rows `stride` bytes apart) transposed: sink(r, v) receives
 // register r, byte column column_of(r) of the rows with row i in lane i. Six rounds of
@@ -388,10 +394,16 @@ constexpr int column_of(int r) {
   return ((r & 1) << 3) | ((r & 2) << 1) | ((r & 4) >> 1) | ((r & 8) >> 3) | (r & 48);
 }
 
-// A transposed chunk (the packed layout): (M, kGroups) vectors of 64 codes, vector
-// (pos, g) holding position pos of the items of lane group g. For M < 64 a 64-byte row holds
+// A transposed chunk (the packed layout): M * kGroups vectors of 64 codes, vector
+// slot(m, pos, g) holding position pos of the items of lane group g, in runs of
+// kGroupsAtOnce groups (the groups summed together, see sum_steps) so that each pass of
+// sum_steps reads its vectors in order. For M < 64 a 64-byte row holds
 // 64 / M items, so group g is sub-item g % (64 / M) of the rows of tile g / (64 / M); lane l
 // of group g is item chunk_item(m, g, l) of the chunk.
+constexpr int kGroupsAtOnce = 4;
+inline int64_t slot(int64_t m, int64_t pos, int64_t g) {
+  return (g / kGroupsAtOnce * m + pos) * kGroupsAtOnce + g % kGroupsAtOnce;
+}
 inline int64_t items_per_row(int64_t m) { return m < 64 ? 64 / m : 1; }
 inline int64_t chunk_item(int64_t m, int64_t g, int64_t lane) {
   const int64_t per_row = items_per_row(m);
@@ -413,7 +425,7 @@ inline bool transpose_chunk(const uint8_t* codes, int64_t c0, int64_t m, int64_t
         // Column c of a row: position c mod M of sub-item c / M (M < 64), else position c.
         const int64_t col = column_of(r), pos = part * 64 + (m < 64 ? col % m : col);
         if (k < 256) out_of_range |= _mm512_cmpge_epu8_mask(v, k_vec);
-        _mm512_store_si512(out[pos * kGroups + t * per_row + (m < 64 ? col / m : 0)].code, v);
+        _mm512_store_si512(out[slot(m, pos, t * per_row + (m < 64 ? col / m : 0))].code, v);
       });
     }
   return out_of_range == 0;
@@ -424,7 +436,6 @@ inline bool transpose_chunk(const uint8_t* codes, int64_t c0, int64_t m, int64_t
 // sums even + 256 * odd (mod 2^16), so one shift recovers both: three operations per 64
 // items and position besides the lookups. Four lane groups at a time keep every sum and the
 // position's table in registers. `prefetch`, when set, is the next chunk's codes.
-constexpr int kGroupsAtOnce = 4;
 __attribute__((target("avx512vbmi"), always_inline)) inline void sum_steps(
     const uint8_t* steps, const Lanes64* chunk, int64_t m, const char* prefetch, __m512i* even,
     __m512i* odd) {
@@ -433,13 +444,13 @@ __attribute__((target("avx512vbmi"), always_inline)) inline void sum_steps(
     __m512i words[kGroupsAtOnce], high[kGroupsAtOnce];
     for (int g = 0; g < kGroupsAtOnce; ++g) words[g] = high[g] = _mm512_setzero_si512();
     for (int64_t pos = 0; pos < m; ++pos) {
-      if (prefetch)  // kChunk * M bytes: kGroupsAtOnce lines per position and pass
-        for (int line = 0; line < kGroupsAtOnce; ++line)
-          _mm_prefetch(prefetch + (kGroups * pos + g0 + line) * 64, _MM_HINT_T1);
       const __m512i t0 = _mm512_load_si512(table + 4 * pos), t1 = _mm512_load_si512(table + 4 * pos + 1);
       const __m512i t2 = _mm512_load_si512(table + 4 * pos + 2), t3 = _mm512_load_si512(table + 4 * pos + 3);
       for (int g = 0; g < kGroupsAtOnce; ++g) {
-        const __m512i idx = _mm512_loadu_si512(chunk[pos * kGroups + g0 + g].code);
+        // kChunk * M bytes ahead: one line per vector read, spread between the lookups (a
+        // burst of them stalls on a full miss queue).
+        if (prefetch) _mm_prefetch(prefetch + slot(m, pos, g0 + g) * 64, _MM_HINT_T1);
+        const __m512i idx = _mm512_loadu_si512(chunk[slot(m, pos, g0 + g)].code);
         const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1);
         const __m512i hi = _mm512_permutex2var_epi8(t2, idx, t3);
         const __m512i step = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
@@ -476,6 +487,21 @@ __attribute__((optimize("no-tree-slp-vectorize"))) void score_pairs(const Proble
   }
 }
 
+// Scores the waiting pairs exactly and offers them to their queries' lists.
+template <bool GUARD>
+void score_waiting_pairs(const Problem& p, const RoundedTables& rt,
+                         CodeReader<uint8_t, GUARD>& code, BoundedScratch& s, Hits* heaps) {
+  score_pairs(p, code, s.pairs, s);
+  for (int64_t j = 0; j < s.pairs; ++j) {
+    const int64_t q = s.queries[j];
+    Hits& heap = heaps[q];
+    if (!(s.scores[j] >= threshold(heap)) || excluded(p, q, s.items[j])) continue;
+    heap.offer({s.scores[j], s.items[j]});
+    if (heap.full()) s.needed[q] = steps_needed(rt.grids[q], heap.worst().score, p.divisor);
+  }
+  s.pairs = 0;
+}
+
 // While query q's top-k list is short (its first chunks) its need is 0 and every item would
 // be scored exactly: instead score first the items of this chunk with the largest sums, as
 // many as the list lacks, and set the need. Returns those items, one bit per lane of each sum
@@ -490,7 +516,7 @@ __attribute__((target("avx512vbmi"))) void fill_from_best_bounds(
     _mm512_store_si512(sums[2 * g], even[g]);
     _mm512_store_si512(sums[2 * g + 1], odd[g]);
   }
-  int64_t* order = s.items.data() + p.b * kChunk - kChunk;  // the pairs use the front
+  int64_t* order = s.items.data() + s.items.size() - kChunk;  // the pairs use the front
   for (int64_t i = 0; i < kChunk; ++i) order[i] = i;  // i = (2 * g + parity) * 32 + lane / 2
   const int64_t lacking = std::min(kChunk, p.topk - heap.size());
   auto sum_of = [&](int64_t i) { return sums[i / 32][i % 32]; };
@@ -524,8 +550,8 @@ __attribute__((target("avx512vbmi"))) bool scan_bounded_chunk(
   const Lanes64* chunk =
       packed ? reinterpret_cast<const Lanes64*>(p.packed + c0 * p.m) : s.codes.data();
   const bool in_range = packed || transpose_chunk(code.codes, c0, p.m, p.k, s.codes.data());
-  // The (query, item) pairs whose sum reaches the query's need, then their exact scores.
-  int64_t count = 0;
+  // The (query, item) pairs whose sum reaches the query's need join those waiting.
+  int64_t count = s.pairs;
   for (int64_t q = 0; q < p.b; ++q) {
     __m512i even[kGroups], odd[kGroups];
     sum_steps(rt.steps[q * p.m * 4].code, chunk, p.m,
@@ -545,14 +571,8 @@ __attribute__((target("avx512vbmi"))) bool scan_bounded_chunk(
         }
       }
   }
-  score_pairs(p, code, count, s);
-  for (int64_t j = 0; j < count; ++j) {
-    Hits& heap = heaps[s.queries[j]];
-    if (!(s.scores[j] >= threshold(heap)) || excluded(p, s.queries[j], s.items[j])) continue;
-    heap.offer({s.scores[j], s.items[j]});
-    if (heap.full())
-      s.needed[s.queries[j]] = steps_needed(rt.grids[s.queries[j]], heap.worst().score, p.divisor);
-  }
+  s.pairs = count;
+  if (s.pairs >= kPairsAtOnce) score_waiting_pairs(p, rt, code, s, heaps);
   return in_range;
 }
 #endif  // __AVX512BW__
@@ -599,9 +619,10 @@ bool prepare_bounded(const Problem& p, int n_threads, RoundedTables& rt,
   for (BoundedScratch& s : scratch) {
     s.codes.resize(size_t(p.m * kGroups));
     s.needed.assign(size_t(p.b), 0);
-    s.queries.resize(size_t(p.b * kChunk));
-    s.items.resize(size_t(p.b * kChunk));
-    s.scores.resize(size_t(p.b * kChunk));
+    s.queries.resize(size_t(p.b * kChunk + kPairsAtOnce));
+    s.items.resize(size_t(p.b * kChunk + kPairsAtOnce));
+    s.scores.resize(size_t(p.b * kChunk + kPairsAtOnce));
+    s.pairs = 0;
   }
   return true;
 }
@@ -660,6 +681,15 @@ int scan_catalog(const Problem& p, Reader code, float* out_scores, int64_t* out_
 #endif
       ok &= scan_range(p, code, lo, hi, heaps.data());
     }
+#if defined(__AVX512BW__)
+    if constexpr (bytes) {
+      if (bounded) {  // the thread's last waiting pairs
+        Reader reader = code;
+        score_waiting_pairs(p, rounded, reader, scratch[omp_get_thread_num()], heaps.data());
+        ok &= !reader.bad;
+      }
+    }
+#endif
     all_ok = all_ok && ok;
   }
 #pragma omp parallel num_threads(n_threads)
