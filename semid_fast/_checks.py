@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import _native
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 
@@ -56,6 +58,37 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
     if value >= 2**63:
         raise ValueError(f"{name} must be < 2**63, got {value}")
     return value
+
+
+# Inputs up to this size are scanned by the extension's plain loops when they can be: a torch
+# reduction and its host read cost a few microseconds each, most of a decode step's checks.
+_NATIVE_SCAN_MAX = 1 << 16
+
+
+def _native_scan(t: torch.Tensor, dtype: torch.dtype):
+    """The _C module when t is a small contiguous CPU tensor of dtype, else None."""
+    if (_native._C is None or t.device.type != "cpu" or t.dtype != dtype
+            or t.numel() > _NATIVE_SCAN_MAX or not t.is_contiguous()):
+        return None
+    return _native._C
+
+
+def below_inf(t: torch.Tensor) -> bool:
+    """Whether every value of float tensor t is < +inf (False for a NaN; True when empty)."""
+    lib = _native_scan(t, torch.float32)
+    if lib is not None:
+        return lib.max_f32(t.data_ptr(), t.numel()) < float("inf")
+    # max() propagates NaN and shows +inf: one reduction, no boolean copies.
+    return not t.numel() or bool(t.max() < torch.inf)
+
+
+def min_max(t: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest value of a non-empty integer tensor, as Python ints."""
+    lib = _native_scan(t, torch.int64)
+    if lib is not None:
+        return lib.min_max_i64(t.data_ptr(), t.numel())
+    lo, hi = torch.aminmax(t)
+    return int(lo), int(hi)
 
 
 def finite(t: torch.Tensor, name: str) -> None:

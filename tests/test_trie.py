@@ -546,6 +546,18 @@ def test_bad_beam_step_input():
         sf.constrained_beam_step(lp[:0], scores[:, :0], states[:0], trie, 2)
     # -inf log-probs are impossible tokens, not errors.
     sf.constrained_beam_step(torch.full((4, 2), -torch.inf), scores, states, trie, 2)
+    # A NaN or +inf anywhere in a larger, strided or half input (the checks' torch path).
+    for bad in (torch.nan, torch.inf):
+        wide = torch.zeros(4, 70_000)
+        wide[3, 69_999] = bad
+        with pytest.raises(ValueError, match="log_probs contains NaN"):
+            sf.constrained_beam_step(wide, scores, states, trie, 2)
+        with pytest.raises(ValueError, match="log_probs contains NaN"):
+            sf.constrained_beam_step(wide[:, 1::2].bfloat16(), scores, states, trie, 2)
+        strided = torch.zeros(2, 4)
+        strided[1, 2] = bad
+        with pytest.raises(ValueError, match="beam_scores contains NaN"):
+            sf.constrained_beam_step(lp, strided[:, ::2], states, trie, 2)
     with pytest.raises(ValueError, match="beam_width must be >= 1"):
         sf.constrained_beam_step(lp, scores, states, trie, 0)
     with pytest.raises(TypeError, match="states must have dtype int64"):

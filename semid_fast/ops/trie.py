@@ -646,14 +646,11 @@ def _check_step(log_probs, beam_scores, states, trie, beam_width):
                          f"got W={w_in}, max children={trie.max_children}")
     if _checks.scanning():
         for name, t in (("log_probs", log_probs), ("beam_scores", beam_scores)):
-            # -inf is a legitimate log-probability (an impossible token); NaN and +inf are
-            # not. max() propagates NaN and shows +inf: one reduction, no boolean copies.
-            top = t.max() if t.numel() else None
-            if top is not None and not bool(top < torch.inf):
+            # -inf is a legitimate log-probability (an impossible token); NaN and +inf are not.
+            if not _checks.below_inf(t):
                 raise ValueError(f"{name} contains NaN or +inf")
         if states.numel():
-            lo, hi = torch.aminmax(states)
-            lo, hi = int(lo), int(hi)
+            lo, hi = _checks.min_max(states)
             if hi >= trie.num_states or lo < -trie.num_states:
                 raise ValueError(
                     f"states must be trie states in [0, {trie.num_states}), -1, or finished "
