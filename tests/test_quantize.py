@@ -104,34 +104,23 @@ def test_beam_wider_than_every_encoding_equals_the_exhaustive_beam():
 
 # (N, D, K, L, B) large enough in N * B for the CPU kernel's cross-product tables (faiss's
 # use_beam_LUT): D off the 8-float vectors, K off the 16-codeword panels, L = 5 past the
-# unrolled depths.
-LUT_SHAPES = [(300, 13, 100, 3, 3), (150, 24, 37, 5, 7), (200, 40, 64, 4, 16)]
+# unrolled depths; and beams past the vector width (16 lanes on AVX-512): B=2 and 33 split each
+# beam's candidates into several groups at the first level, B=33 keeps more minima than one
+# vector. "cpu" is in the test ids so the narrower ISA builds run them too (test_build).
+LUT_SHAPES = [(300, 13, 100, 3, 3), (150, 24, 37, 5, 7), (200, 40, 64, 4, 16)] + [
+    (n, d, k, levels, beam_width) for n, d, k, levels in [(300, 13, 37, 4), (200, 24, 100, 3)]
+    for beam_width in (2, 16, 33)]
 
 
 @pytest.mark.parametrize("n,d,k,levels,beam_width", LUT_SHAPES)
-def test_rq_encode_beam_tables_match_reference(n, d, k, levels, beam_width):
-    x, codebooks = rq_inputs(n, d, k, levels, "cpu", seed=n + levels)
+def test_rq_encode_beam_tables_on_cpu_match_reference(n, d, k, levels, beam_width):
+    x, codebooks = rq_inputs(n, d, k, levels, "cpu", seed=n + levels + beam_width)
     codes = sf.rq_encode(x, codebooks, beam_width=beam_width, backend="cpu")
     expected = ref.rq_encode(x, codebooks, beam_width=beam_width)
     ours = (x - ref.rq_decode(codes, codebooks)).pow(2).sum(1)
     theirs = (x - ref.rq_decode(expected, codebooks)).pow(2).sum(1)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     # Ties aside (float rounding of near-equal candidates), the same codes.
-    assert (codes == expected).all(dim=1).float().mean() >= 0.99
-
-
-# Beams past the vector width (16 lanes on AVX-512) and K off the panels, with "cpu" in the
-# test ids so the narrower ISA builds run them too (test_build): B=2 and 33 split each beam's
-# candidates into several groups at the first level, B=33 keeps more minima than one vector.
-@pytest.mark.parametrize("n,d,k,levels", [(300, 13, 37, 4), (200, 24, 100, 3)])
-@pytest.mark.parametrize("beam_width", [2, 16, 33])
-def test_rq_encode_beam_tables_on_cpu_match_reference_at_any_width(n, d, k, levels, beam_width):
-    x, codebooks = rq_inputs(n, d, k, levels, "cpu", seed=beam_width + k)
-    codes = sf.rq_encode(x, codebooks, beam_width=beam_width, backend="cpu")
-    expected = ref.rq_encode(x, codebooks, beam_width=beam_width)
-    ours = (x - ref.rq_decode(codes, codebooks)).pow(2).sum(1)
-    theirs = (x - ref.rq_decode(expected, codebooks)).pow(2).sum(1)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     assert (codes == expected).all(dim=1).float().mean() >= 0.99
 
 
