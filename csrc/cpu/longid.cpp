@@ -1,10 +1,13 @@
 // CPU kernels of the longid family: holistic scoring of every catalog item with a fused
 // top-k, so no (B, N) score matrix is ever written.
 //
-// Two scans over the item codes, both streaming each item's codes once:
+// Exact scans over the item codes, streaming each item's codes once:
 // * several queries: the caller interleaves the lookup tables 8 queries wide, so one code
 //   fetches one 8-float vector (8 queries) and a single add accumulates them: no gathers;
 // * one query: scalar lookups, eight items in flight to hide the load latency.
+// In the AVX-512 build on CPUs with VBMI, large catalogs of uint8 codes take the bounded scan
+// instead (below): upper bounds from rounded tables for 64 items per instruction, exact scores
+// only for the items that can still enter the top-k.
 // Each thread keeps its own top-k per query over the item chunks it takes; the per-thread
 // lists are merged at the end. Sums run over m in order, like the reference, so the scores
 // agree bit for bit.
