@@ -85,10 +85,6 @@ class PackedCodes:
         cpu = "cpu" in _backends.available_backends("cpu")
         self.packed = _backends.launcher("cpu", _FAMILY, "pack_codes")(codes) if cpu else None
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.codes.shape
-
     def _for_scan(self) -> torch.Tensor | None:
         if self.codes._version != self._version:
             raise ValueError("PackedCodes: the codes were written to after packing; make a "

@@ -28,6 +28,8 @@ def pack_codes(codes: torch.Tensor) -> torch.Tensor | None:
     floor(N / 512) * 512 * M bytes), or None where this CPU or M has no bounded scan."""
     lib = _native.cpu()
     n, m = codes.shape
+    if not _bounded_scan(m):  # before allocating a copy of the catalog
+        return None
     codes = codes.contiguous()
     whole = n - n % lib.HOLISTIC_PACK_ITEMS
     packed = torch.empty(whole * m, dtype=torch.uint8)
